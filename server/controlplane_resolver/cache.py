@@ -1,0 +1,402 @@
+"""The per-process cache of control-plane answers (spec section 6).
+
+Pieces, each small and named:
+
+* :class:`Slot` — one bounded cache per kind of answer; keys of different
+  slots never meet because each slot has its own store.
+* :data:`ABSENT` — a confirmed absence, cached as such; a plain miss is
+  "no entry". Errors are never stored.
+* :class:`Versions` — invalidation by epoch. One monotonic counter stamps
+  every fill when it *starts* and every invalidation when it happens; an
+  entry is valid while its stamp is at least the newest invalidation of
+  every scope it belongs to (``env:ID``, ``org:ID``, ``wv:ID`` and the global
+  scope). A fill that started before an invalidation therefore carries an
+  older stamp and is never stored after it.
+* Single-flight (:class:`_Flight`) — concurrent misses for one key run one
+  load; the others wait for the leader's value or error.
+* Soft/hard expiry — past the soft deadline a read returns the cached value
+  and refreshes it in the background (one refresh per key); past the hard
+  deadline the read waits for a load. A failed refresh leaves the old value
+  in place until the hard deadline. Deadlines get a random jitter so a fleet
+  does not refresh in lockstep.
+
+Nothing here knows about databases or gRPC: a load is any callable returning
+a value or :data:`ABSENT`, or raising.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Iterable
+
+from cachetools import TLRUCache, TTLCache
+
+log = logging.getLogger(__name__)
+
+
+class Slot(enum.Enum):
+    ENVIRONMENT = "environment"
+    AUTHENTICATED_ENVIRONMENT = "authenticated_environment"
+    ENV_EXISTS = "env_exists"
+    WORKER_VERSION = "worker_version"
+    LOCKED_WORKER = "locked_worker"
+    MINT_KIND = "mint_kind"
+    #: Runs are never stored (they change constantly); the slot exists so
+    #: identical concurrent reads share one query.
+    RUN = "run"
+
+
+class _Absent:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+    def __reduce__(self) -> str:
+        return "ABSENT"
+
+
+#: A confirmed absence: the database answered and the row is not there.
+ABSENT: Any = _Absent()
+
+GLOBAL_SCOPE = "*"
+
+
+@dataclass(frozen=True)
+class SlotPolicy:
+    """Lifetimes of one slot, in seconds. ``soft_ttl == 0`` stores nothing
+    (single-flight still applies)."""
+
+    soft_ttl: float
+    hard_ttl: float
+    negative_ttl: float
+    max_entries: int
+    jitter: float = 0.1
+
+    @property
+    def stores(self) -> bool:
+        return self.soft_ttl > 0
+
+
+@dataclass
+class SlotStats:
+    """Plain counters, read without locking (monotonic, approximate under races)."""
+
+    hits: int = 0
+    negative_hits: int = 0
+    misses: int = 0
+    stale_serves: int = 0
+    joins: int = 0
+    loads: int = 0
+    load_errors: int = 0
+    refreshes: int = 0
+    refresh_failures: int = 0
+    evictions: int = 0
+    discarded_fills: int = 0
+
+
+class Versions:
+    """Invalidation epochs (see module docstring). Thread-safe.
+
+    Epochs of single scopes are forgotten after ``retention_s`` (longer
+    than any entry can live): by then no entry stamped before them remains.
+    If more scopes are invalidated than ``max_scopes`` within that window,
+    forgetting one early would be unsafe, so everything is invalidated
+    instead.
+    """
+
+    def __init__(self, retention_s: float = 3600.0, max_scopes: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._global = 0
+        versions = self
+
+        class _Epochs(TTLCache):  # type: ignore[type-arg]
+            def popitem(self):  # type: ignore[no-untyped-def]
+                # Evicted by size, not by age: fall back to a global bump.
+                item = super().popitem()
+                versions._global = versions._counter
+                return item
+
+        self._epochs: TTLCache = _Epochs(maxsize=max_scopes, ttl=retention_s, timer=clock)
+        self.invalidations: dict[str, int] = {"environment": 0, "organization": 0,
+                                              "worker_versions": 0, "all": 0}
+
+    def stamp(self) -> int:
+        """The stamp a fill starting now carries."""
+        return self._counter
+
+    def is_current(self, stamp: int, scopes: Iterable[str]) -> bool:
+        """True when no scope was invalidated after ``stamp`` was taken."""
+        if stamp < self._global:
+            return False
+        epochs = self._epochs
+        with self._lock:
+            for scope in scopes:
+                if epochs.get(scope, 0) > stamp:
+                    return False
+        return True
+
+    def bump(self, scope: str, cause: str) -> int:
+        with self._lock:
+            self._counter += 1
+            if scope == GLOBAL_SCOPE:
+                self._global = self._counter
+            else:
+                self._epochs[scope] = self._counter
+            self.invalidations[cause] = self.invalidations.get(cause, 0) + 1
+            return self._counter
+
+
+def env_scope(environment_id: str) -> str:
+    return "env:" + environment_id
+
+
+def org_scope(organization_id: str) -> str:
+    return "org:" + organization_id
+
+
+def worker_versions_scope(environment_id: str) -> str:
+    return "wv:" + environment_id
+
+
+@dataclass
+class _Entry:
+    value: Any
+    stamp: int
+    scopes: tuple[str, ...]
+    soft_deadline: float
+    hard_deadline: float
+    #: After a failed refresh, no new refresh before this time.
+    retry_after: float = 0.0
+
+
+@dataclass
+class _Flight:
+    """One load in progress; waiters block on ``done``."""
+
+    stamp: int
+    done: threading.Event = field(default_factory=threading.Event)
+    value: Any = None
+    error: BaseException | None = None
+
+
+class FlightTimeout(Exception):
+    """A waiter gave up on a load that another caller leads."""
+
+
+class _SlotStore:
+    """Entries of one slot: a bounded store plus the loads in flight."""
+
+    def __init__(self, slot: Slot, policy: SlotPolicy, clock: Callable[[], float]) -> None:
+        self.slot = slot
+        self.policy = policy
+        self.lock = threading.Lock()
+        self.stats = SlotStats()
+        stats = self.stats
+
+        class _Store(TLRUCache):  # type: ignore[type-arg]
+            def popitem(self):  # type: ignore[no-untyped-def]
+                stats.evictions += 1
+                return super().popitem()
+
+        # Entries expire at their own hard deadline (jittered, shorter for absence).
+        self.entries: TLRUCache = _Store(maxsize=policy.max_entries,
+                                         ttu=lambda _k, e, _now: e.hard_deadline, timer=clock)
+        self.flights: dict[Hashable, _Flight] = {}
+
+
+class Cache:
+    """The slots, their policies and the shared :class:`Versions`.
+
+    :meth:`get` is the one read path. ``refresher`` runs background
+    refreshes; pass ``None`` to refresh in the calling thread (tests).
+    """
+
+    def __init__(self, policies: dict[Slot, SlotPolicy], *,
+                 clock: Callable[[], float] = time.monotonic,
+                 refresh_workers: int = 2) -> None:
+        self._clock = clock
+        longest = max((p.hard_ttl for p in policies.values()), default=0.0)
+        self.versions = Versions(retention_s=max(60.0, longest * 2 + 60.0), clock=clock)
+        self._slots = {slot: _SlotStore(slot, policy, clock) for slot, policy in policies.items()}
+        self._refresher = ThreadPoolExecutor(max_workers=refresh_workers,
+                                             thread_name_prefix="cache-refresh")
+
+    def close(self) -> None:
+        self._refresher.shutdown(wait=False, cancel_futures=True)
+
+    def stats(self, slot: Slot) -> SlotStats:
+        return self._slots[slot].stats
+
+    def __len__(self) -> int:
+        return sum(len(s.entries) for s in self._slots.values())
+
+    # -------------------------------------------------------------- reads
+
+    def get(self, slot: Slot, key: Hashable, load: Callable[[], Any], *,
+            scopes: tuple[str, ...] = (),
+            scopes_of: Callable[[Any], tuple[str, ...]] | None = None,
+            wait_s: float | None = None) -> Any:
+        """Return the cached answer for ``key`` or load it.
+
+        ``load()`` returns the value or :data:`ABSENT`, or raises; it runs at
+        most once at a time per key. ``scopes`` are the invalidation scopes
+        known from the key; ``scopes_of(value)`` adds those only the value
+        knows (its organization). A waiter gives up after ``wait_s`` with
+        :class:`FlightTimeout`. Returns the value or :data:`ABSENT`; raises
+        what ``load`` raised when no usable entry exists.
+        """
+        store = self._slots[slot]
+        now = self._clock()
+        with store.lock:
+            entry = store.entries.get(key)
+            if entry is not None and self.versions.is_current(entry.stamp, entry.scopes):
+                if now < entry.soft_deadline:
+                    if entry.value is ABSENT:
+                        store.stats.negative_hits += 1
+                    else:
+                        store.stats.hits += 1
+                    return entry.value
+                # Between soft and hard: serve stale, refresh in the background.
+                store.stats.stale_serves += 1
+                if key not in store.flights and now >= entry.retry_after:
+                    flight = self._begin(store, key)
+                    self._refresher.submit(self._refresh, store, key, flight, load,
+                                           scopes, scopes_of)
+                return entry.value
+            store.stats.misses += 1
+            flight = store.flights.get(key)
+            if flight is not None and flight.stamp == self.versions.stamp():
+                store.stats.joins += 1
+                leader = False
+            else:
+                # No load in flight, or one that began before an invalidation
+                # (its answer may predate the change): lead a new one.
+                flight = self._begin(store, key)
+                leader = True
+        if leader:
+            return self._lead(store, key, flight, load, scopes, scopes_of)
+        if not flight.done.wait(wait_s):
+            raise FlightTimeout(f"waited {wait_s}s for a {slot.value} load led by another call")
+        if flight.error is not None:
+            raise flight.error
+        return flight.value
+
+    def peek(self, slot: Slot, key: Hashable) -> tuple[bool, Any]:
+        """``(True, value)`` for a fresh, valid entry, else ``(False, None)``;
+        never loads. Used by batch reads to split hits from misses."""
+        store = self._slots[slot]
+        now = self._clock()
+        with store.lock:
+            entry = store.entries.get(key)
+            if (entry is not None and now < entry.soft_deadline
+                    and self.versions.is_current(entry.stamp, entry.scopes)):
+                if entry.value is ABSENT:
+                    store.stats.negative_hits += 1
+                else:
+                    store.stats.hits += 1
+                return True, entry.value
+            store.stats.misses += 1
+            return False, None
+
+    def put(self, slot: Slot, key: Hashable, value: Any, *, stamp: int,
+            scopes: tuple[str, ...]) -> bool:
+        """Store a value loaded outside :meth:`get` (batch reads) whose load
+        started at ``stamp``. Returns False when an invalidation since then
+        forbids storing it."""
+        store = self._slots[slot]
+        with store.lock:
+            return self._store(store, key, value, stamp, scopes)
+
+    # -------------------------------------------------------- invalidation
+
+    def invalidate_environment(self, environment_id: str) -> None:
+        self.versions.bump(env_scope(environment_id), "environment")
+
+    def invalidate_organization(self, organization_id: str) -> None:
+        self.versions.bump(org_scope(organization_id), "organization")
+
+    def invalidate_worker_versions(self, environment_id: str) -> None:
+        self.versions.bump(worker_versions_scope(environment_id), "worker_versions")
+
+    def invalidate_all(self) -> None:
+        self.versions.bump(GLOBAL_SCOPE, "all")
+
+    # ------------------------------------------------------------ internals
+
+    def _begin(self, store: _SlotStore, key: Hashable) -> _Flight:
+        flight = _Flight(stamp=self.versions.stamp())
+        store.flights[key] = flight
+        return flight
+
+    def _finish(self, store: _SlotStore, key: Hashable, flight: _Flight) -> None:
+        if store.flights.get(key) is flight:
+            del store.flights[key]
+        flight.done.set()
+
+    def _lead(self, store: _SlotStore, key: Hashable, flight: _Flight,
+              load: Callable[[], Any], scopes: tuple[str, ...],
+              scopes_of: Callable[[Any], tuple[str, ...]] | None) -> Any:
+        store.stats.loads += 1
+        try:
+            value = load()
+        except BaseException as exc:
+            store.stats.load_errors += 1
+            flight.error = exc
+            with store.lock:
+                self._finish(store, key, flight)
+            raise
+        all_scopes = scopes + (scopes_of(value) if scopes_of and value is not ABSENT else ())
+        flight.value = value
+        with store.lock:
+            self._store(store, key, value, flight.stamp, all_scopes)
+            self._finish(store, key, flight)
+        return value
+
+    def _refresh(self, store: _SlotStore, key: Hashable, flight: _Flight,
+                 load: Callable[[], Any], scopes: tuple[str, ...],
+                 scopes_of: Callable[[Any], tuple[str, ...]] | None) -> None:
+        store.stats.refreshes += 1
+        try:
+            self._lead(store, key, flight, load, scopes, scopes_of)
+        except Exception as exc:
+            store.stats.refresh_failures += 1
+            log.warning("background refresh of %s failed (%s); serving the cached answer "
+                        "until its hard TTL", store.slot.value, exc)
+            with store.lock:
+                entry = store.entries.get(key)
+                if entry is not None:
+                    # Back off: one retry per second at most while it fails.
+                    entry.retry_after = self._clock() + min(1.0, store.policy.soft_ttl)
+
+    def _store(self, store: _SlotStore, key: Hashable, value: Any, stamp: int,
+               scopes: tuple[str, ...]) -> bool:
+        """Store under ``store.lock``. Refuses a fill that raced an invalidation."""
+        policy = store.policy
+        if not policy.stores:
+            return False
+        if not self.versions.is_current(stamp, scopes):
+            store.stats.discarded_fills += 1
+            return False
+        now = self._clock()
+        if value is ABSENT:
+            soft = hard = policy.negative_ttl
+        else:
+            soft, hard = policy.soft_ttl, policy.hard_ttl
+        if soft <= 0:
+            return False
+        # Jitter shortens lifetimes (never lengthens them): a promise like
+        # "no older than 1 s" holds for every entry.
+        spread = 1.0 - policy.jitter * random.random()
+        store.entries[key] = _Entry(value=value, stamp=stamp, scopes=scopes,
+                                    soft_deadline=now + soft * spread,
+                                    hard_deadline=now + max(hard, soft) * spread)
+        return True

@@ -1,0 +1,54 @@
+"""The project's compatible subset of the platform's schema, for dev mode
+and tests (``controlplane-resolver migrate``).
+
+A database is migrated once: the schema is created in one transaction
+together with a marker table. Running again finds the marker and does
+nothing. A database that already holds the platform's own tables (it has
+``"RuntimeEnvironment"`` or ``"TaskRun"`` but no marker) is never touched.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import psycopg
+
+MARKER_TABLE = "_controlplane_resolver_schema"
+
+
+class MigrationRefused(RuntimeError):
+    pass
+
+
+def schema_sql(name: str) -> str:
+    """The SQL of ``schema/<name>.sql`` (``control_plane`` or ``run_ops``)."""
+    return resources.files("controlplane_resolver").joinpath(f"schema/{name}.sql").read_text()
+
+
+def migrate(dsn: str, schema: str) -> str:
+    """Create ``schema`` in the database at ``dsn`` if it is not there yet.
+
+    Returns ``"created"`` or ``"already migrated"``; raises
+    :class:`MigrationRefused` for a database holding the platform's own tables.
+    """
+    with psycopg.connect(dsn) as conn:
+        # One migration at a time per database, even from parallel processes.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (MARKER_TABLE,))
+        row = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL, to_regclass('\"RuntimeEnvironment\"') IS NOT NULL"
+            " OR to_regclass('\"TaskRun\"') IS NOT NULL",
+            (f'"{MARKER_TABLE}"',)).fetchone()
+        assert row is not None
+        marked, platform_tables = row
+        if marked:
+            return "already migrated"
+        if platform_tables:
+            raise MigrationRefused(
+                "this database already holds the platform's tables and was not created by "
+                "`controlplane-resolver migrate`: it is left untouched. Point the resolver at it "
+                "directly; migrate is only for empty dev/test databases.")
+        conn.execute(schema_sql(schema))
+        conn.execute(f'CREATE TABLE "{MARKER_TABLE}" (schema TEXT NOT NULL, '
+                     'applied_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP)')
+        conn.execute(f'INSERT INTO "{MARKER_TABLE}" (schema) VALUES (%s)', (schema,))
+    return "created"

@@ -1,0 +1,293 @@
+"""The operations: control-plane answers through the cache, runs through
+the topology's read plan. Plain Python that knows nothing of gRPC; it
+raises :mod:`~controlplane_resolver.errors` of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from . import queries
+from .cache import ABSENT, Cache, FlightTimeout, Slot, SlotPolicy, env_scope, org_scope, \
+    worker_versions_scope
+from .config import Settings
+from .database import Database
+from .errors import InvalidArgument, NotFound, Unavailable
+from .model import AuthenticatedEnvironment, Environment, RunRead, TaskRun, WorkerVersion
+from .residency import Classification, InvalidId, Residency, classify, validate_id
+from .topology import RunSource, Topology
+
+log = logging.getLogger(__name__)
+
+#: Most ids one batch call may carry.
+MAX_BATCH_IDS = 1000
+
+ENVIRONMENT_TYPES = ("PRODUCTION", "STAGING", "DEVELOPMENT", "PREVIEW")
+
+
+def cache_policies(settings: Settings) -> dict[Slot, SlotPolicy]:
+    """Slot lifetimes from settings (see README "Caching")."""
+    ms = 1 / 1000
+    soft = settings.control_plane_cache_ttl_ms * ms
+    hard = settings.control_plane_cache_hard_ttl_ms * ms
+    negative = settings.control_plane_cache_negative_ttl_ms * ms
+    size = settings.control_plane_cache_max_entries
+    control_plane = SlotPolicy(soft_ttl=soft, hard_ttl=hard, negative_ttl=negative,
+                               max_entries=size)
+    wv = settings.worker_version_cache_ttl_ms * ms
+    return {
+        Slot.ENVIRONMENT: control_plane,
+        Slot.AUTHENTICATED_ENVIRONMENT: control_plane,
+        Slot.ENV_EXISTS: control_plane,
+        Slot.LOCKED_WORKER: control_plane,
+        # A promotion must show within the worker-version TTL: never serve a
+        # worker version past it (soft == hard), whatever the other slots do.
+        Slot.WORKER_VERSION: SlotPolicy(soft_ttl=wv if soft else 0, hard_ttl=wv,
+                                        negative_ttl=min(negative, wv), max_entries=size),
+        # A feature-flag flip takes effect within the TTL: no stale serving.
+        Slot.MINT_KIND: SlotPolicy(soft_ttl=soft, hard_ttl=soft, negative_ttl=negative,
+                                   max_entries=size),
+        Slot.RUN: SlotPolicy(soft_ttl=0, hard_ttl=0, negative_ttl=0, max_entries=1),
+    }
+
+
+def checked_id(value: str, field: str) -> str:
+    try:
+        return validate_id(value, field=field)
+    except InvalidId as exc:
+        raise InvalidArgument(str(exc), reason="INVALID_ID", metadata={"field": field}) from None
+
+
+@dataclass(frozen=True)
+class IdClassification:
+    """ClassifyRunId's answer: the shape verdict and the read order it implies."""
+
+    classification: Classification
+    read_order: tuple[RunSource, ...]
+
+
+class Resolver:
+    """The resolver's operations over one :class:`Topology` and one :class:`Cache`."""
+
+    def __init__(self, topology: Topology, cache: Cache, *, fill_wait_s: float = 5.0) -> None:
+        self.topology = topology
+        self.cache = cache
+        self._fill_wait_s = fill_wait_s
+
+    @property
+    def control_plane(self) -> Database:
+        return self.topology.control_plane
+
+    def _cached(self, slot: Slot, key: Any, load: Callable[[], Any], *,
+                scopes: tuple[str, ...], scopes_of: Callable[[Any], tuple[str, ...]] | None = None
+                ) -> Any:
+        try:
+            return self.cache.get(slot, key, load, scopes=scopes, scopes_of=scopes_of,
+                                  wait_s=self._fill_wait_s)
+        except FlightTimeout as exc:
+            raise Unavailable(f"{exc}; the database is slow to answer, retry later") from None
+
+    # --------------------------------------------------------- environments
+
+    def resolve_env(self, environment_id: str) -> Environment:
+        """The environment's ResolveEnv shape. Raises NotFound when absent."""
+        env_id = checked_id(environment_id, "environment_id")
+        value = self._cached(
+            Slot.ENVIRONMENT, env_id,
+            lambda: queries.environment(self.control_plane, env_id) or ABSENT,
+            scopes=(env_scope(env_id),), scopes_of=_org_scopes)
+        if value is ABSENT:
+            raise _env_not_found(env_id)
+        return value
+
+    def resolve_authenticated_env(self, environment_id: str) -> AuthenticatedEnvironment:
+        """The environment with secrets and relations. NotFound when absent or
+        when its project is soft-deleted."""
+        env_id = checked_id(environment_id, "environment_id")
+        value = self._cached(
+            Slot.AUTHENTICATED_ENVIRONMENT, env_id,
+            lambda: queries.authenticated_environment(self.control_plane, env_id) or ABSENT,
+            scopes=(env_scope(env_id),), scopes_of=_authenticated_scopes)
+        if value is ABSENT:
+            raise _env_not_found(env_id)
+        return value
+
+    def assert_env_exists(self, environment_id: str) -> None:
+        """Return when the environment exists; raise NotFound otherwise."""
+        env_id = checked_id(environment_id, "environment_id")
+        exists = self._cached(
+            Slot.ENV_EXISTS, env_id,
+            lambda: True if queries.environment_exists(self.control_plane, env_id) else ABSENT,
+            scopes=(env_scope(env_id),))
+        if exists is ABSENT:
+            raise _env_not_found(env_id)
+
+    def batch_resolve_envs(self, environment_ids: Sequence[str]) -> list[tuple[str, Environment | None]]:
+        """ResolveEnv for many ids: ``(id, environment or None)`` in request
+        order. Cache hits are served from the cache; all misses are loaded
+        with one query."""
+        ids = _checked_batch(environment_ids, "environment_ids")
+        found: dict[str, Any] = {}
+        missing: list[str] = []
+        for env_id in dict.fromkeys(ids):
+            hit, value = self.cache.peek(Slot.ENVIRONMENT, env_id)
+            if hit:
+                found[env_id] = value
+            else:
+                missing.append(env_id)
+        if missing:
+            stamp = self.cache.versions.stamp()
+            loaded = queries.environments(self.control_plane, missing)
+            for env_id in missing:
+                value = loaded.get(env_id, ABSENT)
+                found[env_id] = value
+                scopes = (env_scope(env_id),) + (_org_scopes(value) if value is not ABSENT else ())
+                self.cache.put(Slot.ENVIRONMENT, env_id, value, stamp=stamp, scopes=scopes)
+        return [(env_id, None if found[env_id] is ABSENT else found[env_id]) for env_id in ids]
+
+    # ------------------------------------------------------- worker versions
+
+    def resolve_worker_version(self, environment_id: str, environment_type: str | None = None,
+                               worker_id: str | None = None) -> WorkerVersion:
+        """The worker version for an environment (spec section 5). When
+        ``environment_type`` is None the environment's own type is used.
+        Raises NotFound when any step of the dispatch finds nothing."""
+        env_id = checked_id(environment_id, "environment_id")
+        if worker_id is not None:
+            worker_id = checked_id(worker_id, "worker_id")
+        if environment_type is None:
+            environment_type = self.resolve_env(env_id).type
+        elif environment_type not in ENVIRONMENT_TYPES:
+            raise InvalidArgument(f"environment_type {environment_type!r} is not one of "
+                                  f"{', '.join(ENVIRONMENT_TYPES)}", reason="INVALID_ENUM")
+        env_type = environment_type
+        value = self._cached(
+            Slot.WORKER_VERSION, (env_id, env_type, worker_id),
+            lambda: queries.worker_version(self.control_plane, env_id, env_type, worker_id)
+            or ABSENT,
+            scopes=(env_scope(env_id), worker_versions_scope(env_id)))
+        if value is ABSENT:
+            what = f"worker {worker_id}" if worker_id else "a current worker version"
+            raise NotFound(f"environment {env_id} has no {what} ({env_type})",
+                           reason="WORKER_VERSION_NOT_FOUND")
+        return value
+
+    # ------------------------------------------------------------------ runs
+
+    def classify_run_id(self, run_id: str) -> IdClassification:
+        """How ``run_id`` classifies and which databases ReadRun would try."""
+        c = classify(checked_id(run_id, "id"))
+        order = tuple(source for source, _db in self.topology.read_plan(c.route))
+        return IdClassification(classification=c, read_order=order)
+
+    def read_run(self, run_id: str, *, include_environment: bool = False) -> RunRead:
+        """Read a run wherever it lives (spec section 4). Raises NotFound
+        when every database in the plan answered "absent"; Unavailable as
+        soon as one could not answer (an unknown is never reported as absent)."""
+        c = classify(checked_id(run_id, "run_id"))
+        if self.topology.split and not c.classifiable:
+            log.warning("run id body of %d characters is unclassifiable; reading it as legacy",
+                        len(c.body))
+        for source, db in self.topology.read_plan(c.route):
+            row = self.cache.get(
+                Slot.RUN, (source, run_id),
+                lambda db=db: queries.run(db, run_id, by_friendly_id=c.is_friendly) or ABSENT,
+                wait_s=self._fill_wait_s)
+            if row is not ABSENT:
+                return self._with_environment(RunRead(run=row, source=source, residency=c.route),
+                                              include_environment)
+        raise NotFound(f"run {run_id} was not found in {_plan_names(self.topology, c.route)}",
+                       reason="RUN_NOT_FOUND")
+
+    def batch_read_runs(self, run_ids: Sequence[str]) -> list[tuple[str, RunRead | None]]:
+        """ReadRun for many ids: ``(id, read or None)`` in request order, with
+        one query per database per step of the read plan."""
+        ids = _checked_batch(run_ids, "run_ids")
+        pending = {run_id: classify(run_id) for run_id in dict.fromkeys(ids)}
+        found: dict[str, RunRead] = {}
+        step = 0
+        while pending:
+            by_db: dict[int, tuple[RunSource, Database, list[Classification]]] = {}
+            for c in pending.values():
+                plan = self.topology.read_plan(c.route)
+                if step < len(plan):
+                    source, db = plan[step]
+                    by_db.setdefault(id(db), (source, db, []))[2].append(c)
+            if not by_db:
+                break
+            for source, db, wanted in by_db.values():
+                rows = queries.runs(db, [c.id for c in wanted if not c.is_friendly],
+                                    [c.id for c in wanted if c.is_friendly])
+                by_id = {r.id: r for r in rows}
+                by_friendly = {r.friendly_id: r for r in rows}
+                for c in wanted:
+                    row = by_friendly.get(c.id) if c.is_friendly else by_id.get(c.id)
+                    if row is not None:
+                        found[c.id] = RunRead(run=row, source=source, residency=c.route)
+                        del pending[c.id]
+            step += 1
+        return [(run_id, found.get(run_id)) for run_id in ids]
+
+    def _with_environment(self, read: RunRead, include: bool) -> RunRead:
+        if not include:
+            return read
+        try:
+            env = self.resolve_env(read.run.runtime_environment_id)
+        except NotFound:
+            return RunRead(run=read.run, source=read.source, residency=read.residency,
+                           environment_unresolved=True)
+        return RunRead(run=read.run, source=read.source, residency=read.residency,
+                       environment=env)
+
+    # ---------------------------------------------------------- invalidation
+
+    def invalidate(self, *, environment_id: str | None = None,
+                   organization_id: str | None = None,
+                   worker_versions_environment_id: str | None = None) -> None:
+        """Drop cached answers: exactly one target must be given."""
+        given = [(n, v) for n, v in (("environment_id", environment_id),
+                                     ("organization_id", organization_id),
+                                     ("worker_versions_environment_id",
+                                      worker_versions_environment_id)) if v]
+        if len(given) != 1:
+            raise InvalidArgument("give exactly one of environment_id, organization_id, "
+                                  "worker_versions_environment_id", reason="INVALID_TARGET")
+        name, value = given[0]
+        checked_id(value, name)
+        if name == "environment_id":
+            self.cache.invalidate_environment(value)
+        elif name == "organization_id":
+            self.cache.invalidate_organization(value)
+        else:
+            self.cache.invalidate_worker_versions(value)
+
+
+def _org_scopes(env: Environment) -> tuple[str, ...]:
+    return (org_scope(env.organization_id),)
+
+
+def _authenticated_scopes(env: AuthenticatedEnvironment) -> tuple[str, ...]:
+    scopes = (org_scope(env.organization_id),)
+    if env.parent_environment_id:
+        # The parent's API key is part of the answer.
+        scopes += (env_scope(env.parent_environment_id),)
+    return scopes
+
+
+def _env_not_found(env_id: str) -> NotFound:
+    return NotFound(f"environment {env_id} was not found", reason="ENVIRONMENT_NOT_FOUND",
+                    metadata={"environment_id": env_id})
+
+
+def _checked_batch(ids: Sequence[str], field: str) -> list[str]:
+    if len(ids) > MAX_BATCH_IDS:
+        raise InvalidArgument(f"{field} has {len(ids)} ids; at most {MAX_BATCH_IDS} per call",
+                              reason="BATCH_TOO_LARGE")
+    return [checked_id(v, f"{field}[{i}]") for i, v in enumerate(ids)]
+
+
+def _plan_names(topology: Topology, route: Residency) -> str:
+    return " or ".join(f"the {s.value} database" for s, _ in topology.read_plan(route))

@@ -1,0 +1,117 @@
+"""The two safety interlocks that guard split mode (spec section 2).
+
+* :func:`check_realtime_interlock` is pure and runs first, before any
+  network call: split mode with the native realtime backend off would make
+  runs in the run-ops database invisible to realtime subscribers.
+* :func:`run_sentinel` connects to both run locations and refuses when they
+  are one physical database. URL strings are never compared: a pooler, a
+  replica or a second hostname can all point at the same database.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import psycopg
+
+from .config import redact_dsn
+
+
+class Refusal(Exception):
+    """A configuration that would lose or hide data. The message says why
+    and how to fix it; ``code`` is machine-readable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_realtime_interlock(*, split_enabled: bool, realtime_native_enabled: bool) -> None:
+    """Raise :class:`Refusal` when split is asked for without native realtime."""
+    if split_enabled and not realtime_native_enabled:
+        raise Refusal(
+            "REALTIME_INTERLOCK",
+            "RUN_OPS_SPLIT_ENABLED is on but REALTIME_BACKEND_NATIVE_ENABLED is off: the "
+            "realtime feed replicates only the control-plane database, so runs written to the "
+            "run-ops database would be invisible to subscribers. Enable the native realtime "
+            "backend (REALTIME_BACKEND_NATIVE_ENABLED=1) or turn the split off.",
+        )
+
+
+@dataclass(frozen=True)
+class DatabaseIdentity:
+    """What makes a database physically itself."""
+
+    system_identifier: int
+    database: str
+
+
+class Verdict(enum.Enum):
+    DISTINCT_CLUSTERS = "distinct clusters"
+    SAME_CLUSTER_OTHER_DATABASE = "same cluster, different database"
+    SAME_DATABASE = "same physical database"
+    PROBE_FAILED = "probe failed"
+
+
+@dataclass(frozen=True)
+class SentinelResult:
+    verdict: Verdict
+    allowed: bool
+    reason: str
+
+
+def compare_identities(a: DatabaseIdentity, b: DatabaseIdentity) -> Verdict:
+    """Pure comparison of two identities."""
+    if a.system_identifier != b.system_identifier:
+        return Verdict.DISTINCT_CLUSTERS
+    if a.database != b.database:
+        return Verdict.SAME_CLUSTER_OTHER_DATABASE
+    return Verdict.SAME_DATABASE
+
+
+PROBE_SQL = "SELECT system_identifier, current_database() AS database FROM pg_control_system()"
+
+
+def probe_identity(dsn: str, timeout_s: float = 5.0) -> DatabaseIdentity:
+    """Connect once to ``dsn`` and read its identity. Raises psycopg errors."""
+    with psycopg.connect(dsn, connect_timeout=max(1, int(timeout_s)), autocommit=True) as conn:
+        row = conn.execute(PROBE_SQL).fetchone()
+    assert row is not None
+    return DatabaseIdentity(system_identifier=int(row[0]), database=str(row[1]))
+
+
+def run_sentinel(run_ops_dsn: str, legacy_dsn: str, *, strict: bool = False,
+                 timeout_s: float = 5.0) -> SentinelResult:
+    """Decide whether the run-ops and legacy locations are distinct databases.
+
+    Same identifier and same database name → refuse. Same cluster, other
+    database → allowed (refused when ``strict``). Any probe error → refuse
+    (fail closed), with the reason. Never raises.
+    """
+    identities = []
+    for role, dsn in (("run-ops", run_ops_dsn), ("legacy", legacy_dsn)):
+        try:
+            identities.append(probe_identity(dsn, timeout_s))
+        except psycopg.errors.InsufficientPrivilege:
+            return SentinelResult(Verdict.PROBE_FAILED, False,
+                                  f"cannot read pg_control_system() on the {role} database "
+                                  f"({redact_dsn(dsn)}): grant the pg_monitor role to the "
+                                  "resolver's user")
+        except Exception as exc:  # fail closed on anything
+            return SentinelResult(Verdict.PROBE_FAILED, False,
+                                  f"could not probe the {role} database ({redact_dsn(dsn)}): "
+                                  f"{type(exc).__name__}; split mode stays refused until both "
+                                  "databases answer")
+    verdict = compare_identities(identities[0], identities[1])
+    if verdict is Verdict.SAME_DATABASE:
+        return SentinelResult(verdict, False,
+                              "RUN_OPS_DATABASE_URL and the legacy location are the same physical "
+                              f"database (system_identifier {identities[0].system_identifier}, "
+                              f"database {identities[0].database!r}): point RUN_OPS_DATABASE_URL "
+                              "at the dedicated run-ops database")
+    if verdict is Verdict.SAME_CLUSTER_OTHER_DATABASE and strict:
+        return SentinelResult(verdict, False,
+                              "the run-ops and legacy databases share one cluster, which strict "
+                              "mode refuses: move run-ops to its own cluster")
+    return SentinelResult(verdict, True, f"run-ops and legacy locations are {verdict.value}")

@@ -1,0 +1,153 @@
+"""The gRPC edge: request messages → resolver calls → response messages,
+and resolver errors → gRPC status with a ``google.rpc.ErrorInfo``.
+
+Thin on purpose: the decisions live in resolver.py and below.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2 as pb
+from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
+
+from .errors import DeadlineExceeded, InvalidArgument, NotFound, ResolverError, Unavailable
+from .messages import enum_name, fill
+from .resolver import Resolver
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "controlplane-resolver"
+
+_STATUS: dict[type[ResolverError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str, reason: str,
+          metadata: dict[str, str] | None = None) -> None:
+    """End the call with ``code``, ``message`` and an ErrorInfo detail."""
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN,
+                                       metadata=metadata or {})
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Translate domain errors into statuses; anything unexpected is INTERNAL."""
+
+    @functools.wraps(method)
+    def wrapper(self: "ResolverServicer", request: Any, context: grpc.ServicerContext) -> Any:
+        resolver = self.resolver
+        if resolver is None:
+            abort(context, grpc.StatusCode.UNAVAILABLE,
+                  "the resolver is starting: start-up checks and pools are not ready yet",
+                  "NOT_READY")
+        try:
+            return method(self, resolver, request, context)
+        except ResolverError as exc:
+            abort(context, _STATUS.get(type(exc), grpc.StatusCode.INTERNAL), str(exc),
+                  exc.reason, exc.metadata)
+        except ValueError as exc:  # a request enum value out of range
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), "INVALID_ENUM")
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            abort(context, grpc.StatusCode.INTERNAL,
+                  "internal error; the server log has the details", "INTERNAL")
+        raise AssertionError("unreachable")  # abort() raises
+
+    return wrapper
+
+
+class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
+    """Serves :class:`Resolver`; answers UNAVAILABLE until ``resolver`` is set."""
+
+    def __init__(self, resolver: Resolver | None = None) -> None:
+        self.resolver = resolver
+
+    @_edge
+    def ResolveEnv(self, r: Resolver, request: pb.ResolveEnvRequest, context: Any) -> pb.ResolveEnvResponse:
+        env = r.resolve_env(request.environment_id)
+        return pb.ResolveEnvResponse(environment=fill(pb.Environment(), env))
+
+    @_edge
+    def ResolveAuthenticatedEnv(self, r: Resolver, request: pb.ResolveAuthenticatedEnvRequest,
+                                context: Any) -> pb.ResolveAuthenticatedEnvResponse:
+        env = r.resolve_authenticated_env(request.environment_id)
+        return pb.ResolveAuthenticatedEnvResponse(environment=fill(pb.AuthenticatedEnvironment(), env))
+
+    @_edge
+    def ResolveWorkerVersion(self, r: Resolver, request: pb.ResolveWorkerVersionRequest,
+                             context: Any) -> pb.ResolveWorkerVersionResponse:
+        env_type = None
+        if request.HasField("environment_type"):
+            env_type = enum_name(pb.EnvironmentType.DESCRIPTOR, request.environment_type)
+        worker_id = request.worker_id if request.HasField("worker_id") else None
+        version = r.resolve_worker_version(request.environment_id, env_type, worker_id)
+        return fill(pb.ResolveWorkerVersionResponse(), version)
+
+    @_edge
+    def ReadRun(self, r: Resolver, request: pb.ReadRunRequest, context: Any) -> pb.ReadRunResponse:
+        read = r.read_run(request.run_id, include_environment=request.include_environment)
+        return fill(pb.ReadRunResponse(), read)
+
+    @_edge
+    def AssertEnvExists(self, r: Resolver, request: pb.AssertEnvExistsRequest,
+                        context: Any) -> pb.AssertEnvExistsResponse:
+        r.assert_env_exists(request.environment_id)
+        return pb.AssertEnvExistsResponse()
+
+    @_edge
+    def ClassifyRunId(self, r: Resolver, request: pb.ClassifyRunIdRequest,
+                      context: Any) -> pb.ClassifyRunIdResponse:
+        result = r.classify_run_id(request.id)
+        c = result.classification
+        response = pb.ClassifyRunIdResponse(body=c.body, body_length=len(c.body),
+                                            classifiable=c.classifiable, reason=c.reason)
+        response.residency = pb.Residency.Value("RESIDENCY_" + c.route.name)
+        response.read_order.extend(pb.RunSource.Value("RUN_SOURCE_" + s.name)
+                                   for s in result.read_order)
+        return response
+
+    @_edge
+    def Invalidate(self, r: Resolver, request: pb.InvalidateRequest,
+                   context: Any) -> pb.InvalidateResponse:
+        target = request.WhichOneof("target")
+        r.invalidate(**({target: getattr(request, target)} if target else {}))
+        return pb.InvalidateResponse()
+
+    @_edge
+    def BatchResolveEnvs(self, r: Resolver, request: pb.BatchResolveEnvsRequest,
+                         context: Any) -> pb.BatchResolveEnvsResponse:
+        response = pb.BatchResolveEnvsResponse()
+        for env_id, env in r.batch_resolve_envs(list(request.environment_ids)):
+            result = response.results.add(environment_id=env_id)
+            if env is None:
+                result.not_found = True
+            else:
+                fill(result.environment, env)
+        return response
+
+    @_edge
+    def BatchReadRuns(self, r: Resolver, request: pb.BatchReadRunsRequest,
+                      context: Any) -> pb.BatchReadRunsResponse:
+        response = pb.BatchReadRunsResponse()
+        for run_id, read in r.batch_read_runs(list(request.run_ids)):
+            result = response.results.add(run_id=run_id)
+            if read is None:
+                result.not_found = True
+            else:
+                fill(result, read)
+        return response

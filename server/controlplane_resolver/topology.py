@@ -1,0 +1,128 @@
+"""Which database serves which role, decided once at start-up.
+
+The split decision lives here and nowhere else: the resolver asks for "the
+databases for this route" (:meth:`Topology.read_plan`) instead of checking a
+flag. With split off no run-ops pool is opened and no probe runs.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from .config import Settings, redact_dsn
+from .database import Database
+from .residency import Residency
+from .safety import Refusal, SentinelResult, check_realtime_interlock, run_sentinel
+
+log = logging.getLogger(__name__)
+
+
+class RunSource(enum.Enum):
+    """The database that served a run, as reported to callers."""
+
+    CONTROL_PLANE = "control-plane"
+    RUN_OPS = "run-ops"
+    LEGACY = "legacy"
+
+
+@dataclass(frozen=True)
+class SplitDecision:
+    """The outcome of the start-up checks. ``dsns`` maps role → DSN."""
+
+    split: bool
+    sentinel: SentinelResult | None
+    dsns: dict[str, str]
+
+    def describe(self) -> list[str]:
+        lines = [f"split mode: {'ON' if self.split else 'off'}"]
+        if self.sentinel is not None:
+            lines.append(f"sentinel: {self.sentinel.verdict.value} ({self.sentinel.reason})")
+        for role, dsn in self.dsns.items():
+            lines.append(f"{role}: {redact_dsn(dsn)}")
+        return lines
+
+
+def decide_split(settings: Settings, *, probe_timeout_s: float = 5.0) -> SplitDecision:
+    """Run the start-up checks in the spec's order and decide the topology.
+
+    Raises :class:`Refusal` when split is asked for and any check fails; the
+    realtime interlock runs first and makes no network call.
+    """
+    cp_read = settings.control_plane_database_read_replica_url or settings.control_plane_database_url
+    dsns = {"control-plane": settings.control_plane_database_url}
+    if cp_read != settings.control_plane_database_url:
+        dsns["control-plane replica"] = cp_read
+    if not settings.run_ops_split_enabled:
+        return SplitDecision(split=False, sentinel=None, dsns=dsns)
+
+    check_realtime_interlock(split_enabled=True,
+                             realtime_native_enabled=settings.realtime_backend_native_enabled)
+    if not settings.run_ops_database_url:
+        raise Refusal("RUN_OPS_NOT_CONFIGURED",
+                      "RUN_OPS_SPLIT_ENABLED is on but RUN_OPS_DATABASE_URL is not set: set it to "
+                      "the run-ops database or turn the split off")
+    run_ops_read = settings.run_ops_database_read_replica_url or settings.run_ops_database_url
+    legacy = settings.run_ops_legacy_database_url or cp_read
+    sentinel = run_sentinel(settings.run_ops_database_url, legacy, timeout_s=probe_timeout_s)
+    if not sentinel.allowed:
+        raise Refusal("SENTINEL_" + sentinel.verdict.name, sentinel.reason)
+    dsns["run-ops"] = run_ops_read
+    dsns["legacy"] = legacy
+    return SplitDecision(split=True, sentinel=sentinel, dsns=dsns)
+
+
+class Topology:
+    """The open pools, one per distinct DSN, by role.
+
+    Roles: ``control_plane`` (reads; the replica when configured),
+    ``control_plane_primary``, and under split ``run_ops`` and ``legacy``.
+    """
+
+    def __init__(self, decision: SplitDecision, settings: Settings) -> None:
+        self.decision = decision
+        self.split = decision.split
+        timeout_s = settings.db_timeout_ms / 1000
+        by_dsn: dict[str, Database] = {}
+
+        def pool_for(role: str, dsn: str) -> Database:
+            # One pool per DSN: the legacy location usually *is* the
+            # control-plane replica, and two pools would double connections.
+            if dsn not in by_dsn:
+                by_dsn[dsn] = Database(role, dsn, max_size=settings.pool_max_size,
+                                       timeout_s=timeout_s)
+            return by_dsn[dsn]
+
+        self.control_plane_primary = pool_for("control-plane", settings.control_plane_database_url)
+        self.control_plane = pool_for("control-plane replica",
+                                      decision.dsns.get("control-plane replica",
+                                                        settings.control_plane_database_url))
+        self.run_ops: Database | None = None
+        self.legacy: Database | None = None
+        if self.split:
+            self.run_ops = pool_for("run-ops", decision.dsns["run-ops"])
+            self.legacy = pool_for("legacy", decision.dsns["legacy"])
+        self.databases = list(by_dsn.values())
+
+    def open(self, wait_s: float) -> None:
+        """Open every pool and wait until each has a working connection.
+
+        Raises :class:`~controlplane_resolver.errors.Unavailable` naming the
+        database that did not answer.
+        """
+        for db in self.databases:
+            db.open(wait_s=wait_s)
+
+    def close(self) -> None:
+        for db in self.databases:
+            db.close()
+
+    def read_plan(self, route: Residency) -> list[tuple[RunSource, Database]]:
+        """The databases a run read tries, in order, for a route."""
+        if not self.split:
+            return [(RunSource.CONTROL_PLANE, self.control_plane)]
+        assert self.run_ops is not None and self.legacy is not None
+        if route is Residency.NEW:
+            return [(RunSource.RUN_OPS, self.run_ops)]
+        return [(RunSource.RUN_OPS, self.run_ops), (RunSource.LEGACY, self.legacy)]
