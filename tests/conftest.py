@@ -31,6 +31,10 @@ from controlplane_resolver.migrate import migrate
 from controlplane_resolver_client import ResolverClient
 
 
+#: Lets tests count the queries a database really ran (pg_stat_statements).
+STAT_STATEMENTS = {"shared_preload_libraries": "pg_stat_statements"}
+
+
 @dataclass
 class Databases:
     control_plane: str
@@ -58,13 +62,19 @@ def databases() -> Iterator[Databases]:
     elif os.environ.get("RESOLVER_TEST_USE_DOCKER") == "1":
         dbs = _docker_postgres(started)
     else:
-        cp = LocalCluster("test-cp").start()
+        cp = LocalCluster("test-cp", settings=STAT_STATEMENTS).start()
         started.append(cp)
-        ro = LocalCluster("test-ro").start()
+        ro = LocalCluster("test-ro", settings=STAT_STATEMENTS).start()
         started.append(ro)
         dbs = Databases(cp.create_database("platform"), ro.create_database("run_ops"))
     migrate(dbs.control_plane, "control_plane")
     migrate(dbs.run_ops, "run_ops")
+    for dsn in (dbs.control_plane, dbs.run_ops):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            try:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            except psycopg.Error:
+                pass  # external DSNs may not preload it; query-counting tests say so
     yield dbs
     for thing in started:
         if isinstance(thing, LocalCluster):
@@ -154,6 +164,14 @@ def start_server(databases: Databases) -> Iterator[Callable[..., Running]]:
 def server(start_server: Callable[..., Running]) -> Running:
     """A split-mode server over the session databases."""
     return start_server()
+
+
+def count_queries(conn: psycopg.Connection[Any], fragment: str) -> int:
+    """How many times statements containing ``fragment`` ran (all users,
+    all sessions) according to pg_stat_statements."""
+    row = conn.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
+                       "WHERE query LIKE %s", (f"%{fragment}%",)).fetchone()
+    return int(row[0])
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_
 
 from .cache import Cache
 from .config import Settings
+from .errors import Unavailable
+from .listener import InvalidationListener, ListenerState
 from .resolver import Resolver, cache_policies
 from .servicer import ResolverServicer
 from .topology import SplitDecision, Topology, decide_split
@@ -28,6 +30,9 @@ from .topology import SplitDecision, Topology, decide_split
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = resolver_pb2.DESCRIPTOR.services_by_name["ControlPlaneResolverService"].full_name
+#: A health "service" that reports the invalidation listener alone: it goes
+#: NOT_SERVING while the listener reconnects, without taking the resolver out.
+LISTENER_HEALTH_NAME = "controlplane-resolver.invalidation-listener"
 
 
 class ResolverApp:
@@ -40,6 +45,7 @@ class ResolverApp:
         self.topology: Topology | None = None
         self.cache: Cache | None = None
         self.port: int | None = None
+        self.listener: InvalidationListener | None = None
         self._stopped = threading.Event()
         self.servicer = ResolverServicer()
         self.health = health.HealthServicer()
@@ -63,6 +69,11 @@ class ResolverApp:
         for name in ("", SERVICE_NAME):
             self.health.set(name, status)
 
+    def _on_listener_state(self, state: ListenerState) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if state is ListenerState.LISTENING
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health.set(LISTENER_HEALTH_NAME, status)
+
     def start(self, *, pool_wait_s: float = 30.0) -> None:
         """Check, bind, open pools, then report SERVING.
 
@@ -83,6 +94,17 @@ class ResolverApp:
             self.topology = Topology(self.decision, self.settings)
             self.topology.open(wait_s=pool_wait_s)
             self.cache = Cache(cache_policies(self.settings))
+            if self.settings.listen_enabled:
+                self.health.set(LISTENER_HEALTH_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+                self.listener = InvalidationListener(self.settings.control_plane_database_url,
+                                                     self.cache, on_state=self._on_listener_state)
+                self.listener.start()
+                # Never answer from a cache that may have missed invalidations.
+                if not self.listener.wait_listening(pool_wait_s):
+                    raise Unavailable(
+                        "the invalidation listener could not LISTEN on the control-plane "
+                        f"primary within {pool_wait_s:g}s: check the primary is reachable, or "
+                        "set RESOLVER_LISTEN_ENABLED=0 to rely on TTLs alone")
             self.servicer.resolver = Resolver(self.topology, self.cache,
                                               fill_wait_s=self.settings.db_timeout_ms / 1000)
         except BaseException:
@@ -98,6 +120,8 @@ class ResolverApp:
             return
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        if self.listener is not None:
+            self.listener.stop()
         if self.topology is not None:
             self.topology.close()
         if self.cache is not None:

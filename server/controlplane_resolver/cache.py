@@ -9,7 +9,7 @@ Pieces, each small and named:
 * :class:`Versions` — invalidation by epoch. One monotonic counter stamps
   every fill when it *starts* and every invalidation when it happens; an
   entry is valid while its stamp is at least the newest invalidation of
-  every scope it belongs to (``env:ID``, ``org:ID``, ``wv:ID`` and the global
+  every scope it belongs to (``env:ID``, ``org:ID``, ``project:ID``, ``wv:ID`` and the global
   scope). A fill that started before an invalidation therefore carries an
   older stamp and is never stored after it.
 * Single-flight (:class:`_Flight`) — concurrent misses for one key run one
@@ -127,7 +127,7 @@ class Versions:
 
         self._epochs: TTLCache = _Epochs(maxsize=max_scopes, ttl=retention_s, timer=clock)
         self.invalidations: dict[str, int] = {"environment": 0, "organization": 0,
-                                              "worker_versions": 0, "all": 0}
+                                              "project": 0, "worker_versions": 0, "all": 0}
 
     def stamp(self) -> int:
         """The stamp a fill starting now carries."""
@@ -161,6 +161,10 @@ def env_scope(environment_id: str) -> str:
 
 def org_scope(organization_id: str) -> str:
     return "org:" + organization_id
+
+
+def project_scope(project_id: str) -> str:
+    return "project:" + project_id
 
 
 def worker_versions_scope(environment_id: str) -> str:
@@ -323,6 +327,9 @@ class Cache:
 
     def invalidate_organization(self, organization_id: str) -> None:
         self.versions.bump(org_scope(organization_id), "organization")
+
+    def invalidate_project(self, project_id: str) -> None:
+        self.versions.bump(project_scope(project_id), "project")
 
     def invalidate_worker_versions(self, environment_id: str) -> None:
         self.versions.bump(worker_versions_scope(environment_id), "worker_versions")

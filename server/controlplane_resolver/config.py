@@ -106,6 +106,8 @@ OPTIONS: tuple[Option, ...] = (
            "worker-version cache lifetime (bounds how long a promotion takes to show)"),
     Option("run_ops_mint_ksuid_enabled", "RUN_OPS_MINT_KSUID_ENABLED", parse_bool, False,
            "master switch for minting new-shape (ksuid) ids"),
+    Option("listen_enabled", "RESOLVER_LISTEN_ENABLED", parse_bool, True,
+           "LISTEN for invalidations on the control-plane primary (see `triggers install`)"),
     Option("addr", "RESOLVER_ADDR", parse_str, "127.0.0.1:50051", "address to listen on"),
     Option("max_workers", "RESOLVER_MAX_WORKERS", parse_positive, 16,
            "threads serving calls (16 measured faster than 64 on 2 cores)"),
@@ -133,6 +135,7 @@ class Settings:
     control_plane_cache_max_entries: int = 10_000
     worker_version_cache_ttl_ms: int = 1_000
     run_ops_mint_ksuid_enabled: bool = False
+    listen_enabled: bool = True
     addr: str = "127.0.0.1:50051"
     max_workers: int = 16
     pool_max_size: int = 8

@@ -82,8 +82,12 @@ class LocalCluster:
     """One throwaway cluster. ``start()`` → ``dsn(db)`` … ``stop()`` /
     ``start()`` again (same data, same port) … ``destroy()``."""
 
-    def __init__(self, name: str = "resolver", *, port: int | None = None) -> None:
+    def __init__(self, name: str = "resolver", *, port: int | None = None,
+                 settings: dict[str, str] | None = None) -> None:
+        """``settings`` are extra server settings (``-c name=value``), e.g.
+        ``{"shared_preload_libraries": "pg_stat_statements"}``."""
         self.bindir = find_bindir()
+        self.settings = {**_SERVER_SETTINGS, **(settings or {})}
         self.name = name
         self.port = port or free_port()
         self.root = Path(tempfile.mkdtemp(prefix=f"cpr-{name}-", dir="/tmp"))
@@ -114,7 +118,7 @@ class LocalCluster:
             self._run(str(self.bindir / "initdb"), "-D", str(self.datadir), "-A", "trust",
                       "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C")
             self._initialised = True
-        options = " ".join(f"-c {k}={v}" for k, v in _SERVER_SETTINGS.items())
+        options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
         options += f" -p {self.port} -k {self.root}"
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
                   "-o", options, "-w", "-t", "60", "start")

@@ -1,0 +1,134 @@
+"""Cross-replica invalidation: ``LISTEN`` on the control-plane primary.
+
+Writers (the optional triggers of triggers.py, or any writer that knows what
+it changed) send ``NOTIFY controlplane_resolver_invalidate, '<kind>:<id>'``
+with kind one of ``environment``, ``organization``, ``project`` or
+``worker_versions``. Every resolver process listens on its own connection
+and thread and bumps the matching epoch in its cache.
+
+Notifications are not durable: one sent while this process was not
+listening is lost. So every (re)connect invalidates the whole cache before
+reporting itself listening; the TTLs stay the backstop. ``LISTEN`` does not
+work on a read replica, which is why this connects to the primary.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from typing import Callable
+
+import psycopg
+
+from .cache import Cache
+from .config import redact_dsn
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "controlplane_resolver_invalidate"
+
+
+class ListenerState(enum.Enum):
+    STARTING = "starting"
+    LISTENING = "listening"
+    DISCONNECTED = "disconnected"
+    STOPPED = "stopped"
+
+
+def apply_notification(cache: Cache, payload: str) -> bool:
+    """Bump the epoch a payload names. Returns False for a payload this
+    version does not understand (logged, ignored)."""
+    kind, _, ident = payload.partition(":")
+    if not ident:
+        log.warning("ignoring invalidation notification without an id: %r", payload[:100])
+        return False
+    if kind == "environment":
+        cache.invalidate_environment(ident)
+    elif kind == "organization":
+        cache.invalidate_organization(ident)
+    elif kind == "project":
+        cache.invalidate_project(ident)
+    elif kind == "worker_versions":
+        cache.invalidate_worker_versions(ident)
+    else:
+        log.warning("ignoring invalidation notification of unknown kind %r", kind[:50])
+        return False
+    return True
+
+
+class InvalidationListener:
+    """A daemon thread that keeps one ``LISTEN`` connection open.
+
+    ``on_state`` is called (from the listener thread) on every state change;
+    the app uses it to report the listener in health. Reconnects with
+    exponential backoff (``min_backoff_s`` doubling up to ``max_backoff_s``).
+    """
+
+    def __init__(self, dsn: str, cache: Cache, *,
+                 on_state: Callable[[ListenerState], None] = lambda _s: None,
+                 min_backoff_s: float = 0.1, max_backoff_s: float = 5.0,
+                 poll_s: float = 0.5) -> None:
+        self._dsn = dsn
+        self._cache = cache
+        self._on_state = on_state
+        self._min_backoff_s = min_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._listening = threading.Event()
+        self._conn: psycopg.Connection | None = None
+        self.state = ListenerState.STARTING
+        self.connects = 0
+        self.notifications = 0
+        self._thread = threading.Thread(target=self._run, name="invalidation-listener",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_listening(self, timeout_s: float) -> bool:
+        """True once the listener has connected at least once."""
+        return self._listening.wait(timeout_s)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+        self._set_state(ListenerState.STOPPED)
+
+    def _set_state(self, state: ListenerState) -> None:
+        if state is not self.state:
+            self.state = state
+            self._on_state(state)
+
+    def _run(self) -> None:
+        backoff = self._min_backoff_s
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5,
+                                     application_name="controlplane-resolver:listener") as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    # Anything sent while we were not listening is lost:
+                    # start from a clean cache.
+                    self._cache.invalidate_all()
+                    self.connects += 1
+                    backoff = self._min_backoff_s
+                    log.info("invalidation listener listening on %s (connect #%d; cache "
+                             "invalidated)", redact_dsn(self._dsn), self.connects)
+                    self._set_state(ListenerState.LISTENING)
+                    self._listening.set()
+                    while not self._stop.is_set():
+                        for notify in conn.notifies(timeout=self._poll_s):
+                            self.notifications += 1
+                            apply_notification(self._cache, notify.payload)
+                        # A dead server is not always noticed by waiting alone.
+                        conn.execute("SELECT 1")
+            except Exception as exc:
+                if self._stop.is_set():
+                    break
+                self._set_state(ListenerState.DISCONNECTED)
+                log.warning("invalidation listener lost its connection to %s (%s); "
+                            "reconnecting in %.1fs — cached answers fall back to their TTLs",
+                            redact_dsn(self._dsn), type(exc).__name__, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
