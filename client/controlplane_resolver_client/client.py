@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -70,19 +70,30 @@ class ResolverClient:
     """
 
     def __init__(self, target: str | None = None, *, channel: grpc.Channel | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S,
+                 timeout: float = DEFAULT_TIMEOUT_S, token: str | None = None,
+                 tls_ca: bytes | None = None, tls_cert: bytes | None = None,
+                 tls_key: bytes | None = None, tls: bool = False,
                  options: Sequence[tuple[str, Any]] = ()) -> None:
+        """``token`` is sent as ``authorization: Bearer <token>`` on every
+        call. TLS is used when ``tls`` is true or any ``tls_*`` is given:
+        ``tls_ca`` (PEM) verifies the server (system roots when omitted);
+        ``tls_cert``/``tls_key`` (PEM) are the client certificate for mutual
+        TLS."""
         if channel is None:
             if target is None:
                 raise ValueError("give a target address or a channel")
-            channel = grpc.insecure_channel(target, options=[
-                ("grpc.service_config", service_config()),
-                ("grpc.enable_retries", 1),
-                *options,
-            ])
+            channel_options = [("grpc.service_config", service_config()),
+                               ("grpc.enable_retries", 1), *options]
+            if tls or tls_ca or tls_cert or tls_key:
+                credentials = grpc.ssl_channel_credentials(
+                    root_certificates=tls_ca, private_key=tls_key, certificate_chain=tls_cert)
+                channel = grpc.secure_channel(target, credentials, options=channel_options)
+            else:
+                channel = grpc.insecure_channel(target, options=channel_options)
         self.channel = channel
         self.stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
         self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     def close(self) -> None:
         self.channel.close()
@@ -93,11 +104,10 @@ class ResolverClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., T], request: Any, timeout: float | None,
-              metadata: Iterable[tuple[str, str]] | None = None) -> T | None:
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T | None:
         try:
             return method(request, timeout=self.timeout if timeout is None else timeout,
-                          metadata=metadata)
+                          metadata=self._metadata)
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
                 return None

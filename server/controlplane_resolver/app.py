@@ -1,16 +1,21 @@
 """Assembly: settings → safety → topology → resolver → gRPC server, with
-the health and reflection services, and an orderly shutdown.
+health, reflection, authentication, TLS, metrics and an orderly shutdown.
 
 Start-up order (spec section 2): the split decision and its interlocks run
 before the port is bound, so a refused configuration never serves. The
-server then starts with health ``NOT_SERVING`` while the pools open, and
-turns ``SERVING`` once every pool has a working connection.
+server then starts with health ``NOT_SERVING`` while the pools open and the
+invalidation listener connects, and turns ``SERVING`` once both are ready.
+
+Shutdown: health turns ``NOT_SERVING``, an optional pause lets load
+balancers notice, ``server.stop(grace)`` drains in-flight calls, and only
+then are the listener and pools closed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -19,20 +24,43 @@ from grpc_reflection.v1alpha import reflection
 
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2, resolver_pb2_grpc
 
+from .auth import AuthInterceptor, TokenFile, is_loopback
 from .cache import Cache
-from .config import Settings
+from .config import ConfigError, Settings
 from .errors import Unavailable
 from .listener import InvalidationListener, ListenerState
+from .observability import CallInterceptor, Metrics, StateCollector
 from .resolver import Resolver, cache_policies
 from .servicer import ResolverServicer
+from .tls import RotatingCertificates, TlsFiles, server_credentials
 from .topology import SplitDecision, Topology, decide_split
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = resolver_pb2.DESCRIPTOR.services_by_name["ControlPlaneResolverService"].full_name
+_SERVICE = resolver_pb2.DESCRIPTOR.services_by_name["ControlPlaneResolverService"]
+SERVICE_NAME = _SERVICE.full_name
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 #: A health "service" that reports the invalidation listener alone: it goes
 #: NOT_SERVING while the listener reconnects, without taking the resolver out.
 LISTENER_HEALTH_NAME = "controlplane-resolver.invalidation-listener"
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments of the server (see README "Running in production")."""
+    return [
+        # grpcio enables SO_REUSEPORT by default: a second server could
+        # silently share our port. Only --processes N shares it on purpose.
+        ("grpc.so_reuseport", 1 if settings.processes > 1 else 0),
+        ("grpc.keepalive_time_ms", settings.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Closing old connections makes long-lived engine-node channels
+        # re-resolve and spread over new replicas; the grace lets calls finish.
+        ("grpc.max_connection_age_ms", settings.max_connection_age_ms),
+        ("grpc.max_connection_age_grace_ms", 30_000),
+        ("grpc.max_receive_message_length", 1 << 20),
+    ]
 
 
 class ResolverApp:
@@ -44,26 +72,50 @@ class ResolverApp:
         self.decision: SplitDecision | None = None
         self.topology: Topology | None = None
         self.cache: Cache | None = None
-        self.port: int | None = None
         self.listener: InvalidationListener | None = None
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.certificates: RotatingCertificates | None = None
         self._stopped = threading.Event()
+        self._stopping = threading.Lock()
+        self.tokens = self._check_authentication(settings)
+        self.metrics = Metrics()
+        self.metrics.registry.register(StateCollector(self))
         self.servicer = ResolverServicer()
         self.health = health.HealthServicer()
+        interceptors: list[grpc.ServerInterceptor] = [CallInterceptor(self.metrics)]
+        if self.tokens is not None:
+            interceptors.append(AuthInterceptor(self.tokens, open_health=settings.open_health,
+                                                open_reflection=settings.open_reflection))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                        thread_name_prefix="grpc-worker"),
-            # grpcio enables SO_REUSEPORT by default: a second server could
-            # silently share our port. Refuse that.
-            options=[("grpc.so_reuseport", 0)],
+            interceptors=interceptors,
+            options=server_options(settings),
+            # Beyond this many calls in progress or queued, grpcio answers
+            # RESOURCE_EXHAUSTED at once instead of growing a queue.
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         resolver_pb2_grpc.add_ControlPlaneResolverServiceServicer_to_server(self.servicer,
                                                                              self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            self.server)
+            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.metrics.preregister(f"/{SERVICE_NAME}/{m.name}" for m in _SERVICE.methods)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    @staticmethod
+    def _check_authentication(settings: Settings) -> TokenFile | None:
+        tokens = TokenFile(settings.auth_tokens_file) if settings.auth_tokens_file else None
+        if tokens is None and not settings.tls_client_ca:
+            if not is_loopback(settings.addr) and not settings.allow_unauthenticated:
+                raise ConfigError(
+                    f"refusing to serve {settings.addr} without authentication: set "
+                    "RESOLVER_AUTH_TOKENS_FILE (bearer tokens) or RESOLVER_TLS_CLIENT_CA (mutual "
+                    "TLS), listen on a loopback address, or pass --allow-unauthenticated")
+            log.warning("serving %s WITHOUT authentication: any caller that reaches it can "
+                        "read API keys with ResolveAuthenticatedEnv", settings.addr)
+        return tokens
 
     def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -74,8 +126,23 @@ class ResolverApp:
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         self.health.set(LISTENER_HEALTH_NAME, status)
 
+    def _bind(self) -> int:
+        s = self.settings
+        try:
+            if s.tls_cert and s.tls_key:
+                creds, self.certificates = server_credentials(TlsFiles(s.tls_cert, s.tls_key,
+                                                                       s.tls_client_ca))
+                port = self.server.add_secure_port(s.addr, creds)
+            else:
+                port = self.server.add_insecure_port(s.addr)
+        except RuntimeError:  # grpcio raises instead of returning 0 on a busy port
+            port = 0
+        if port == 0:
+            raise OSError(f"could not listen on {s.addr}: is the port in use?")
+        return port
+
     def start(self, *, pool_wait_s: float = 30.0) -> None:
-        """Check, bind, open pools, then report SERVING.
+        """Check, bind, open pools and the listener, then report SERVING.
 
         Raises :class:`~controlplane_resolver.safety.Refusal` (before binding)
         for a refused split configuration, and
@@ -85,10 +152,10 @@ class ResolverApp:
         self.decision = decide_split(self.settings)
         for line in self.decision.describe():
             log.info("%s", line)
-        port = self.server.add_insecure_port(self.settings.addr)
-        if port == 0:
-            raise OSError(f"could not listen on {self.settings.addr}: is the port in use?")
-        self.port = port
+        self.port = self._bind()
+        if self.settings.metrics_addr:
+            self.metrics_port = self.metrics.serve_http(self.settings.metrics_addr)
+            log.info("metrics on http://%s/metrics", self.settings.metrics_addr)
         self.server.start()
         try:
             self.topology = Topology(self.decision, self.settings)
@@ -105,29 +172,39 @@ class ResolverApp:
                         "the invalidation listener could not LISTEN on the control-plane "
                         f"primary within {pool_wait_s:g}s: check the primary is reachable, or "
                         "set RESOLVER_LISTEN_ENABLED=0 to rely on TTLs alone")
-            self.servicer.resolver = Resolver(self.topology, self.cache,
-                                              fill_wait_s=self.settings.db_timeout_ms / 1000)
+            self.servicer.resolver = Resolver(
+                self.topology, self.cache, fill_wait_s=self.settings.db_timeout_ms / 1000,
+                mint_ksuid_enabled=self.settings.run_ops_mint_ksuid_enabled)
         except BaseException:
-            self.stop(grace=0)
+            self.stop(grace=0, pause=0)
             raise
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s (port %d)", SERVICE_NAME, self.settings.addr, port)
+        log.info("serving %s on %s (port %d)", SERVICE_NAME, self.settings.addr, self.port)
 
-    def stop(self, grace: float = 5.0) -> None:
-        """Report NOT_SERVING, drain in-flight calls for up to ``grace``
-        seconds, then close the pools. Idempotent."""
-        if self._stopped.is_set():
-            return
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.server.stop(grace).wait()
-        if self.listener is not None:
-            self.listener.stop()
-        if self.topology is not None:
-            self.topology.close()
-        if self.cache is not None:
-            self.cache.close()
-        self._stopped.set()
-        log.info("stopped")
+    def stop(self, grace: float | None = None, pause: float | None = None) -> None:
+        """Report NOT_SERVING, wait ``pause`` seconds for load balancers,
+        drain in-flight calls for up to ``grace`` seconds, then close the
+        listener and pools. Defaults come from the settings. Idempotent."""
+        with self._stopping:
+            if self._stopped.is_set():
+                return
+            s = self.settings
+            grace = s.shutdown_grace_ms / 1000 if grace is None else grace
+            pause = s.shutdown_pause_ms / 1000 if pause is None else pause
+            self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            if pause > 0:
+                log.info("NOT_SERVING; draining in %.1fs", pause)
+                time.sleep(pause)  # the documented pause, not synchronisation
+            self.server.stop(grace).wait()
+            if self.listener is not None:
+                self.listener.stop()
+            if self.topology is not None:
+                self.topology.close()
+            if self.cache is not None:
+                self.cache.close()
+            self.metrics.close()
+            self._stopped.set()
+            log.info("stopped")
 
     def wait(self) -> None:
         """Block until :meth:`stop` has finished."""

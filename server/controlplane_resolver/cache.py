@@ -37,6 +37,8 @@ from typing import Any, Callable, Hashable, Iterable
 
 from cachetools import TLRUCache, TTLCache
 
+from . import callinfo
+
 log = logging.getLogger(__name__)
 
 
@@ -47,9 +49,6 @@ class Slot(enum.Enum):
     WORKER_VERSION = "worker_version"
     LOCKED_WORKER = "locked_worker"
     MINT_KIND = "mint_kind"
-    #: Runs are never stored (they change constantly); the slot exists so
-    #: identical concurrent reads share one query.
-    RUN = "run"
 
 
 class _Absent:
@@ -228,7 +227,9 @@ class Cache:
                  clock: Callable[[], float] = time.monotonic,
                  refresh_workers: int = 2) -> None:
         self._clock = clock
-        longest = max((p.hard_ttl for p in policies.values()), default=0.0)
+        # No entry outlives its longest lifetime: epochs are kept past that.
+        longest = max((max(p.hard_ttl, p.soft_ttl, p.negative_ttl) for p in policies.values()),
+                      default=0.0)
         self.versions = Versions(retention_s=max(60.0, longest * 2 + 60.0), clock=clock)
         self._slots = {slot: _SlotStore(slot, policy, clock) for slot, policy in policies.items()}
         self._refresher = ThreadPoolExecutor(max_workers=refresh_workers,
@@ -236,6 +237,9 @@ class Cache:
 
     def close(self) -> None:
         self._refresher.shutdown(wait=False, cancel_futures=True)
+
+    def slots(self) -> list[Slot]:
+        return list(self._slots)
 
     def stats(self, slot: Slot) -> SlotStats:
         return self._slots[slot].stats
@@ -266,11 +270,14 @@ class Cache:
                 if now < entry.soft_deadline:
                     if entry.value is ABSENT:
                         store.stats.negative_hits += 1
+                        callinfo.note("cache", "negative_hit")
                     else:
                         store.stats.hits += 1
+                        callinfo.note("cache", "hit")
                     return entry.value
                 # Between soft and hard: serve stale, refresh in the background.
                 store.stats.stale_serves += 1
+                callinfo.note("cache", "stale")
                 if key not in store.flights and now >= entry.retry_after:
                     flight = self._begin(store, key)
                     self._refresher.submit(self._refresh, store, key, flight, load,
@@ -280,11 +287,13 @@ class Cache:
             flight = store.flights.get(key)
             if flight is not None and flight.stamp == self.versions.stamp():
                 store.stats.joins += 1
+                callinfo.note("cache", "join")
                 leader = False
             else:
                 # No load in flight, or one that began before an invalidation
                 # (its answer may predate the change): lead a new one.
                 flight = self._begin(store, key)
+                callinfo.note("cache", "miss")
                 leader = True
         if leader:
             return self._lead(store, key, flight, load, scopes, scopes_of)
@@ -355,13 +364,14 @@ class Cache:
         store.stats.loads += 1
         try:
             value = load()
+            all_scopes = scopes + (scopes_of(value) if scopes_of and value is not ABSENT
+                                   else ())
         except BaseException as exc:
             store.stats.load_errors += 1
             flight.error = exc
             with store.lock:
                 self._finish(store, key, flight)
             raise
-        all_scopes = scopes + (scopes_of(value) if scopes_of and value is not ABSENT else ())
         flight.value = value
         with store.lock:
             self._store(store, key, value, flight.stamp, all_scopes)

@@ -1,4 +1,4 @@
-"""``controlplane-resolver``: serve | check | migrate | dev.
+"""``controlplane-resolver``: serve | check | migrate | dev | cleanup | triggers.
 
 Exit codes: 0 success, 1 runtime failure (a database unreachable), 2 bad
 configuration, 3 refused by a safety interlock.
@@ -13,12 +13,13 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any, Sequence
 
 import psycopg
 
 from .config import ConfigError, Settings, add_flags
+from .logs import configure_logging
 from .errors import Unavailable
 from .safety import Refusal
 
@@ -32,7 +33,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.load(os.environ, vars(args))
 
 
-def _serve_until_signalled(settings: Settings, *, grace_s: float, on_ready: Any = None) -> int:
+def _serve_until_signalled(settings: Settings, *, on_ready: Any = None) -> int:
+    """Serve until SIGTERM/SIGINT, then drain (pause and grace from settings)."""
     from .app import ResolverApp  # grpc is imported only by commands that serve
 
     app = ResolverApp(settings)
@@ -45,15 +47,39 @@ def _serve_until_signalled(settings: Settings, *, grace_s: float, on_ready: Any 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     app.start()
-    if on_ready is not None:
+    if on_ready is not None and not stop.is_set():
         on_ready(app)
     stop.wait()
-    app.stop(grace=grace_s)
+    app.stop()
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return _serve_until_signalled(_settings(args), grace_s=args.grace)
+    settings = _settings(args)
+    configure_logging(args.log_level, settings.log_format)
+    if settings.processes == 1:
+        return _serve_until_signalled(settings)
+    from .supervisor import supervise
+    from .topology import decide_split
+
+    # Refuse once, in the parent, before any child binds the port.
+    decide_split(settings)
+    return supervise(settings.processes, lambda: _serve_until_signalled(settings))
+
+
+def cmd_triggers(args: argparse.Namespace) -> int:
+    from . import triggers
+    from .config import redact_dsn
+
+    settings = _settings(args)
+    dsn = settings.control_plane_database_url
+    names = triggers.install(dsn) if args.action == "install" else triggers.uninstall(dsn)
+    verb = "installed" if args.action == "install" else "removed"
+    print(f"{verb} {len(names)} triggers on {redact_dsn(dsn)}: {', '.join(names)}")
+    if args.action == "install":
+        print("every resolver listening on this database now drops cached answers when "
+              "environments, organizations, projects, promotions or workers change")
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -102,8 +128,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             "run_ops_mint_ksuid_enabled": "1",
             "addr": args.addr or os.environ.get("RESOLVER_ADDR") or "127.0.0.1:50051",
         })
-        return _serve_until_signalled(settings, grace_s=1.0,
-                                      on_ready=lambda app: _print_examples(app, ids))
+        settings = replace(settings, shutdown_grace_ms=1000)
+        return _serve_until_signalled(settings, on_ready=lambda app: _print_examples(app, ids))
     finally:
         for cluster in clusters:
             cluster.destroy()
@@ -133,6 +159,39 @@ def _print_examples(app: Any, ids: Any) -> None:
     print(f"  grpcurl -plaintext {addr} grpc.health.v1.Health/Check\n", flush=True)
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Run the cleanup; prints per-table counts on stdout, one log line per
+    batch on stderr. Exit 0 done, 1 a database failed or the target is
+    unknown, 3 refused (a live environment), 130 interrupted."""
+    from .cleanup import DEFAULT_BATCH_SIZE, CleanupError, run_cleanup
+
+    settings = _settings(args)
+    try:
+        report = run_cleanup(settings, environment_id=args.environment, project_id=args.project,
+                             dry_run=args.dry_run,
+                             batch_size=args.batch_size or DEFAULT_BATCH_SIZE)
+    except CleanupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        print("interrupted: the batches logged above stay deleted, the one in flight was "
+              "rolled back; run the same command again to finish", file=sys.stderr)
+        return 130
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} must be 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="controlplane-resolver", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("RESOLVER_LOG_LEVEL", "INFO"))
@@ -140,9 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="check the configuration, open pools and serve")
     add_flags(serve)
-    serve.add_argument("--grace", type=float, default=5.0,
-                       help="seconds in-flight calls get to finish on SIGTERM")
     serve.set_defaults(func=cmd_serve)
+
+    trig = sub.add_parser("triggers", help="install or remove the optional NOTIFY triggers on "
+                                           "the control-plane primary (never done silently)")
+    trig.add_argument("action", choices=("install", "uninstall"))
+    add_flags(trig)
+    trig.set_defaults(func=cmd_triggers)
 
     check = sub.add_parser("check", help="validate configuration, run the interlocks, print "
                                          "the verdict and topology")
@@ -158,13 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="throwaway databases with demo data, split on, serve")
     dev.add_argument("--addr", default=None, help="listen address (default 127.0.0.1:50051)")
     dev.set_defaults(func=cmd_dev)
+
+    cleanup = sub.add_parser(
+        "cleanup", help="delete a deleted environment's or project's run data, in bounded "
+                        "batches (refuses live environments)")
+    target = cleanup.add_mutually_exclusive_group(required=True)
+    target.add_argument("--environment", metavar="ID", help="an archived or deleted environment")
+    target.add_argument("--project", metavar="ID", help="a soft-deleted or deleted project")
+    cleanup.add_argument("--dry-run", action="store_true",
+                         help="count what would be deleted; delete nothing")
+    cleanup.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                         help="rows per delete transaction (default 500)")
+    add_flags(cleanup)
+    cleanup.set_defaults(func=cmd_cleanup)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, os.environ.get("RESOLVER_LOG_FORMAT", "text"))
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -175,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_REFUSED
     except Unavailable as exc:
         print(f"unavailable: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except Exception as exc:
         from .localpg import PostgresNotInstalled

@@ -109,6 +109,34 @@ OPTIONS: tuple[Option, ...] = (
     Option("listen_enabled", "RESOLVER_LISTEN_ENABLED", parse_bool, True,
            "LISTEN for invalidations on the control-plane primary (see `triggers install`)"),
     Option("addr", "RESOLVER_ADDR", parse_str, "127.0.0.1:50051", "address to listen on"),
+    Option("tls_cert", "RESOLVER_TLS_CERT", parse_str, None,
+           "PEM certificate chain: serve TLS (re-read when the file changes)"),
+    Option("tls_key", "RESOLVER_TLS_KEY", parse_str, None, "PEM private key for --tls-cert"),
+    Option("tls_client_ca", "RESOLVER_TLS_CLIENT_CA", parse_str, None,
+           "PEM CA bundle: require client certificates signed by it (mutual TLS)"),
+    Option("auth_tokens_file", "RESOLVER_AUTH_TOKENS_FILE", parse_str, None,
+           "bearer tokens, one client a line: NAME TOKEN [METHOD ...] (re-read on change)"),
+    Option("allow_unauthenticated", "RESOLVER_ALLOW_UNAUTHENTICATED", parse_bool, False,
+           "serve without tokens or client certificates on a non-loopback address"),
+    Option("open_health", "RESOLVER_OPEN_HEALTH", parse_bool, True,
+           "health checks need no token (Kubernetes probes cannot send one)"),
+    Option("open_reflection", "RESOLVER_OPEN_REFLECTION", parse_bool, False,
+           "server reflection needs no token"),
+    Option("metrics_addr", "RESOLVER_METRICS_ADDR", parse_str, None,
+           "serve Prometheus /metrics on this host:port (off when unset)"),
+    Option("log_format", "RESOLVER_LOG_FORMAT", parse_str, "text", "text or json"),
+    Option("max_concurrent_rpcs", "RESOLVER_MAX_CONCURRENT_RPCS", parse_positive, 256,
+           "calls in progress or queued beyond this get RESOURCE_EXHAUSTED at once"),
+    Option("shutdown_pause_ms", "RESOLVER_SHUTDOWN_PAUSE_MS", parse_ms, 0,
+           "on SIGTERM, report NOT_SERVING this long before draining (load balancers)"),
+    Option("shutdown_grace_ms", "RESOLVER_SHUTDOWN_GRACE_MS", parse_ms, 5_000,
+           "on SIGTERM, in-flight calls get this long to finish"),
+    Option("keepalive_time_ms", "RESOLVER_KEEPALIVE_TIME_MS", parse_ms, 60_000,
+           "HTTP/2 keepalive ping interval"),
+    Option("max_connection_age_ms", "RESOLVER_MAX_CONNECTION_AGE_MS", parse_ms, 300_000,
+           "close client connections after this age so channels rebalance across replicas"),
+    Option("processes", "RESOLVER_PROCESSES", parse_positive, 1,
+           "worker processes sharing the port (SO_REUSEPORT), each with its own cache"),
     Option("max_workers", "RESOLVER_MAX_WORKERS", parse_positive, 16,
            "threads serving calls (16 measured faster than 64 on 2 cores)"),
     Option("pool_max_size", "RESOLVER_POOL_MAX_SIZE", parse_positive, 8,
@@ -137,6 +165,21 @@ class Settings:
     run_ops_mint_ksuid_enabled: bool = False
     listen_enabled: bool = True
     addr: str = "127.0.0.1:50051"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_tokens_file: str | None = None
+    allow_unauthenticated: bool = False
+    open_health: bool = True
+    open_reflection: bool = False
+    metrics_addr: str | None = None
+    log_format: str = "text"
+    max_concurrent_rpcs: int = 256
+    shutdown_pause_ms: int = 0
+    shutdown_grace_ms: int = 5_000
+    keepalive_time_ms: int = 60_000
+    max_connection_age_ms: int = 300_000
+    processes: int = 1
     max_workers: int = 16
     pool_max_size: int = 8
     db_timeout_ms: int = 5_000
@@ -166,6 +209,12 @@ class Settings:
                 "to the control-plane primary, e.g. postgresql://user@host:5432/platform"
             )
         settings = cls(**values)
+        if settings.log_format not in ("text", "json"):
+            raise ConfigError(f"RESOLVER_LOG_FORMAT={settings.log_format!r}: use text or json")
+        if bool(settings.tls_cert) != bool(settings.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+        if settings.tls_client_ca and not settings.tls_cert:
+            raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if settings.control_plane_cache_ttl_ms > 0 and (
             settings.control_plane_cache_hard_ttl_ms < settings.control_plane_cache_ttl_ms
         ):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 from typing import Callable
 
 import psycopg
@@ -68,13 +69,16 @@ class InvalidationListener:
     def __init__(self, dsn: str, cache: Cache, *,
                  on_state: Callable[[ListenerState], None] = lambda _s: None,
                  min_backoff_s: float = 0.1, max_backoff_s: float = 5.0,
-                 poll_s: float = 0.5) -> None:
+                 poll_s: float = 0.1, ping_s: float = 5.0) -> None:
         self._dsn = dsn
         self._cache = cache
         self._on_state = on_state
         self._min_backoff_s = min_backoff_s
         self._max_backoff_s = max_backoff_s
+        # poll_s bounds how long stop() waits; ping_s how soon a silently
+        # dead connection is noticed.
         self._poll_s = poll_s
+        self._ping_s = ping_s
         self._stop = threading.Event()
         self._listening = threading.Event()
         self._conn: psycopg.Connection | None = None
@@ -117,12 +121,15 @@ class InvalidationListener:
                              "invalidated)", redact_dsn(self._dsn), self.connects)
                     self._set_state(ListenerState.LISTENING)
                     self._listening.set()
+                    last_ping = time.monotonic()
                     while not self._stop.is_set():
                         for notify in conn.notifies(timeout=self._poll_s):
                             self.notifications += 1
                             apply_notification(self._cache, notify.payload)
-                        # A dead server is not always noticed by waiting alone.
-                        conn.execute("SELECT 1")
+                        if time.monotonic() - last_ping >= self._ping_s:
+                            # A dead server is not always noticed by waiting alone.
+                            conn.execute("SELECT 1")
+                            last_ping = time.monotonic()
             except Exception as exc:
                 if self._stop.is_set():
                     break

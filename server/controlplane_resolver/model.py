@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .minting import MintKind
 from .residency import Residency
 from .topology import RunSource
 
@@ -213,3 +214,105 @@ class RunRead:
     residency: Residency
     environment: Environment | None = None
     environment_unresolved: bool = False
+
+
+# ------------------------------------------------- ResolveRunLockedWorker, MintId
+
+
+@dataclass(frozen=True)
+class LockedTaskWorker:
+    """The worker a locked task belongs to (proto ``LockedTaskWorker``)."""
+
+    id: str
+    version: str
+    sdk_version: str
+    cli_version: str
+    supports_lazy_attempts: bool
+
+
+@dataclass(frozen=True)
+class LockedDeployment:
+    """The deployment summary of a locked task's worker (proto ``LockedDeployment``)."""
+
+    friendly_id: str
+    short_code: str
+    version: str
+    runtime: str | None
+    runtime_version: str | None
+
+
+@dataclass(frozen=True)
+class LockedTask:
+    """The task a run is locked by (proto ``LockedTask``)."""
+
+    id: str
+    slug: str
+    file_path: str
+    export_name: str | None
+    machine_config: Any
+    worker: LockedTaskWorker
+    #: ``None`` when the worker has no deployment (development workers).
+    deployment: LockedDeployment | None
+
+
+@dataclass(frozen=True)
+class LockedVersion:
+    """The worker version a run is locked to (proto ``LockedVersion``)."""
+
+    version: str
+    sdk_version: str
+    runtime: str | None
+    runtime_version: str | None
+    supports_lazy_attempts: bool
+
+
+@dataclass(frozen=True)
+class RunLockedWorker:
+    """The ResolveRunLockedWorker shape: each part ``None`` when its id was
+    not given or names no row."""
+
+    locked_by: LockedTask | None
+    locked_to_version: LockedVersion | None
+
+
+@dataclass(frozen=True)
+class MintedId:
+    """The MintId shape: a new id, its friendly form, and its kind."""
+
+    id: str
+    friendly_id: str
+    mint_kind: MintKind
+
+
+@dataclass(frozen=True)
+class OrganizationFeatureFlag:
+    """One key of an organization's ``"featureFlags"``, as text (``None``
+    when the key is not set)."""
+
+    organization_id: str
+    name: str
+    value: str | None
+
+
+# ------------------------------------------------------------------- cleanup
+
+
+@dataclass(frozen=True)
+class EnvironmentLifecycle:
+    """Whether an environment is still in use: the cleanup's safety check."""
+
+    id: str
+    project_id: str
+    archived_at: datetime | None
+    project_deleted_at: datetime | None
+
+    @property
+    def live(self) -> bool:
+        """Neither archived nor in a soft-deleted project."""
+        return self.archived_at is None and self.project_deleted_at is None
+
+
+@dataclass(frozen=True)
+class ProjectLifecycle:
+    id: str
+    deleted_at: datetime | None

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import psycopg
+from psycopg import sql as psycopg_sql
+
 from .database import Database, Row
 from .model import (
     AuthenticatedEnvironment,
@@ -28,6 +31,8 @@ from .model import (
     WorkerDeployment,
     WorkerVersion,
 )
+from .model import (EnvironmentLifecycle, LockedDeployment, LockedTask, LockedTaskWorker,
+                    LockedVersion, OrganizationFeatureFlag, ProjectLifecycle)
 
 # ---------------------------------------------------------------- environment
 
@@ -312,3 +317,142 @@ def runs(db: Database, ids: Sequence[str], friendly_ids: Sequence[str]) -> list[
     """Runs matching any of ``ids`` (by ``"id"``) or ``friendly_ids`` (one query)."""
     rows = db.fetch_all(RUNS_BY_IDS, (list(ids), list(friendly_ids)))
     return [run_from_row(r) for r in rows]
+
+
+# ------------------------------------------------------------ locked worker
+
+LOCKED_TASK = """
+SELECT t."id", t."slug", t."filePath", t."exportName", t."machineConfig",
+       w."id" AS "workerId", w."version" AS "workerVersion", w."sdkVersion", w."cliVersion",
+       w."supportsLazyAttempts",
+       d."friendlyId" AS "deploymentFriendlyId", d."shortCode" AS "deploymentShortCode",
+       d."version" AS "deploymentVersion", d."runtime" AS "deploymentRuntime",
+       d."runtimeVersion" AS "deploymentRuntimeVersion"
+  FROM "BackgroundWorkerTask" t
+  JOIN "BackgroundWorker" w ON w."id" = t."workerId"
+  LEFT JOIN "WorkerDeployment" d ON d."workerId" = w."id"
+ WHERE t."id" = %s
+"""
+LOCKED_VERSION = """
+SELECT "version", "sdkVersion", "runtime", "runtimeVersion", "supportsLazyAttempts"
+  FROM "BackgroundWorker"
+ WHERE "id" = %s
+"""
+
+
+def locked_task(db: Database, task_id: str) -> LockedTask | None:
+    """The task, its worker and the worker's deployment summary (``None``
+    when the worker has none); ``None`` when the task does not exist."""
+    r = db.fetch_one(LOCKED_TASK, (task_id,))
+    if r is None:
+        return None
+    deployment = None
+    # "WorkerDeployment"."workerId" is unique: at most one row joins.
+    if r["deploymentFriendlyId"] is not None:
+        deployment = LockedDeployment(
+            friendly_id=r["deploymentFriendlyId"], short_code=r["deploymentShortCode"],
+            version=r["deploymentVersion"], runtime=r["deploymentRuntime"],
+            runtime_version=r["deploymentRuntimeVersion"])
+    return LockedTask(
+        id=r["id"], slug=r["slug"], file_path=r["filePath"], export_name=r["exportName"],
+        machine_config=r["machineConfig"],
+        worker=LockedTaskWorker(id=r["workerId"], version=r["workerVersion"],
+                                sdk_version=r["sdkVersion"], cli_version=r["cliVersion"],
+                                supports_lazy_attempts=r["supportsLazyAttempts"]),
+        deployment=deployment)
+
+
+def locked_version(db: Database, worker_id: str) -> LockedVersion | None:
+    """The worker version a run is locked to; ``None`` when it does not exist."""
+    r = db.fetch_one(LOCKED_VERSION, (worker_id,))
+    if r is None:
+        return None
+    return LockedVersion(version=r["version"], sdk_version=r["sdkVersion"], runtime=r["runtime"],
+                         runtime_version=r["runtimeVersion"],
+                         supports_lazy_attempts=r["supportsLazyAttempts"])
+
+
+# ----------------------------------------------------- organization feature flags
+
+# ->> reads one key as text: the rest of "featureFlags" never leaves the database.
+ORGANIZATION_FEATURE_FLAG = """
+SELECT "featureFlags" ->> %s AS "value" FROM "Organization" WHERE "id" = %s
+"""
+
+
+def organization_feature_flag(db: Database, organization_id: str,
+                              name: str) -> OrganizationFeatureFlag | None:
+    """The organization's feature flag ``name`` as text (value ``None`` when
+    unset or when "featureFlags" is NULL); ``None`` when the organization
+    does not exist."""
+    r = db.fetch_one(ORGANIZATION_FEATURE_FLAG, (name, organization_id))
+    if r is None:
+        return None
+    return OrganizationFeatureFlag(organization_id=organization_id, name=name, value=r["value"])
+
+
+# -------------------------------------------------------------------- cleanup
+#
+# The cleanup command runs these over plain psycopg connections (one per
+# database, outside the serving pools). Deletes are keyed on an indexed
+# column and bounded: ``DELETE … WHERE "id" IN (SELECT "id" … LIMIT n)``.
+
+CLEANUP_ENVIRONMENT = """
+SELECT e."id", e."projectId", e."archivedAt", p."deletedAt" AS "projectDeletedAt"
+  FROM "RuntimeEnvironment" e
+  JOIN "Project" p ON p."id" = e."projectId"
+ WHERE e."id" = %s
+"""
+CLEANUP_PROJECT = 'SELECT "id", "deletedAt" FROM "Project" WHERE "id" = %s'
+# "RuntimeEnvironment"("projectId", "shortcode") is a unique index: this is
+# an index scan, unlike anything keyed on "TaskRun"."projectId".
+CLEANUP_PROJECT_ENVIRONMENTS = """
+SELECT e."id", e."projectId", e."archivedAt", p."deletedAt" AS "projectDeletedAt"
+  FROM "RuntimeEnvironment" e
+  JOIN "Project" p ON p."id" = e."projectId"
+ WHERE e."projectId" = %s
+ ORDER BY e."id"
+"""
+
+
+def _lifecycle(r: Any) -> EnvironmentLifecycle:
+    return EnvironmentLifecycle(id=r[0], project_id=r[1], archived_at=r[2],
+                                project_deleted_at=r[3])
+
+
+def cleanup_environment(conn: psycopg.Connection[Any],
+                        environment_id: str) -> EnvironmentLifecycle | None:
+    """The environment's lifecycle, or ``None`` when it no longer exists."""
+    row = conn.execute(CLEANUP_ENVIRONMENT, (environment_id,)).fetchone()
+    return _lifecycle(row) if row else None
+
+
+def cleanup_project(conn: psycopg.Connection[Any], project_id: str) -> ProjectLifecycle | None:
+    row = conn.execute(CLEANUP_PROJECT, (project_id,)).fetchone()
+    return ProjectLifecycle(id=row[0], deleted_at=row[1]) if row else None
+
+
+def cleanup_project_environments(conn: psycopg.Connection[Any],
+                                 project_id: str) -> list[EnvironmentLifecycle]:
+    """Every environment of the project (soft-deleted project included), by id."""
+    return [_lifecycle(r) for r in conn.execute(CLEANUP_PROJECT_ENVIRONMENTS, (project_id,))]
+
+
+def count_rows(conn: psycopg.Connection[Any], table: str, key_column: str, key: str) -> int:
+    """``count(*)`` of ``table`` rows whose ``key_column`` is ``key``."""
+    statement = psycopg_sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
+        psycopg_sql.Identifier(table), psycopg_sql.Identifier(key_column))
+    row = conn.execute(statement, (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def delete_batch(conn: psycopg.Connection[Any], table: str, key_column: str, id_column: str,
+                 key: str, limit: int) -> int:
+    """Delete at most ``limit`` rows of ``table`` whose ``key_column`` is
+    ``key``; returns how many went. The caller owns the transaction."""
+    statement = psycopg_sql.SQL(
+        "DELETE FROM {table} WHERE {id} IN "
+        "(SELECT {id} FROM {table} WHERE {key} = %s LIMIT %s)").format(
+        table=psycopg_sql.Identifier(table), id=psycopg_sql.Identifier(id_column),
+        key=psycopg_sql.Identifier(key_column))
+    return conn.execute(statement, (key, limit)).rowcount

@@ -5,20 +5,28 @@ raises :mod:`~controlplane_resolver.errors` of its own.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from . import queries
+import psycopg
+
+from . import minting, queries, waitpoints
 from .cache import ABSENT, Cache, FlightTimeout, Slot, SlotPolicy, env_scope, org_scope, \
-    worker_versions_scope
+    project_scope, worker_versions_scope
+from . import callinfo
+from .coalescing import ReadCoalescer, WaitTimeout
 from .config import Settings
 from .database import Database
-from .errors import InvalidArgument, NotFound, Unavailable
+from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from .model import AuthenticatedEnvironment, Environment, RunRead, TaskRun, WorkerVersion
 from .residency import Classification, InvalidId, Residency, classify, validate_id
 from .topology import RunSource, Topology
+from .minting import FlagLookup, IdKind, MintKindDecision
+from .model import MintedId, RunLockedWorker
+from .waitpoints import StoreSelection
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +58,6 @@ def cache_policies(settings: Settings) -> dict[Slot, SlotPolicy]:
         # A feature-flag flip takes effect within the TTL: no stale serving.
         Slot.MINT_KIND: SlotPolicy(soft_ttl=soft, hard_ttl=soft, negative_ttl=negative,
                                    max_entries=size),
-        Slot.RUN: SlotPolicy(soft_ttl=0, hard_ttl=0, negative_ttl=0, max_entries=1),
     }
 
 
@@ -72,22 +79,47 @@ class IdClassification:
 class Resolver:
     """The resolver's operations over one :class:`Topology` and one :class:`Cache`."""
 
-    def __init__(self, topology: Topology, cache: Cache, *, fill_wait_s: float = 5.0) -> None:
+    def __init__(self, topology: Topology, cache: Cache, *, fill_wait_s: float = 5.0,
+                 mint_ksuid_enabled: bool = False) -> None:
         self.topology = topology
         self.cache = cache
         self._fill_wait_s = fill_wait_s
+        # Concurrent run reads against one database share queries.
+        self._run_readers = {db: ReadCoalescer(functools.partial(_load_runs, db))
+                             for db in topology.databases}
+        #: RUN_OPS_MINT_KSUID_ENABLED: the master switch of ksuid minting.
+        self.mint_ksuid_enabled = mint_ksuid_enabled
 
     @property
     def control_plane(self) -> Database:
         return self.topology.control_plane
 
+    def _wait_budget(self) -> tuple[float, bool]:
+        """How long this call may wait for a load led by another call, and
+        whether that limit is the caller's own deadline.
+
+        Loads themselves run under the service's database timeout, never a
+        caller's deadline: a load is shared, and one caller's deadline must
+        not fail the others. A caller's deadline bounds only its own wait.
+        """
+        left = callinfo.remaining()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded("the caller's deadline passed before the resolver could "
+                                   "answer")
+        if left is not None and left < self._fill_wait_s:
+            return left, True
+        return self._fill_wait_s, False
+
     def _cached(self, slot: Slot, key: Any, load: Callable[[], Any], *,
                 scopes: tuple[str, ...], scopes_of: Callable[[Any], tuple[str, ...]] | None = None
                 ) -> Any:
+        wait_s, by_deadline = self._wait_budget()
         try:
             return self.cache.get(slot, key, load, scopes=scopes, scopes_of=scopes_of,
-                                  wait_s=self._fill_wait_s)
+                                  wait_s=wait_s)
         except FlightTimeout as exc:
+            if by_deadline:
+                raise DeadlineExceeded(f"{exc}; the caller's deadline passed") from None
             raise Unavailable(f"{exc}; the database is slow to answer, retry later") from None
 
     # --------------------------------------------------------- environments
@@ -98,7 +130,7 @@ class Resolver:
         value = self._cached(
             Slot.ENVIRONMENT, env_id,
             lambda: queries.environment(self.control_plane, env_id) or ABSENT,
-            scopes=(env_scope(env_id),), scopes_of=_org_scopes)
+            scopes=(env_scope(env_id),), scopes_of=_environment_scopes)
         if value is ABSENT:
             raise _env_not_found(env_id)
         return value
@@ -144,7 +176,7 @@ class Resolver:
             for env_id in missing:
                 value = loaded.get(env_id, ABSENT)
                 found[env_id] = value
-                scopes = (env_scope(env_id),) + (_org_scopes(value) if value is not ABSENT else ())
+                scopes = (env_scope(env_id),) + (_environment_scopes(value) if value is not ABSENT else ())
                 self.cache.put(Slot.ENVIRONMENT, env_id, value, stamp=stamp, scopes=scopes)
         return [(env_id, None if found[env_id] is ABSENT else found[env_id]) for env_id in ids]
 
@@ -192,11 +224,16 @@ class Resolver:
             log.warning("run id body of %d characters is unclassifiable; reading it as legacy",
                         len(c.body))
         for source, db in self.topology.read_plan(c.route):
-            row = self.cache.get(
-                Slot.RUN, (source, run_id),
-                lambda db=db: queries.run(db, run_id, by_friendly_id=c.is_friendly) or ABSENT,
-                wait_s=self._fill_wait_s)
-            if row is not ABSENT:
+            wait_s, by_deadline = self._wait_budget()
+            try:
+                row = self._run_readers[db].get((run_id, c.is_friendly), timeout=wait_s)
+            except WaitTimeout as exc:
+                if by_deadline:
+                    raise DeadlineExceeded(f"{exc}; the caller's deadline passed") from None
+                raise Unavailable(f"{exc}; the {source.value} database is slow to answer, "
+                                  "retry later") from None
+            if row is not None:
+                callinfo.note("database", source.value)
                 return self._with_environment(RunRead(run=row, source=source, residency=c.route),
                                               include_environment)
         raise NotFound(f"run {run_id} was not found in {_plan_names(self.topology, c.route)}",
@@ -236,6 +273,14 @@ class Resolver:
             return read
         try:
             env = self.resolve_env(read.run.runtime_environment_id)
+        except InvalidArgument:
+            # Run-ops rows reference the control plane without foreign keys:
+            # a stored id may be malformed. That is the run's problem, not
+            # the caller's: report the environment as unresolved.
+            log.warning("run %s has a malformed environment id; environment unresolved",
+                        read.run.id)
+            return RunRead(run=read.run, source=read.source, residency=read.residency,
+                           environment_unresolved=True)
         except NotFound:
             return RunRead(run=read.run, source=read.source, residency=read.residency,
                            environment_unresolved=True)
@@ -251,7 +296,7 @@ class Resolver:
         given = [(n, v) for n, v in (("environment_id", environment_id),
                                      ("organization_id", organization_id),
                                      ("worker_versions_environment_id",
-                                      worker_versions_environment_id)) if v]
+                                      worker_versions_environment_id)) if v is not None]
         if len(given) != 1:
             raise InvalidArgument("give exactly one of environment_id, organization_id, "
                                   "worker_versions_environment_id", reason="INVALID_TARGET")
@@ -264,17 +309,131 @@ class Resolver:
         else:
             self.cache.invalidate_worker_versions(value)
 
+    # --------------------------------------------------------- locked worker
 
-def _org_scopes(env: Environment) -> tuple[str, ...]:
-    return (org_scope(env.organization_id),)
+    def resolve_run_locked_worker(self, locked_by_id: str | None = None,
+                                  locked_to_version_id: str | None = None) -> RunLockedWorker:
+        """The task a run is locked by and the version it is locked to (spec
+        section 5). Each part is ``None`` when its id is ``None`` or names no
+        row; neither id given → both ``None`` (not an error).
+
+        Each part is cached on its own in the ``LOCKED_WORKER`` slot (many runs
+        share a version but not a task). Tasks and workers are written once
+        and never updated, so the TTL alone bounds staleness; a deployment row
+        linked to a worker later shows within the TTL.
+        """
+        task_id = checked_id(locked_by_id, "locked_by_id") if locked_by_id is not None else None
+        worker_id = (checked_id(locked_to_version_id, "locked_to_version_id")
+                     if locked_to_version_id is not None else None)
+        task = version = None
+        if task_id is not None:
+            task = self._cached(
+                Slot.LOCKED_WORKER, ("locked_by", task_id),
+                lambda: queries.locked_task(self.control_plane, task_id) or ABSENT, scopes=())
+        if worker_id is not None:
+            version = self._cached(
+                Slot.LOCKED_WORKER, ("locked_to_version", worker_id),
+                lambda: queries.locked_version(self.control_plane, worker_id) or ABSENT,
+                scopes=())
+        return RunLockedWorker(locked_by=None if task is None or task is ABSENT else task,
+                               locked_to_version=None if version is None or version is ABSENT
+                               else version)
+
+    # --------------------------------------------------------------- minting
+
+    def resolve_mint_kind(self, organization_id: str,
+                          parent_id: str | None = None) -> MintKindDecision:
+        """Which kind of id a new run of the organization gets (spec section 8;
+        the gate order is :func:`minting.decide_mint_kind`'s). Never fails for
+        a database error: the flag read falls back to cuid, uncached."""
+        org_id = checked_id(organization_id, "organization_id")
+        parent = classify(checked_id(parent_id, "parent_id")) if parent_id is not None else None
+        return minting.decide_mint_kind(
+            master_switch_enabled=self.mint_ksuid_enabled, split_enabled=self.topology.split,
+            parent=parent, read_org_flag=lambda: self._org_mint_flag(org_id))
+
+    def _org_mint_flag(self, org_id: str) -> str | None | FlagLookup:
+        """The organization's ``runOpsMintKsuid`` flag through the ``MINT_KIND``
+        slot (org-scoped: invalidating the organization drops it)."""
+        try:
+            flag = self._cached(
+                Slot.MINT_KIND, org_id,
+                lambda: queries.organization_feature_flag(self.control_plane, org_id,
+                                                          minting.MINT_FLAG) or ABSENT,
+                scopes=(org_scope(org_id),))
+        except (Unavailable, psycopg.Error) as exc:
+            # Errors are never cached, so the next call reads again.
+            log.warning("could not read the %s flag of organization %s (%s): minting cuid",
+                        minting.MINT_FLAG, org_id, type(exc).__name__)
+            return FlagLookup.READ_FAILED
+        if flag is ABSENT:
+            return FlagLookup.ORGANIZATION_NOT_FOUND
+        return flag.value
+
+    def mint_id(self, kind: str | None, organization_id: str,
+                parent_id: str | None = None) -> MintedId:
+        """A new run or batch id (``kind`` ``"RUN"``/``"BATCH"``) of the kind
+        :meth:`resolve_mint_kind` decides, with its friendly id."""
+        try:
+            id_kind = IdKind[kind] if kind is not None else None
+        except KeyError:
+            id_kind = None
+        if id_kind is None:
+            shown = "UNSPECIFIED" if kind is None else kind
+            raise InvalidArgument(f"kind {shown!r} is not one of RUN, BATCH",
+                                  reason="INVALID_ENUM", metadata={"field": "kind"})
+        decision = self.resolve_mint_kind(organization_id, parent_id)
+        new = minting.new_id(decision.kind)
+        return MintedId(id=new, friendly_id=minting.friendly_id(id_kind, new),
+                        mint_kind=decision.kind)
+
+    # ------------------------------------------------------------- waitpoints
+
+    def select_store_for_waitpoint(self, waitpoint_id: str, route_kind: str | None, *,
+                                   tree_owner_residency: str | None = None,
+                                   cross_tree_idempotency: bool = False,
+                                   has_legacy_parent: bool = False) -> StoreSelection:
+        """Which store a waitpoint completion is written to (spec section 9;
+        the rules are :func:`waitpoints.select_store`'s). ``route_kind`` and
+        ``tree_owner_residency`` are enum names (``"MANUAL"``, ``"LEGACY"``)."""
+        kind = waitpoints.route_kind_named(route_kind)
+        owner = None
+        if tree_owner_residency is not None:
+            try:
+                owner = Residency[tree_owner_residency]
+            except KeyError:
+                raise InvalidArgument(
+                    f"tree_owner_residency {tree_owner_residency!r} is not one of LEGACY, NEW",
+                    reason="INVALID_ENUM", metadata={"field": "tree_owner_residency"}) from None
+        return waitpoints.select_store(
+            split_enabled=self.topology.split, waitpoint_id=waitpoint_id, route_kind=kind,
+            tree_owner_residency=owner, cross_tree_idempotency=cross_tree_idempotency,
+            has_legacy_parent=has_legacy_parent)
+
+
+def _environment_scopes(env: Environment) -> tuple[str, ...]:
+    """Scopes only the answer knows: its organization and project."""
+    return (org_scope(env.organization_id), project_scope(env.project_id))
 
 
 def _authenticated_scopes(env: AuthenticatedEnvironment) -> tuple[str, ...]:
-    scopes = (org_scope(env.organization_id),)
+    scopes = (org_scope(env.organization_id), project_scope(env.project_id))
     if env.parent_environment_id:
         # The parent's API key is part of the answer.
         scopes += (env_scope(env.parent_environment_id),)
     return scopes
+
+
+def _load_runs(db: Database, keys: Sequence[tuple[str, bool]]
+               ) -> dict[tuple[str, bool], TaskRun]:
+    """Runs for ``(identifier, is_friendly_id)`` keys, in one query."""
+    rows = queries.runs(db, [k for k, friendly in keys if not friendly],
+                        [k for k, friendly in keys if friendly])
+    found: dict[tuple[str, bool], TaskRun] = {}
+    for row in rows:
+        found[(row.id, False)] = row
+        found[(row.friendly_id, True)] = row
+    return found
 
 
 def _env_not_found(env_id: str) -> NotFound:

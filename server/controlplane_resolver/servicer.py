@@ -151,3 +151,36 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
             else:
                 fill(result, read)
         return response
+
+    @_edge
+    def ResolveRunLockedWorker(self, r: Resolver, request: pb.ResolveRunLockedWorkerRequest,
+                               context: Any) -> pb.ResolveRunLockedWorkerResponse:
+        locked = r.resolve_run_locked_worker(
+            request.locked_by_id if request.HasField("locked_by_id") else None,
+            request.locked_to_version_id if request.HasField("locked_to_version_id") else None)
+        return fill(pb.ResolveRunLockedWorkerResponse(), locked)
+
+    @_edge
+    def ResolveMintKind(self, r: Resolver, request: pb.ResolveMintKindRequest,
+                        context: Any) -> pb.ResolveMintKindResponse:
+        decision = r.resolve_mint_kind(
+            request.organization_id, request.parent_id if request.HasField("parent_id") else None)
+        return fill(pb.ResolveMintKindResponse(), decision)
+
+    @_edge
+    def MintId(self, r: Resolver, request: pb.MintIdRequest, context: Any) -> pb.MintIdResponse:
+        minted = r.mint_id(enum_name(pb.IdKind.DESCRIPTOR, request.kind), request.organization_id,
+                           request.parent_id if request.HasField("parent_id") else None)
+        return fill(pb.MintIdResponse(), minted)
+
+    @_edge
+    def SelectStoreForWaitpoint(self, r: Resolver, request: pb.SelectStoreForWaitpointRequest,
+                                context: Any) -> pb.SelectStoreForWaitpointResponse:
+        owner = None
+        if request.HasField("tree_owner_residency"):
+            owner = enum_name(pb.Residency.DESCRIPTOR, request.tree_owner_residency)
+        selection = r.select_store_for_waitpoint(
+            request.waitpoint_id, enum_name(pb.UnblockRouteKind.DESCRIPTOR, request.route_kind),
+            tree_owner_residency=owner, cross_tree_idempotency=request.cross_tree_idempotency,
+            has_legacy_parent=request.has_legacy_parent)
+        return fill(pb.SelectStoreForWaitpointResponse(), selection)

@@ -1,0 +1,108 @@
+"""The load generator: a separate client process, closed loop.
+
+    python bench/load.py --target 127.0.0.1:50051 --scenario resolve_env \
+        --ids ids.json --duration 5 --concurrency 32
+
+Prints one JSON object: calls, seconds, rps, p50_ms, p99_ms, errors, and for
+batch scenarios ``items`` (ids resolved). Uses grpc.aio with ``concurrency``
+calls in flight on one channel: on this machine the most efficient client
+(shared/notes/machine.md), so the server, not the client, is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from typing import Any, Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from controlplane_resolver_client import pb
+from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
+
+
+def make_call(scenario: str, channel: grpc.aio.Channel, ids: dict[str, list[str]],
+              rng: random.Random) -> tuple[Callable[[], Awaitable[Any]], int]:
+    """The coroutine factory for one call of ``scenario`` and the number of
+    items each call resolves."""
+    stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    envs, runs = ids["hot_environments"], ids["runs"]
+    if scenario == "health":
+        request = health_pb2.HealthCheckRequest()
+        return (lambda: health.Check(request)), 1
+    if scenario == "resolve_env":
+        requests = [pb.ResolveEnvRequest(environment_id=e) for e in envs]
+        return (lambda: stub.ResolveEnv(rng.choice(requests))), 1
+    if scenario == "read_run":
+        requests = [pb.ReadRunRequest(run_id=r) for r in runs]
+        return (lambda: stub.ReadRun(rng.choice(requests))), 1
+    if scenario == "batch_resolve_envs_100":
+        all_envs = ids["all_environments"]
+
+        def batch() -> Awaitable[Any]:
+            return stub.BatchResolveEnvs(pb.BatchResolveEnvsRequest(
+                environment_ids=rng.sample(all_envs, 100)))
+        return batch, 100
+    if scenario == "resolve_env_uncached_singles":
+        all_envs = ids["all_environments"]
+        return (lambda: stub.ResolveEnv(pb.ResolveEnvRequest(
+            environment_id=rng.choice(all_envs)))), 1
+    raise SystemExit(f"unknown scenario {scenario}")
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    ids = json.loads(open(args.ids).read())
+    rng = random.Random(42)
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        call, items = make_call(args.scenario, channel, ids, rng)
+        latencies: list[float] = []
+        errors = 0
+        deadline = time.perf_counter() + args.warmup
+        while time.perf_counter() < deadline:  # warm connections and code paths
+            await call()
+        start = time.perf_counter()
+        stop_at = start + args.duration
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                try:
+                    await call()
+                except grpc.RpcError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        seconds = time.perf_counter() - start
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "scenario": args.scenario, "calls": n, "errors": errors, "seconds": seconds,
+        "rps": n / seconds, "items_per_s": n * items / seconds,
+        "p50_ms": latencies[n // 2] * 1000 if n else None,
+        "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--scenario", required=True)
+    parser.add_argument("--ids", required=True)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    json.dump(asyncio.run(run(args)), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Token authentication and per-method authorisation (a server interceptor).
+
+The tokens file has one client a line::
+
+    # NAME   TOKEN                      METHODS (optional; default "*")
+    engine   s3cr3t-engine-token        *
+    console  s3cr3t-console-token       ResolveAuthenticatedEnv ResolveEnv
+
+``*`` allows every method except ``ResolveAuthenticatedEnv``, which returns
+API keys and must be named explicitly. Several lines may carry the same name
+(old and new token during a rotation). The file is re-read when it changes.
+
+Callers send ``authorization: Bearer <token>``. Tokens are compared in
+constant time. A missing or unknown token is ``UNAUTHENTICATED`` with no
+detail; a known token calling a method it may not call is
+``PERMISSION_DENIED`` — decided here, before any handler runs, so a denied
+caller never learns whether a row exists.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_PREFIX = "/controlplane.resolver.v1.ControlPlaneResolverService/"
+SECRET_METHOD = "ResolveAuthenticatedEnv"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+REFLECTION_PREFIX = "/grpc.reflection."
+
+
+class TokenFileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    token: bytes
+    #: Short method names; ``"*"`` means every method but the secret one.
+    methods: frozenset[str]
+
+    def may_call(self, method: str) -> bool:
+        if method in self.methods:
+            return True
+        return "*" in self.methods and method != SECRET_METHOD
+
+
+def parse_tokens(text: str, source: str = "tokens file") -> list[Client]:
+    """Parse the tokens file format. Raises :class:`TokenFileError` naming
+    the line (never the token)."""
+    clients = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            raise TokenFileError(f"{source} line {number}: expected 'NAME TOKEN [METHOD …]'")
+        name, token, methods = parts[0], parts[1], parts[2:] or ["*"]
+        if len(token) < 16:
+            raise TokenFileError(f"{source} line {number}: the token of {name!r} is shorter "
+                                 "than 16 characters; use a long random token")
+        clients.append(Client(name, token.encode(),
+                              frozenset(m.rsplit("/", 1)[-1] for m in methods)))
+    return clients
+
+
+class TokenFile:
+    """The tokens file, re-read when its mtime or size changes (checked at
+    most once per ``check_interval_s``). A broken rewrite keeps the
+    previous tokens and logs the problem."""
+
+    def __init__(self, path: str, *, check_interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self._interval = check_interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._signature = self._stat()
+        self.clients = parse_tokens(self._read(), path)
+        self._checked = clock()
+        self.reloads = 0
+
+    def _stat(self) -> tuple[float, int]:
+        st = os.stat(self.path)
+        return st.st_mtime, st.st_size
+
+    def _read(self) -> str:
+        with open(self.path) as f:
+            return f.read()
+
+    def current(self) -> list[Client]:
+        now = self._clock()
+        if now - self._checked >= self._interval:
+            with self._lock:
+                if now - self._checked >= self._interval:
+                    self._checked = now
+                    self._maybe_reload()
+        return self.clients
+
+    def _maybe_reload(self) -> None:
+        try:
+            signature = self._stat()
+            if signature == self._signature:
+                return
+            clients = parse_tokens(self._read(), self.path)
+        except (OSError, TokenFileError) as exc:
+            log.warning("keeping the previous tokens: %s", exc)
+            return
+        self._signature = signature
+        self.clients = clients
+        self.reloads += 1
+        log.info("tokens file reloaded: %d client lines", len(clients))
+
+    def authenticate(self, presented: bytes) -> Client | None:
+        """The client owning ``presented``, compared in constant time
+        against every token (no early exit)."""
+        match = None
+        for client in self.current():
+            if hmac.compare_digest(client.token, presented) and match is None:
+                match = client
+        return match
+
+
+_identity = threading.local()
+
+
+def current_client() -> str | None:
+    """The authenticated client's name for the call on this thread."""
+    return getattr(_identity, "name", None)
+
+
+def _as_client(handler: Any, name: str) -> Any:
+    """``handler`` with its behaviour run under the client's identity (the
+    interceptor runs on the server's polling thread, the behaviour on a
+    worker thread, so the identity travels with the behaviour)."""
+    if handler is None or handler.unary_unary is None:
+        return handler
+    behavior = handler.unary_unary
+
+    def as_client(request: Any, context: grpc.ServicerContext) -> Any:
+        _identity.name = name
+        try:
+            return behavior(request, context)
+        finally:
+            _identity.name = None
+
+    return handler._replace(unary_unary=as_client)
+
+
+def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def abort(_request: Any, context: grpc.ServicerContext) -> None:
+        context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Checks bearer tokens for every call except the open ones.
+
+    ``open_health``/``open_reflection`` leave those services callable
+    without a token (Kubernetes gRPC probes cannot send one).
+    """
+
+    def __init__(self, tokens: TokenFile, *, open_health: bool = True,
+                 open_reflection: bool = False) -> None:
+        self.tokens = tokens
+        self._open = tuple(p for p, is_open in ((HEALTH_PREFIX, open_health),
+                                                (REFLECTION_PREFIX, open_reflection)) if is_open)
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                          details: grpc.HandlerCallDetails) -> Any:
+        method = details.method
+        if method.startswith(self._open):
+            return continuation(details)
+        presented = None
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization" and isinstance(value, str) and \
+                    value[:7].lower() == "bearer ":
+                presented = value[7:].strip().encode()
+        client = self.tokens.authenticate(presented) if presented else None
+        if client is None:
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
+        short = method.rsplit("/", 1)[-1]
+        if not (method.startswith(SERVICE_PREFIX) and client.may_call(short)) and \
+                not (not method.startswith(SERVICE_PREFIX) and "*" in client.methods):
+            return _deny(grpc.StatusCode.PERMISSION_DENIED,
+                         f"client {client.name!r} may not call {short}")
+        return _as_client(continuation(details), client.name)
+
+
+def is_loopback(addr: str) -> bool:
+    """True for ``127.x.x.x:port``, ``[::1]:port`` and ``localhost:port``."""
+    host = addr.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,42 @@
+"""What the current call did, noted by the domain and read by the call log.
+
+A thread-local dict and the caller's deadline: the threaded server runs
+each call on one worker thread from start to end. The domain notes facts (``cache`` outcome,
+serving ``database``) without knowing who reads them; outside a call the
+notes go nowhere useful and cost one attribute write.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+_local = threading.local()
+
+
+def begin(deadline: float | None = None) -> dict[str, Any]:
+    """Start a fresh set of notes for the call on this thread and return it.
+    ``deadline`` is the caller's deadline on the ``time.monotonic`` clock."""
+    notes: dict[str, Any] = {}
+    _local.notes = notes
+    _local.deadline = deadline
+    return notes
+
+
+def remaining() -> float | None:
+    """Seconds left before the current caller's deadline (negative once it
+    passed), or None when the caller set none or there is no call."""
+    deadline = getattr(_local, "deadline", None)
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def note(key: str, value: Any) -> None:
+    notes = getattr(_local, "notes", None)
+    if notes is not None:
+        notes[key] = value
+
+
+def end() -> None:
+    _local.notes = None
+    _local.deadline = None

@@ -1,0 +1,121 @@
+"""Coalescing concurrent point reads into one multi-key query.
+
+Runs are never cached, so every ReadRun reaches a database. Under load many
+of them arrive at once; :class:`ReadCoalescer` turns the reads waiting at
+the same moment into one ``WHERE "id" = ANY(…)`` query, in the manner of a
+database's group commit: there is no timer and no added latency. One caller
+(the leader) runs a query for everything queued so far; callers arriving
+meanwhile queue up, and when the query ends the first of them leads the next
+batch. At low load every batch holds one key; at high load the per-query
+cost (round trip, planning, Python driver work) is shared by the batch.
+
+Identical keys in one batch cost one row, so identical concurrent reads
+share one query (spec section 4).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Generic, Hashable, Mapping, Sequence, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class WaitTimeout(Exception):
+    """A caller's own time ran out while it waited for someone else's query."""
+
+
+@dataclass(eq=False)
+class _Waiter(Generic[K, V]):
+    key: K
+    done: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False
+    found: bool = False
+    value: V | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class CoalescerStats:
+    """Plain counters: ``keys / batches`` is the mean batch size."""
+
+    batches: int = 0
+    keys: int = 0
+    largest_batch: int = 0
+
+
+class ReadCoalescer(Generic[K, V]):
+    """``get(key)`` → the value, or ``None`` when ``load_many`` did not
+    return the key. ``load_many(keys)`` returns a mapping for the keys it
+    found; if it raises, every caller of that batch gets the exception.
+
+    At most ``max_batch`` keys go into one query; the rest wait for the next.
+    """
+
+    def __init__(self, load_many: Callable[[Sequence[K]], Mapping[K, V]], *,
+                 max_batch: int = 128) -> None:
+        self._load_many = load_many
+        self._max_batch = max_batch
+        self._lock = threading.Lock()
+        self._queue: list[_Waiter[K, V]] = []
+        self._busy = False
+        self.stats = CoalescerStats()
+
+    def waiting(self) -> int:
+        """Callers queued for the next batch (for stats and tests)."""
+        with self._lock:
+            return len(self._queue)
+
+    def get(self, key: K, timeout: float | None = None) -> V | None:
+        """Raises :class:`WaitTimeout` when ``timeout`` seconds pass while
+        this caller waits for a batch led by another (its own key may still
+        be read, for nobody)."""
+        me: _Waiter[K, V] = _Waiter(key)
+        with self._lock:
+            self._queue.append(me)
+            if not self._busy:
+                self._busy = me.lead = True
+        if not me.lead and not me.done.wait(timeout):
+            with self._lock:
+                if me in self._queue and not me.lead:
+                    self._queue.remove(me)
+                    raise WaitTimeout(f"gave up after {timeout:.3f}s waiting for a batched read")
+                # Handed the lead (or the answer) just now: carry on.
+            me.done.wait()
+        if me.lead:
+            self._run_batch()
+        if me.error is not None:
+            raise me.error
+        return me.value if me.found else None
+
+    def _run_batch(self) -> None:
+        with self._lock:
+            batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+        keys = list(dict.fromkeys(w.key for w in batch))
+        stats = self.stats
+        stats.batches += 1
+        stats.keys += len(keys)
+        stats.largest_batch = max(stats.largest_batch, len(keys))
+        try:
+            found = self._load_many(keys)
+        except BaseException as exc:
+            for w in batch:
+                w.error = exc
+        else:
+            for w in batch:
+                if w.key in found:
+                    w.found, w.value = True, found[w.key]
+        with self._lock:
+            # Hand the lead to the oldest waiter before waking the batch, so
+            # the next query starts as soon as possible.
+            if self._queue:
+                successor = self._queue[0]
+                successor.lead = True
+                successor.done.set()
+            else:
+                self._busy = False
+        for w in batch:
+            if not w.lead:
+                w.done.set()

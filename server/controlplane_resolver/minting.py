@@ -1,0 +1,227 @@
+"""Minting new run and batch ids (spec section 8): which kind an id gets,
+and the two id generators. Pure: no I/O, no gRPC.
+
+Kinds and where they live
+-------------------------
+* **KSUID** (new shape): 27 base62 characters (``0-9A-Za-z``) encoding 20
+  bytes — 4 bytes of big-endian seconds since 1,400,000,000 (the KSUID
+  epoch) then 16 bytes from :mod:`secrets`. Fixed width and an alphabet in
+  ASCII order, so the strings sort by their seconds. A run with a KSUID lives
+  in the run-ops database.
+* **cuid** (legacy shape): 25 lowercase base36 characters starting with
+  ``"c"`` (cuid v1 layout). A run with a cuid lives in the legacy location.
+
+Both generators are written here rather than taken from PyPI: ``svix-ksuid``
+pulls in ``python-baseconv`` (unmaintained since 2019) for one base62
+conversion, and ``cuid`` 0.4 draws its random blocks from :mod:`random`
+(its own TODO says so); each generator is a dozen lines, checked against
+segmentio's published KSUID vectors and round-tripped through
+:func:`~controlplane_resolver.residency.classify` by property tests.
+
+The mint-kind decision
+----------------------
+:func:`decide_mint_kind` applies the gates in this order, first match wins:
+
+1. master switch (``RUN_OPS_MINT_KSUID_ENABLED``) off → cuid, ``master_switch_off``;
+2. split off → cuid, ``split_off``;
+3. a parent id given → the parent's residency decides, so a run tree stays
+   in one database across a flag flip (``parent_residency``; an
+   unclassifiable parent is treated as legacy: cuid, ``parent_unclassifiable``);
+4. the organization's ``"featureFlags"->>'runOpsMintKsuid'``: ``"ksuid"`` →
+   ksuid, ``"cuid"`` → cuid (``org_flag``); unset → cuid (``default``); any
+   other value → cuid (``org_flag_unrecognised``); no such organization →
+   cuid (``organization_not_found``: a cuid is always readable, and the
+   caller's own organization lookup is the place to fail); the flag could
+   not be read (database down) → cuid (``flag_read_failed``), never an error.
+
+Flip latency: the resolver caches the flag per organization in the
+``MINT_KIND`` slot for ``CONTROL_PLANE_CACHE_TTL_MS`` (default 30 s) and never
+serves it stale past that (its soft and hard TTL are both that value), so an
+organization's flag flip takes effect within ``CONTROL_PLANE_CACHE_TTL_MS``
+(plus replica lag when reading a replica); ``Invalidate(organization_id)``
+applies it at once; ``0`` disables caching. An absent organization is cached
+for ``CONTROL_PLANE_CACHE_NEGATIVE_TTL_MS``. A failed read is never cached.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+import secrets
+import socket
+import string
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .residency import CUID_LENGTH, KSUID_LENGTH, Classification, Residency
+
+# ----------------------------------------------------------------- the values
+
+
+class MintKind(enum.Enum):
+    """The shape of a new id (proto ``MintKind``)."""
+
+    CUID = "cuid"
+    KSUID = "ksuid"
+
+
+class IdKind(enum.Enum):
+    """What is being minted (proto ``IdKind``); the value is the friendly-id prefix."""
+
+    RUN = "run_"
+    BATCH = "batch_"
+
+
+@dataclass(frozen=True)
+class MintKindDecision:
+    """ResolveMintKind's answer: the kind and the rule that decided it."""
+
+    kind: MintKind
+    reason: str
+
+
+class FlagLookup(enum.Enum):
+    """Outcomes of reading the organization's flag that carry no value."""
+
+    ORGANIZATION_NOT_FOUND = "organization_not_found"
+    READ_FAILED = "flag_read_failed"
+
+
+#: The organization feature flag (a key of ``"Organization"."featureFlags"``).
+MINT_FLAG = "runOpsMintKsuid"
+
+_FLAG_KINDS = {"ksuid": MintKind.KSUID, "cuid": MintKind.CUID}
+
+
+def decide_mint_kind(*, master_switch_enabled: bool, split_enabled: bool,
+                     parent: Classification | None,
+                     read_org_flag: Callable[[], str | None | FlagLookup]) -> MintKindDecision:
+    """Decide the kind of a new id (see the module docstring for the order).
+
+    ``read_org_flag`` returns the flag's text value, ``None`` when the
+    organization has no such flag, or a :class:`FlagLookup`. It is called
+    only when the earlier gates do not decide, so with the master switch or
+    the split off the database is never touched.
+    """
+    if not master_switch_enabled:
+        return MintKindDecision(MintKind.CUID, "master_switch_off")
+    if not split_enabled:
+        return MintKindDecision(MintKind.CUID, "split_off")
+    if parent is not None:
+        if parent.residency is Residency.NEW:
+            return MintKindDecision(MintKind.KSUID, "parent_residency")
+        if parent.residency is Residency.LEGACY:
+            return MintKindDecision(MintKind.CUID, "parent_residency")
+        # Reads route unclassifiable ids as legacy: keep the child beside them.
+        return MintKindDecision(MintKind.CUID, "parent_unclassifiable")
+    flag = read_org_flag()
+    if isinstance(flag, FlagLookup):
+        return MintKindDecision(MintKind.CUID, flag.value)
+    if flag is None:
+        return MintKindDecision(MintKind.CUID, "default")
+    kind = _FLAG_KINDS.get(flag)
+    if kind is None:
+        return MintKindDecision(MintKind.CUID, "org_flag_unrecognised")
+    return MintKindDecision(kind, "org_flag")
+
+
+def friendly_id(kind: IdKind, id: str) -> str:
+    """``run_`` / ``batch_`` + ``id``."""
+    return kind.value + id
+
+
+def new_id(kind: MintKind) -> str:
+    """A fresh id of ``kind``."""
+    return new_ksuid() if kind is MintKind.KSUID else new_cuid()
+
+
+# ----------------------------------------------------------------------- KSUID
+
+KSUID_EPOCH = 1_400_000_000
+KSUID_PAYLOAD_BYTES = 16
+_KSUID_BYTES = 4 + KSUID_PAYLOAD_BYTES
+_MAX_KSUID_SECONDS = 2**32 - 1
+BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+_BASE62_INDEX = {c: i for i, c in enumerate(BASE62)}
+
+
+def ksuid_from_parts(seconds: int, payload: bytes) -> str:
+    """The 27-character KSUID of ``seconds`` since the KSUID epoch and a
+    16-byte ``payload``. Raises ValueError when either is out of range."""
+    if not 0 <= seconds <= _MAX_KSUID_SECONDS:
+        raise ValueError(f"{seconds} seconds since the KSUID epoch is outside 0..2^32-1")
+    if len(payload) != KSUID_PAYLOAD_BYTES:
+        raise ValueError(f"a KSUID payload is {KSUID_PAYLOAD_BYTES} bytes, not {len(payload)}")
+    n = int.from_bytes(seconds.to_bytes(4, "big") + payload, "big")
+    digits = []
+    while n:
+        n, r = divmod(n, 62)
+        digits.append(BASE62[r])
+    # 62^27 > 2^160, so 27 digits always suffice; pad to fixed width so that
+    # string order is numeric order.
+    return "".join(reversed(digits)).rjust(KSUID_LENGTH, "0")
+
+
+def ksuid_parts(ksuid: str) -> tuple[int, bytes]:
+    """``(seconds since the KSUID epoch, payload)`` of a KSUID string.
+    Raises ValueError for anything that is not one."""
+    if len(ksuid) != KSUID_LENGTH or any(c not in _BASE62_INDEX for c in ksuid):
+        raise ValueError(f"not a {KSUID_LENGTH}-character base62 KSUID: {ksuid!r}")
+    n = 0
+    for c in ksuid:
+        n = n * 62 + _BASE62_INDEX[c]
+    if n >= 2 ** (8 * _KSUID_BYTES):
+        raise ValueError(f"{ksuid!r} is beyond the largest KSUID")
+    raw = n.to_bytes(_KSUID_BYTES, "big")
+    return int.from_bytes(raw[:4], "big"), raw[4:]
+
+
+def new_ksuid(*, now: float | None = None) -> str:
+    """A KSUID for ``now`` (Unix seconds; default the current time) with a
+    payload of 16 bytes from :func:`secrets.token_bytes`."""
+    unix = time.time() if now is None else now
+    return ksuid_from_parts(int(unix) - KSUID_EPOCH, secrets.token_bytes(KSUID_PAYLOAD_BYTES))
+
+
+# ------------------------------------------------------------------------ cuid
+
+_BASE36 = string.digits + string.ascii_lowercase
+_BLOCK = 4
+_cuid_counter = itertools.count(secrets.randbelow(36**_BLOCK))
+_cuid_lock = threading.Lock()
+
+
+def _base36(n: int, width: int) -> str:
+    """``n`` in base36, zero-padded to ``width`` and cut to its last ``width``
+    digits (so every block has a fixed width)."""
+    if n < 0:
+        raise ValueError(f"cannot write {n} in a cuid block: it is negative")
+    digits = []
+    while n:
+        n, r = divmod(n, 36)
+        digits.append(_BASE36[r])
+    return "".join(reversed(digits)).rjust(width, "0")[-width:]
+
+
+def _fingerprint() -> str:
+    """Two base36 digits of the pid, two of the host name (cuid v1)."""
+    host = socket.gethostname()
+    return _base36(os.getpid(), 2) + _base36(sum(map(ord, host)) + len(host) + 36, 2)
+
+
+def new_cuid(*, now_ms: int | None = None, counter: int | None = None) -> str:
+    """A cuid (v1 layout): ``"c"`` + 8 base36 digits of milliseconds + 4 of a
+    process-wide counter + 4 of host/process fingerprint + 8 random (from
+    :mod:`secrets`) — always 25 characters, ``[0-9a-z]``. ``now_ms`` and
+    ``counter`` pin those parts for tests; callers leave them out."""
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    if counter is None:
+        with _cuid_lock:
+            counter = next(_cuid_counter)
+    cuid = ("c" + _base36(ms, 8) + _base36(counter, _BLOCK) + _fingerprint()
+            + _base36(secrets.randbelow(36**8), 8))
+    assert len(cuid) == CUID_LENGTH
+    return cuid

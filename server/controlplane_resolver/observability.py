@@ -1,0 +1,216 @@
+"""Metrics (Prometheus) and the structured call log, as one interceptor.
+
+Metrics follow the names of go-grpc-prometheus, which dashboards expect:
+``grpc_server_started_total``, ``grpc_server_handled_total{grpc_code}`` and
+``grpc_server_handling_seconds``. Each app has its own registry (several
+apps can live in one test process); the counters of every method and code
+are registered at zero so rates exist before the first call. Cache, pool,
+split-mode and listener state are read at scrape time from the plain
+counters the components keep (:class:`StateCollector`).
+
+Logs are one JSON object a line (``--log-format json``): one line per call
+at DEBUG, per failed call at WARNING, with method, code, latency, cache
+outcome, serving database, peer identity and a request id taken from the
+``x-request-id`` metadata or generated. Secrets never reach them: requests
+and responses are not logged, and messages of our errors carry none.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import start_http_server
+
+from . import callinfo
+from .auth import current_client
+from .logs import JsonFormatter, configure_logging  # noqa: F401  (moved; kept importable)
+
+if TYPE_CHECKING:
+    from .app import ResolverApp
+
+call_log = logging.getLogger("controlplane_resolver.calls")
+
+#: Codes pre-registered at zero for every method.
+EXPECTED_CODES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED",
+                  "UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "INTERNAL",
+                  "UNKNOWN")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.started = Counter("grpc_server_started_total", "RPCs started on the server.",
+                               labels, registry=self.registry)
+        self.handled = Counter("grpc_server_handled_total",
+                               "RPCs completed on the server, by status code.",
+                               (*labels, "grpc_code"), registry=self.registry)
+        self.seconds = Histogram("grpc_server_handling_seconds",
+                                 "Response latency of RPCs handled by the server.", labels,
+                                 registry=self.registry,
+                                 buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25,
+                                          .5, 1, 2.5, 5, 10))
+
+    def preregister(self, methods: Iterable[str]) -> None:
+        """Create every method × code series at zero."""
+        for full in methods:
+            service, method = split_method(full)
+            self.started.labels("unary", service, method)
+            self.seconds.labels("unary", service, method)
+            for code in EXPECTED_CODES:
+                self.handled.labels("unary", service, method, code)
+
+    def serve_http(self, addr: str) -> int:
+        """Expose ``/metrics`` on ``addr`` (host:port); returns the port."""
+        host, _, port = addr.rpartition(":")
+        httpd, _thread = start_http_server(int(port), host or "0.0.0.0", registry=self.registry)
+        self._httpd = httpd
+        return int(httpd.server_address[1])
+
+    def close(self) -> None:
+        httpd = getattr(self, "_httpd", None)
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+
+
+def split_method(full: str) -> tuple[str, str]:
+    """``/pkg.Service/Method`` → (``pkg.Service``, ``Method``)."""
+    _, service, method = full.split("/", 2) if full.count("/") >= 2 else ("", "", full)
+    return service, method
+
+
+class CallInterceptor(grpc.ServerInterceptor):
+    """Counts, times and logs every unary call (and any call the auth
+    interceptor rejected, when this one is placed first)."""
+
+    def __init__(self, metrics: Metrics | None) -> None:
+        self.metrics = metrics
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
+                          details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        service, method = split_method(details.method)
+        request_id = None
+        for key, value in details.invocation_metadata or ():
+            if key == "x-request-id" and isinstance(value, str):
+                request_id = value[:64]
+        behavior = handler.unary_unary
+        metrics = self.metrics
+
+        def observed(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            left = context.time_remaining()
+            notes = callinfo.begin(None if left is None else time.monotonic() + left)
+            if metrics is not None:
+                metrics.started.labels("unary", service, method).inc()
+            code = "OK"
+            try:
+                response = behavior(request, context)
+                code = _code_name(context.code(), "OK")
+                return response
+            except BaseException:
+                code = _code_name(context.code(), "UNKNOWN")
+                raise
+            finally:
+                elapsed = time.perf_counter() - start
+                callinfo.end()
+                if metrics is not None:
+                    metrics.handled.labels("unary", service, method, code).inc()
+                    metrics.seconds.labels("unary", service, method).observe(elapsed)
+                level = logging.DEBUG if code in ("OK", "NOT_FOUND") else logging.WARNING
+                if call_log.isEnabledFor(level):
+                    call_log.log(level, "call", extra={"call": {
+                        "method": method, "code": code, "latency_ms": round(elapsed * 1000, 3),
+                        "request_id": request_id or uuid.uuid4().hex,
+                        "peer": _peer(context), **notes}})
+
+        return handler._replace(unary_unary=observed)
+
+
+def _code_name(code: grpc.StatusCode | None, default: str) -> str:
+    return code.name if code is not None else default
+
+
+def _peer(context: grpc.ServicerContext) -> str:
+    client = current_client()
+    if client:
+        return client
+    identities = context.peer_identities()
+    if identities:
+        return identities[0].decode(errors="replace")
+    return context.peer()
+
+
+class StateCollector:
+    """Scrape-time gauges and counters from the app's components."""
+
+    def __init__(self, app: "ResolverApp") -> None:
+        self.app = app
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        app = self.app
+        cache = app.cache
+        if cache is not None:
+            fields = ("hits", "negative_hits", "misses", "stale_serves", "joins", "loads",
+                      "load_errors", "refreshes", "refresh_failures", "evictions",
+                      "discarded_fills")
+            families = {f: CounterMetricFamily(f"resolver_cache_{f}", f"Cache {f.replace('_', ' ')}.",
+                                               labels=["slot"]) for f in fields}
+            for slot in cache.slots():
+                stats = cache.stats(slot)
+                for f in fields:
+                    families[f].add_metric([slot.value], getattr(stats, f))
+            yield from families.values()
+            inv = CounterMetricFamily("resolver_cache_invalidations",
+                                      "Cache invalidations by cause.", labels=["cause"])
+            for cause, count in cache.versions.invalidations.items():
+                inv.add_metric([cause], count)
+            yield inv
+        topology = app.topology
+        if topology is not None:
+            size = GaugeMetricFamily("resolver_pool_connections", "Open pool connections.",
+                                     labels=["database"])
+            waiting = GaugeMetricFamily("resolver_pool_requests_waiting",
+                                        "Callers waiting for a pool connection.",
+                                        labels=["database"])
+            errors = CounterMetricFamily("resolver_pool_errors",
+                                         "Pool connection errors and timeouts.",
+                                         labels=["database"])
+            for db in topology.databases:
+                stats = db.pool.get_stats()
+                size.add_metric([db.role], stats.get("pool_size", 0))
+                waiting.add_metric([db.role], stats.get("requests_waiting", 0))
+                errors.add_metric([db.role], stats.get("connections_errors", 0)
+                                  + stats.get("requests_errors", 0))
+            yield from (size, waiting, errors)
+            split = GaugeMetricFamily("resolver_split_mode", "1 when the run-ops split is on.")
+            split.add_metric([], 1 if topology.split else 0)
+            yield split
+            sentinel = topology.decision.sentinel
+            verdict = GaugeMetricFamily("resolver_sentinel_verdict",
+                                        "The distinct-database sentinel's verdict (1 = this one).",
+                                        labels=["verdict"])
+            verdict.add_metric([sentinel.verdict.name if sentinel else "NOT_RUN"], 1)
+            yield verdict
+        listener = app.listener
+        if listener is not None:
+            state = GaugeMetricFamily("resolver_listener_listening",
+                                      "1 while the invalidation listener is connected.")
+            state.add_metric([], 1 if listener.state.value == "listening" else 0)
+            yield state
+            n = CounterMetricFamily("resolver_listener_notifications",
+                                    "Invalidation notifications received.")
+            n.add_metric([], listener.notifications)
+            yield n

@@ -1,0 +1,89 @@
+"""``serve --processes N``: N serving processes sharing one port.
+
+The parent forks the children *before* any gRPC server (or gRPC thread)
+exists — gRPC does not survive a fork — and each child builds its own
+server, pools, cache and listener, binding the port with ``SO_REUSEPORT``.
+The kernel then spreads *connections* (not calls) across the children, so
+clients should open several channels or connect through a load balancer.
+
+The parent only supervises: it forwards SIGTERM/SIGINT to every child,
+restarts a child that dies unexpectedly (at most once per second), and
+exits when all children have exited after a stop, with the worst exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+
+def supervise(processes: int, serve_child: Callable[[], int]) -> int:
+    """Fork ``processes`` children running ``serve_child()`` and supervise
+    them until a stop signal. Returns the exit code for the parent."""
+    children: dict[int, int] = {}  # pid -> slot
+    stopping = False
+    last_spawn: dict[int, float] = {}
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # child: restore default signal handling, serve, exit
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = serve_child()
+            except BaseException:
+                log.exception("worker process %d failed", slot)
+            finally:
+                os._exit(code)
+        children[pid] = slot
+        last_spawn[slot] = time.monotonic()
+        log.info("worker process %d started (pid %d)", slot, pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for slot in range(processes):
+        spawn(slot)
+    worst = 0
+    while children:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        slot = children.pop(pid, None)
+        if slot is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            worst = max(worst, code if code > 0 else 0)
+            continue
+        if code in (2, 3):
+            # Configuration refused: restarting cannot help. Stop the rest.
+            log.error("worker process %d exited %d (configuration refused); stopping", slot, code)
+            worst = code
+            forward(signal.SIGTERM, None)
+            continue
+        log.warning("worker process %d (pid %d) exited %d unexpectedly; restarting", slot, pid,
+                    code)
+        wait = 1.0 - (time.monotonic() - last_spawn.get(slot, 0.0))
+        if wait > 0:
+            time.sleep(wait)  # restart at most once a second per slot
+        if not stopping:
+            spawn(slot)
+    return worst

@@ -1,0 +1,143 @@
+"""ReadCoalescer (pure): concurrent point reads become one query."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from controlplane_resolver.coalescing import ReadCoalescer
+
+
+def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.001)
+
+
+class GatedLoader:
+    """load_many that records its batches; the first batch blocks until released."""
+
+    def __init__(self, table: dict[str, str], fail: bool = False) -> None:
+        self.table = table
+        self.fail = fail
+        self.batches: list[list[str]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, keys):
+        self.batches.append(list(keys))
+        if len(self.batches) == 1:
+            self.entered.set()
+            assert self.release.wait(10)
+        if self.fail:
+            raise RuntimeError("database down")
+        return {k: self.table[k] for k in keys if k in self.table}
+
+
+def test_single_reads_return_value_or_none():
+    loader = GatedLoader({"a": "A"})
+    loader.release.set()
+    c = ReadCoalescer(loader)
+    assert c.get("a") == "A"
+    assert c.get("zz") is None
+    assert loader.batches == [["a"], ["zz"]]
+
+
+def test_reads_queued_behind_a_query_share_the_next_one():
+    table = {f"k{i}": f"v{i}" for i in range(20)}
+    loader = GatedLoader(table)
+    c = ReadCoalescer(loader)
+    results: dict[int, object] = {}
+
+    def read(i: int, key: str) -> None:
+        results[i] = c.get(key)
+
+    first = threading.Thread(target=read, args=(-1, "k0"))
+    first.start()
+    assert loader.entered.wait(5)
+    # 30 callers (20 distinct keys, some repeated, one absent) arrive while
+    # the first query is in flight.
+    keys = [f"k{i % 20}" for i in range(29)] + ["missing"]
+    threads = [threading.Thread(target=read, args=(i, k)) for i, k in enumerate(keys)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: c.waiting() == len(keys))
+    loader.release.set()
+    for t in [first, *threads]:
+        t.join(5)
+    assert len(loader.batches) == 2
+    assert sorted(loader.batches[1]) == sorted(set(keys))  # identical keys: one row
+    assert results[-1] == "v0"
+    assert [results[i] for i in range(29)] == [f"v{i % 20}" for i in range(29)]
+    assert results[29] is None
+    assert c.stats.batches == 2 and c.stats.largest_batch == 21
+
+
+def test_max_batch_splits_the_queue():
+    loader = GatedLoader({str(i): i for i in range(10)})
+    c = ReadCoalescer(loader, max_batch=4)
+    first = threading.Thread(target=c.get, args=("0",))
+    first.start()
+    assert loader.entered.wait(5)
+    threads = [threading.Thread(target=c.get, args=(str(i),)) for i in range(1, 10)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: c.waiting() == 9)
+    loader.release.set()
+    for t in [first, *threads]:
+        t.join(5)
+    assert [len(b) for b in loader.batches] == [1, 4, 4, 1]
+
+
+def test_an_error_reaches_every_caller_of_the_batch_and_the_next_batch_still_runs():
+    loader = GatedLoader({"a": "A"}, fail=True)
+    c = ReadCoalescer(loader)
+    errors: list[BaseException] = []
+
+    def read(key: str) -> None:
+        try:
+            c.get(key)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=("a",))]
+    threads[0].start()
+    assert loader.entered.wait(5)
+    threads += [threading.Thread(target=read, args=("a",)) for _ in range(5)]
+    for t in threads[1:]:
+        t.start()
+    wait_until(lambda: c.waiting() == 5)
+    loader.release.set()
+    for t in threads:
+        t.join(5)
+    assert len(errors) == 6
+    loader.fail = False
+    assert c.get("a") == "A"  # not stuck: the coalescer is idle again
+
+
+def test_many_threads_many_keys_every_answer_right():
+    table = {str(i): i * 10 for i in range(200)}
+    calls = []
+    c = ReadCoalescer(lambda keys: calls.append(len(keys)) or
+                      {k: table[k] for k in keys if k in table})
+    failures: list[str] = []
+
+    def worker(seed: int) -> None:
+        for j in range(200):
+            key = str((seed * 7 + j) % 250)
+            value = c.get(key)
+            expected = table.get(key)
+            if value != expected:
+                failures.append(f"{key}: {value} != {expected}")
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not failures
+    assert c.stats.keys <= 16 * 200 and sum(calls) == c.stats.keys

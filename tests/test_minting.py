@@ -1,0 +1,344 @@
+"""Minting (spec section 8, issue 3): the id generators and the mint-kind
+gates as pure functions, then ResolveMintKind, MintId and ClassifyRunId
+through real servers — gate order, the fallback when the control plane is
+down, a flag flip observed within the TTL, inheritance across a flip."""
+
+from __future__ import annotations
+
+import string
+import time
+from typing import Any, Callable
+
+import grpc
+import psycopg
+import pytest
+from hypothesis import given, settings, strategies as st
+from psycopg.types.json import Jsonb
+
+from controlplane_resolver import demo, minting
+from controlplane_resolver.cache import Slot
+from controlplane_resolver.minting import FlagLookup, MintKind, decide_mint_kind
+from controlplane_resolver.residency import Residency, classify
+from controlplane_resolver_client import ResolverError, pb
+
+BASE62 = set(string.digits + string.ascii_letters)
+BASE36 = set(string.digits + string.ascii_lowercase)
+MAX_SECONDS = 2**32 - 1
+
+
+def poll_until(condition: Callable[[], Any], *, timeout: float, interval: float = 0.02) -> Any:
+    """The first truthy value of ``condition()`` within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)  # polling interval, not synchronisation
+
+
+def set_flags(cp: psycopg.Connection[Any], org_id: str, flags: Any) -> None:
+    cp.execute('UPDATE "Organization" SET "featureFlags" = %s WHERE "id" = %s',
+               (Jsonb(flags) if flags is not None else None, org_id))
+
+
+# ------------------------------------------------------------------ KSUID
+
+
+def test_ksuid_matches_segmentio_published_vectors():
+    # From segmentio/ksuid's README (`ksuid -f inspect`) and its bounds.
+    payload = bytes.fromhex("B5A1CD34B5F99D1154FB6853345C9735")
+    assert minting.ksuid_from_parts(107608047, payload) == "0ujtsYcgvSTl8PAuAdqWYSMnLOv"
+    assert minting.ksuid_parts("0ujtsYcgvSTl8PAuAdqWYSMnLOv") == (107608047, payload)
+    assert minting.ksuid_from_parts(0, bytes(16)) == "0" * 27
+    assert minting.ksuid_from_parts(MAX_SECONDS, b"\xff" * 16) == "aWgEPTl1tmebfsQzFP4bxwgy80V"
+
+
+@given(seconds=st.integers(0, MAX_SECONDS), payload=st.binary(min_size=16, max_size=16))
+def test_ksuid_round_trips_and_classifies_as_new(seconds, payload):
+    ksuid = minting.ksuid_from_parts(seconds, payload)
+    assert len(ksuid) == 27 and set(ksuid) <= BASE62
+    assert minting.ksuid_parts(ksuid) == (seconds, payload)
+    for id_kind in minting.IdKind:
+        c = classify(minting.friendly_id(id_kind, ksuid))
+        assert (c.residency, c.body, c.is_friendly) == (Residency.NEW, ksuid, True)
+    assert classify(ksuid).residency is Residency.NEW
+
+
+@given(a=st.integers(0, MAX_SECONDS), b=st.integers(0, MAX_SECONDS),
+       pa=st.binary(min_size=16, max_size=16), pb_=st.binary(min_size=16, max_size=16))
+def test_ksuids_sort_by_time_as_strings(a, b, pa, pb_):
+    # Whatever the random payloads, an earlier second sorts first.
+    earlier, later = sorted((a, b))
+    if earlier == later:
+        return
+    assert minting.ksuid_from_parts(earlier, pa) < minting.ksuid_from_parts(later, pb_)
+
+
+def test_new_ksuid_encodes_the_given_second_and_fresh_random_bytes():
+    now = 1_800_000_000.9
+    ids = {minting.new_ksuid(now=now) for _ in range(200)}
+    assert len(ids) == 200  # 16 random bytes each
+    assert {minting.ksuid_parts(k)[0] for k in ids} == {1_800_000_000 - minting.KSUID_EPOCH}
+    before = int(time.time()) - minting.KSUID_EPOCH
+    seconds, _ = minting.ksuid_parts(minting.new_ksuid())
+    assert before <= seconds <= int(time.time()) - minting.KSUID_EPOCH
+
+
+def test_ksuid_rejects_out_of_range_parts():
+    with pytest.raises(ValueError):
+        minting.ksuid_from_parts(-1, bytes(16))
+    with pytest.raises(ValueError):
+        minting.ksuid_from_parts(2**32, bytes(16))
+    with pytest.raises(ValueError):
+        minting.ksuid_from_parts(0, bytes(15))
+    with pytest.raises(ValueError):
+        minting.ksuid_parts("z" * 27)  # beyond 2^160
+    with pytest.raises(ValueError):
+        minting.ksuid_parts("0ujtsYcgvSTl8PAuAdqWYSMnLO_")
+
+
+# ------------------------------------------------------------------- cuid
+
+
+@given(now_ms=st.integers(0, 36**9), counter=st.integers(0, 36**5))
+def test_cuid_is_25_base36_characters_starting_with_c_and_classifies_as_legacy(now_ms, counter):
+    cuid = minting.new_cuid(now_ms=now_ms, counter=counter)
+    assert len(cuid) == 25 and cuid[0] == "c" and set(cuid) <= BASE36
+    assert classify(cuid).residency is Residency.LEGACY
+    assert classify("run_" + cuid).residency is Residency.LEGACY
+
+
+def test_cuids_of_one_process_are_distinct():
+    ids = {minting.new_cuid() for _ in range(5000)}
+    assert len(ids) == 5000
+
+
+@given(kind=st.sampled_from(list(MintKind)), id_kind=st.sampled_from(list(minting.IdKind)))
+@settings(max_examples=50)
+def test_every_minted_id_classifies_back_to_its_kind(kind, id_kind):
+    new = minting.new_id(kind)
+    expected = Residency.NEW if kind is MintKind.KSUID else Residency.LEGACY
+    assert classify(new).residency is expected
+    assert classify(minting.friendly_id(id_kind, new)).residency is expected
+
+
+# ------------------------------------------------------- mint-kind gates
+
+
+def _never_read() -> Any:
+    raise AssertionError("the organization flag must not be read")
+
+
+KSUID_PARENT = classify("run_" + minting.ksuid_from_parts(1, bytes(16)))
+CUID_PARENT = classify("run_" + minting.new_cuid())
+SHORT_PARENT = classify("run_" + "a" * 21)
+
+
+@pytest.mark.parametrize("master, split, parent, flag, expected", [
+    # The master switch beats everything, the parent included.
+    (False, True, KSUID_PARENT, _never_read, (MintKind.CUID, "master_switch_off")),
+    (False, False, None, _never_read, (MintKind.CUID, "master_switch_off")),
+    # Split off beats the parent and the flag.
+    (True, False, KSUID_PARENT, _never_read, (MintKind.CUID, "split_off")),
+    # The parent beats the flag, and is decided without reading it.
+    (True, True, KSUID_PARENT, _never_read, (MintKind.KSUID, "parent_residency")),
+    (True, True, CUID_PARENT, _never_read, (MintKind.CUID, "parent_residency")),
+    (True, True, SHORT_PARENT, _never_read, (MintKind.CUID, "parent_unclassifiable")),
+    # The organization flag.
+    (True, True, None, lambda: "ksuid", (MintKind.KSUID, "org_flag")),
+    (True, True, None, lambda: "cuid", (MintKind.CUID, "org_flag")),
+    (True, True, None, lambda: None, (MintKind.CUID, "default")),
+    (True, True, None, lambda: "KSUID", (MintKind.CUID, "org_flag_unrecognised")),
+    (True, True, None, lambda: FlagLookup.ORGANIZATION_NOT_FOUND,
+     (MintKind.CUID, "organization_not_found")),
+    (True, True, None, lambda: FlagLookup.READ_FAILED, (MintKind.CUID, "flag_read_failed")),
+])
+def test_mint_kind_gates_in_order(master, split, parent, flag, expected):
+    decision = decide_mint_kind(master_switch_enabled=master, split_enabled=split,
+                                parent=parent, read_org_flag=flag)
+    assert (decision.kind, decision.reason) == expected
+
+
+# --------------------------------------------------------- through gRPC
+
+
+def _org(cp: psycopg.Connection[Any], flags: Any = None) -> str:
+    return demo.insert_organization(cp, feature_flags=flags)
+
+
+def _kind(client: Any, org_id: str, parent_id: str | None = None) -> tuple[int, str]:
+    answer = client.resolve_mint_kind(org_id, parent_id=parent_id)
+    return answer.kind, answer.reason
+
+
+def test_mint_kind_gate_order_over_grpc(start_server, cp):
+    ksuid_org = _org(cp, {"runOpsMintKsuid": "ksuid"})
+    cuid_org = _org(cp, {"runOpsMintKsuid": "cuid", "other": True})
+    unset_org = _org(cp, {"somethingElse": "ksuid"})
+    null_org = _org(cp)
+    odd_org = _org(cp, {"runOpsMintKsuid": "yes please"})
+    ksuid_parent = "run_" + demo.new_ksuid()
+    cuid_parent = "run_" + demo.new_cuid()
+
+    off = start_server(run_ops_mint_ksuid_enabled=False).client
+    assert _kind(off, ksuid_org) == (pb.MINT_KIND_CUID, "master_switch_off")
+    assert _kind(off, ksuid_org, ksuid_parent) == (pb.MINT_KIND_CUID, "master_switch_off")
+
+    single = start_server(run_ops_mint_ksuid_enabled=True, run_ops_split_enabled=False).client
+    assert _kind(single, ksuid_org) == (pb.MINT_KIND_CUID, "split_off")
+
+    on = start_server(run_ops_mint_ksuid_enabled=True).client
+    assert _kind(on, ksuid_org) == (pb.MINT_KIND_KSUID, "org_flag")
+    assert _kind(on, cuid_org) == (pb.MINT_KIND_CUID, "org_flag")
+    assert _kind(on, unset_org) == (pb.MINT_KIND_CUID, "default")
+    assert _kind(on, null_org) == (pb.MINT_KIND_CUID, "default")
+    assert _kind(on, odd_org) == (pb.MINT_KIND_CUID, "org_flag_unrecognised")
+    assert _kind(on, demo.new_cuid()) == (pb.MINT_KIND_CUID, "organization_not_found")
+    # The parent wins over the flag, both ways; its internal id works too.
+    assert _kind(on, cuid_org, ksuid_parent) == (pb.MINT_KIND_KSUID, "parent_residency")
+    assert _kind(on, ksuid_org, cuid_parent) == (pb.MINT_KIND_CUID, "parent_residency")
+    assert _kind(on, cuid_org, ksuid_parent[4:]) == (pb.MINT_KIND_KSUID, "parent_residency")
+    assert _kind(on, ksuid_org, "run_" + "a" * 21) == (pb.MINT_KIND_CUID,
+                                                       "parent_unclassifiable")
+
+
+def test_mint_kind_rejects_malformed_ids(server):
+    for org_id, parent_id in (("", None), ("bad id!", None), ("c" * 25, ""),
+                              ("c" * 25, "run/x"), ("c" * 256, None)):
+        with pytest.raises(ResolverError) as caught:
+            server.client.resolve_mint_kind(org_id, parent_id=parent_id)
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT, (org_id, parent_id)
+        assert caught.value.reason == "INVALID_ID"
+
+
+def test_flag_read_failure_falls_back_to_cuid_and_is_not_cached(own_clusters, start_server):
+    cp_cluster, ro_cluster = own_clusters
+    with psycopg.connect(cp_cluster.dsn(), autocommit=True) as conn:
+        org = _org(conn, {"runOpsMintKsuid": "ksuid"})
+    running = start_server(control_plane_database_url=cp_cluster.dsn(),
+                           run_ops_database_url=ro_cluster.dsn(), run_ops_mint_ksuid_enabled=True,
+                           listen_enabled=False, db_timeout_ms=500)
+    client = running.client
+    cp_cluster.stop()
+    assert _kind(client, org) == (pb.MINT_KIND_CUID, "flag_read_failed")
+    minted = client.mint_id(pb.ID_KIND_RUN, org)
+    assert minted.mint_kind == pb.MINT_KIND_CUID and len(minted.id) == 25
+    # The fallback was not cached: once the database is back, the flag decides.
+    cp_cluster.start()
+    poll_until(lambda: _kind(client, org) == (pb.MINT_KIND_KSUID, "org_flag"), timeout=15,
+               interval=0.1)
+
+
+def test_flag_flip_is_observed_within_the_cache_ttl(start_server, cp):
+    ttl_s = 1.0
+    running = start_server(run_ops_mint_ksuid_enabled=True, control_plane_cache_ttl_ms=1000,
+                           listen_enabled=False)
+    client = running.client
+    stats = running.app.cache.stats(Slot.MINT_KIND)
+    org = _org(cp)
+    filled_at = time.monotonic()
+    assert _kind(client, org) == (pb.MINT_KIND_CUID, "default")
+    loads = stats.loads
+
+    set_flags(cp, org, {"runOpsMintKsuid": "ksuid"})
+    early = _kind(client, org)
+    if time.monotonic() - filled_at < ttl_s * 0.9:  # jitter only shortens lifetimes, by ≤ 10 %
+        # Still inside the entry's lifetime: the cached answer, no new read.
+        assert early == (pb.MINT_KIND_CUID, "default") and stats.loads == loads
+
+    poll_until(lambda: _kind(client, org) == (pb.MINT_KIND_KSUID, "org_flag"), timeout=ttl_s + 2)
+    seen_after = time.monotonic() - filled_at
+    # The TTL bounds the flip latency (plus one poll and one read).
+    assert seen_after <= ttl_s + 0.5, seen_after
+
+    # Invalidating the organization applies a flip at once.
+    set_flags(cp, org, {"runOpsMintKsuid": "cuid"})
+    client.invalidate(organization_id=org)
+    assert _kind(client, org) == (pb.MINT_KIND_CUID, "org_flag")
+
+
+def test_children_inherit_their_parents_kind_across_a_flip(start_server, cp):
+    # TTL 0: every call reads the flag, so each flip shows at once.
+    client = start_server(run_ops_mint_ksuid_enabled=True, control_plane_cache_ttl_ms=0,
+                          listen_enabled=False).client
+    org = _org(cp, {"runOpsMintKsuid": "ksuid"})
+    new_parent = client.mint_id(pb.ID_KIND_RUN, org)
+    assert new_parent.mint_kind == pb.MINT_KIND_KSUID
+
+    set_flags(cp, org, {"runOpsMintKsuid": "cuid"})
+    assert client.mint_id(pb.ID_KIND_RUN, org).mint_kind == pb.MINT_KIND_CUID
+    child = client.mint_id(pb.ID_KIND_RUN, org, parent_id=new_parent.friendly_id)
+    assert child.mint_kind == pb.MINT_KIND_KSUID and len(child.id) == 27
+    legacy_parent = client.mint_id(pb.ID_KIND_BATCH, org)
+    assert legacy_parent.mint_kind == pb.MINT_KIND_CUID
+
+    set_flags(cp, org, {"runOpsMintKsuid": "ksuid"})
+    assert client.mint_id(pb.ID_KIND_RUN, org).mint_kind == pb.MINT_KIND_KSUID
+    grandchild = client.mint_id(pb.ID_KIND_RUN, org, parent_id=child.id)
+    assert grandchild.mint_kind == pb.MINT_KIND_KSUID
+    legacy_child = client.mint_id(pb.ID_KIND_RUN, org, parent_id=legacy_parent.friendly_id)
+    assert legacy_child.mint_kind == pb.MINT_KIND_CUID and len(legacy_child.id) == 25
+
+
+def test_minted_ids_round_trip_through_classification_over_grpc(start_server, cp):
+    client = start_server(run_ops_mint_ksuid_enabled=True).client
+    orgs = {pb.MINT_KIND_KSUID: _org(cp, {"runOpsMintKsuid": "ksuid"}),
+            pb.MINT_KIND_CUID: _org(cp, {"runOpsMintKsuid": "cuid"})}
+    expected = {pb.MINT_KIND_KSUID: (27, pb.RESIDENCY_NEW),
+                pb.MINT_KIND_CUID: (25, pb.RESIDENCY_LEGACY)}
+    seen = set()
+    for mint_kind, org in orgs.items():
+        for id_kind, prefix in ((pb.ID_KIND_RUN, "run_"), (pb.ID_KIND_BATCH, "batch_")):
+            for _ in range(20):
+                minted = client.mint_id(id_kind, org)
+                length, residency = expected[mint_kind]
+                assert minted.mint_kind == mint_kind
+                assert minted.friendly_id == prefix + minted.id and len(minted.id) == length
+                for form in (minted.id, minted.friendly_id):
+                    shape = client.classify_run_id(form)
+                    assert shape.classifiable and shape.residency == residency
+                seen.add(minted.id)
+    assert len(seen) == 2 * 2 * 20
+
+
+def test_mint_id_rejects_an_unknown_id_kind(server, cp):
+    org = _org(cp)
+    for kind in (pb.ID_KIND_UNSPECIFIED, 7):
+        with pytest.raises(ResolverError) as caught:
+            server.client.mint_id(kind, org)
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT, kind
+        assert caught.value.reason == "INVALID_ENUM"
+
+
+# ------------------------------------------------------- ClassifyRunId
+
+
+CLASSIFY_CASES = [
+    # (id, body length, classifiable, residency ReadRun routes by)
+    ("run_" + "c" + "a" * 24, 25, True, pb.RESIDENCY_LEGACY),
+    ("c" + "a" * 24, 25, True, pb.RESIDENCY_LEGACY),
+    ("run_" + "A" * 27, 27, True, pb.RESIDENCY_NEW),
+    ("batch_" + "A" * 27, 27, True, pb.RESIDENCY_NEW),
+    ("run_" + "a" * 21, 21, False, pb.RESIDENCY_LEGACY),
+    ("run_", 0, False, pb.RESIDENCY_LEGACY),
+    ("run_" + "a" * 40, 40, False, pb.RESIDENCY_LEGACY),
+]
+
+
+def test_classify_run_id_over_grpc(start_server):
+    split_on = start_server().client
+    split_off = start_server(run_ops_split_enabled=False).client
+    for given, body_length, classifiable, residency in CLASSIFY_CASES:
+        shape = split_on.classify_run_id(given)
+        assert shape.body == (given.partition("_")[2] if "_" in given else given), given
+        assert len(shape.body) == shape.body_length == body_length, given
+        assert shape.classifiable is classifiable and shape.residency == residency, given
+        assert f"{body_length} characters" in shape.reason, shape.reason
+        expected_order = ([pb.RUN_SOURCE_RUN_OPS] if residency == pb.RESIDENCY_NEW
+                          else [pb.RUN_SOURCE_RUN_OPS, pb.RUN_SOURCE_LEGACY])
+        assert list(shape.read_order) == expected_order, given
+        single = split_off.classify_run_id(given)
+        assert list(single.read_order) == [pb.RUN_SOURCE_CONTROL_PLANE], given
+        assert (single.body_length, single.classifiable) == (body_length, classifiable), given

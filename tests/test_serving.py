@@ -1,0 +1,113 @@
+"""Serving as an operator runs it: several processes on one port, and a
+SIGTERM under load that fails no call in flight (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import grpc
+import psycopg
+from grpc_health.v1 import health_pb2
+
+from controlplane_resolver import demo
+from controlplane_resolver_client import ResolverClient, pb
+from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
+
+from processes import ServerProcess, health_status
+from test_invalidation import wait_until
+
+
+def base_env(databases) -> dict[str, str]:
+    return {"CONTROL_PLANE_DATABASE_URL": databases.control_plane,
+            "RUN_OPS_DATABASE_URL": databases.run_ops, "RUN_OPS_SPLIT_ENABLED": "1",
+            "REALTIME_BACKEND_NATIVE_ENABLED": "1", "RESOLVER_LISTEN_ENABLED": "0"}
+
+
+def test_processes_share_the_port_and_all_answer(databases, cp, tenant):
+    env_id = tenant.environment(cp)
+    env = {**base_env(databases), "RESOLVER_PROCESSES": "2", "RESOLVER_LOG_FORMAT": "json",
+           "RESOLVER_LOG_LEVEL": "DEBUG"}
+    server = ServerProcess(env).wait_serving()
+    try:
+        # SO_REUSEPORT spreads connections, not calls: open many connections.
+        channels = [grpc.insecure_channel(server.address,
+                                          options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(16)]
+        for channel in channels:
+            stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+            assert stub.ResolveEnv(pb.ResolveEnvRequest(environment_id=env_id),
+                                   timeout=10).environment.id == env_id
+        for channel in channels:
+            channel.close()
+    finally:
+        code = server.terminate()
+    assert code == 0, server.output()
+    pids = {line["pid"] for line in _json_lines(server.output())
+            if line.get("method") == "ResolveEnv" and line.get("code") == "OK"}
+    assert len(pids) == 2, f"calls were answered by {pids}"
+
+
+def _json_lines(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def test_sigterm_under_load_fails_no_call_in_flight(databases, cp, tenant):
+    hot = tenant.environment(cp)
+    cold = [tenant.environment(cp) for _ in range(8)]
+    env = {**base_env(databases), "RESOLVER_SHUTDOWN_PAUSE_MS": "300",
+           "RESOLVER_SHUTDOWN_GRACE_MS": "15000"}
+    server = ServerProcess(env).wait_serving()
+    client = ResolverClient(server.address, timeout=20)
+    assert client.resolve_env(hot) is not None
+    draining = threading.Event()
+    failures: list[BaseException] = []
+    completed = [0]
+
+    def steady_load() -> None:
+        # A well-behaved caller: stops sending once health says NOT_SERVING,
+        # as a load balancer would.
+        while not draining.is_set():
+            try:
+                assert client.resolve_env(hot) is not None
+                completed[0] += 1
+            except BaseException as exc:
+                failures.append(exc)
+                return
+
+    def slow_call(env_id: str) -> None:
+        try:
+            assert client.resolve_env(env_id).id == env_id
+            completed[0] += 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    with psycopg.connect(databases.control_plane) as locker:
+        # Uncached calls block on this lock: they are in flight at SIGTERM.
+        locker.execute('LOCK TABLE "RuntimeEnvironment" IN ACCESS EXCLUSIVE MODE')
+        steady = [threading.Thread(target=steady_load) for _ in range(4)]
+        slow = [threading.Thread(target=slow_call, args=(e,)) for e in cold]
+        for t in steady + slow:
+            t.start()
+        wait_until(lambda: completed[0] > 50, timeout=10)
+        server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: health_status(server.address) ==
+                   health_pb2.HealthCheckResponse.NOT_SERVING, timeout=5)
+        draining.set()
+        for t in steady:
+            t.join(10)
+        locker.rollback()  # the blocked calls can finish now, during the drain
+    for t in slow:
+        t.join(20)
+    assert server.proc.wait(20) == 0, server.output()
+    client.close()
+    assert not failures, failures[:3]
+    assert completed[0] > 50 + len(cold)
