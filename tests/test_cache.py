@@ -18,7 +18,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Hashable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -668,6 +668,16 @@ def test_soft_ttl_zero_loads_on_every_get(make_cache: Callable[..., Cache]) -> N
     assert len(cache) == 0
 
 
+def test_soft_ttl_zero_does_not_store_absence_either(make_cache: Callable[..., Cache]) -> None:
+    # The negative TTL is positive here: "stores nothing" must still win.
+    cache = make_cache(soft_ttl=0.0)
+    load = CountingLoad(ABSENT)
+    for _ in range(3):
+        assert env_get(cache, "a", load) is ABSENT
+    assert load.calls == 3
+    assert cache.stats(SLOT).negative_hits == 0
+
+
 def test_soft_ttl_zero_still_shares_one_load_between_concurrent_gets(
         make_cache: Callable[..., Cache]) -> None:
     cache = make_cache(soft_ttl=0.0)
@@ -771,8 +781,10 @@ def test_concurrent_gets_and_invalidations_smoke(make_cache: Callable[..., Cache
             key = rng.choice(keys)
             org = "o" + key[-1]
 
-            def load() -> Any:
-                roll = rng.random()
+            # Bound now, not looked up when called: a background refresh
+            # runs this load after the loop has moved on to other keys.
+            def load(key: str = key, org: str = org, n: int = n,
+                     roll: float = rng.random()) -> Any:
                 if roll < 0.05:
                     raise Boom("database down")
                 if roll < 0.15:
@@ -813,6 +825,26 @@ def test_concurrent_gets_and_invalidations_smoke(make_cache: Callable[..., Cache
 # ---------------------------------------------------------------- Versions
 
 
+def test_invalidation_holds_for_the_whole_life_of_the_entries_it_drops(
+        cache: Cache, clock: FakeClock) -> None:
+    # Nobody reads the dropped entries until just before they would expire
+    # anyway: the epoch must still be remembered then, positive and negative.
+    present = CountingLoad("old", "new")
+    absent = CountingLoad(ABSENT, "created")
+    env_get(cache, "a", present)
+    env_get(cache, "b", absent)
+    cache.invalidate_environment("a")
+    cache.invalidate_environment("b")
+
+    # Other invalidations keep happening (forgetting may be done by them).
+    clock.move_to(NEGATIVE - 0.001)
+    cache.invalidate_environment("unrelated 1")
+    assert env_get(cache, "b", absent) == "created"
+    clock.move_to(HARD - 0.001)
+    cache.invalidate_environment("unrelated 2")
+    assert env_get(cache, "a", present) == "new"
+
+
 def test_epochs_forgotten_after_retention_are_harmless(cache: Cache, clock: FakeClock) -> None:
     load = CountingLoad("old", "new")
     env_get(cache, "a", load)
@@ -823,6 +855,8 @@ def test_epochs_forgotten_after_retention_are_harmless(cache: Cache, clock: Fake
     # Retention is longer than any entry lives: once the epoch is forgotten,
     # the entries it guarded are gone too, so none comes back as valid.
     clock.move_to(2 * HARD + 61)
+    # Forgetting may be lazy (done by a later invalidation): give it one.
+    cache.invalidate_environment("unrelated")
     assert cache.versions.is_current(stamp_of_fill, [env_scope("a")]), "epoch forgotten"
     assert env_get(cache, "a", load) == "new"
     assert load.calls == 2
@@ -851,12 +885,14 @@ def test_versions_epochs_expire_after_retention(clock: FakeClock) -> None:
     before = versions.stamp()
     versions.bump(env_scope("a"), "environment")
     clock.advance(99.0)
-    assert not versions.is_current(before, [env_scope("a")])
-    clock.advance(1.0)
-    assert versions.is_current(before, [env_scope("a")])
-    # Expired epochs free their room: filling up again is no overflow.
-    for env_id in ("b", "c", "d"):
-        versions.bump(env_scope(env_id), "environment")
+    versions.bump(env_scope("b"), "environment")
+    assert not versions.is_current(before, [env_scope("a")]), "within retention: kept"
+    clock.advance(2.0)  # a's epoch is now past retention, b's is not
+    versions.bump(env_scope("c"), "environment")  # forgetting may be lazy
+    assert versions.is_current(before, [env_scope("a")]), "past retention: forgotten"
+    assert not versions.is_current(before, [env_scope("b")])
+    # The forgotten epoch freed its room: b, c and d fit without overflow.
+    versions.bump(env_scope("d"), "environment")
     assert versions.is_current(before, [env_scope("x")])
 
 
@@ -873,20 +909,21 @@ def test_many_invalidations_never_resurrect_a_stale_entry(cache: Cache) -> None:
     assert load.calls == 2
 
 
-# ------------------------------------------------- bugs found (fail today)
+# ------------------------------------ regressions: bugs found by these tests
 
 
 def test_retention_outlives_negative_entries(make_cache: Callable[..., Cache],
                                              clock: FakeClock) -> None:
     # Config allows a negative TTL longer than the hard TTL (only hard >= soft
-    # is checked). Retention is computed from hard TTLs alone, so the epoch
-    # of an invalidated absence is forgotten while the absence still lives.
+    # is checked). Retention computed from hard TTLs alone (as it once was)
+    # forgets the epoch of an invalidated absence while the absence lives.
     cache = make_cache(soft_ttl=1.0, hard_ttl=1.0, negative_ttl=300.0)
     load = CountingLoad(ABSENT, "created")
     env_get(cache, "a", load)
     clock.move_to(1.0)
     cache.invalidate_environment("a")  # the environment was just created
-    clock.move_to(100.0)  # past retention (max(60, 2 * 1 + 60) = 62 s)
+    clock.move_to(100.0)  # past retention if computed from hard TTLs: max(60, 2 * 1 + 60)
+    cache.invalidate_environment("unrelated")  # forgetting may be done by the next bump
     assert env_get(cache, "a", load) == "created"
 
 
@@ -902,3 +939,23 @@ def test_failing_scopes_of_does_not_wedge_the_key(cache: Cache) -> None:
     with pytest.raises(KeyError):
         env_get(cache, "a", load, scopes_of=broken_scopes_of)
     assert env_get(cache, "a", load, scopes_of=broken_scopes_of, wait_s=1.0) == "good"
+
+
+def test_is_current_is_not_fooled_by_an_overflow_during_the_check(clock: FakeClock) -> None:
+    # FAILS until Versions.is_current re-reads the global epoch after the
+    # scope lookups (``return stamp >= self._global`` instead of ``True``).
+    # is_current reads the global epoch, then the scope epochs, without a
+    # lock. An overflow in between (another thread) raises the global epoch
+    # and clears the scope epochs: a check that saw the old global epoch and
+    # the cleared scopes would call valid an entry invalidated long before.
+    # The scopes iterable runs that other thread's bumps at exactly that point.
+    versions = Versions(retention_s=100.0, max_scopes=2, clock=clock)
+    stamp_of_fill = versions.stamp()
+    versions.bump(env_scope("a"), "environment")  # the entry is now invalid
+
+    def scopes_meanwhile_overflowing() -> Iterator[str]:
+        versions.bump(env_scope("b"), "environment")
+        versions.bump(env_scope("c"), "environment")  # one too many
+        yield env_scope("a")
+
+    assert not versions.is_current(stamp_of_fill, scopes_meanwhile_overflowing())

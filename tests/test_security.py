@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import socket
 import ssl
 import time
@@ -35,7 +36,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from controlplane_resolver import demo
 from controlplane_resolver.app import SERVICE_NAME, ResolverApp
 from controlplane_resolver.config import ConfigError, Settings
-from controlplane_resolver.observability import JsonFormatter
+from controlplane_resolver.logs import JsonFormatter
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
@@ -252,18 +253,32 @@ def test_rotated_certificate_is_served_to_new_connections_without_restart(
 
 
 def test_half_written_rotation_keeps_serving_the_previous_certificate(
-        start_server, pki: Pki) -> None:
+        start_server, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
     running = start_server(**pki.settings())
     port = running.app.port
+    caplog.set_level(logging.WARNING, logger="controlplane_resolver.tls")
     renewed = pki.server_ca.issue("resolver", server=True)
     # The certificate arrives before its key: the pair does not match.
     write_atomically(pki.cert_file, renewed.cert, time.time() + 5)
     assert served_serial(port, pki.server_ca.pem) == pki.server.serial
     with ResolverClient(running.address, tls_ca=pki.server_ca.pem) as during:
         assert classify(during)
+    assert running.app.certificates.reloads == 0
+    assert len([r for r in caplog.records if "not applied" in r.getMessage()]) == 1
     # The key follows: now the new pair is served.
     write_atomically(pki.key_file, renewed.key, time.time() + 10)
     assert served_serial(port, pki.server_ca.pem) == renewed.serial
+    assert running.app.certificates.reloads == 1
+
+
+def test_mismatched_certificate_and_key_at_start_is_a_configuration_error(
+        start_server, pki: Pki) -> None:
+    other = pki.server_ca.issue("resolver", server=True)
+    pki.key_file.write_bytes(other.key)
+    # Not "could not listen … is the port in use?": the files are named.
+    with pytest.raises(ConfigError, match="not a usable certificate and matching key") as refused:
+        start_server(**pki.settings())
+    assert str(pki.key_file) in str(refused.value)
 
 
 # ------------------------------------------------------------------- tokens
@@ -370,15 +385,39 @@ def test_broken_rewrite_of_the_tokens_file_keeps_the_previous_tokens(
         start_server, tokens: Tokens, caplog: pytest.LogCaptureFixture) -> None:
     running = start_server(auth_tokens_file=str(tokens.path))
     caplog.set_level(logging.WARNING, logger="controlplane_resolver.auth")
-    tokens.write(f"engine  {ENGINE_TOKEN}  *", "console short")
-    with client_for(running, ENGINE_TOKEN) as engine:
-        wait_until(lambda: classify(engine) and "keeping the previous tokens" in caplog.text,
-                   timeout=5)
-        assert classify(engine)
+    with client_for(running, ENGINE_TOKEN) as engine, \
+            client_for(running, CONSOLE_TOKEN) as console:
+        # A malformed line: everything is kept, the good lines too.
+        tokens.write(f"engine  {ENGINE_TOKEN}  *", "console short-token")
+        wait_until(lambda: classify(engine) and "line 2" in caplog.text, timeout=5)
+        assert console.resolve_env(demo.new_cuid()) is None  # authenticated, absent
+        # An empty file (as a rewrite in place looks half-way) is kept too.
+        tokens.write("# nothing yet")
+        wait_until(lambda: classify(engine) and "no client lines" in caplog.text, timeout=5)
+        assert console.resolve_env(demo.new_cuid()) is None  # authenticated, absent
     assert running.app.tokens.reloads == 0
+    assert "keeping the previous tokens" in caplog.text
     # The problem is named by line, never by the token.
-    assert "line 2" in caplog.text
-    assert ENGINE_TOKEN not in caplog.text
+    for secret in (ENGINE_TOKEN, "short-token"):
+        assert secret not in caplog.text
+
+
+def test_unusable_tokens_file_at_start_is_a_configuration_error(
+        databases: Databases, tmp_path: Path, tokens: Tokens) -> None:
+    malformed = tmp_path / "malformed"
+    malformed.write_text(f"engine {ENGINE_TOKEN} *\nconsole short-token\n")
+    empty = tmp_path / "empty"
+    empty.write_text("# engine some-token-to-come *\n")
+    for path, problem in ((malformed, "line 2"), (empty, "no client lines"),
+                          (tmp_path / "missing", "cannot read")):
+        with pytest.raises(ConfigError, match=problem) as refused:
+            ResolverApp(public_settings(databases, auth_tokens_file=str(path)))
+        assert "short-token" not in str(refused.value)
+    # The parsed tokens cannot be printed: clients keep digests only.
+    from controlplane_resolver.auth import TokenFile
+    clients = TokenFile(str(tokens.path)).clients
+    assert [c.name for c in clients] == ["engine", "console"]
+    assert ENGINE_TOKEN not in repr(clients) and CONSOLE_TOKEN not in repr(clients)
 
 
 def test_star_allows_everything_but_the_secret_method_which_must_be_named(
@@ -455,6 +494,23 @@ def test_health_is_open_and_reflection_closed_by_default(start_server,
     assert SERVICE_NAME in reflected_services(running.address, ENGINE_TOKEN)
     assert rpc_code(lambda: reflected_services(running.address, CONSOLE_TOKEN)) == \
         grpc.StatusCode.PERMISSION_DENIED
+    # A refused stream ends at once, whether it sends nothing or waits for
+    # the server before sending (not UNIMPLEMENTED, not a hang until its deadline).
+    with grpc.insecure_channel(running.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        assert rpc_code(lambda: list(stub.ServerReflectionInfo(iter([]), timeout=5))) == \
+            grpc.StatusCode.UNAUTHENTICATED
+        pending: queue.Queue[Any] = queue.Queue()
+
+        def requests_when_told() -> Iterator[Any]:
+            while (request := pending.get()) is not None:
+                yield request
+
+        started = time.monotonic()
+        waiting = stub.ServerReflectionInfo(requests_when_told(), timeout=5)
+        assert rpc_code(lambda: next(waiting)) == grpc.StatusCode.UNAUTHENTICATED
+        assert time.monotonic() - started < 2
+        pending.put(None)
 
 
 def test_health_closed_and_reflection_open_when_configured_so(start_server,

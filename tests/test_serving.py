@@ -111,3 +111,37 @@ def test_sigterm_under_load_fails_no_call_in_flight(databases, cp, tenant):
     client.close()
     assert not failures, failures[:3]
     assert completed[0] > 50 + len(cold)
+
+
+def test_sigterm_during_start_up_exits_promptly(databases):
+    from controlplane_resolver.localpg import free_port
+
+    # A control plane nobody answers on: start-up waits for it.
+    env = {"CONTROL_PLANE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+           "RESOLVER_LISTEN_ENABLED": "0", "RESOLVER_STARTUP_TIMEOUT_MS": "120000"}
+    server = ServerProcess(env)
+    try:
+        # Bound but not ready: health answers NOT_SERVING while pools wait.
+        wait_until(lambda: health_status(server.address) ==
+                   health_pb2.HealthCheckResponse.NOT_SERVING, timeout=10, interval=0.05)
+        sent = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(10) == 0, server.output()
+        assert time.monotonic() - sent < 3
+    finally:
+        server.terminate()
+
+
+def test_health_command_reports_serving_and_fails_when_down(databases, start_server):
+    import subprocess
+
+    from processes import CLI
+
+    running = start_server(listen_enabled=False)
+    ok = subprocess.run([CLI, "health", "--addr", running.address], capture_output=True,
+                        text=True, timeout=30)
+    assert ok.returncode == 0 and ok.stdout.strip() == "SERVING", ok.stderr
+    running.app.stop(grace=0)
+    down = subprocess.run([CLI, "health", "--addr", running.address, "--timeout", "1"],
+                          capture_output=True, text=True, timeout=30)
+    assert down.returncode == 1

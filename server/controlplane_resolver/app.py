@@ -27,6 +27,7 @@ from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_
 from .auth import AuthInterceptor, TokenFile, is_loopback
 from .cache import Cache
 from .config import ConfigError, Settings
+from .database import StartCancelled
 from .errors import Unavailable
 from .listener import InvalidationListener, ListenerState
 from .observability import CallInterceptor, Metrics, StateCollector
@@ -141,14 +142,19 @@ class ResolverApp:
             raise OSError(f"could not listen on {s.addr}: is the port in use?")
         return port
 
-    def start(self, *, pool_wait_s: float = 30.0) -> None:
+    def start(self, *, pool_wait_s: float | None = None,
+              cancel: threading.Event | None = None) -> None:
         """Check, bind, open pools and the listener, then report SERVING.
 
         Raises :class:`~controlplane_resolver.safety.Refusal` (before binding)
         for a refused split configuration, and
         :class:`~controlplane_resolver.errors.Unavailable` when a database
-        does not answer within ``pool_wait_s`` (the server is stopped again).
+        does not answer within ``pool_wait_s`` (default: the start-up
+        timeout setting), :class:`~controlplane_resolver.database.StartCancelled`
+        once ``cancel`` is set. Either way the server is stopped again.
         """
+        if pool_wait_s is None:
+            pool_wait_s = self.settings.startup_timeout_ms / 1000
         self.decision = decide_split(self.settings)
         for line in self.decision.describe():
             log.info("%s", line)
@@ -159,7 +165,7 @@ class ResolverApp:
         self.server.start()
         try:
             self.topology = Topology(self.decision, self.settings)
-            self.topology.open(wait_s=pool_wait_s)
+            self.topology.open(wait_s=pool_wait_s, cancel=cancel)
             self.cache = Cache(cache_policies(self.settings))
             if self.settings.listen_enabled:
                 self.health.set(LISTENER_HEALTH_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -167,7 +173,7 @@ class ResolverApp:
                                                      self.cache, on_state=self._on_listener_state)
                 self.listener.start()
                 # Never answer from a cache that may have missed invalidations.
-                if not self.listener.wait_listening(pool_wait_s):
+                if not self._wait_listening(pool_wait_s, cancel):
                     raise Unavailable(
                         "the invalidation listener could not LISTEN on the control-plane "
                         f"primary within {pool_wait_s:g}s: check the primary is reachable, or "
@@ -180,6 +186,16 @@ class ResolverApp:
             raise
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s (port %d)", SERVICE_NAME, self.settings.addr, self.port)
+
+    def _wait_listening(self, wait_s: float, cancel: threading.Event | None) -> bool:
+        assert self.listener is not None
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.listener.wait_listening(0.25):
+                return True
+            if cancel is not None and cancel.is_set():
+                raise StartCancelled("start-up cancelled while the listener connected")
+        return False
 
     def stop(self, grace: float | None = None, pause: float | None = None) -> None:
         """Report NOT_SERVING, wait ``pause`` seconds for load balancers,

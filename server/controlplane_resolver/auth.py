@@ -19,16 +19,20 @@ caller never learns whether a row exists.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import grpc
+
+from . import callinfo
+from .config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +42,24 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."
 
 
-class TokenFileError(ValueError):
-    pass
+class TokenFileError(ConfigError):
+    """The tokens file is missing, unreadable or malformed (the message
+    names the file and line, never a token)."""
+
+
+def token_digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
 
 
 @dataclass(frozen=True)
 class Client:
     name: str
-    token: bytes
+    #: SHA-256 of the token, not the token: digests compare in constant time
+    #: at one length (a token's length leaks nothing), and no repr or log
+    #: of a client can show a token.
+    token_digest: bytes = field(repr=False)
     #: Short method names; ``"*"`` means every method but the secret one.
-    methods: frozenset[str]
+    methods: frozenset[str] = frozenset({"*"})
 
     def may_call(self, method: str) -> bool:
         if method in self.methods:
@@ -70,15 +82,22 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[Client]:
         if len(token) < 16:
             raise TokenFileError(f"{source} line {number}: the token of {name!r} is shorter "
                                  "than 16 characters; use a long random token")
-        clients.append(Client(name, token.encode(),
+        clients.append(Client(name, token_digest(token.encode()),
                               frozenset(m.rsplit("/", 1)[-1] for m in methods)))
+    if not clients:
+        # An empty file is far likelier a truncated rewrite (or a mistake)
+        # than a wish to refuse every caller.
+        raise TokenFileError(f"{source} has no client lines")
     return clients
 
 
 class TokenFile:
-    """The tokens file, re-read when its mtime or size changes (checked at
-    most once per ``check_interval_s``). A broken rewrite keeps the
-    previous tokens and logs the problem."""
+    """The tokens file, re-read when its mtime, size or inode changes (checked at
+    most once per ``check_interval_s``). A broken rewrite (unreadable,
+    malformed or empty) keeps the previous tokens and logs the problem; at
+    start-up the same problems raise :class:`TokenFileError`. Rewrite the
+    file by renaming a complete new one over it: a reader can catch an
+    in-place rewrite half-written."""
 
     def __init__(self, path: str, *, check_interval_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -86,14 +105,20 @@ class TokenFile:
         self._interval = check_interval_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._signature = self._stat()
-        self.clients = parse_tokens(self._read(), path)
+        try:
+            self._signature = self._stat()
+            text = self._read()
+        except OSError as exc:
+            raise TokenFileError(f"cannot read the tokens file: {exc}") from None
+        self.clients = parse_tokens(text, path)
         self._checked = clock()
         self.reloads = 0
 
-    def _stat(self) -> tuple[float, int]:
+    def _stat(self) -> tuple[int, int, int]:
+        # The inode too: a file replaced by rename (how secret mounts
+        # rotate) within one mtime tick and with the same size still counts.
         st = os.stat(self.path)
-        return st.st_mtime, st.st_size
+        return st.st_mtime_ns, st.st_size, st.st_ino
 
     def _read(self) -> str:
         with open(self.path) as f:
@@ -125,44 +150,64 @@ class TokenFile:
     def authenticate(self, presented: bytes) -> Client | None:
         """The client owning ``presented``, compared in constant time
         against every token (no early exit)."""
+        digest = token_digest(presented)
         match = None
         for client in self.current():
-            if hmac.compare_digest(client.token, presented) and match is None:
+            if hmac.compare_digest(client.token_digest, digest) and match is None:
                 match = client
         return match
 
 
-_identity = threading.local()
-
-
 def current_client() -> str | None:
-    """The authenticated client's name for the call on this thread."""
-    return getattr(_identity, "name", None)
+    """The authenticated client's name for the call on this thread, as
+    noted in the call's :mod:`callinfo` (``None`` outside a call, or when
+    the call carried no valid token)."""
+    return callinfo.get("client")
 
 
 def _as_client(handler: Any, name: str) -> Any:
-    """``handler`` with its behaviour run under the client's identity (the
-    interceptor runs on the server's polling thread, the behaviour on a
-    worker thread, so the identity travels with the behaviour)."""
+    """``handler`` with its behaviour run as the client: the name is noted
+    in the call's notes on the worker thread that runs the behaviour (this
+    interceptor runs on the server's polling thread). The notes outlive the
+    behaviour, so the call log written after it still sees the name — a
+    thread-local reset on the way out would be gone by then. Needs the
+    :class:`~controlplane_resolver.observability.CallInterceptor` outside
+    this one (it starts the notes)."""
     if handler is None or handler.unary_unary is None:
         return handler
     behavior = handler.unary_unary
 
     def as_client(request: Any, context: grpc.ServicerContext) -> Any:
-        _identity.name = name
-        try:
-            return behavior(request, context)
-        finally:
-            _identity.name = None
+        callinfo.note("client", name)
+        return behavior(request, context)
 
     return handler._replace(unary_unary=as_client)
 
 
-def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def _deny(handler: Any, code: grpc.StatusCode, message: str,
+          client: str | None = None) -> grpc.RpcMethodHandler:
+    """A handler that ends the call with ``code`` at once, of the same kind
+    as the one it stands in for. A unary handler in place of a streaming
+    one would wait for a request message the caller may never send (a
+    stream that waits for the server hangs until its deadline; one that
+    sends nothing gets UNIMPLEMENTED instead of the real code)."""
+
     def abort(_request: Any, context: grpc.ServicerContext) -> None:
+        if client is not None:
+            callinfo.note("client", client)
         context.abort(code, message)
 
-    return grpc.unary_unary_rpc_method_handler(abort)
+    def abort_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        abort(request, context)
+        yield  # pragma: no cover - abort() raises; this makes a generator
+
+    if handler is None or handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(abort)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(abort_stream)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(abort)
+    return grpc.stream_stream_rpc_method_handler(abort_stream)
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -189,14 +234,18 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     value[:7].lower() == "bearer ":
                 presented = value[7:].strip().encode()
         client = self.tokens.authenticate(presented) if presented else None
+        # Looking the handler up reveals nothing to the caller: it only
+        # tells which kind of handler the refusal must be.
+        handler = continuation(details)
         if client is None:
-            return _deny(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
+                         "missing or invalid credentials")
         short = method.rsplit("/", 1)[-1]
         if not (method.startswith(SERVICE_PREFIX) and client.may_call(short)) and \
                 not (not method.startswith(SERVICE_PREFIX) and "*" in client.methods):
-            return _deny(grpc.StatusCode.PERMISSION_DENIED,
-                         f"client {client.name!r} may not call {short}")
-        return _as_client(continuation(details), client.name)
+            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED,
+                         f"client {client.name!r} may not call {short}", client.name)
+        return _as_client(handler, client.name)
 
 
 def is_loopback(addr: str) -> bool:

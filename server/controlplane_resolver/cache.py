@@ -31,11 +31,12 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable
 
-from cachetools import TLRUCache, TTLCache
+from cachetools import TLRUCache
 
 from . import callinfo
 
@@ -103,28 +104,25 @@ class SlotStats:
 class Versions:
     """Invalidation epochs (see module docstring). Thread-safe.
 
-    Epochs of single scopes are forgotten after ``retention_s`` (longer
-    than any entry can live): by then no entry stamped before them remains.
-    If more scopes are invalidated than ``max_scopes`` within that window,
-    forgetting one early would be unsafe, so everything is invalidated
-    instead.
+    Reads (:meth:`is_current`, on every cache hit) are plain dict lookups
+    without a lock; writers serialise on a lock. Epochs of single scopes
+    are forgotten after ``retention_s`` (longer than any entry can live):
+    by then no entry stamped before them remains. If more than
+    ``max_scopes`` scopes are remembered at once, forgetting one early
+    would be unsafe, so everything is invalidated instead.
     """
 
     def __init__(self, retention_s: float = 3600.0, max_scopes: int = 100_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
+        self._retention_s = retention_s
+        self._max_scopes = max_scopes
         self._counter = 0
         self._global = 0
-        versions = self
-
-        class _Epochs(TTLCache):  # type: ignore[type-arg]
-            def popitem(self):  # type: ignore[no-untyped-def]
-                # Evicted by size, not by age: fall back to a global bump.
-                item = super().popitem()
-                versions._global = versions._counter
-                return item
-
-        self._epochs: TTLCache = _Epochs(maxsize=max_scopes, ttl=retention_s, timer=clock)
+        self._epochs: dict[str, int] = {}
+        #: (time, scope, epoch) in bump order, to forget expired epochs.
+        self._history: deque[tuple[float, str, int]] = deque()
         self.invalidations: dict[str, int] = {"environment": 0, "organization": 0,
                                               "project": 0, "worker_versions": 0, "all": 0}
 
@@ -136,22 +134,38 @@ class Versions:
         """True when no scope was invalidated after ``stamp`` was taken."""
         if stamp < self._global:
             return False
-        epochs = self._epochs
-        with self._lock:
-            for scope in scopes:
-                if epochs.get(scope, 0) > stamp:
-                    return False
-        return True
+        get = self._epochs.get
+        for scope in scopes:
+            if get(scope, 0) > stamp:
+                return False
+        # Read again: an overflow during the loop raises _global before it
+        # clears the epochs, so a cleared map is never mistaken for "none".
+        return stamp >= self._global
 
     def bump(self, scope: str, cause: str) -> int:
         with self._lock:
             self._counter += 1
+            now = self._clock()
+            self._forget_before(now - self._retention_s)
             if scope == GLOBAL_SCOPE:
                 self._global = self._counter
+            elif len(self._epochs) >= self._max_scopes and scope not in self._epochs:
+                # Too many to remember: invalidate everything instead.
+                self._global = self._counter
+                self._epochs.clear()
+                self._history.clear()
             else:
                 self._epochs[scope] = self._counter
+                self._history.append((now, scope, self._counter))
             self.invalidations[cause] = self.invalidations.get(cause, 0) + 1
             return self._counter
+
+    def _forget_before(self, cutoff: float) -> None:
+        history = self._history
+        while history and history[0][0] < cutoff:
+            _, scope, epoch = history.popleft()
+            if self._epochs.get(scope) == epoch:
+                del self._epochs[scope]
 
 
 def env_scope(environment_id: str) -> str:
@@ -245,7 +259,11 @@ class Cache:
         return self._slots[slot].stats
 
     def __len__(self) -> int:
-        return sum(len(s.entries) for s in self._slots.values())
+        total = 0
+        for store in self._slots.values():
+            with store.lock:  # len() of a TLRUCache expires entries: it writes
+                total += len(store.entries)
+        return total
 
     # -------------------------------------------------------------- reads
 
@@ -280,8 +298,11 @@ class Cache:
                 callinfo.note("cache", "stale")
                 if key not in store.flights and now >= entry.retry_after:
                     flight = self._begin(store, key)
-                    self._refresher.submit(self._refresh, store, key, flight, load,
-                                           scopes, scopes_of)
+                    try:
+                        self._refresher.submit(self._refresh, store, key, flight, load,
+                                               scopes, scopes_of)
+                    except RuntimeError:  # closed: shutting down, serve what we have
+                        self._finish(store, key, flight)
                 return entry.value
             store.stats.misses += 1
             flight = store.flights.get(key)
@@ -374,8 +395,10 @@ class Cache:
             raise
         flight.value = value
         with store.lock:
-            self._store(store, key, value, flight.stamp, all_scopes)
-            self._finish(store, key, flight)
+            try:
+                self._store(store, key, value, flight.stamp, all_scopes)
+            finally:
+                self._finish(store, key, flight)
         return value
 
     def _refresh(self, store: _SlotStore, key: Hashable, flight: _Flight,

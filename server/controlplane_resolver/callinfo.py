@@ -37,6 +37,12 @@ def note(key: str, value: Any) -> None:
         notes[key] = value
 
 
+def get(key: str) -> Any:
+    """A note of the current call, or None (no such note, or no call)."""
+    notes = getattr(_local, "notes", None)
+    return None if notes is None else notes.get(key)
+
+
 def end() -> None:
     _local.notes = None
     _local.deadline = None

@@ -1,4 +1,4 @@
-"""``controlplane-resolver``: serve | check | migrate | dev | cleanup | triggers.
+"""``controlplane-resolver``: serve | check | health | migrate | dev | cleanup | triggers.
 
 Exit codes: 0 success, 1 runtime failure (a database unreachable), 2 bad
 configuration, 3 refused by a safety interlock.
@@ -20,6 +20,7 @@ import psycopg
 
 from .config import ConfigError, Settings, add_flags
 from .logs import configure_logging
+from .database import StartCancelled
 from .errors import Unavailable
 from .safety import Refusal
 
@@ -46,7 +47,11 @@ def _serve_until_signalled(settings: Settings, *, on_ready: Any = None) -> int:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-    app.start()
+    try:
+        app.start(cancel=stop)
+    except StartCancelled:
+        log.info("stopped during start-up")
+        return 0
     if on_ready is not None and not stop.is_set():
         on_ready(app)
     stop.wait()
@@ -65,6 +70,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Refuse once, in the parent, before any child binds the port.
     decide_split(settings)
     return supervise(settings.processes, lambda: _serve_until_signalled(settings))
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Ask a running server's health service; exit 0 only for SERVING (for
+    Docker HEALTHCHECK and exec probes)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    addr = args.addr or os.environ.get("RESOLVER_ADDR", "127.0.0.1:50051")
+    host, _, port = addr.rpartition(":")
+    # A wildcard listen address is reached through loopback.
+    target = f"{'127.0.0.1' if host in ('0.0.0.0', '', '[::]') else host}:{port}"
+
+    def read(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    if args.tls_ca or args.tls_cert:
+        creds = grpc.ssl_channel_credentials(read(args.tls_ca), read(args.tls_key),
+                                             read(args.tls_cert))
+        channel = grpc.secure_channel(target, creds)
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
+        try:
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout).status
+        except grpc.RpcError as exc:
+            print(f"health check failed: {exc.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
+            return EXIT_RUNTIME
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    print(name)
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else EXIT_RUNTIME
 
 
 def cmd_triggers(args: argparse.Namespace) -> int:
@@ -201,6 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
+    health = sub.add_parser("health", help="check a running server's gRPC health; exit 0 "
+                                           "only when SERVING")
+    health.add_argument("--addr", default=None, help="server address (default $RESOLVER_ADDR)")
+    health.add_argument("--service", default="", help="health service name (default: server)")
+    health.add_argument("--timeout", type=float, default=3.0)
+    health.add_argument("--tls-ca", default=os.environ.get("RESOLVER_HEALTH_TLS_CA"),
+                        help="PEM CA to verify a TLS server [env RESOLVER_HEALTH_TLS_CA]")
+    health.add_argument("--tls-cert", default=os.environ.get("RESOLVER_HEALTH_TLS_CERT"),
+                        help="client certificate for mutual TLS [env RESOLVER_HEALTH_TLS_CERT]")
+    health.add_argument("--tls-key", default=os.environ.get("RESOLVER_HEALTH_TLS_KEY"),
+                        help="client key for mutual TLS [env RESOLVER_HEALTH_TLS_KEY]")
+    health.set_defaults(func=cmd_health)
+
     trig = sub.add_parser("triggers", help="install or remove the optional NOTIFY triggers on "
                                            "the control-plane primary (never done silently)")
     trig.add_argument("action", choices=("install", "uninstall"))
@@ -253,6 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_RUNTIME
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except psycopg.OperationalError as exc:
+        # The driver's message names host and port, never the password.
+        print(f"database error: {str(exc).strip()}", file=sys.stderr)
         return EXIT_RUNTIME
     except Exception as exc:
         from .localpg import PostgresNotInstalled

@@ -127,6 +127,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_format", "RESOLVER_LOG_FORMAT", parse_str, "text", "text or json"),
     Option("max_concurrent_rpcs", "RESOLVER_MAX_CONCURRENT_RPCS", parse_positive, 256,
            "calls in progress or queued beyond this get RESOURCE_EXHAUSTED at once"),
+    Option("startup_timeout_ms", "RESOLVER_STARTUP_TIMEOUT_MS", parse_positive, 30_000,
+           "how long start-up waits for each database and the listener before giving up"),
     Option("shutdown_pause_ms", "RESOLVER_SHUTDOWN_PAUSE_MS", parse_ms, 0,
            "on SIGTERM, report NOT_SERVING this long before draining (load balancers)"),
     Option("shutdown_grace_ms", "RESOLVER_SHUTDOWN_GRACE_MS", parse_ms, 5_000,
@@ -175,6 +177,7 @@ class Settings:
     metrics_addr: str | None = None
     log_format: str = "text"
     max_concurrent_rpcs: int = 256
+    startup_timeout_ms: int = 30_000
     shutdown_pause_ms: int = 0
     shutdown_grace_ms: int = 5_000
     keepalive_time_ms: int = 60_000

@@ -9,6 +9,8 @@ skipping BEGIN/COMMIT measured ~1.6x faster on this machine
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -22,6 +24,10 @@ from .errors import Unavailable
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+
+
+class StartCancelled(Exception):
+    """A stop was asked for while start-up was still waiting."""
 
 
 class Database:
@@ -59,20 +65,32 @@ class Database:
         )
         self._open_wait = open_wait
 
-    def open(self, wait_s: float | None = None) -> None:
+    def open(self, wait_s: float | None = None, cancel: threading.Event | None = None) -> None:
         """Open the pool; with ``wait_s``, wait until one connection works.
 
-        Raises :class:`Unavailable` if the database does not answer in time.
+        Raises :class:`Unavailable` if the database does not answer in time,
+        and :class:`StartCancelled` as soon as ``cancel`` is set (a SIGTERM
+        during start-up must not wait for a database that is down).
         """
         self.pool.open(wait=False)
-        if wait_s is not None:
+        if wait_s is None:
+            return
+        deadline = time.monotonic() + wait_s
+        while True:
+            left = deadline - time.monotonic()
             try:
-                self.pool.wait(timeout=wait_s)
+                # Not pool.wait(): a timed-out wait closes the pool for good.
+                self.pool.putconn(self.pool.getconn(timeout=max(0.001, min(0.25, left))))
+                return
             except PoolTimeout:
-                raise Unavailable(
-                    f"the {self.role} database ({self.label}) did not accept a connection "
-                    f"within {wait_s:g}s: check that it is running and the DSN is right"
-                ) from None
+                if cancel is not None and cancel.is_set():
+                    raise StartCancelled(f"start-up cancelled while waiting for the {self.role} "
+                                         "database") from None
+                if left <= 0.25:
+                    raise Unavailable(
+                        f"the {self.role} database ({self.label}) did not accept a connection "
+                        f"within {wait_s:g}s: check that it is running and the DSN is right"
+                    ) from None
 
     def close(self) -> None:
         self.pool.close()

@@ -10,8 +10,9 @@ counters the components keep (:class:`StateCollector`).
 
 Logs are one JSON object a line (``--log-format json``): one line per call
 at DEBUG, per failed call at WARNING, with method, code, latency, cache
-outcome, serving database, peer identity and a request id taken from the
-``x-request-id`` metadata or generated. Secrets never reach them: requests
+outcome, serving database, peer identity (the token's client name, else the
+client certificate's identity, else the address) and a request id taken
+from the ``x-request-id`` metadata or generated. Secrets never reach them: requests
 and responses are not logged, and messages of our errors carry none.
 """
 
@@ -28,7 +29,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
 from . import callinfo
-from .auth import current_client
 from .logs import JsonFormatter, configure_logging  # noqa: F401  (moved; kept importable)
 
 if TYPE_CHECKING:
@@ -38,8 +38,8 @@ call_log = logging.getLogger("controlplane_resolver.calls")
 
 #: Codes pre-registered at zero for every method.
 EXPECTED_CODES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED",
-                  "UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "INTERNAL",
-                  "UNKNOWN")
+                  "CANCELLED", "UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+                  "INTERNAL", "UNKNOWN")
 
 
 class Metrics:
@@ -67,9 +67,12 @@ class Metrics:
                 self.handled.labels("unary", service, method, code)
 
     def serve_http(self, addr: str) -> int:
-        """Expose ``/metrics`` on ``addr`` (host:port); returns the port."""
+        """Expose ``/metrics`` on ``addr`` (``host:port``, ``[v6]:port`` or
+        ``:port`` for every interface); returns the port."""
         host, _, port = addr.rpartition(":")
-        httpd, _thread = start_http_server(int(port), host or "0.0.0.0", registry=self.registry)
+        # "[::1]" is how an address names an IPv6 host; the socket wants "::1".
+        httpd, _thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0",
+                                           registry=self.registry)
         self._httpd = httpd
         return int(httpd.server_address[1])
 
@@ -115,10 +118,10 @@ class CallInterceptor(grpc.ServerInterceptor):
             code = "OK"
             try:
                 response = behavior(request, context)
-                code = _code_name(context.code(), "OK")
+                code = _outcome(context, "OK")
                 return response
             except BaseException:
-                code = _code_name(context.code(), "UNKNOWN")
+                code = _outcome(context, "UNKNOWN")
                 raise
             finally:
                 elapsed = time.perf_counter() - start
@@ -128,22 +131,35 @@ class CallInterceptor(grpc.ServerInterceptor):
                     metrics.seconds.labels("unary", service, method).observe(elapsed)
                 level = logging.DEBUG if code in ("OK", "NOT_FOUND") else logging.WARNING
                 if call_log.isEnabledFor(level):
-                    call_log.log(level, "call", extra={"call": {
-                        "method": method, "code": code, "latency_ms": round(elapsed * 1000, 3),
-                        "request_id": request_id or uuid.uuid4().hex,
-                        "peer": _peer(context), **notes}})
+                    latency_ms = round(elapsed * 1000, 3)
+                    peer = notes.pop("client", None) or _peer(context)
+                    # The message repeats the essentials for the text format,
+                    # which shows only the message.
+                    call_log.log(level, "%s %s %.1fms %s", method, code, latency_ms, peer,
+                                 extra={"call": {
+                                     "method": method, "code": code, "latency_ms": latency_ms,
+                                     "request_id": request_id or uuid.uuid4().hex,
+                                     "peer": peer, **notes}})
 
         return handler._replace(unary_unary=observed)
 
 
-def _code_name(code: grpc.StatusCode | None, default: str) -> str:
-    return code.name if code is not None else default
+def _outcome(context: grpc.ServicerContext, default: str) -> str:
+    """The code the call really ended with: the one the handler set, else
+    ``default`` — unless the caller is already gone, in which case the
+    answer was never delivered (a handler that outlived its caller's
+    deadline must not count as OK)."""
+    code = context.code()
+    if code is not None:
+        return code.name
+    if not context.is_active():
+        return "DEADLINE_EXCEEDED" if context.time_remaining() <= 0 else "CANCELLED"
+    return default
 
 
 def _peer(context: grpc.ServicerContext) -> str:
-    client = current_client()
-    if client:
-        return client
+    """Who called, when no token named the caller: the client certificate's
+    identity under mutual TLS, else the address."""
     identities = context.peer_identities()
     if identities:
         return identities[0].decode(errors="replace")

@@ -19,7 +19,7 @@ from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
 from .errors import DeadlineExceeded, InvalidArgument, NotFound, ResolverError, Unavailable
-from .messages import enum_name, fill
+from .messages import RenderedCache, enum_name, fill
 from .resolver import Resolver
 
 log = logging.getLogger(__name__)
@@ -71,16 +71,22 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _env_response(env: Any) -> pb.ResolveEnvResponse:
+    return pb.ResolveEnvResponse(environment=fill(pb.Environment(), env))
+
+
 class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
     """Serves :class:`Resolver`; answers UNAVAILABLE until ``resolver`` is set."""
 
     def __init__(self, resolver: Resolver | None = None) -> None:
         self.resolver = resolver
+        # Environments are the hot path: render each cached answer once.
+        self._rendered = RenderedCache()
 
     @_edge
     def ResolveEnv(self, r: Resolver, request: pb.ResolveEnvRequest, context: Any) -> pb.ResolveEnvResponse:
         env = r.resolve_env(request.environment_id)
-        return pb.ResolveEnvResponse(environment=fill(pb.Environment(), env))
+        return self._rendered.get(env, _env_response)
 
     @_edge
     def ResolveAuthenticatedEnv(self, r: Resolver, request: pb.ResolveAuthenticatedEnvRequest,
@@ -137,7 +143,7 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
             if env is None:
                 result.not_found = True
             else:
-                fill(result.environment, env)
+                result.environment.CopyFrom(self._rendered.get(env, _env_response).environment)
         return response
 
     @_edge

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 from dataclasses import dataclass
 
 from .config import Settings, redact_dsn
@@ -105,14 +106,16 @@ class Topology:
             self.legacy = pool_for("legacy", decision.dsns["legacy"])
         self.databases = list(by_dsn.values())
 
-    def open(self, wait_s: float) -> None:
+    def open(self, wait_s: float, cancel: threading.Event | None = None) -> None:
         """Open every pool and wait until each has a working connection.
 
         Raises :class:`~controlplane_resolver.errors.Unavailable` naming the
-        database that did not answer.
+        database that did not answer, or
+        :class:`~controlplane_resolver.database.StartCancelled` once ``cancel``
+        is set.
         """
         for db in self.databases:
-            db.open(wait_s=wait_s)
+            db.open(wait_s=wait_s, cancel=cancel)
 
     def close(self) -> None:
         for db in self.databases:

@@ -1,0 +1,174 @@
+"""Behaviour under pressure (issue 4), on a real server over a table held
+locked by the test (the database is slow, not down): each caller's deadline
+bounds its own wait without failing the others, a call that arrives too
+late never reaches the database, and overload is refused at once with
+RESOURCE_EXHAUSTED instead of queueing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import grpc
+import psycopg
+import pytest
+
+from controlplane_resolver.cache import Slot
+from controlplane_resolver_client import ResolverError, pb
+from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
+
+from conftest import Running, Tenant
+from test_observability import handled, scrape
+from test_security import classify, wait_until
+
+LOCK = 'LOCK TABLE "RuntimeEnvironment" IN ACCESS EXCLUSIVE MODE'
+
+
+@contextmanager
+def environments_locked(running: Running) -> Iterator[None]:
+    """Hold an exclusive lock on the environments table: every SELECT of it
+    waits until the block ends, like a database that is slow to answer."""
+    with psycopg.connect(running.app.settings.control_plane_database_url) as locker:
+        locker.execute(LOCK)
+        try:
+            yield
+        finally:
+            locker.rollback()
+
+
+def timed_failure(call: Callable[[], Any]) -> tuple[grpc.StatusCode, float]:
+    """The status a failing call ends with, and how long it took."""
+    started = time.monotonic()
+    with pytest.raises(ResolverError) as failed:
+        call()
+    return failed.value.code, time.monotonic() - started
+
+
+class Background:
+    """A call running on its own thread; ``result`` once it has finished."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(call,))
+        self._thread.start()
+
+    def _run(self, call: Callable[[], Any]) -> None:
+        try:
+            self.result = call()
+        except BaseException as exc:  # handed to the test through join()
+            self.error = exc
+
+    @property
+    def finished(self) -> bool:
+        return not self._thread.is_alive()
+
+    def join(self, timeout: float) -> Any:
+        self._thread.join(timeout)
+        assert self.finished, "the call did not finish in time"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def test_each_callers_deadline_bounds_its_own_wait_and_fails_no_other(
+        start_server, cp, tenant: Tenant) -> None:
+    # The database timeout is long: only the callers' deadlines can end
+    # the waits below while the table is locked.
+    running = start_server(metrics_addr="127.0.0.1:0", db_timeout_ms=10_000,
+                           listen_enabled=False)
+    client = running.client
+    env_id = tenant.environment(cp)
+    stats = running.app.cache.stats(Slot.ENVIRONMENT)
+    with environments_locked(running):
+        # The first caller leads the load, which blocks on the lock.
+        code, took = timed_failure(lambda: client.resolve_env(env_id, timeout=0.3))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and took < 1.0
+        assert stats.loads == 1
+        # A second caller joins the blocked load with a short deadline.
+        code, took = timed_failure(lambda: client.resolve_env(env_id, timeout=0.3))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and took < 1.0
+        assert stats.joins == 1
+        # The server itself gave up on the joiner at its deadline (not just
+        # the client), while the table is still locked.
+        wait_until(lambda: handled(scrape(running), "ResolveEnv", "DEADLINE_EXCEEDED") >= 1,
+                   timeout=2)
+        # A third caller with time to spare joins the same load.
+        patient = Background(lambda: client.resolve_env(env_id, timeout=20))
+        wait_until(lambda: stats.joins == 2, timeout=5)
+        assert not patient.finished
+    # Released: the one load completes and the patient caller gets the value.
+    assert patient.join(10).id == env_id
+    assert stats.loads == 1 and stats.load_errors == 0
+    assert client.resolve_env(env_id).id == env_id  # now cached
+    assert stats.hits == 1
+    s = scrape(running)
+    assert handled(s, "ResolveEnv", "OK") == 2
+    # Leader and joiner: the server knows neither got an answer.
+    wait_until(lambda: handled(scrape(running), "ResolveEnv", "DEADLINE_EXCEEDED") == 2,
+               timeout=5)
+
+
+def test_call_whose_deadline_passed_before_it_was_served_never_touches_the_database(
+        start_server, cp, tenant: Tenant) -> None:
+    # One worker thread: a second call waits in the server's queue.
+    running = start_server(max_workers=1, db_timeout_ms=10_000, listen_enabled=False)
+    client = running.client
+    blocked_env, late_env = tenant.environment(cp), tenant.environment(cp)
+    stats = running.app.cache.stats(Slot.ENVIRONMENT)
+    with environments_locked(running):
+        first = Background(lambda: client.resolve_env(blocked_env, timeout=20))
+        wait_until(lambda: stats.loads == 1, timeout=5)
+        # Queued behind the blocked call until its deadline has passed.
+        code, took = timed_failure(lambda: client.resolve_env(late_env, timeout=0.3))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and took < 1.0
+    assert first.join(10).id == blocked_env
+    # The worker is free again and has dealt with the late call by now: a
+    # call queued after it has been answered.
+    assert classify(client)
+    assert (stats.loads, stats.misses) == (1, 1)
+    assert len(running.app.cache) == 1
+
+
+def test_overload_is_refused_at_once_and_recovers(start_server, cp, tenant: Tenant) -> None:
+    running = start_server(max_concurrent_rpcs=4, max_workers=4, db_timeout_ms=10_000,
+                           listen_enabled=False)
+    client = running.client
+    envs = [tenant.environment(cp) for _ in range(4)]
+    stats = running.app.cache.stats(Slot.ENVIRONMENT)
+    with environments_locked(running):
+        blocked = [Background(lambda e=e: client.resolve_env(e, timeout=30).id) for e in envs]
+        # Four calls in progress, each waiting on the locked table.
+        wait_until(lambda: stats.loads == 4, timeout=5)
+        refusals = [timed_failure(lambda: client.resolve_env(envs[0], timeout=10))
+                    for _ in range(6)]
+        # Other methods too, even those that need no database.
+        refusals.append(timed_failure(lambda: classify(client, timeout=10)))
+        assert {code for code, _ in refusals} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert max(took for _, took in refusals) < 1.0
+        assert not any(call.finished for call in blocked)
+    assert [call.join(10) for call in blocked] == envs
+    # Recovered: a burst within the limit is served in full.
+    burst = [Background(lambda e=e: client.resolve_env(e).id) for e in envs]
+    assert [call.join(10) for call in burst] == envs
+    assert classify(client)
+
+
+def test_call_cancelled_by_its_caller_is_counted_as_cancelled(start_server, cp,
+                                                              tenant: Tenant) -> None:
+    running = start_server(metrics_addr="127.0.0.1:0", db_timeout_ms=10_000,
+                           listen_enabled=False)
+    env_id = tenant.environment(cp)
+    stats = running.app.cache.stats(Slot.ENVIRONMENT)
+    with grpc.insecure_channel(running.address) as channel:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        with environments_locked(running):
+            pending = stub.ResolveEnv.future(pb.ResolveEnvRequest(environment_id=env_id),
+                                             timeout=20)
+            wait_until(lambda: stats.loads == 1, timeout=5)
+            assert pending.cancel()
+    # The handler finished after its caller left: not an OK nobody received.
+    wait_until(lambda: handled(scrape(running), "ResolveEnv", "CANCELLED") == 1, timeout=5)
+    assert handled(scrape(running), "ResolveEnv", "OK") == 0
