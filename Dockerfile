@@ -42,11 +42,14 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
         --home-dir /nonexistent --shell /usr/sbin/nologin resolver
 # uid/gid 10001: deploy/kubernetes sets runAsUser/runAsGroup to match.
 USER resolver
+ENV RESOLVER_ADDR=0.0.0.0:50051
 EXPOSE 50051
-# gRPC health protocol (grpc.health.v1, from grpcio-health-checking, a
-# server dependency): healthy only while the server reports SERVING. It
-# reports NOT_SERVING until start-up checks pass and every pool is open.
+# gRPC health protocol (grpc.health.v1): healthy only while the server
+# reports SERVING, which it does once start-up checks pass, every pool is
+# open and the invalidation listener is connected. `controlplane-resolver
+# health` reads RESOLVER_ADDR; for a TLS listener set RESOLVER_HEALTH_TLS_CA
+# (and RESOLVER_HEALTH_TLS_CERT/KEY under mutual TLS).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=40s --retries=3 \
-    CMD ["python", "-c", "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; r = g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(), timeout=3); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
+    CMD ["controlplane-resolver", "health"]
 ENTRYPOINT ["controlplane-resolver"]
-CMD ["serve", "--addr", "0.0.0.0:50051"]
+CMD ["serve"]

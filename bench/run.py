@@ -194,7 +194,7 @@ def main() -> None:
                   f"{ratio:.2f} | {target} |")
         batch = med["batch_resolve_envs_100"]["items_per_s"]
         singles = med["resolve_env_uncached_singles"]["items_per_s"]
-        print(f"\n| measure | value | target |\n|---|---:|---|")
+        print("\n| measure | value | target |\n|---|---:|---|")
         print(f"| BatchResolveEnvs(100): ids/s ÷ single-call ids/s | {batch / singles:.1f} "
               f"({batch:.0f} / {singles:.0f}) | >= 20 |")
         print(f"| control-plane queries per 1,000 cache-hit ResolveEnv | "

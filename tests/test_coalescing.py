@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 
 from controlplane_resolver.coalescing import ReadCoalescer
 

@@ -292,6 +292,16 @@ def test_authenticated_env_member_without_names(client: ResolverClient, cp: Conn
 # --------------------------------------------------------------------- caching
 
 
+def test_git_metadata_that_is_not_an_object_is_left_out(client: ResolverClient, cp: Conn,
+                                                         tenant: Any) -> None:
+    # The column takes any JSON; the answer's git is a Struct. A corrupt
+    # value must not fail the environment's callers.
+    env_id = tenant.environment(cp, "PREVIEW", git=["not", "an", "object"])
+    env = client.resolve_authenticated_env(env_id)
+    assert env is not None and env.id == env_id
+    assert not env.HasField("git")
+
+
 def test_cached_env_is_served_until_invalidated(client: ResolverClient, cp: Conn,
                                                 tenant: Any) -> None:
     """A change in the database is not seen while the answer is cached;

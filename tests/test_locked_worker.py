@@ -13,7 +13,7 @@ from google.protobuf import json_format
 
 from controlplane_resolver import demo
 from controlplane_resolver.cache import Slot
-from controlplane_resolver_client import ResolverError, pb
+from controlplane_resolver_client import ResolverError
 
 
 def _row(cp: psycopg.Connection[Any], sql: str, *params: Any) -> tuple[Any, ...]:

@@ -330,15 +330,15 @@ CLASSIFY_CASES = [
 def test_classify_run_id_over_grpc(start_server):
     split_on = start_server().client
     split_off = start_server(run_ops_split_enabled=False).client
-    for given, body_length, classifiable, residency in CLASSIFY_CASES:
-        shape = split_on.classify_run_id(given)
-        assert shape.body == (given.partition("_")[2] if "_" in given else given), given
-        assert len(shape.body) == shape.body_length == body_length, given
-        assert shape.classifiable is classifiable and shape.residency == residency, given
+    for raw_id, body_length, classifiable, residency in CLASSIFY_CASES:
+        shape = split_on.classify_run_id(raw_id)
+        assert shape.body == (raw_id.partition("_")[2] if "_" in raw_id else raw_id), raw_id
+        assert len(shape.body) == shape.body_length == body_length, raw_id
+        assert shape.classifiable is classifiable and shape.residency == residency, raw_id
         assert f"{body_length} characters" in shape.reason, shape.reason
         expected_order = ([pb.RUN_SOURCE_RUN_OPS] if residency == pb.RESIDENCY_NEW
                           else [pb.RUN_SOURCE_RUN_OPS, pb.RUN_SOURCE_LEGACY])
-        assert list(shape.read_order) == expected_order, given
-        single = split_off.classify_run_id(given)
-        assert list(single.read_order) == [pb.RUN_SOURCE_CONTROL_PLANE], given
-        assert (single.body_length, single.classifiable) == (body_length, classifiable), given
+        assert list(shape.read_order) == expected_order, raw_id
+        single = split_off.classify_run_id(raw_id)
+        assert list(single.read_order) == [pb.RUN_SOURCE_CONTROL_PLANE], raw_id
+        assert (single.body_length, single.classifiable) == (body_length, classifiable), raw_id

@@ -12,7 +12,6 @@ import logging
 import re
 import threading
 import urllib.request
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import grpc
@@ -103,10 +102,12 @@ def test_handled_counts_every_outcome_with_its_real_code(start_server, tokens: T
                                                          tenant: Tenant) -> None:
     running = start_server(metrics_addr="127.0.0.1:0", auth_tokens_file=str(tokens.path))
     env_id = tenant.environment(cp)
-    # "git" is a JSON object in the schema's intent, but the column takes any
-    # JSON: an array cannot become the proto Struct, and mapping it fails
+    # A corrupt row: Prisma never writes a NULL inside "runTags", but the
+    # column allows it, and a repeated string cannot hold it. Mapping fails
     # with an exception nothing expected (servicer's catch-all: INTERNAL).
-    broken = tenant.environment(cp, git=["not", "an", "object"])
+    broken = demo.new_cuid()
+    demo.insert_run(cp, id=broken, environment_id=env_id, project_id=tenant.project_id,
+                    run_tags=["ok", None])
     before = scrape(running)
     with ResolverClient(running.address, token=ENGINE_TOKEN) as engine, \
             ResolverClient(running.address, token=CONSOLE_TOKEN) as console, \
@@ -117,7 +118,7 @@ def test_handled_counts_every_outcome_with_its_real_code(start_server, tokens: T
         for call in (lambda: engine.resolve_env("no such id!"),  # INVALID_ARGUMENT
                      lambda: anonymous.resolve_env(env_id),  # UNAUTHENTICATED
                      lambda: engine.resolve_authenticated_env(env_id),  # PERMISSION_DENIED
-                     lambda: console.resolve_authenticated_env(broken)):  # INTERNAL
+                     lambda: engine.read_run(broken)):  # INTERNAL
             with pytest.raises(ResolverError) as failed:
                 call()
             codes.append(failed.value.code.name)
@@ -131,10 +132,10 @@ def test_handled_counts_every_outcome_with_its_real_code(start_server, tokens: T
     expected = {("ResolveEnv", "OK"): 1, ("ResolveEnv", "NOT_FOUND"): 1,
                 ("ResolveEnv", "INVALID_ARGUMENT"): 1, ("ResolveEnv", "UNAUTHENTICATED"): 1,
                 ("ResolveAuthenticatedEnv", "PERMISSION_DENIED"): 1,
-                ("ResolveAuthenticatedEnv", "INTERNAL"): 1, ("ResolveAuthenticatedEnv", "OK"): 1}
+                ("ReadRun", "INTERNAL"): 1, ("ResolveAuthenticatedEnv", "OK"): 1}
     moved = {(m, c): delta(m, c) for m in METHODS for c in CODES if delta(m, c)}
     assert moved == expected
-    for method, calls in (("ResolveEnv", 4), ("ResolveAuthenticatedEnv", 3)):
+    for method, calls in (("ResolveEnv", 4), ("ResolveAuthenticatedEnv", 2), ("ReadRun", 1)):
         assert started(after, method) - started(before, method) == calls
         assert timed(after, method) - timed(before, method) == calls
         buckets = family(after, "grpc_server_handling_seconds_bucket")
@@ -371,3 +372,38 @@ def test_text_call_log_says_what_happened(start_server,
     assert classify(running.client)
     [record] = [r for r in caplog.records if r.name == "controlplane_resolver.calls"]
     assert re.fullmatch(r"ClassifyRunId OK \d+\.\d+ms ipv4:127\.0\.0\.1:\d+", record.getMessage())
+
+
+def test_pool_errors_count_callers_that_got_no_connection_in_time(start_server, cp,
+                                                                 tenant: Tenant) -> None:
+    running = start_server(metrics_addr="127.0.0.1:0", pool_max_size=1, db_timeout_ms=300,
+                           listen_enabled=False)
+    envs = [tenant.environment(cp) for _ in range(3)]
+    before = labelled(scrape(running), "resolver_pool_errors_total", database="control-plane")
+    codes: list[str] = []
+    # A plain channel: no client retries, one attempt per call.
+    with grpc.insecure_channel(running.address) as channel:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+
+        def call(env_id: str) -> None:
+            try:
+                stub.ResolveEnv(pb.ResolveEnvRequest(environment_id=env_id), timeout=10)
+                codes.append("OK")
+            except grpc.RpcError as exc:
+                codes.append(exc.code().name)
+
+        with psycopg.connect(running.app.settings.control_plane_database_url) as locker:
+            locker.execute('LOCK TABLE "RuntimeEnvironment" IN ACCESS EXCLUSIVE MODE')
+            callers = [threading.Thread(target=call, args=(e,)) for e in envs]
+            for caller in callers:
+                caller.start()
+            for caller in callers:
+                caller.join(10)
+            locker.rollback()
+    # The pool wait and the statement timeout are both 0.3 s: of three calls
+    # that meet one connection, the first holds it 0.3 s (then its statement
+    # times out), the next may just get it, and the last cannot: at least
+    # one gives up waiting for a connection.
+    assert codes == ["UNAVAILABLE"] * 3
+    after = labelled(scrape(running), "resolver_pool_errors_total", database="control-plane")
+    assert 1 <= after - before <= 2

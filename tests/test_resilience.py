@@ -5,11 +5,9 @@ NOT_FOUND) after the hard TTL, recovery, and one query for a stampede."""
 from __future__ import annotations
 
 import threading
-import time
 
 import grpc
 import psycopg
-import pytest
 
 from controlplane_resolver import demo
 from controlplane_resolver.cache import Slot

@@ -12,7 +12,6 @@ import grpc
 import psycopg
 from grpc_health.v1 import health_pb2
 
-from controlplane_resolver import demo
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 

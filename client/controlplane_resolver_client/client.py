@@ -16,7 +16,6 @@ not answer, never for a missing row, so a retry is always safe.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from typing import Any, Callable, Sequence, TypeVar
 

@@ -161,7 +161,8 @@ class ResolverApp:
         self.port = self._bind()
         if self.settings.metrics_addr:
             self.metrics_port = self.metrics.serve_http(self.settings.metrics_addr)
-            log.info("metrics on http://%s/metrics", self.settings.metrics_addr)
+            host = self.settings.metrics_addr.rpartition(":")[0] or "0.0.0.0"
+            log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
         self.server.start()
         try:
             self.topology = Topology(self.decision, self.settings)

@@ -10,6 +10,7 @@ some hold large JSON payloads). "Newest" is always ``"createdAt" DESC,
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import psycopg
@@ -33,6 +34,8 @@ from .model import (
 )
 from .model import (EnvironmentLifecycle, LockedDeployment, LockedTask, LockedTaskWorker,
                     LockedVersion, OrganizationFeatureFlag, ProjectLifecycle)
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- environment
 
@@ -155,8 +158,20 @@ def authenticated_environment(db: Database, environment_id: str) -> Authenticate
             stream_basin_name=r["streamBasinName"]),
         org_member=member,
         parent_environment=parent,
-        git=r["git"],
+        git=_git_object(r),
     )
+
+
+def _git_object(r: Row) -> dict[str, Any] | None:
+    """The git metadata, which the platform writes as a JSON object. Any
+    other JSON (the column accepts it) cannot be the answer's ``Struct``:
+    report it missing rather than fail the environment's callers."""
+    git = r["git"]
+    if git is None or isinstance(git, dict):
+        return git
+    log.warning("environment %s has git metadata that is not a JSON object (%s); "
+                "answering without it", r["id"], type(git).__name__)
+    return None
 
 
 # ------------------------------------------------------------- worker version

@@ -7,25 +7,23 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import psycopg
 
-from . import minting, queries, waitpoints
-from .cache import ABSENT, Cache, FlightTimeout, Slot, SlotPolicy, env_scope, org_scope, \
-    project_scope, worker_versions_scope
-from . import callinfo
+from . import callinfo, minting, queries, waitpoints
+from .cache import (ABSENT, Cache, FlightTimeout, Slot, SlotPolicy, env_scope, org_scope,
+                    project_scope, worker_versions_scope)
 from .coalescing import ReadCoalescer, WaitTimeout
 from .config import Settings
 from .database import Database
 from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from .model import AuthenticatedEnvironment, Environment, RunRead, TaskRun, WorkerVersion
+from .minting import FlagLookup, IdKind, MintKindDecision
+from .model import (AuthenticatedEnvironment, Environment, MintedId, RunLockedWorker, RunRead,
+                    TaskRun, WorkerVersion)
 from .residency import Classification, InvalidId, Residency, classify, validate_id
 from .topology import RunSource, Topology
-from .minting import FlagLookup, IdKind, MintKindDecision
-from .model import MintedId, RunLockedWorker
 from .waitpoints import StoreSelection
 
 log = logging.getLogger(__name__)

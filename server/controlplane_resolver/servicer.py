@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2 as pb
