@@ -1,11 +1,11 @@
 """The load generator: a separate client process, closed loop.
 
     python bench/load.py --target 127.0.0.1:50051 --scenario resolve_env \
-        --ids ids.json --duration 5 --concurrency 32
+        --ids ids.json --duration 5 --concurrency 32 [--channels 1]
 
 Prints one JSON object: calls, seconds, rps, p50_ms, p99_ms, errors, and for
 batch scenarios ``items`` (ids resolved). Uses grpc.aio with ``concurrency``
-calls in flight on one channel: on this machine the most efficient client
+calls in flight over ``channels`` connections: on this machine the most efficient client
 (shared/notes/machine.md), so the server, not the client, is measured.
 """
 
@@ -59,17 +59,24 @@ def make_call(scenario: str, channel: grpc.aio.Channel, ids: dict[str, list[str]
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     ids = json.loads(open(args.ids).read())
     rng = random.Random(42)
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        call, items = make_call(args.scenario, channel, ids, rng)
+    # Several channels = several TCP connections (a local subchannel pool
+    # stops grpc from sharing one): SO_REUSEPORT spreads connections, so
+    # that is what spreads load over `serve --processes N`.
+    channels = [grpc.aio.insecure_channel(args.target,
+                                          options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(args.channels)]
+    try:
+        calls = [make_call(args.scenario, channel, ids, rng) for channel in channels]
+        items = calls[0][1]
         latencies: list[float] = []
         errors = 0
         deadline = time.perf_counter() + args.warmup
         while time.perf_counter() < deadline:  # warm connections and code paths
-            await call()
+            await asyncio.gather(*(call() for call, _ in calls))
         start = time.perf_counter()
         stop_at = start + args.duration
 
-        async def worker() -> None:
+        async def worker(call: Callable[[], Awaitable[Any]]) -> None:
             nonlocal errors
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
@@ -80,8 +87,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 latencies.append(time.perf_counter() - t0)
 
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        await asyncio.gather(*(worker(calls[i % len(calls)][0])
+                               for i in range(args.concurrency)))
         seconds = time.perf_counter() - start
+    finally:
+        for channel in channels:
+            await channel.close()
     latencies.sort()
     n = len(latencies)
     return {
@@ -100,6 +111,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=1)
     args = parser.parse_args()
     json.dump(asyncio.run(run(args)), sys.stdout)
 

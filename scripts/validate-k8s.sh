@@ -22,9 +22,10 @@
 #     names and ports that must agree across files, the shutdown timing,
 #     the gRPC health service names, and kustomization.yaml's resource list.
 #
-# Run from anywhere; it works from the repository root. Needs python3 (3.10+);
-# installs the pinned validator into .venv when it is missing (the only step
-# that may use the network: PyPI).
+# Runs from any directory (it moves to the repository root). Needs python3
+# (3.10+); installs the pinned validator into .venv when it is missing or
+# another version (the only step that may use the network: PyPI). In CI it
+# runs after `make install`, which already puts the validator in .venv.
 #
 # Exit status: 0 valid, 1 a manifest is invalid (or --self-test found a
 # break that passed), 2 usage or set-up error.
@@ -60,6 +61,8 @@ target=${target:-$repo/deploy/kubernetes}
 if [ ! -x .venv/bin/python ]; then
     echo "validate-k8s: creating .venv"
     python3 -m venv .venv || { echo "validate-k8s: python3 -m venv failed" >&2; exit 2; }
+    # As the Makefile does, so a later `make install` finds the .venv it expects.
+    .venv/bin/python -m pip install --quiet 'pip>=23'
 fi
 PY=.venv/bin/python
 want_version=${VALIDATOR_PIN#*==}
@@ -107,7 +110,6 @@ import yaml
 
 directory, repo = sys.argv[1], sys.argv[2]
 NAME = "controlplane-resolver"
-LABEL = {"app.kubernetes.io/name": NAME}
 errors: list[str] = []
 
 
@@ -375,8 +377,9 @@ PY
 }
 
 started=$SECONDS
+files=("$target"/*.yaml)
 if validate "$target"; then
-    echo "validate-k8s: OK: $(ls "$target"/*.yaml | wc -l) files in ${target#"$repo"/} valid against Kubernetes $K8S_VERSIONS (strict)"
+    echo "validate-k8s: OK: ${#files[@]} files in ${target#"$repo"/} valid against Kubernetes $K8S_VERSIONS (strict)"
 else
     echo "validate-k8s: FAILED: invalid manifests in ${target#"$repo"/}" >&2
     exit 1
@@ -409,6 +412,9 @@ case_() {
     fi
 }
 
+# The edits are perl, single-quoted on purpose ($1 is perl's, not the shell's).
+# shellcheck disable=SC2016
+{
 # Schema layer (strict, pinned versions).
 case_ unknown-field     deployment.yaml 's/^  replicas: 3$/  replicas: 3\n  replica: 3/m'
 case_ wrong-type        deployment.yaml 's/containerPort: 50051/containerPort: "50051"/'
@@ -429,6 +435,7 @@ case_ selector-mismatch pdb.yaml        's/(matchLabels:\n\s+app.kubernetes.io\/
 case_ subpath-mount     deployment.yaml 's{(mountPath: /etc/controlplane-resolver/tokens)\n}{$1\n              subPath: tokens\n}'
 case_ missing-secret    secret.example.yaml 's/name: controlplane-resolver-tokens/name: controlplane-resolver-tokenz/'
 case_ kustomize-list    kustomization.yaml  's/^  - pdb.yaml\n//m'
+}
 
 echo "self-test: $passed of $((passed + failed)) broken copies rejected ($((SECONDS - started)) s in all)"
 [ "$failed" -eq 0 ] || exit 1

@@ -144,3 +144,49 @@ def test_health_command_reports_serving_and_fails_when_down(databases, start_ser
     down = subprocess.run([CLI, "health", "--addr", running.address, "--timeout", "1"],
                           capture_output=True, text=True, timeout=30)
     assert down.returncode == 1
+
+
+def test_each_process_serves_its_own_metrics_port(databases):
+    import urllib.request
+
+    from controlplane_resolver.localpg import free_port
+
+    base = free_port()
+    env = {**base_env(databases), "RESOLVER_PROCESSES": "2",
+           "RESOLVER_METRICS_ADDR": f"127.0.0.1:{base}"}
+    server = ServerProcess(env).wait_serving()
+    try:
+        def scraped(port: int) -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                            timeout=2) as response:
+                    return b"grpc_server_started_total" in response.read()
+            except OSError:
+                return False
+
+        wait_until(lambda: scraped(base) and scraped(base + 1), timeout=15, interval=0.1)
+    finally:
+        assert server.terminate() == 0, server.output()
+    assert "Address already in use" not in server.output()
+
+
+def test_health_port_answers_probes_in_plaintext_and_nothing_else(start_server, tmp_path):
+    from controlplane_resolver.localpg import free_port
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("engine " + "t" * 32 + " *\n")
+    health_port = free_port()
+    running = start_server(auth_tokens_file=str(tokens), open_health=False,
+                           health_addr=f"127.0.0.1:{health_port}", listen_enabled=False)
+    # The main port wants a token even for health; the health port does not.
+    assert health_status(running.address) is None
+    assert health_status(f"127.0.0.1:{health_port}") == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        try:
+            stub.ResolveEnv(pb.ResolveEnvRequest(environment_id="c" * 25), timeout=5)
+            raise AssertionError("the resolver answered on the health port")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNIMPLEMENTED
+    running.app.stop(grace=0)
+    assert health_status(f"127.0.0.1:{health_port}") is None

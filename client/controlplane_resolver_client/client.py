@@ -11,7 +11,10 @@ Contract of every method:
 
 ``UNAVAILABLE`` is retried by the channel itself with exponential backoff
 (``service_config.json``): the server answers it only when a database could
-not answer, never for a missing row, so a retry is always safe.
+not answer, never for a missing row, so a retry is always safe. The channel
+balances calls round-robin over every address the target resolves to, so
+``dns:///controlplane-resolver.<namespace>.svc:50051`` (a headless Service)
+spreads an engine node's calls over all replicas.
 """
 
 from __future__ import annotations

@@ -76,6 +76,7 @@ class ResolverApp:
         self.listener: InvalidationListener | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.health_port: int | None = None
         self.certificates: RotatingCertificates | None = None
         self._stopped = threading.Event()
         self._stopping = threading.Lock()
@@ -100,6 +101,14 @@ class ResolverApp:
         resolver_pb2_grpc.add_ControlPlaneResolverServiceServicer_to_server(self.servicer,
                                                                              self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # Probes that cannot speak TLS or send tokens get the health service
+        # alone on a plaintext port of its own, outside the call limit.
+        self.health_server: grpc.Server | None = None
+        if settings.health_addr:
+            self.health_server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
+                options=server_options(settings))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.metrics.preregister(f"/{SERVICE_NAME}/{m.name}" for m in _SERVICE.methods)
@@ -140,6 +149,14 @@ class ResolverApp:
             port = 0
         if port == 0:
             raise OSError(f"could not listen on {s.addr}: is the port in use?")
+        if self.health_server is not None and s.health_addr:
+            try:
+                self.health_port = self.health_server.add_insecure_port(s.health_addr)
+            except RuntimeError:
+                self.health_port = 0
+            if self.health_port == 0:
+                raise OSError(f"could not listen on {s.health_addr} (RESOLVER_HEALTH_ADDR): "
+                              "is the port in use?")
         return port
 
     def start(self, *, pool_wait_s: float | None = None,
@@ -164,6 +181,8 @@ class ResolverApp:
             host = self.settings.metrics_addr.rpartition(":")[0] or "0.0.0.0"
             log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         try:
             self.topology = Topology(self.decision, self.settings)
             self.topology.open(wait_s=pool_wait_s, cancel=cancel)
@@ -213,6 +232,10 @@ class ResolverApp:
                 log.info("NOT_SERVING; draining in %.1fs", pause)
                 time.sleep(pause)  # the documented pause, not synchronisation
             self.server.stop(grace).wait()
+            if self.health_server is not None:
+                self.health_server.stop(0).wait()
+            if self.servicer.resolver is not None:
+                self.servicer.resolver.close()
             if self.listener is not None:
                 self.listener.stop()
             if self.topology is not None:

@@ -69,7 +69,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Refuse once, in the parent, before any child binds the port.
     decide_split(settings)
-    return supervise(settings.processes, lambda: _serve_until_signalled(settings))
+    return supervise(settings.processes,
+                     lambda slot: _serve_until_signalled(_for_process(settings, slot)))
+
+
+def _for_process(settings: Settings, slot: int) -> Settings:
+    """Process ``slot``'s settings: the gRPC and health ports are shared
+    (SO_REUSEPORT), but each process serves its own metrics, on port+slot."""
+    if not settings.metrics_addr or slot == 0:
+        return settings
+    host, _, port = settings.metrics_addr.rpartition(":")
+    if int(port) == 0:
+        return settings
+    return replace(settings, metrics_addr=f"{host}:{int(port) + slot}")
 
 
 def cmd_health(args: argparse.Namespace) -> int:

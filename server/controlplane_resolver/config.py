@@ -123,7 +123,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("open_reflection", "RESOLVER_OPEN_REFLECTION", parse_bool, False,
            "server reflection needs no token"),
     Option("metrics_addr", "RESOLVER_METRICS_ADDR", parse_str, None,
-           "serve Prometheus /metrics on this host:port (off when unset)"),
+           "serve Prometheus /metrics on this host:port (off when unset; with --processes N, "
+           "process i serves on port+i)"),
+    Option("health_addr", "RESOLVER_HEALTH_ADDR", parse_str, None,
+           "also serve grpc.health.v1 alone, in plaintext, on this host:port (for probes "
+           "that cannot speak TLS; not subject to the concurrency limit)"),
     Option("log_format", "RESOLVER_LOG_FORMAT", parse_str, "text", "text or json"),
     Option("max_concurrent_rpcs", "RESOLVER_MAX_CONCURRENT_RPCS", parse_positive, 256,
            "calls in progress or queued beyond this get RESOURCE_EXHAUSTED at once"),
@@ -175,6 +179,7 @@ class Settings:
     open_health: bool = True
     open_reflection: bool = False
     metrics_addr: str | None = None
+    health_addr: str | None = None
     log_format: str = "text"
     max_concurrent_rpcs: int = 256
     startup_timeout_ms: int = 30_000

@@ -98,9 +98,15 @@ class Database:
     @contextmanager
     def connection(self, timeout_s: float | None = None) -> Iterator[psycopg.Connection[Row]]:
         """A pooled connection; driver and pool failures become :class:`Unavailable`."""
-        try:
+        with self.translated_errors():
             with self.pool.connection(timeout=timeout_s or self.timeout_s) as conn:
                 yield conn
+
+    @contextmanager
+    def translated_errors(self) -> Iterator[None]:
+        """Turn pool and driver failures into :class:`Unavailable`."""
+        try:
+            yield
         except PoolTimeout:
             raise self._unavailable("no connection was free or reachable in time") from None
         except psycopg.errors.QueryCanceled:
@@ -122,3 +128,34 @@ class Database:
             f"the {self.role} database ({self.label}) is unavailable: {what}; retry later",
             metadata={"database": self.role},
         )
+
+
+class PinnedConnection:
+    """One pool connection kept checked out for a serial user.
+
+    The run reader of a database runs one batch at a time (coalescing.py),
+    so it can keep a connection instead of checking one out of the pool and
+    back in for every query. A failed query returns the connection to the
+    pool (which discards it if broken) and the next query takes a new one.
+    Not thread-safe: one caller at a time.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._conn: psycopg.Connection[Row] | None = None
+
+    def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self.db.translated_errors():
+            if self._conn is None:
+                self._conn = self.db.pool.getconn(timeout=self.db.timeout_s)
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except BaseException:
+                self.release()
+                raise
+
+    def release(self) -> None:
+        """Give the connection back to the pool (before the pool closes)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self.db.pool.putconn(conn)

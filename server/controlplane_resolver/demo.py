@@ -282,7 +282,7 @@ def insert_environment(
             "apiKey": f"tr_{prefix}_" + _random_string(string.ascii_letters + string.digits, 24),
             "pkApiKey": f"pk_{prefix}_" + _random_string(string.ascii_letters + string.digits, 24),
             "type": type,
-            "shortcode": _random_string(_ALNUM, 6),
+            "shortcode": _random_string(_ALNUM, 10),
             "organizationId": organization_id,
             "projectId": project_id,
         },

@@ -13,13 +13,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Callable, TypeVar
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
+from google.protobuf.message_factory import GetMessageClass
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 M = TypeVar("M", bound=Message)
 
@@ -32,12 +34,6 @@ _STRUCT = "google.protobuf.Struct"
 def enum_prefix(enum_type: EnumDescriptor) -> str:
     """``EnvironmentType`` → ``ENVIRONMENT_TYPE_``."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", enum_type.name).upper() + "_"
-
-
-def enum_number(enum_type: EnumDescriptor, value: Any) -> int:
-    name = value.name if isinstance(value, enum.Enum) else str(value)
-    found = enum_type.values_by_name.get(enum_prefix(enum_type) + name)
-    return found.number if found is not None else 0
 
 
 def enum_name(enum_type: EnumDescriptor, number: int) -> str | None:
@@ -54,41 +50,82 @@ def enum_name(enum_type: EnumDescriptor, number: int) -> str | None:
 
 def fill(message: M, value: Any) -> M:
     """Copy the dataclass ``value`` into ``message`` (in place) and return it."""
-    fields_by_name = message.DESCRIPTOR.fields_by_name
-    for f in dataclasses.fields(value):
-        v = getattr(value, f.name)
-        fd = fields_by_name.get(f.name)
-        if v is None or fd is None:
-            continue
-        _set(message, fd, v)
+    message.MergeFrom(render(type(message), value))
     return message
 
 
-def _set(message: Message, fd: FieldDescriptor, v: Any) -> None:
-    name = fd.name
-    repeated = fd.is_repeated
-    if fd.message_type is not None:
-        full_name = fd.message_type.full_name
-        if full_name == _TIMESTAMP:
-            assert isinstance(v, datetime)
-            getattr(message, name).FromDatetime(v)
-        elif full_name in (_VALUE, _STRUCT):
-            json_format.ParseDict(v, getattr(message, name))
-        elif repeated:
-            container = getattr(message, name)
-            for item in v:
-                fill(container.add(), item)
+def render(message_type: type[M], value: Any) -> M:
+    """A new ``message_type`` message holding the dataclass ``value``.
+
+    Runs a per-(value type, message type) plan computed once, and builds the
+    message with one constructor call: on the hot paths (runs, environments)
+    this is several times faster than setting fields one by one.
+    """
+    kwargs: dict[str, Any] = {}
+    for name, kind, aux in _plan(type(value), message_type):
+        v = getattr(value, name)
+        if v is None:
+            continue
+        if kind is _SCALAR:
+            kwargs[name] = v
+        elif kind is _ENUM:
+            kwargs[name] = aux.get(v.name if isinstance(v, enum.Enum) else v, 0)
+        elif kind is _TIMESTAMP_KIND:
+            kwargs[name] = _timestamp(v)
+        elif kind is _MESSAGE:
+            kwargs[name] = render(aux, v)
+        elif kind is _REPEATED_MESSAGE:
+            kwargs[name] = [render(aux, item) for item in v]
+        elif kind is _REPEATED_SCALAR:
+            kwargs[name] = list(v)
+        elif kind is _REPEATED_ENUM:
+            kwargs[name] = [aux.get(i.name if isinstance(i, enum.Enum) else i, 0) for i in v]
+        else:  # JSON → Struct / Value
+            kwargs[name] = json_format.ParseDict(v, aux())
+    return message_type(**kwargs)
+
+
+_SCALAR, _ENUM, _TIMESTAMP_KIND, _MESSAGE, _REPEATED_MESSAGE, _REPEATED_SCALAR, \
+    _REPEATED_ENUM, _JSON = (object() for _ in range(8))
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _timestamp(v: datetime) -> Timestamp:
+    if v.tzinfo is not None:
+        v = v.astimezone(timezone.utc).replace(tzinfo=None)
+    d = v - _EPOCH
+    return Timestamp(seconds=d.days * 86_400 + d.seconds, nanos=d.microseconds * 1000)
+
+
+@lru_cache(maxsize=None)
+def _plan(value_type: type, message_type: type) -> tuple[tuple[str, object, Any], ...]:
+    """(field name, kind, aux) for every dataclass field the message has."""
+    fields_by_name = message_type.DESCRIPTOR.fields_by_name  # type: ignore[attr-defined]
+    plan = []
+    for f in dataclasses.fields(value_type):
+        fd = fields_by_name.get(f.name)
+        if fd is None:
+            continue  # not on the wire
+        aux: Any = None
+        if fd.message_type is not None:
+            full_name = fd.message_type.full_name
+            if full_name == _TIMESTAMP:
+                kind = _TIMESTAMP_KIND
+            elif full_name in (_VALUE, _STRUCT):
+                kind, aux = _JSON, GetMessageClass(fd.message_type)
+            else:
+                kind = _REPEATED_MESSAGE if fd.is_repeated else _MESSAGE
+                aux = GetMessageClass(fd.message_type)
+        elif fd.enum_type is not None:
+            kind = _REPEATED_ENUM if fd.is_repeated else _ENUM
+            prefix = enum_prefix(fd.enum_type)
+            aux = {v.name[len(prefix):]: v.number for v in fd.enum_type.values
+                   if v.name.startswith(prefix)}
         else:
-            fill(getattr(message, name), v)
-    elif fd.enum_type is not None:
-        if repeated:
-            getattr(message, name).extend(enum_number(fd.enum_type, item) for item in v)
-        else:
-            setattr(message, name, enum_number(fd.enum_type, v))
-    elif repeated:
-        getattr(message, name).extend(v)
-    else:
-        setattr(message, name, v)
+            kind = _REPEATED_SCALAR if fd.is_repeated else _SCALAR
+        plan.append((f.name, kind, aux))
+    return tuple(plan)
 
 
 class RenderedCache:

@@ -220,6 +220,18 @@ class StateCollector:
                                         labels=["verdict"])
             verdict.add_metric([sentinel.verdict.name if sentinel else "NOT_RUN"], 1)
             yield verdict
+        resolver = app.servicer.resolver
+        if resolver is not None:
+            batches = CounterMetricFamily("resolver_run_read_batches",
+                                          "Queries run for coalesced run reads.",
+                                          labels=["database"])
+            keys = CounterMetricFamily("resolver_run_read_keys",
+                                       "Run ids read by coalesced queries (keys / batches is "
+                                       "the mean batch size).", labels=["database"])
+            for role, stats in resolver.run_read_stats().items():
+                batches.add_metric([role], stats.batches)
+                keys.add_metric([role], stats.keys)
+            yield from (batches, keys)
         listener = app.listener
         if listener is not None:
             state = GaugeMetricFamily("resolver_listener_listening",

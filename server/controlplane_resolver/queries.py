@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import psycopg
 from psycopg import sql as psycopg_sql
 
-from .database import Database, Row
+from .database import Database, PinnedConnection, Row
 from .model import (
     AuthenticatedEnvironment,
     BackgroundWorker,
@@ -328,7 +328,8 @@ def run(db: Database, run_id: str, *, by_friendly_id: bool) -> TaskRun | None:
     return run_from_row(row) if row else None
 
 
-def runs(db: Database, ids: Sequence[str], friendly_ids: Sequence[str]) -> list[TaskRun]:
+def runs(db: Database | PinnedConnection, ids: Sequence[str],
+         friendly_ids: Sequence[str]) -> list[TaskRun]:
     """Runs matching any of ``ids`` (by ``"id"``) or ``friendly_ids`` (one query)."""
     rows = db.fetch_all(RUNS_BY_IDS, (list(ids), list(friendly_ids)))
     return [run_from_row(r) for r in rows]

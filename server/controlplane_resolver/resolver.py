@@ -15,9 +15,9 @@ import psycopg
 from . import callinfo, minting, queries, waitpoints
 from .cache import (ABSENT, Cache, FlightTimeout, Slot, SlotPolicy, env_scope, org_scope,
                     project_scope, worker_versions_scope)
-from .coalescing import ReadCoalescer, WaitTimeout
+from .coalescing import CoalescerStats, ReadCoalescer, WaitTimeout
 from .config import Settings
-from .database import Database
+from .database import Database, PinnedConnection
 from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from .minting import FlagLookup, IdKind, MintKindDecision
 from .model import (AuthenticatedEnvironment, Environment, MintedId, RunLockedWorker, RunRead,
@@ -83,10 +83,20 @@ class Resolver:
         self.cache = cache
         self._fill_wait_s = fill_wait_s
         # Concurrent run reads against one database share queries.
-        self._run_readers = {db: ReadCoalescer(functools.partial(_load_runs, db))
+        self._pinned = {db: PinnedConnection(db) for db in topology.databases}
+        self._run_readers = {db: ReadCoalescer(functools.partial(_load_runs, self._pinned[db]))
                              for db in topology.databases}
         #: RUN_OPS_MINT_KSUID_ENABLED: the master switch of ksuid minting.
         self.mint_ksuid_enabled = mint_ksuid_enabled
+
+    def close(self) -> None:
+        """Return the run readers' connections to their pools."""
+        for pinned in self._pinned.values():
+            pinned.release()
+
+    def run_read_stats(self) -> dict[str, CoalescerStats]:
+        """Coalesced run reads per database role (batches, keys, largest)."""
+        return {db.role: reader.stats for db, reader in self._run_readers.items()}
 
     @property
     def control_plane(self) -> Database:
@@ -422,7 +432,7 @@ def _authenticated_scopes(env: AuthenticatedEnvironment) -> tuple[str, ...]:
     return scopes
 
 
-def _load_runs(db: Database, keys: Sequence[tuple[str, bool]]
+def _load_runs(db: PinnedConnection, keys: Sequence[tuple[str, bool]]
                ) -> dict[tuple[str, bool], TaskRun]:
     """Runs for ``(identifier, is_friendly_id)`` keys, in one query."""
     rows = queries.runs(db, [k for k, friendly in keys if not friendly],

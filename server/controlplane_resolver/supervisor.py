@@ -6,6 +6,9 @@ server, pools, cache and listener, binding the port with ``SO_REUSEPORT``.
 The kernel then spreads *connections* (not calls) across the children, so
 clients should open several channels or connect through a load balancer.
 
+Each child serves its own ``/metrics`` on the configured port + its slot
+(0..N-1): a process's counters are its own.
+
 The parent only supervises: it forwards SIGTERM/SIGINT to every child,
 restarts a child that dies unexpectedly (at most once per second), and
 exits when all children have exited after a stop, with the worst exit code.
@@ -22,9 +25,10 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 
-def supervise(processes: int, serve_child: Callable[[], int]) -> int:
-    """Fork ``processes`` children running ``serve_child()`` and supervise
-    them until a stop signal. Returns the exit code for the parent."""
+def supervise(processes: int, serve_child: Callable[[int], int]) -> int:
+    """Fork ``processes`` children running ``serve_child(slot)`` (slot
+    0..N-1, kept across restarts) and supervise them until a stop signal.
+    Returns the exit code for the parent."""
     children: dict[int, int] = {}  # pid -> slot
     stopping = False
     last_spawn: dict[int, float] = {}
@@ -36,7 +40,7 @@ def supervise(processes: int, serve_child: Callable[[], int]) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
             try:
-                code = serve_child()
+                code = serve_child(slot)
             except BaseException:
                 log.exception("worker process %d failed", slot)
             finally:
