@@ -2,20 +2,23 @@
 driven by a separate client process (bench/load.py). Reports ratios
 measured in one run, because this machine is shared and noisy.
 
-    make bench                     # or: .venv/bin/python bench/run.py [--duration 5]
+    make bench        # or: .venv/bin/python bench/run.py [--duration 3 --rounds 3]
 
-Scenarios (each run ``--rounds`` times, interleaved; the median is kept):
+Each round measures, on the same server and back to back:
 
-* ``health`` — grpc.health.v1.Health/Check on the same server: the floor
-  for this stack (a call that does no work).
-* ``resolve_env`` — ResolveEnv over 100 hot environments: cache hits.
-* ``read_run`` — ReadRun of new-shape runs: never cached, one query each.
+* ``health`` — grpc.health.v1.Health/Check: the floor for this stack (a call
+  that does no work); the ratios below are to this round's floor;
+* ``resolve_env`` — ResolveEnv over 100 hot environments: cache hits, and the
+  control-plane queries they cost per 1,000 calls (pg_stat_statements);
+* ``read_run`` — ReadRun of new-shape runs: never cached, database-bound, and
+  how many run ids each coalesced query carried (the server's /metrics);
 * ``batch_resolve_envs_100`` vs ``resolve_env_uncached_singles`` — ids
-  resolved per second by batches of 100 versus single calls over 5,000
-  environments.
+  resolved per second by batches of 100 versus single calls, both starting
+  from a cold cache.
 
-Plus database queries per 1,000 RPCs at steady state (pg_stat_statements)
-and the queries one stampede of 64 concurrent cold calls on one key costs.
+Then: the queries one stampede of 64 concurrent cold calls on one key costs,
+and throughput of ``serve --processes 2`` over 1 process (8 connections).
+The report prints medians over rounds and the command that reproduces it.
 """
 
 from __future__ import annotations

@@ -19,8 +19,11 @@
 #  2. Consistency the schema cannot see: duplicate YAML keys (PyYAML keeps
 #     the last one silently), ConfigMap/Secret keys that are not settings of
 #     server/controlplane_resolver/config.py (or a DSN in the ConfigMap),
-#     names and ports that must agree across files, the shutdown timing,
-#     the gRPC health service names, and kustomization.yaml's resource list.
+#     names and ports that must agree across files (the probes on the port of
+#     RESOLVER_HEALTH_ADDR, distinct ports counting one metrics port per
+#     process), file settings that must point into a mounted Secret, the
+#     shutdown timing, the gRPC health service names, and kustomization.yaml's
+#     resource list.
 #
 # Runs from any directory (it moves to the repository root). Needs python3
 # (3.10+); installs the pinned validator into .venv when it is missing or
@@ -201,8 +204,13 @@ def get(kind: str, name: str) -> dict | None:
     return found[1]
 
 
-def port_of(addr: str) -> int:
-    return int(addr.rpartition(":")[2])
+def port_of(addr: str) -> int | None:
+    """The port of host:port, or None (reported) when it is not a number."""
+    try:
+        return int(addr.rpartition(":")[2])
+    except ValueError:
+        error("configmap.yaml", f"{addr!r} is not host:port")
+        return None
 
 
 if errors:  # cannot cross-check what did not load
@@ -255,31 +263,68 @@ for name in secret_refs:
         error("secret.example.yaml", f"Secret/{name} lacks the secret setting {key}")
 if not config_maps or not secret_refs:
     error(D, "the container must take envFrom one ConfigMap and one Secret")
-for required in ("RESOLVER_ADDR", "RESOLVER_METRICS_ADDR", "RESOLVER_SHUTDOWN_PAUSE_MS",
-                 "RESOLVER_SHUTDOWN_GRACE_MS", "RESOLVER_AUTH_TOKENS_FILE"):
+# The Deployment depends on these; RESOLVER_HEALTH_ADDR because the probes
+# use the plaintext health port (they cannot speak TLS or send a token).
+for required in ("RESOLVER_ADDR", "RESOLVER_HEALTH_ADDR", "RESOLVER_METRICS_ADDR",
+                 "RESOLVER_SHUTDOWN_PAUSE_MS", "RESOLVER_SHUTDOWN_GRACE_MS",
+                 "RESOLVER_AUTH_TOKENS_FILE"):
     if required not in env:
         error("configmap.yaml", f"{required} must be set (the Deployment depends on it)")
 
-# Ports: the addresses in the ConfigMap, containerPorts, probes, scrape port.
+# Listening addresses: the kubelet (probes), the Service and Prometheus all
+# connect to the pod IP, so each must listen on the wildcard address; and
+# the ports must differ, counting the metrics port of every process
+# (RESOLVER_PROCESSES=N: process i serves metrics on port+i, while the gRPC
+# and health ports are shared). A clash fails start-up, or worse, under
+# SO_REUSEPORT splits one port's connections between two servers.
+ADDRESSES = {"RESOLVER_ADDR": "grpc", "RESOLVER_HEALTH_ADDR": "health",
+             "RESOLVER_METRICS_ADDR": "metrics"}  # setting -> containerPort name
+WILDCARD = {"0.0.0.0", "[::]", "::", ""}
+addr_port: dict[str, int | None] = {}
+for setting in ADDRESSES:
+    if setting in env:
+        if env[setting].rpartition(":")[0] not in WILDCARD:
+            error("configmap.yaml", f"{setting} {env[setting]} must listen on 0.0.0.0 (or [::]): "
+                                    "the kubelet, the Service and Prometheus connect to the pod IP")
+        addr_port[setting] = port_of(env[setting])
+try:
+    processes = int(env.get("RESOLVER_PROCESSES", "1"))
+except ValueError:
+    error("configmap.yaml", "RESOLVER_PROCESSES must be a whole number")
+    processes = 1
+claimed: dict[int, str] = {}
+for setting, port in addr_port.items():
+    if port is None:
+        continue
+    for slot in range(processes if setting == "RESOLVER_METRICS_ADDR" else 1):
+        label = setting if slot == 0 else f"{setting} of process {slot} (port+{slot})"
+        if port + slot in claimed:
+            error("configmap.yaml", f"{label} uses port {port + slot}, as {claimed[port + slot]} "
+                                    "does")
+        claimed.setdefault(port + slot, label)
+
+# Ports: each address's port = the containerPort of its name; scrape port.
 ports = {p.get("name"): p.get("containerPort") for p in container.get("ports", [])}
-if "RESOLVER_ADDR" in env and ports.get("grpc") != port_of(env["RESOLVER_ADDR"]):
-    error(D, f"containerPort grpc {ports.get('grpc')} != RESOLVER_ADDR {env['RESOLVER_ADDR']}")
-if "RESOLVER_METRICS_ADDR" in env and ports.get("metrics") != port_of(env["RESOLVER_METRICS_ADDR"]):
-    error(D, f"containerPort metrics {ports.get('metrics')} != RESOLVER_METRICS_ADDR "
-             f"{env['RESOLVER_METRICS_ADDR']}")
+for setting, name in ADDRESSES.items():
+    if addr_port.get(setting) is not None and ports.get(name) != addr_port[setting]:
+        error(D, f"containerPort {name} {ports.get(name)} != {setting} {env[setting]}")
 annotations = pod.get("metadata", {}).get("annotations", {})
 if annotations.get("prometheus.io/port") != str(ports.get("metrics")):
     error(D, "annotation prometheus.io/port differs from containerPort metrics")
-# Kubelet health probes: readiness on the resolver service, liveness and
-# startup on "" (the whole server).
+# Kubelet health probes: all on the health port (plaintext, no token, outside
+# the call limit; a probe on the API port fails once TLS or mutual TLS is on
+# there, and under overload); readiness on the resolver service, liveness
+# and startup on "" (the whole server).
+health_port = addr_port.get("RESOLVER_HEALTH_ADDR")
 expected_service = {"readinessProbe": service_name, "livenessProbe": "", "startupProbe": ""}
 for probe_name, service in expected_service.items():
     grpc = (container.get(probe_name) or {}).get("grpc")
     if grpc is None:
         error(D, f"{probe_name} must be a native gRPC probe")
         continue
-    if grpc.get("port") != ports.get("grpc"):
-        error(D, f"{probe_name} probes port {grpc.get('port')}, not the grpc port")
+    if health_port is not None and grpc.get("port") != health_port:
+        error(D, f"{probe_name} probes port {grpc.get('port')}, not the health port "
+                 f"{health_port} of RESOLVER_HEALTH_ADDR")
     if grpc.get("service", "") != service:
         error(D, f"{probe_name} asks health for service {grpc.get('service')!r}; "
                  f"the server reports {service!r}")
@@ -308,16 +353,23 @@ for mount in mounts:
             error(D, f"Secret volume {mount['name']} is mounted with subPath: updates "
                      "(token and certificate rotation) would never reach the pod")
         get("Secret", volume["secret"]["secretName"])
-tokens_file = env.get("RESOLVER_AUTH_TOKENS_FILE", "")
-directory_of, _, key = tokens_file.rpartition("/")
-mount = next((m for m in mounts if m.get("mountPath", "").rstrip("/") == directory_of), None)
-if tokens_file and mount is None:
-    error(D, f"nothing is mounted at {directory_of} (RESOLVER_AUTH_TOKENS_FILE)")
-elif tokens_file:
-    secret_name = volumes.get(mount["name"], {}).get("secret", {}).get("secretName")
+# Settings that name a file (tokens, TLS): the file is a key of a Secret
+# mounted, as a whole directory, at the file's directory.
+for setting in ("RESOLVER_AUTH_TOKENS_FILE", "RESOLVER_TLS_CERT", "RESOLVER_TLS_KEY",
+                "RESOLVER_TLS_CLIENT_CA"):
+    path = env.get(setting, "")
+    if not path:
+        continue
+    directory_of, _, key = path.rpartition("/")
+    mount = next((m for m in mounts if m.get("mountPath", "").rstrip("/") == directory_of),
+                 None)
+    secret_name = volumes.get((mount or {}).get("name"), {}).get("secret", {}).get("secretName")
+    if secret_name is None:
+        error(D, f"no Secret is mounted at {directory_of} ({setting})")
+        continue
     secret = objects.get(("Secret", secret_name), (None, {}))[1]
     if key not in set(secret.get("stringData", {})) | set(secret.get("data", {})):
-        error(D, f"RESOLVER_AUTH_TOKENS_FILE names key {key!r}, absent from Secret/{secret_name}")
+        error(D, f"{setting} names key {key!r}, absent from Secret/{secret_name}")
 
 # Security context the image and the issue require.
 security = container.get("securityContext", {})
@@ -393,9 +445,10 @@ fi
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 
-# case NAME FILE PERL-SUBSTITUTION: apply the substitution to a fresh copy.
+# copy_ NAME FILE PERL-SUBSTITUTION: a fresh copy with the substitution
+# applied to FILE; fails when the edit did not apply (it would prove nothing).
 passed=0 failed=0
-case_() {
+copy_() {
     local name=$1 file=$2 edit=$3 copy="$scratch/$1"
     mkdir "$copy"
     cp "$target"/*.yaml "$copy"/
@@ -403,12 +456,31 @@ case_() {
     if cmp -s "$target/$file" "$copy/$file"; then
         echo "self-test: FAIL $name: the edit did not apply to $file"
         failed=$((failed + 1))
-    elif validate "$copy" >"$copy.log" 2>&1; then
-        echo "self-test: FAIL $name: the broken copy was accepted"
+        return 1
+    fi
+}
+# case_ NAME FILE EDIT: the broken copy must be rejected.
+case_() {
+    local copy="$scratch/$1"
+    copy_ "$@" || return 0
+    if validate "$copy" >"$copy.log" 2>&1; then
+        echo "self-test: FAIL $1: the broken copy was accepted"
         failed=$((failed + 1))
     else
-        echo "self-test: ok   $name rejected: $(grep -m1 -E '^(ERROR|WARN|FATAL)' "$copy.log" || head -1 "$copy.log")"
+        echo "self-test: ok   $1 rejected: $(grep -m1 -E '^(ERROR|WARN|FATAL)' "$copy.log" || head -1 "$copy.log")"
         passed=$((passed + 1))
+    fi
+}
+# accept_ NAME FILE EDIT: a documented variant (e.g. TLS on) must stay valid.
+accept_() {
+    local copy="$scratch/$1"
+    copy_ "$@" || return 0
+    if validate "$copy" >"$copy.log" 2>&1; then
+        echo "self-test: ok   $1 accepted"
+        passed=$((passed + 1))
+    else
+        echo "self-test: FAIL $1: the valid variant was rejected: $(grep -m1 -E '^(ERROR|WARN|FATAL)' "$copy.log" || head -1 "$copy.log")"
+        failed=$((failed + 1))
     fi
 }
 
@@ -427,7 +499,15 @@ case_ unknown-setting   configmap.yaml  's/RESOLVER_SHUTDOWN_GRACE_MS:/RESOLVER_
 case_ dsn-in-configmap  configmap.yaml  's/^data:\n/data:\n  RUN_OPS_DATABASE_URL: "postgresql:\/\/x\@y\/z"\n/m'
 case_ short-termination deployment.yaml 's/terminationGracePeriodSeconds: 35/terminationGracePeriodSeconds: 25/'
 case_ probe-service     deployment.yaml 's/service: controlplane.resolver.v1.ControlPlaneResolverService/service: controlplane.resolver.v1.Resolver/'
-case_ probe-port        deployment.yaml 's/(livenessProbe:.*?port:) 50051/$1 50052/s'
+case_ probe-port        deployment.yaml 's/(livenessProbe:.*?port:) 8081/$1 8082/s'
+# Probes on the API port while RESOLVER_HEALTH_ADDR says 8081: they would
+# fail as soon as TLS, mutual TLS or overload reaches port 50051.
+case_ probes-on-api-port deployment.yaml 's/\bport: 8081\b/port: 50051/g'
+case_ health-addr-moved configmap.yaml  's/RESOLVER_HEALTH_ADDR: "0.0.0.0:8081"/RESOLVER_HEALTH_ADDR: "0.0.0.0:8082"/'
+case_ no-health-addr    configmap.yaml  's/^  RESOLVER_HEALTH_ADDR: .*\n//m'
+case_ loopback-health   configmap.yaml  's/"0.0.0.0:8081"/"127.0.0.1:8081"/'
+# Three processes serve metrics on 9090, 9091, 9092; the last is not free.
+case_ process-metrics-clash configmap.yaml 's/^(  RESOLVER_HEALTH_ADDR:) "0.0.0.0:8081"$/$1 "0.0.0.0:8081"\n  RESOLVER_PROCESSES: "3"/m; s/0.0.0.0:50051/0.0.0.0:9092/'
 case_ metrics-port      configmap.yaml  's/0.0.0.0:9090/0.0.0.0:9091/'
 case_ not-headless      service.yaml    's/^  clusterIP: None\n//m'
 case_ int-or-string     pdb.yaml        's/maxUnavailable: 1/maxUnavailable: "one"/'
@@ -435,7 +515,11 @@ case_ selector-mismatch pdb.yaml        's/(matchLabels:\n\s+app.kubernetes.io\/
 case_ subpath-mount     deployment.yaml 's{(mountPath: /etc/controlplane-resolver/tokens)\n}{$1\n              subPath: tokens\n}'
 case_ missing-secret    secret.example.yaml 's/name: controlplane-resolver-tokens/name: controlplane-resolver-tokenz/'
 case_ kustomize-list    kustomization.yaml  's/^  - pdb.yaml\n//m'
+# TLS as the ConfigMap documents it (uncomment the three lines): valid,
+# because the probes do not touch the API port; and a mistyped path is not.
+accept_ tls-on          configmap.yaml  's/^  # (RESOLVER_TLS_\w+: .*)$/  $1/mg'
+case_ tls-wrong-key     configmap.yaml  's/^  # (RESOLVER_TLS_\w+: .*)$/  $1/mg; s{tls/tls.crt}{tls/tls.pem}'
 }
 
-echo "self-test: $passed of $((passed + failed)) broken copies rejected ($((SECONDS - started)) s in all)"
+echo "self-test: $passed of $((passed + failed)) cases as expected ($((SECONDS - started)) s in all)"
 [ "$failed" -eq 0 ] || exit 1

@@ -17,6 +17,7 @@ stop a database get clusters of their own (``own_clusters``).
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -125,6 +126,35 @@ class Running:
     address: str
 
 
+def split_settings(databases: Databases, **overrides: Any) -> Settings:
+    """Settings of a split-mode server over the session databases on a
+    free port; ``overrides`` are Settings fields."""
+    values: dict[str, Any] = {
+        "control_plane_database_url": databases.control_plane,
+        "run_ops_database_url": databases.run_ops,
+        "run_ops_split_enabled": True,
+        "realtime_backend_native_enabled": True,
+        "addr": "127.0.0.1:0",
+        "db_timeout_ms": 2000,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextmanager
+def serving(databases: Databases, **overrides: Any) -> Iterator[Running]:
+    """A real resolver server (in this process, over a real port) and a
+    client to it, stopped on exit."""
+    app = ResolverApp(split_settings(databases, **overrides))
+    app.start(pool_wait_s=10)
+    address = f"127.0.0.1:{app.port}"
+    try:
+        with ResolverClient(address, timeout=10) as client:
+            yield Running(app, client, address)
+    finally:
+        app.stop(grace=0)
+
+
 @pytest.fixture
 def start_server(databases: Databases) -> Iterator[Callable[..., Running]]:
     """Start a real resolver server on a free port; returns a client to it.
@@ -133,31 +163,8 @@ def start_server(databases: Databases) -> Iterator[Callable[..., Running]]:
     on over the session's two databases. Every server is stopped at the end
     of the test.
     """
-    running: list[Running] = []
-
-    def start(**overrides: Any) -> Running:
-        values: dict[str, Any] = {
-            "control_plane_database_url": databases.control_plane,
-            "run_ops_database_url": databases.run_ops,
-            "run_ops_split_enabled": True,
-            "realtime_backend_native_enabled": True,
-            "addr": "127.0.0.1:0",
-            "db_timeout_ms": 2000,
-        }
-        values.update(overrides)
-        settings = Settings(**values)
-        app = ResolverApp(settings)
-        app.start(pool_wait_s=10)
-        address = f"127.0.0.1:{app.port}"
-        client = ResolverClient(address, timeout=10)
-        r = Running(app, client, address)
-        running.append(r)
-        return r
-
-    yield start
-    for r in running:
-        r.client.close()
-        r.app.stop(grace=0)
+    with ExitStack() as stack:
+        yield lambda **overrides: stack.enter_context(serving(databases, **overrides))
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ import psycopg
 import pytest
 
 from controlplane_resolver import demo
-from controlplane_resolver.app import ResolverApp
-from controlplane_resolver.config import Settings
+from conftest import serving
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.client import ResolverError
 
@@ -106,20 +105,8 @@ BAD_ENUMS: dict[str, tuple[str, Any]] = {
 @pytest.fixture(scope="module")
 def client(databases: Any) -> Iterator[ResolverClient]:
     """One split-mode server for the module: no test here writes anything."""
-    app = ResolverApp(Settings(
-        control_plane_database_url=databases.control_plane,
-        run_ops_database_url=databases.run_ops,
-        run_ops_split_enabled=True,
-        realtime_backend_native_enabled=True,
-        addr="127.0.0.1:0",
-        db_timeout_ms=2000,
-    ))
-    app.start(pool_wait_s=10)
-    try:
-        with ResolverClient(f"127.0.0.1:{app.port}", timeout=10) as c:
-            yield c
-    finally:
-        app.stop(grace=0)
+    with serving(databases) as running:
+        yield running.client
 
 
 @pytest.fixture(scope="module")

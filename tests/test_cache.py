@@ -4,7 +4,7 @@ Pure: no database, no gRPC. Time is a :class:`FakeClock` injected into
 ``Cache(policies, clock=...)``; a load is a plain callable standing in for a
 database query (:class:`CountingLoad` counts its calls). Tests that involve
 threads never sleep to synchronise: they wait on a condition with a deadline
-(:func:`wait_until`) or on a :class:`Gate` the test opens.
+(:func:`wait_for`) or on a :class:`Gate` the test opens.
 
 Contracts covered: hits, misses and slot separation; confirmed absence
 (``ABSENT``) versus miss versus error; invalidation by scope and its race
@@ -34,6 +34,7 @@ from controlplane_resolver.cache import (
     project_scope,
     worker_versions_scope,
 )
+from polling import wait_until
 
 # Lifetimes of the default test policy, in fake seconds. Negative < soft <
 # hard, as in production; no jitter so deadlines are exact.
@@ -128,14 +129,9 @@ class Boom(Exception):
     """What a failing load raises (a database error, in production)."""
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
+def wait_for(condition: Callable[[], bool], what: str) -> None:
     """Poll ``condition`` until it holds; fail after :data:`DEADLINE_S`."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {DEADLINE_S}s waiting for: {what}")
-        # Polling interval of a condition wait, not synchronisation by sleeping.
-        time.sleep(0.0005)
+    wait_until(condition, DEADLINE_S, 0.0005, what)
 
 
 @dataclass
@@ -442,7 +438,7 @@ def test_fill_raced_by_invalidation_from_another_thread_is_not_stored(cache: Cac
     gate = Gate()
     load = CountingLoad("old", "new", on_call=lambda n: gate.wait() if n == 1 else None)
     reader = Background(lambda: env_get(cache, "a", load))
-    wait_until(lambda: load.calls == 1, "the first load started")
+    wait_for(lambda: load.calls == 1, "the first load started")
 
     cache.invalidate_environment("a")
     gate.open()
@@ -545,14 +541,14 @@ def test_stale_value_is_served_at_once_and_refreshed_once_in_the_background(
     # waiting for it — and none starts a second refresh.
     for _ in range(10):
         assert env_get(cache, "a", load) == "old"
-    wait_until(lambda: load.calls == 2, "the background refresh started")
+    wait_for(lambda: load.calls == 2, "the background refresh started")
     stats = cache.stats(SLOT)
     assert stats.stale_serves == 10
     assert stats.refreshes == 1
     assert refresh_threads[0] is not threading.current_thread()
 
     gate.open()
-    wait_until(lambda: cache.peek(SLOT, "a") == (True, "new"), "the refresh stored its value")
+    wait_for(lambda: cache.peek(SLOT, "a") == (True, "new"), "the refresh stored its value")
     assert env_get(cache, "a", load) == "new"
     assert load.calls == 2
     assert stats.refreshes == 1
@@ -578,7 +574,7 @@ def test_failed_refresh_keeps_the_old_value_until_the_hard_ttl(
     clock.move_to(SOFT + 1)
     assert env_get(cache, "a", load) == "old"
     stats = cache.stats(SLOT)
-    wait_until(lambda: stats.refresh_failures >= 1, "the background refresh failed")
+    wait_for(lambda: stats.refresh_failures >= 1, "the background refresh failed")
     assert env_get(cache, "a", load) == "old"
 
     clock.move_to(HARD - 0.001)
@@ -607,7 +603,7 @@ def test_failed_refresh_is_retried_at_most_once_a_second(
     def drain(probe_index: int) -> None:
         probe = probes[probe_index]
         env_get(cache, f"probe{probe_index}", probe)  # stale: queues its refresh
-        wait_until(lambda: probe.calls == 2, "earlier refreshes finished")
+        wait_for(lambda: probe.calls == 2, "earlier refreshes finished")
 
     clock.move_to(SOFT + 1)
     env_get(cache, "a", failing)
@@ -623,7 +619,7 @@ def test_failed_refresh_is_retried_at_most_once_a_second(
 
     clock.move_to(SOFT + 2)
     assert env_get(cache, "a", failing) == "old"
-    wait_until(lambda: failing.calls == 3, "the refresh was retried after a second")
+    wait_for(lambda: failing.calls == 3, "the refresh was retried after a second")
 
 
 def test_jitter_never_lengthens_lifetimes(make_cache: Callable[..., Cache],
@@ -683,7 +679,7 @@ def test_soft_ttl_zero_still_shares_one_load_between_concurrent_gets(
     cache = make_cache(soft_ttl=0.0)
     stats = cache.stats(SLOT)
     value = object()
-    load = CountingLoad(value, on_call=lambda _n: wait_until(
+    load = CountingLoad(value, on_call=lambda _n: wait_for(
         lambda: stats.joins == 7, "7 callers joined the load"))
     outcomes = run_concurrently(8, lambda _i: env_get(cache, "a", load))
     assert [o.error for o in outcomes] == [None] * 8
@@ -701,7 +697,7 @@ def test_concurrent_misses_share_one_load(cache: Cache) -> None:
     stats = cache.stats(SLOT)
     value = object()
     # The leader holds its load until every other caller waits on it.
-    load = CountingLoad(value, on_call=lambda _n: wait_until(
+    load = CountingLoad(value, on_call=lambda _n: wait_for(
         lambda: stats.joins == THREADS - 1, f"{THREADS - 1} callers joined the load"))
     outcomes = run_concurrently(THREADS, lambda _i: env_get(cache, "a", load))
     assert [o.error for o in outcomes] == [None] * THREADS
@@ -714,7 +710,7 @@ def test_concurrent_misses_share_one_load(cache: Cache) -> None:
 def test_concurrent_misses_all_get_the_leaders_error(cache: Cache) -> None:
     stats = cache.stats(SLOT)
     boom = Boom("database down")
-    load = CountingLoad(boom, "value", on_call=lambda n: wait_until(
+    load = CountingLoad(boom, "value", on_call=lambda n: wait_for(
         lambda: stats.joins == THREADS - 1, f"{THREADS - 1} callers joined the load")
         if n == 1 else None)
     outcomes = run_concurrently(THREADS, lambda _i: env_get(cache, "a", load))
@@ -729,9 +725,9 @@ def test_waiter_with_a_short_wait_times_out_while_others_get_the_value(cache: Ca
     gate = Gate()
     load = CountingLoad("value", on_call=lambda _n: gate.wait())
     leader = Background(lambda: env_get(cache, "a", load))
-    wait_until(lambda: load.calls == 1, "the leader's load started")
+    wait_for(lambda: load.calls == 1, "the leader's load started")
     patient = Background(lambda: env_get(cache, "a", load))
-    wait_until(lambda: cache.stats(SLOT).joins == 1, "a patient caller joined")
+    wait_for(lambda: cache.stats(SLOT).joins == 1, "a patient caller joined")
 
     with pytest.raises(FlightTimeout):
         env_get(cache, "a", load, wait_s=0.05)
@@ -747,7 +743,7 @@ def test_flight_started_before_an_invalidation_is_not_joined(cache: Cache) -> No
     before = CountingLoad("old", on_call=lambda _n: gate.wait())
     after = CountingLoad("new")
     early = Background(lambda: env_get(cache, "a", before))
-    wait_until(lambda: before.calls == 1, "the early load started")
+    wait_for(lambda: before.calls == 1, "the early load started")
 
     cache.invalidate_environment("a")
     # Joining would hand out an answer that may predate the invalidation:

@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 
 
 from controlplane_resolver.coalescing import ReadCoalescer
-
-
-def wait_until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.001)
+from polling import wait_until
 
 
 class GatedLoader:

@@ -17,9 +17,8 @@ from google.protobuf import json_format
 from psycopg.conninfo import make_conninfo
 
 from controlplane_resolver import demo
-from controlplane_resolver.app import ResolverApp
-from controlplane_resolver.config import Settings
 from controlplane_resolver.migrate import migrate
+from conftest import serving
 from controlplane_resolver_client import ResolverClient, pb
 
 Conn = psycopg.Connection[Any]
@@ -35,20 +34,8 @@ def client(databases: Any) -> Iterator[ResolverClient]:
 
     Tests use fresh ids, so their cache entries never meet; tests that need
     other settings start their own server."""
-    app = ResolverApp(Settings(
-        control_plane_database_url=databases.control_plane,
-        run_ops_database_url=databases.run_ops,
-        run_ops_split_enabled=True,
-        realtime_backend_native_enabled=True,
-        addr="127.0.0.1:0",
-        db_timeout_ms=2000,
-    ))
-    app.start(pool_wait_s=10)
-    try:
-        with ResolverClient(f"127.0.0.1:{app.port}", timeout=10) as c:
-            yield c
-    finally:
-        app.stop(grace=0)
+    with serving(databases) as running:
+        yield running.client
 
 
 def concurrency_limit(client: ResolverClient, environment_id: str) -> int:

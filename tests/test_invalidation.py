@@ -17,18 +17,7 @@ from controlplane_resolver.listener import CHANNEL
 from controlplane_resolver_client import ResolverClient
 
 from processes import ServerProcess, health_status
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.01):
-    """Poll ``predicate`` until it returns a truthy value; return it, or fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+from polling import wait_until
 
 
 @pytest.fixture

@@ -26,8 +26,9 @@ from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
 from conftest import Running, Tenant
+from polling import wait_until
 from test_security import (CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify, pki,  # noqa: F401
-                           tokens, wait_until)
+                           tokens)
 
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["ControlPlaneResolverService"].methods]
 #: Every code a call of ours can end with, and the ones the issue names.

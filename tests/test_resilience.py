@@ -14,7 +14,7 @@ from controlplane_resolver.cache import Slot
 from controlplane_resolver_client import ResolverError
 
 from conftest import count_queries
-from test_invalidation import wait_until
+from polling import wait_until
 
 
 def test_stale_while_down_then_unavailable_after_hard_ttl_then_recovery(own_clusters,

@@ -40,20 +40,9 @@ from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
 from conftest import Databases, Running, Tenant
+from polling import wait_until
 
 # ------------------------------------------------------------------ helpers
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns a truthy value; return it, or fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 @dataclass(frozen=True)

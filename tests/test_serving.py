@@ -16,7 +16,7 @@ from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
 from processes import ServerProcess, health_status
-from test_invalidation import wait_until
+from polling import wait_until
 
 
 def base_env(databases) -> dict[str, str]:

@@ -33,24 +33,12 @@ from controlplane_resolver.localpg import LocalCluster, free_port
 from controlplane_resolver.safety import Refusal
 from controlplane_resolver.topology import decide_split
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
+from polling import wait_until
 
 GRPCURL = "/work/main/.venv/bin/grpcurl"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 PASSWORD = "s3cret"
-
-
-def wait_until(condition: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
-    """Poll ``condition`` until it returns a truthy value (returned), or fail
-    naming ``what`` once ``timeout_s`` has passed."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)  # polling interval, not synchronisation: the loop re-checks
 
 
 class BlackHole:
@@ -207,7 +195,7 @@ def test_health_is_not_serving_until_the_database_answers(
     starter = threading.Thread(target=start, name="app-start")
     starter.start()
     try:
-        port = wait_until(lambda: app.port, timeout_s=10, what="the port to be bound")
+        port = wait_until(lambda: app.port, timeout=10, what="the port to be bound")
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert health_status(channel) == NOT_SERVING
             assert health_status(channel, SERVICE_NAME) == NOT_SERVING
@@ -221,7 +209,7 @@ def test_health_is_not_serving_until_the_database_answers(
             assert info.value.reason == "NOT_READY"
 
             control_plane.start()
-            wait_until(lambda: health_status(channel) == SERVING, timeout_s=30,
+            wait_until(lambda: health_status(channel) == SERVING, timeout=30,
                        what="health to turn SERVING once the database is up")
             assert health_status(channel, SERVICE_NAME) == SERVING
             starter.join(timeout=10)
@@ -263,7 +251,7 @@ def test_stop_reports_not_serving_before_in_flight_calls_drain(
     try:
         wait_until(lambda: cp.execute(
             "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'controlplane-resolver%'"
-            " AND wait_event_type = 'Lock'").fetchone(), timeout_s=10,
+            " AND wait_event_type = 'Lock'").fetchone(), timeout=10,
             what="the ResolveEnv query to wait on the table lock")
         stopper.start()
         # The watcher hears NOT_SERVING while the call is still in flight.

@@ -20,8 +20,7 @@ import pytest
 from google.protobuf import json_format
 
 from controlplane_resolver import demo
-from controlplane_resolver.app import ResolverApp
-from controlplane_resolver.config import Settings
+from conftest import serving
 from controlplane_resolver_client import ResolverClient, pb
 
 Conn = psycopg.Connection[Any]
@@ -36,21 +35,8 @@ def client(databases: Any) -> Iterator[ResolverClient]:
     (60 s, not the default 1 s) so that a test can tell a refresh caused by
     invalidation from one caused by expiry; the TTL itself is tested on a
     server of its own."""
-    app = ResolverApp(Settings(
-        control_plane_database_url=databases.control_plane,
-        run_ops_database_url=databases.run_ops,
-        run_ops_split_enabled=True,
-        realtime_backend_native_enabled=True,
-        addr="127.0.0.1:0",
-        db_timeout_ms=2000,
-        worker_version_cache_ttl_ms=60_000,
-    ))
-    app.start(pool_wait_s=10)
-    try:
-        with ResolverClient(f"127.0.0.1:{app.port}", timeout=10) as c:
-            yield c
-    finally:
-        app.stop(grace=0)
+    with serving(databases, worker_version_cache_ttl_ms=60_000) as running:
+        yield running.client
 
 
 @dataclass(frozen=True)

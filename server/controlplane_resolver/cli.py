@@ -90,7 +90,9 @@ def cmd_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    addr = args.addr or os.environ.get("RESOLVER_ADDR", "127.0.0.1:50051")
+    # The plaintext health port, when there is one, needs no TLS material.
+    addr = (args.addr or os.environ.get("RESOLVER_HEALTH_ADDR")
+            or os.environ.get("RESOLVER_ADDR", "127.0.0.1:50051"))
     host, _, port = addr.rpartition(":")
     # A wildcard listen address is reached through loopback.
     target = f"{'127.0.0.1' if host in ('0.0.0.0', '', '[::]') else host}:{port}"
@@ -255,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = sub.add_parser("health", help="check a running server's gRPC health; exit 0 "
                                            "only when SERVING")
-    health.add_argument("--addr", default=None, help="server address (default $RESOLVER_ADDR)")
+    health.add_argument("--addr", default=None, help="server address (default "
+                        "$RESOLVER_HEALTH_ADDR, else $RESOLVER_ADDR)")
     health.add_argument("--service", default="", help="health service name (default: server)")
     health.add_argument("--timeout", type=float, default=3.0)
     health.add_argument("--tls-ca", default=os.environ.get("RESOLVER_HEALTH_TLS_CA"),

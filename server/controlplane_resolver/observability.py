@@ -29,7 +29,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
 from . import callinfo
-from .logs import JsonFormatter, configure_logging  # noqa: F401  (moved; kept importable)
 
 if TYPE_CHECKING:
     from .app import ResolverApp

@@ -1,0 +1,21 @@
+"""Waiting on a condition, with a deadline: how tests synchronise with real
+servers, databases and threads (never a bare sleep)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01,
+               what: str = "condition") -> Any:
+    """Call ``predicate`` until it returns a truthy value and return that
+    value; fail the test if ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(interval)  # polling interval, not synchronisation
