@@ -27,7 +27,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from controlplane_resolver.config import OPTIONS
 from controlplane_resolver.localpg import free_port
 
-CLI = "/work/main/.venv/bin/controlplane-resolver"
+from processes import CLI
+
 PASSWORD = "s3cret"
 EXIT_RUNTIME, EXIT_CONFIG, EXIT_REFUSED = 1, 2, 3
 
@@ -264,3 +265,34 @@ def test_serve_on_a_busy_port_fails_with_a_clear_message(databases: Any) -> None
     assert result.returncode == EXIT_RUNTIME
     assert f"127.0.0.1:{port}" in result.stderr and "in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------- triggers
+
+
+def test_triggers_install_and_uninstall_from_the_command_line(scratch_database: str) -> None:
+    from controlplane_resolver.migrate import migrate
+
+    migrate(scratch_database, "control_plane")
+    env = cli_env(CONTROL_PLANE_DATABASE_URL=with_password(scratch_database))
+
+    def installed() -> int:
+        with psycopg.connect(scratch_database) as conn:
+            return conn.execute("SELECT count(*) FROM pg_trigger "
+                                "WHERE tgname LIKE 'controlplane_resolver_notify_%'").fetchone()[0]
+
+    done = run_cli("triggers", "install", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "installed 6 triggers" in done.stdout and PASSWORD not in done.stdout
+    assert installed() == 6
+    # A change now announces itself to every listener.
+    with psycopg.connect(scratch_database, autocommit=True) as listener, \
+            psycopg.connect(scratch_database, autocommit=True) as writer:
+        listener.execute("LISTEN controlplane_resolver_invalidate")
+        writer.execute('INSERT INTO "Organization" ("id", "slug", "title", "updatedAt") '
+                       "VALUES ('org1', 'org1', 'Org', now())")
+        payloads = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+        assert payloads == ["organization:org1"]
+    removed = run_cli("triggers", "uninstall", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert installed() == 0

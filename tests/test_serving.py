@@ -190,3 +190,22 @@ def test_health_port_answers_probes_in_plaintext_and_nothing_else(start_server, 
             assert exc.code() == grpc.StatusCode.UNIMPLEMENTED
     running.app.stop(grace=0)
     assert health_status(f"127.0.0.1:{health_port}") is None
+
+
+def test_connections_are_closed_at_max_age_so_channels_rebalance(start_server):
+    running = start_server(max_connection_age_ms=300, listen_enabled=False)
+    states: list[grpc.ChannelConnectivity] = []
+    channel = grpc.insecure_channel(running.address,
+                                    options=[("grpc.use_local_subchannel_pool", 1)])
+    channel.subscribe(states.append, try_to_connect=True)
+    try:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        stub.ClassifyRunId(pb.ClassifyRunIdRequest(id="c" * 25), timeout=5)
+        # The server ends the connection at its age (GOAWAY): the channel
+        # leaves READY, and would re-resolve and reconnect on the next call.
+        wait_until(lambda: grpc.ChannelConnectivity.READY in states and
+                   states[-1] != grpc.ChannelConnectivity.READY, timeout=10)
+        assert stub.ClassifyRunId(pb.ClassifyRunIdRequest(id="c" * 25), timeout=5).classifiable
+    finally:
+        channel.unsubscribe(states.append)
+        channel.close()

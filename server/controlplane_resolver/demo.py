@@ -20,19 +20,15 @@ is SQL ``NULL``. Enum columns take their label as a string (``"PRODUCTION"``).
 Timestamps are ``TIMESTAMP(3)`` without time zone: pass naive UTC datetimes
 (as the platform writes them) to get exact values back.
 
-The id helpers :func:`new_cuid` and :func:`new_ksuid` are demo/test helpers
-only; the service's own id minting lives elsewhere.
+Ids come from the service's own generators (:mod:`.minting`), re-exported
+here as :func:`new_cuid` and :func:`new_ksuid` for the tests' convenience.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import secrets
-import socket
 import string
-import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
@@ -40,6 +36,8 @@ from typing import Any, Mapping
 from psycopg import Connection, sql
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
+
+from .minting import new_cuid, new_ksuid
 
 __all__ = [
     "DemoIds",
@@ -62,78 +60,12 @@ __all__ = [
 
 # --------------------------------------------------------------------- ids
 
-_BASE36 = string.digits + string.ascii_lowercase
-_BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 # The alphabet of the platform's old 21-character friendly-id bodies (nanoid).
 _NANOID_ALPHABET = "123456789abcdefghijkmnopqrstuvwxyz"
-
-_KSUID_EPOCH = 1_400_000_000
-_KSUID_LENGTH = 27
-_CUID_LENGTH = 25
-
-_cuid_counter = itertools.count(secrets.randbelow(36**4))
-_cuid_lock = threading.Lock()
-
-
-def _base36(n: int, width: int) -> str:
-    """``n`` in lowercase base36, left-padded with "0" to ``width`` and cut to
-    its last ``width`` digits."""
-    digits = []
-    while n:
-        n, r = divmod(n, 36)
-        digits.append(_BASE36[r])
-    return "".join(reversed(digits)).rjust(width, "0")[-width:]
 
 
 def _random_string(alphabet: str, length: int) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
-
-
-def _fingerprint() -> str:
-    host = sum(socket.gethostname().encode()) + 36
-    return _base36(os.getpid(), 2) + _base36(host, 2)
-
-
-_FINGERPRINT = _fingerprint()
-
-
-def new_cuid() -> str:
-    """A legacy-shaped id: exactly 25 characters, starting with ``"c"``,
-    lowercase base36 (``[0-9a-z]``).
-
-    Layout (cuid v1): ``"c"`` + 8 chars of millisecond timestamp + 4 chars of
-    a process-wide counter + 4 chars of host/process fingerprint + 8 random
-    chars. Ids minted in the same process are distinct; ids minted later sort
-    after earlier ones only by timestamp, never rely on it.
-    """
-    with _cuid_lock:
-        count = next(_cuid_counter)
-    cuid = (
-        "c"
-        + _base36(time.time_ns() // 1_000_000, 8)
-        + _base36(count, 4)
-        + _FINGERPRINT
-        + _base36(secrets.randbelow(36**8), 8)
-    )
-    assert len(cuid) == _CUID_LENGTH
-    return cuid
-
-
-def new_ksuid() -> str:
-    """A new-shape id: a 27-character base62 KSUID (alphabet ``0-9A-Za-z``).
-
-    20 bytes: 4-byte big-endian seconds since the KSUID epoch (1,400,000,000)
-    then 16 bytes from :func:`secrets.token_bytes`, read as one big-endian
-    integer, written in base62 and left-padded with ``"0"`` to 27 characters.
-    """
-    seconds = int(time.time()) - _KSUID_EPOCH
-    raw = seconds.to_bytes(4, "big") + secrets.token_bytes(16)
-    n = int.from_bytes(raw, "big")
-    digits = []
-    while n:
-        n, r = divmod(n, 62)
-        digits.append(_BASE62[r])
-    return "".join(reversed(digits)).rjust(_KSUID_LENGTH, "0")
 
 
 # ------------------------------------------------------------- insert helper
