@@ -203,6 +203,16 @@ def _print_examples(app: Any, ids: Any) -> None:
         ("ReadRun", {"runId": ids.old_short_run_friendly_id}),
         ("ClassifyRunId", {"id": ids.legacy_run_in_run_ops_friendly_id}),
         ("AssertEnvExists", {"environmentId": ids.staging_environment_id}),
+        ("ResolveRunLockedWorker", {"lockedById": ids.production_task_id,
+                                    "lockedToVersionId": ids.production_worker_id}),
+        ("BatchResolveEnvs", {"environmentIds": [ids.production_environment_id,
+                                                 ids.staging_environment_id, "c" + "0" * 24]}),
+        ("BatchReadRuns", {"runIds": [ids.new_run_id, ids.legacy_run_friendly_id]}),
+        ("ResolveMintKind", {"organizationId": ids.organization_id}),
+        ("MintId", {"kind": "ID_KIND_RUN", "organizationId": ids.organization_id,
+                    "parentId": ids.legacy_run_id}),
+        ("SelectStoreForWaitpoint", {"waitpointId": "waitpoint_" + ids.new_run_id,
+                                     "routeKind": "UNBLOCK_ROUTE_KIND_MANUAL"}),
     ]
     print(f"\ncontrolplane-resolver dev: serving on {addr} with split mode ON "
           "(two clusters, demo data). Ctrl-C stops and removes everything.\n")
