@@ -25,12 +25,32 @@ def base_env(databases) -> dict[str, str]:
             "REALTIME_BACKEND_NATIVE_ENABLED": "1", "RESOLVER_LISTEN_ENABLED": "0"}
 
 
+def metric(port: int, name: str) -> float | None:
+    """One unlabelled sample from a /metrics endpoint, or None."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def test_processes_share_the_port_and_all_answer(databases, cp, tenant):
+    from controlplane_resolver.localpg import free_port
+
     env_id = tenant.environment(cp)
+    metrics = free_port()
     env = {**base_env(databases), "RESOLVER_PROCESSES": "2", "RESOLVER_LOG_FORMAT": "json",
-           "RESOLVER_LOG_LEVEL": "DEBUG"}
+           "RESOLVER_LOG_LEVEL": "DEBUG", "RESOLVER_METRICS_ADDR": f"127.0.0.1:{metrics}"}
     server = ServerProcess(env).wait_serving()
     try:
+        # Each process reports its own readiness on its own metrics port.
+        wait_until(lambda: metric(metrics, "resolver_ready") == 1 ==
+                   metric(metrics + 1, "resolver_ready"), timeout=20, interval=0.05)
         # SO_REUSEPORT spreads connections, not calls: open many connections.
         channels = [grpc.insecure_channel(server.address,
                                           options=[("grpc.use_local_subchannel_pool", 1)])

@@ -77,6 +77,8 @@ class ResolverApp:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.health_port: int | None = None
+        #: True once start() has reported SERVING.
+        self.ready = False
         self.certificates: RotatingCertificates | None = None
         self._stopped = threading.Event()
         self._stopping = threading.Lock()
@@ -175,14 +177,16 @@ class ResolverApp:
         self.decision = decide_split(self.settings)
         for line in self.decision.describe():
             log.info("%s", line)
-        self.port = self._bind()
+        # One of several processes sharing the port binds only once ready:
+        # the kernel hands every bound process a share of new connections,
+        # and a process still starting would fail its share.
+        bind_early = self.settings.processes == 1
+        if bind_early:
+            self._serve_ports()
         if self.settings.metrics_addr:
             self.metrics_port = self.metrics.serve_http(self.settings.metrics_addr)
             host = self.settings.metrics_addr.rpartition(":")[0] or "0.0.0.0"
             log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
-        self.server.start()
-        if self.health_server is not None:
-            self.health_server.start()
         try:
             self.topology = Topology(self.decision, self.settings)
             self.topology.open(wait_s=pool_wait_s, cancel=cancel)
@@ -201,11 +205,20 @@ class ResolverApp:
             self.servicer.resolver = Resolver(
                 self.topology, self.cache, fill_wait_s=self.settings.db_timeout_ms / 1000,
                 mint_ksuid_enabled=self.settings.run_ops_mint_ksuid_enabled)
+            if not bind_early:
+                self._serve_ports()
         except BaseException:
             self.stop(grace=0, pause=0)
             raise
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.ready = True
         log.info("serving %s on %s (port %d)", SERVICE_NAME, self.settings.addr, self.port)
+
+    def _serve_ports(self) -> None:
+        self.port = self._bind()
+        self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
 
     def _wait_listening(self, wait_s: float, cancel: threading.Event | None) -> bool:
         assert self.listener is not None
@@ -227,6 +240,7 @@ class ResolverApp:
             s = self.settings
             grace = s.shutdown_grace_ms / 1000 if grace is None else grace
             pause = s.shutdown_pause_ms / 1000 if pause is None else pause
+            self.ready = False
             self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             if pause > 0:
                 log.info("NOT_SERVING; draining in %.1fs", pause)

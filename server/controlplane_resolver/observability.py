@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import grpc
@@ -55,6 +56,19 @@ class Metrics:
                                  registry=self.registry,
                                  buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25,
                                           .5, 1, 2.5, 5, 10))
+        self._series: dict[tuple[str, str], MethodSeries] = {}
+
+    def series(self, service: str, method: str) -> "MethodSeries":
+        """The label children of one method, created once: ``labels()``
+        takes a lock and builds a key, which the hot path should not pay."""
+        key = (service, method)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = MethodSeries(
+                started=self.started.labels("unary", service, method),
+                seconds=self.seconds.labels("unary", service, method),
+                handled=lambda code: self.handled.labels("unary", service, method, code))
+        return found
 
     def preregister(self, methods: Iterable[str]) -> None:
         """Create every method × code series at zero."""
@@ -82,6 +96,20 @@ class Metrics:
             httpd.server_close()
 
 
+@dataclass
+class MethodSeries:
+    started: Any
+    seconds: Any
+    handled: Callable[[str], Any]
+    _by_code: dict[str, Any] = field(default_factory=dict)
+
+    def handled_with(self, code: str) -> Any:
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self.handled(code)
+        return child
+
+
 def split_method(full: str) -> tuple[str, str]:
     """``/pkg.Service/Method`` → (``pkg.Service``, ``Method``)."""
     _, service, method = full.split("/", 2) if full.count("/") >= 2 else ("", "", full)
@@ -106,14 +134,14 @@ class CallInterceptor(grpc.ServerInterceptor):
             if key == "x-request-id" and isinstance(value, str):
                 request_id = value[:64]
         behavior = handler.unary_unary
-        metrics = self.metrics
+        series = self.metrics.series(service, method) if self.metrics is not None else None
 
         def observed(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             left = context.time_remaining()
             notes = callinfo.begin(None if left is None else time.monotonic() + left)
-            if metrics is not None:
-                metrics.started.labels("unary", service, method).inc()
+            if series is not None:
+                series.started.inc()
             code = "OK"
             try:
                 response = behavior(request, context)
@@ -125,9 +153,9 @@ class CallInterceptor(grpc.ServerInterceptor):
             finally:
                 elapsed = time.perf_counter() - start
                 callinfo.end()
-                if metrics is not None:
-                    metrics.handled.labels("unary", service, method, code).inc()
-                    metrics.seconds.labels("unary", service, method).observe(elapsed)
+                if series is not None:
+                    series.handled_with(code).inc()
+                    series.seconds.observe(elapsed)
                 level = logging.DEBUG if code in ("OK", "NOT_FOUND") else logging.WARNING
                 if call_log.isEnabledFor(level):
                     latency_ms = round(elapsed * 1000, 3)
@@ -176,6 +204,9 @@ class StateCollector:
 
     def collect(self) -> Iterable[Any]:
         app = self.app
+        ready = GaugeMetricFamily("resolver_ready", "1 while this process reports SERVING.")
+        ready.add_metric([], 1 if app.ready else 0)
+        yield ready
         cache = app.cache
         if cache is not None:
             fields = ("hits", "negative_hits", "misses", "stale_serves", "joins", "loads",

@@ -2,7 +2,9 @@
 
 The parent forks the children *before* any gRPC server (or gRPC thread)
 exists — gRPC does not survive a fork — and each child builds its own
-server, pools, cache and listener, binding the port with ``SO_REUSEPORT``.
+server, pools, cache and listener, and binds the port with ``SO_REUSEPORT``
+only once it is ready (a bound process gets a share of new connections, so
+one still starting must not be bound).
 The kernel then spreads *connections* (not calls) across the children, so
 clients should open several channels or connect through a load balancer.
 
