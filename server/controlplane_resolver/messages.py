@@ -36,13 +36,17 @@ def enum_prefix(enum_type: EnumDescriptor) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", enum_type.name).upper() + "_"
 
 
+class UnknownEnumValue(ValueError):
+    """A request carried an enum number its enum does not define."""
+
+
 def enum_name(enum_type: EnumDescriptor, number: int) -> str | None:
     """The domain name of a proto enum number (``ENVIRONMENT_TYPE_STAGING``
-    → ``"STAGING"``); ``None`` for the zero value; raises ValueError for a
-    number the enum does not define."""
+    → ``"STAGING"``); ``None`` for the zero value; raises
+    :class:`UnknownEnumValue` for a number the enum does not define."""
     found = enum_type.values_by_number.get(number)
     if found is None:
-        raise ValueError(f"{number} is not a value of {enum_type.name}")
+        raise UnknownEnumValue(f"{number} is not a value of {enum_type.name}")
     if number == 0:
         return None
     return found.name[len(enum_prefix(enum_type)):]

@@ -19,7 +19,7 @@ from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
 from .errors import DeadlineExceeded, InvalidArgument, NotFound, ResolverError, Unavailable
-from .messages import RenderedCache, enum_name, fill
+from .messages import RenderedCache, UnknownEnumValue, enum_name, fill, render
 from .resolver import Resolver
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
         except ResolverError as exc:
             abort(context, _STATUS.get(type(exc), grpc.StatusCode.INTERNAL), str(exc),
                   exc.reason, exc.metadata)
-        except ValueError as exc:  # a request enum value out of range
+        except UnknownEnumValue as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), "INVALID_ENUM")
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
@@ -72,7 +72,7 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _env_response(env: Any) -> pb.ResolveEnvResponse:
-    return pb.ResolveEnvResponse(environment=fill(pb.Environment(), env))
+    return pb.ResolveEnvResponse(environment=render(pb.Environment, env))
 
 
 class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
@@ -92,7 +92,7 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
     def ResolveAuthenticatedEnv(self, r: Resolver, request: pb.ResolveAuthenticatedEnvRequest,
                                 context: Any) -> pb.ResolveAuthenticatedEnvResponse:
         env = r.resolve_authenticated_env(request.environment_id)
-        return pb.ResolveAuthenticatedEnvResponse(environment=fill(pb.AuthenticatedEnvironment(), env))
+        return pb.ResolveAuthenticatedEnvResponse(environment=render(pb.AuthenticatedEnvironment, env))
 
     @_edge
     def ResolveWorkerVersion(self, r: Resolver, request: pb.ResolveWorkerVersionRequest,
@@ -102,12 +102,12 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
             env_type = enum_name(pb.EnvironmentType.DESCRIPTOR, request.environment_type)
         worker_id = request.worker_id if request.HasField("worker_id") else None
         version = r.resolve_worker_version(request.environment_id, env_type, worker_id)
-        return fill(pb.ResolveWorkerVersionResponse(), version)
+        return render(pb.ResolveWorkerVersionResponse, version)
 
     @_edge
     def ReadRun(self, r: Resolver, request: pb.ReadRunRequest, context: Any) -> pb.ReadRunResponse:
         read = r.read_run(request.run_id, include_environment=request.include_environment)
-        return fill(pb.ReadRunResponse(), read)
+        return render(pb.ReadRunResponse, read)
 
     @_edge
     def AssertEnvExists(self, r: Resolver, request: pb.AssertEnvExistsRequest,
@@ -164,20 +164,20 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         locked = r.resolve_run_locked_worker(
             request.locked_by_id if request.HasField("locked_by_id") else None,
             request.locked_to_version_id if request.HasField("locked_to_version_id") else None)
-        return fill(pb.ResolveRunLockedWorkerResponse(), locked)
+        return render(pb.ResolveRunLockedWorkerResponse, locked)
 
     @_edge
     def ResolveMintKind(self, r: Resolver, request: pb.ResolveMintKindRequest,
                         context: Any) -> pb.ResolveMintKindResponse:
         decision = r.resolve_mint_kind(
             request.organization_id, request.parent_id if request.HasField("parent_id") else None)
-        return fill(pb.ResolveMintKindResponse(), decision)
+        return render(pb.ResolveMintKindResponse, decision)
 
     @_edge
     def MintId(self, r: Resolver, request: pb.MintIdRequest, context: Any) -> pb.MintIdResponse:
         minted = r.mint_id(enum_name(pb.IdKind.DESCRIPTOR, request.kind), request.organization_id,
                            request.parent_id if request.HasField("parent_id") else None)
-        return fill(pb.MintIdResponse(), minted)
+        return render(pb.MintIdResponse, minted)
 
     @_edge
     def SelectStoreForWaitpoint(self, r: Resolver, request: pb.SelectStoreForWaitpointRequest,
@@ -189,4 +189,4 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
             request.waitpoint_id, enum_name(pb.UnblockRouteKind.DESCRIPTOR, request.route_kind),
             tree_owner_residency=owner, cross_tree_idempotency=request.cross_tree_idempotency,
             has_legacy_parent=request.has_legacy_parent)
-        return fill(pb.SelectStoreForWaitpointResponse(), selection)
+        return render(pb.SelectStoreForWaitpointResponse, selection)
