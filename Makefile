@@ -13,7 +13,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install postgres dev test proto proto-check lint bench clean
+.PHONY: help install postgres dev test proto proto-check lint typecheck bench clean
 
 help:
 	@echo "make dev          throwaway PostgreSQL clusters with demo data, split on, serve on"
@@ -22,6 +22,7 @@ help:
 	@echo "make proto        regenerate client/controlplane_resolver_client/_gen from protos/"
 	@echo "make proto-check  fail if the generated code is stale"
 	@echo "make lint         buf lint the protos"
+	@echo "make typecheck    mypy over the server and the client"
 	@echo "make bench        run the benchmark (bench/run.py; BENCH_ARGS='...')"
 	@echo "make install      create .venv and install everything (the other targets do this)"
 	@echo "make clean        remove .venv and caches"
@@ -59,6 +60,9 @@ proto-check: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/buf lint
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 bench: $(STAMP) postgres
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -305,8 +305,9 @@ class Cache:
                         self._finish(store, key, flight)
                 return entry.value
             store.stats.misses += 1
-            flight = store.flights.get(key)
-            if flight is not None and flight.stamp == self.versions.stamp():
+            in_flight = store.flights.get(key)
+            if in_flight is not None and in_flight.stamp == self.versions.stamp():
+                flight = in_flight
                 store.stats.joins += 1
                 callinfo.note("cache", "join")
                 leader = False

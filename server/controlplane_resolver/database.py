@@ -43,7 +43,7 @@ class Database:
         self.label = redact_dsn(dsn)
         self.timeout_s = timeout_s
         statement_timeout_ms = int(timeout_s * 1000)
-        self.pool = ConnectionPool(
+        self.pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
             min_size=1,
             max_size=max_size,

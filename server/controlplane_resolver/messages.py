@@ -66,7 +66,7 @@ def render(message_type: type[M], value: Any) -> M:
     this is several times faster than setting fields one by one.
     """
     kwargs: dict[str, Any] = {}
-    for name, kind, aux in _plan(type(value), message_type):
+    for name, kind, aux in _plan(type(value), message_type):  # type: ignore[arg-type]
         v = getattr(value, name)
         if v is None:
             continue

@@ -235,11 +235,11 @@ class StateCollector:
                                          "Pool connection errors and timeouts.",
                                          labels=["database"])
             for db in topology.databases:
-                stats = db.pool.get_stats()
-                size.add_metric([db.role], stats.get("pool_size", 0))
-                waiting.add_metric([db.role], stats.get("requests_waiting", 0))
-                errors.add_metric([db.role], stats.get("connections_errors", 0)
-                                  + stats.get("requests_errors", 0))
+                pool_stats = db.pool.get_stats()
+                size.add_metric([db.role], pool_stats.get("pool_size", 0))
+                waiting.add_metric([db.role], pool_stats.get("requests_waiting", 0))
+                errors.add_metric([db.role], pool_stats.get("connections_errors", 0)
+                                  + pool_stats.get("requests_errors", 0))
             yield from (size, waiting, errors)
             split = GaugeMetricFamily("resolver_split_mode", "1 when the run-ops split is on.")
             split.add_metric([], 1 if topology.split else 0)
@@ -258,9 +258,9 @@ class StateCollector:
             keys = CounterMetricFamily("resolver_run_read_keys",
                                        "Run ids read by coalesced queries (keys / batches is "
                                        "the mean batch size).", labels=["database"])
-            for role, stats in resolver.run_read_stats().items():
-                batches.add_metric([role], stats.batches)
-                keys.add_metric([role], stats.keys)
+            for role, reads in resolver.run_read_stats().items():
+                batches.add_metric([role], reads.batches)
+                keys.add_metric([role], reads.keys)
             yield from (batches, keys)
         listener = app.listener
         if listener is not None:

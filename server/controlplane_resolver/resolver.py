@@ -425,7 +425,7 @@ def _environment_scopes(env: Environment) -> tuple[str, ...]:
 
 
 def _authenticated_scopes(env: AuthenticatedEnvironment) -> tuple[str, ...]:
-    scopes = (org_scope(env.organization_id), project_scope(env.project_id))
+    scopes: tuple[str, ...] = (org_scope(env.organization_id), project_scope(env.project_id))
     if env.parent_environment_id:
         # The parent's API key is part of the answer.
         scopes += (env_scope(env.parent_environment_id),)

@@ -72,9 +72,9 @@ def supervise(processes: int, serve_child: Callable[[int], int]) -> int:
             break
         except InterruptedError:
             continue
-        slot = children.pop(pid, None)
-        if slot is None:
+        if pid not in children:
             continue
+        slot = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             worst = max(worst, code if code > 0 else 0)
