@@ -116,6 +116,12 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def invalidate_org(address: str, organization_id: str) -> None:
     with grpc.insecure_channel(address) as channel:
         resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel).Invalidate(
@@ -180,6 +186,9 @@ def main() -> None:
         run = functools.partial(load, ids_file=ids_file.name, duration=args.duration,
                                 concurrency=args.concurrency)
         ratios: dict[str, list[float]] = {"resolve_env": [], "read_run": []}
+        # Server CPU per call: steadier than throughput on a shared machine,
+        # since time stolen by neighbours does not count as our CPU.
+        cpu_per_call: dict[str, list[float]] = {"health": [], "resolve_env": [], "read_run": []}
         results: dict[str, list[dict[str, Any]]] = {}
         env_queries, batch_ratios = [], []
         coalesced = {"batches": 0.0, "keys": 0.0}
@@ -190,7 +199,10 @@ def main() -> None:
             for scenario in ("health", "resolve_env", "read_run"):
                 before_q = statement_calls(cp_dsn, '"RuntimeEnvironment"')
                 before_m = scrape(metrics_port)
+                cpu_before = cpu_seconds(server.pid)
                 r = measured[scenario] = run(address, scenario)
+                cpu_per_call[scenario].append((cpu_seconds(server.pid) - cpu_before) * 1e6
+                                              / max(1, r["calls"] + r["errors"]))
                 after_m = scrape(metrics_port)
                 if scenario == "resolve_env":
                     env_queries.append((statement_calls(cp_dsn, '"RuntimeEnvironment"')
@@ -256,6 +268,12 @@ def main() -> None:
                       if key in ratios else "")
             print(f"| {name} | {m['rps']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
                   f"{ratio:.2f}{spread} | {target} |")
+        cpu = {s: statistics.median(v) for s, v in cpu_per_call.items()}
+        print("\n| server CPU per call (median of rounds) | µs | ÷ Health/Check |")
+        print("|---|---:|---:|")
+        for name, key in (("Health/Check", "health"), ("ResolveEnv, cache hit", "resolve_env"),
+                          ("ReadRun, uncached", "read_run")):
+            print(f"| {name} | {cpu[key]:.0f} | {cpu[key] / cpu['health']:.2f} |")
         batch = med["batch_resolve_envs_100"]["items_per_s"]
         singles = med["resolve_env_uncached_singles"]["items_per_s"]
         print("\n| measure | value | target |\n|---|---:|---|")
