@@ -71,8 +71,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         latencies: list[float] = []
         errors = 0
         deadline = time.perf_counter() + args.warmup
+        warmup_calls = 0
         while time.perf_counter() < deadline:  # warm connections and code paths
             await asyncio.gather(*(call() for call, _ in calls))
+            warmup_calls += len(calls)
         start = time.perf_counter()
         stop_at = start + args.duration
 
@@ -97,6 +99,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     n = len(latencies)
     return {
         "scenario": args.scenario, "calls": n, "errors": errors, "seconds": seconds,
+        "warmup_calls": warmup_calls,
         "rps": n / seconds, "items_per_s": n * items / seconds,
         "p50_ms": latencies[n // 2] * 1000 if n else None,
         "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else None,

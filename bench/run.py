@@ -202,7 +202,8 @@ def main() -> None:
                 cpu_before = cpu_seconds(server.pid)
                 r = measured[scenario] = run(address, scenario)
                 cpu_per_call[scenario].append((cpu_seconds(server.pid) - cpu_before) * 1e6
-                                              / max(1, r["calls"] + r["errors"]))
+                                              / max(1, r["calls"] + r["errors"]
+                                                    + r["warmup_calls"]))
                 after_m = scrape(metrics_port)
                 if scenario == "resolve_env":
                     env_queries.append((statement_calls(cp_dsn, '"RuntimeEnvironment"')
