@@ -158,3 +158,17 @@ def test_missing_privilege_is_refused_with_the_grant_to_make(databases: Any,
     assert not result.allowed
     assert "run-ops" in result.reason and "pg_monitor" in result.reason
     assert PASSWORD not in result.reason
+
+
+def test_strict_setting_refuses_split_over_one_cluster(databases: Any) -> None:
+    from controlplane_resolver.config import Settings
+    from controlplane_resolver.safety import Refusal
+    from controlplane_resolver.topology import decide_split
+
+    settings = Settings(control_plane_database_url=databases.control_plane,
+                        run_ops_database_url=respelled(databases.control_plane, dbname="postgres"),
+                        run_ops_split_enabled=True, realtime_backend_native_enabled=True)
+    assert decide_split(settings).split
+    with pytest.raises(Refusal) as refused:
+        decide_split(Settings(**{**settings.__dict__, "sentinel_strict": True}))
+    assert refused.value.code == "SENTINEL_SAME_CLUSTER_OTHER_DATABASE"

@@ -94,6 +94,8 @@ OPTIONS: tuple[Option, ...] = (
            "1/true turns the run-ops split on"),
     Option("realtime_backend_native_enabled", "REALTIME_BACKEND_NATIVE_ENABLED", parse_bool,
            False, "1/true when the realtime feed reads runs natively (required for split)"),
+    Option("sentinel_strict", "RESOLVER_SENTINEL_STRICT", parse_bool, False,
+           "also refuse split when run-ops and legacy are two databases of one cluster"),
     Option("control_plane_cache_ttl_ms", "CONTROL_PLANE_CACHE_TTL_MS", parse_ms, 30_000,
            "soft TTL of cached control-plane answers; 0 disables caching"),
     Option("control_plane_cache_hard_ttl_ms", "CONTROL_PLANE_CACHE_HARD_TTL_MS", parse_ms,
@@ -163,6 +165,7 @@ class Settings:
     run_ops_legacy_database_url: str | None = None
     run_ops_split_enabled: bool = False
     realtime_backend_native_enabled: bool = False
+    sentinel_strict: bool = False
     control_plane_cache_ttl_ms: int = 30_000
     control_plane_cache_hard_ttl_ms: int = 300_000
     control_plane_cache_negative_ttl_ms: int = 5_000

@@ -66,7 +66,8 @@ def decide_split(settings: Settings, *, probe_timeout_s: float = 5.0) -> SplitDe
                       "the run-ops database or turn the split off")
     run_ops_read = settings.run_ops_database_read_replica_url or settings.run_ops_database_url
     legacy = settings.run_ops_legacy_database_url or cp_read
-    sentinel = run_sentinel(settings.run_ops_database_url, legacy, timeout_s=probe_timeout_s)
+    sentinel = run_sentinel(settings.run_ops_database_url, legacy, timeout_s=probe_timeout_s,
+                            strict=settings.sentinel_strict)
     if not sentinel.allowed:
         raise Refusal("SENTINEL_" + sentinel.verdict.name, sentinel.reason)
     dsns["run-ops"] = run_ops_read
