@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane_resolver.localpg import free_port
+
+from polling import wait_until
 
 CLI = str(Path(sys.executable).parent / "controlplane-resolver")
 
@@ -40,14 +41,13 @@ class ServerProcess:
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def wait_serving(self, timeout: float = 30.0) -> "ServerProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def serving() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}: {self.output()}")
-            if health_status(self.address) == health_pb2.HealthCheckResponse.SERVING:
-                return self
-            time.sleep(0.05)  # polling interval, not synchronisation
-        raise AssertionError(f"server at {self.address} not SERVING within {timeout}s")
+            return health_status(self.address) == health_pb2.HealthCheckResponse.SERVING
+
+        wait_until(serving, timeout, 0.05, f"server at {self.address} SERVING")
+        return self
 
     def terminate(self, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:

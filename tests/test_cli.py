@@ -14,7 +14,6 @@ import secrets
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +26,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from controlplane_resolver.config import OPTIONS
 from controlplane_resolver.localpg import free_port
 
+from polling import wait_until
 from processes import CLI
 
 PASSWORD = "s3cret"
@@ -192,20 +192,18 @@ def test_migrate_never_touches_a_database_with_platform_tables(scratch_database:
 
 def wait_for_serving(proc: subprocess.Popen[str], port: int, *, timeout_s: float) -> None:
     """Poll Health/Check until SERVING; fail early if the process exits."""
-    deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while True:
+
+        def serving() -> bool:
             assert proc.poll() is None, f"serve exited early with {proc.returncode}"
             try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
+                return stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                    health_pb2.HealthCheckResponse.SERVING
             except grpc.RpcError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise AssertionError(f"serve did not report SERVING within {timeout_s}s")
-            time.sleep(0.1)  # polling interval, not synchronisation: the loop re-checks
+                return False  # not listening yet
+
+        wait_until(serving, timeout_s, 0.1, "serve reporting SERVING")
 
 
 def test_serve_answers_serving_and_exits_cleanly_on_sigterm(databases: Any) -> None:

@@ -21,6 +21,8 @@ from controlplane_resolver.minting import FlagLookup, MintKind, decide_mint_kind
 from controlplane_resolver.residency import Residency, classify
 from controlplane_resolver_client import ResolverError, pb
 
+from polling import wait_until
+
 BASE62 = set(string.digits + string.ascii_letters)
 BASE36 = set(string.digits + string.ascii_lowercase)
 MAX_SECONDS = 2**32 - 1
@@ -28,14 +30,7 @@ MAX_SECONDS = 2**32 - 1
 
 def poll_until(condition: Callable[[], Any], *, timeout: float, interval: float = 0.02) -> Any:
     """The first truthy value of ``condition()`` within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)  # polling interval, not synchronisation
+    return wait_until(condition, timeout, interval)
 
 
 def set_flags(cp: psycopg.Connection[Any], org_id: str, flags: Any) -> None:

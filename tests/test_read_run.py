@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterator
@@ -30,10 +29,10 @@ import psycopg
 import pytest
 
 from controlplane_resolver import demo
-from controlplane_resolver.app import ResolverApp
-from controlplane_resolver.config import Settings
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.client import ResolverError
+
+from conftest import serving
 
 Conn = psycopg.Connection[Any]
 
@@ -45,41 +44,19 @@ UPDATED_AT = datetime(2025, 3, 4, 6, 7, 8, 456000)
 NANOID_ALPHABET = "123456789abcdefghijkmnopqrstuvwxyz"
 
 
-@contextmanager
-def running_server(databases: Any, **overrides: Any) -> Iterator[ResolverClient]:
-    """A real server over the session's databases (split on unless overridden)
-    and a client to it; stopped on exit."""
-    values: dict[str, Any] = {
-        "control_plane_database_url": databases.control_plane,
-        "run_ops_database_url": databases.run_ops,
-        "run_ops_split_enabled": True,
-        "realtime_backend_native_enabled": True,
-        "addr": "127.0.0.1:0",
-        "db_timeout_ms": 2000,
-        **overrides,
-    }
-    app = ResolverApp(Settings(**values))
-    app.start(pool_wait_s=10)
-    try:
-        with ResolverClient(f"127.0.0.1:{app.port}", timeout=10) as c:
-            yield c
-    finally:
-        app.stop(grace=0)
-
-
 @pytest.fixture(scope="module")
 def client(databases: Any) -> Iterator[ResolverClient]:
     """One split-mode server for the whole module: every test writes rows with
     fresh ids, so sharing its (uncached) run reads is safe and saves start-ups."""
-    with running_server(databases) as c:
-        yield c
+    with serving(databases) as running:
+        yield running.client
 
 
 @pytest.fixture(scope="module")
 def split_off_client(databases: Any) -> Iterator[ResolverClient]:
     """One server with split mode off, for the module."""
-    with running_server(databases, run_ops_split_enabled=False) as c:
-        yield c
+    with serving(databases, run_ops_split_enabled=False) as running:
+        yield running.client
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ Each test stops one of its own clusters under a real split-mode server.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,8 @@ from controlplane_resolver.config import Settings
 from controlplane_resolver.localpg import LocalCluster
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
 
+from polling import wait_until
+
 # The clusters trust local connections, so a password in the DSN is ignored
 # by the server but still travels through the resolver: it must never leak.
 PASSWORD = "s3cret"
@@ -37,14 +38,19 @@ def with_password(dsn: str) -> str:
 def retry_until(call: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
     """Call ``call`` until it stops raising ``ResolverError`` UNAVAILABLE and
     return its result; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    outcome: list[Any] = []
+
+    def answered() -> bool:
         try:
-            return call()
+            outcome.append(call())
+            return True
         except ResolverError as exc:
-            if exc.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                raise AssertionError(f"{what}: still failing after {timeout_s}s: {exc}") from exc
-        time.sleep(0.1)  # polling interval, not synchronisation: the loop re-checks
+            if exc.code != grpc.StatusCode.UNAVAILABLE:
+                raise
+            return False
+
+    wait_until(answered, timeout_s, 0.1, what)
+    return outcome[-1]
 
 
 @dataclass
