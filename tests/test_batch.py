@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from controlplane_resolver import demo
+from test_environments import concurrency_limit, set_concurrency_limit
 from conftest import serving
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.client import ResolverError
@@ -31,18 +32,6 @@ def client(databases: Any) -> Iterator[ResolverClient]:
     fresh per test, so cache entries of different tests never meet)."""
     with serving(databases) as running:
         yield running.client
-
-
-def concurrency_limit(client: ResolverClient, environment_id: str) -> int:
-    """The environment's maximum concurrency limit as ResolveEnv answers it."""
-    env = client.resolve_env(environment_id)
-    assert env is not None, f"{environment_id} did not resolve"
-    return env.maximum_concurrency_limit
-
-
-def set_concurrency_limit(cp: Conn, environment_id: str, limit: int) -> None:
-    cp.execute('UPDATE "RuntimeEnvironment" SET "maximumConcurrencyLimit" = %s WHERE "id" = %s',
-               (limit, environment_id))
 
 
 def add_run(conn: Conn, run_id: str, tenant: Any, environment_id: str, *,
