@@ -132,3 +132,44 @@ def test_many_threads_many_keys_every_answer_right():
         t.join(30)
     assert not failures
     assert c.stats.keys <= 16 * 200 and sum(calls) == c.stats.keys
+
+
+def test_after_a_batch_of_several_keys_the_next_leader_gathers():
+    table = {str(i): i for i in range(10)}
+    loader = GatedLoader(table)
+    # gather_s is long: only a full batch (max_batch) can end the wait early,
+    # so a test that passes proves the leader waited for the arrivals.
+    c = ReadCoalescer(loader, gather_s=30.0, max_batch=4)
+
+    # Batch 1 = {"0"} blocks; "1" and "2" queue behind it and form batch 2:
+    # two keys, so the coalescer now knows reads arrive concurrently.
+    lead = threading.Thread(target=c.get, args=("0",))
+    lead.start()
+    assert loader.entered.wait(5)
+    pair = [threading.Thread(target=c.get, args=(k,)) for k in ("1", "2")]
+    for t in pair:
+        t.start()
+    wait_until(lambda: c.waiting() == 2)
+    loader.release.set()
+    for t in [lead, *pair]:
+        t.join(5)
+    assert [sorted(b) for b in loader.batches] == [["0"], ["1", "2"]]
+    assert c.stats.gathered == 0  # batch 2's leader followed a 1-key batch
+
+    # Batch 3's leader follows a 2-key batch: it gathers until 4 keys queued.
+    late = [threading.Thread(target=c.get, args=(k,)) for k in ("3", "4", "5", "6")]
+    for t in late:
+        t.start()
+    for t in late:
+        t.join(10)
+    assert sorted(loader.batches[-1]) == ["3", "4", "5", "6"]
+    assert c.stats.gathered == 1
+
+
+def test_a_lone_read_never_gathers():
+    loader = GatedLoader({"a": "A"})
+    loader.release.set()
+    c = ReadCoalescer(loader, gather_s=30.0)
+    assert c.get("a") == "A"  # would take 30 s if it gathered
+    assert c.get("a") == "A"
+    assert c.stats.gathered == 0

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
-from processes import ServerProcess, health_status
+from processes import ServerProcess, free_port_pair, health_status
 from polling import wait_until
 
 
@@ -40,10 +40,8 @@ def metric(port: int, name: str) -> float | None:
 
 
 def test_processes_share_the_port_and_all_answer(databases, cp, tenant):
-    from controlplane_resolver.localpg import free_port
-
     env_id = tenant.environment(cp)
-    metrics = free_port()
+    metrics = free_port_pair()
     env = {**base_env(databases), "RESOLVER_PROCESSES": "2", "RESOLVER_LOG_FORMAT": "json",
            "RESOLVER_LOG_LEVEL": "DEBUG", "RESOLVER_METRICS_ADDR": f"127.0.0.1:{metrics}"}
     server = ServerProcess(env).wait_serving()
@@ -169,9 +167,7 @@ def test_health_command_reports_serving_and_fails_when_down(databases, start_ser
 def test_each_process_serves_its_own_metrics_port(databases):
     import urllib.request
 
-    from controlplane_resolver.localpg import free_port
-
-    base = free_port()
+    base = free_port_pair()
     env = {**base_env(databases), "RESOLVER_PROCESSES": "2",
            "RESOLVER_METRICS_ADDR": f"127.0.0.1:{base}"}
     server = ServerProcess(env).wait_serving()

@@ -204,7 +204,8 @@ class ResolverApp:
                         "set RESOLVER_LISTEN_ENABLED=0 to rely on TTLs alone")
             self.servicer.resolver = Resolver(
                 self.topology, self.cache, fill_wait_s=self.settings.db_timeout_ms / 1000,
-                mint_ksuid_enabled=self.settings.run_ops_mint_ksuid_enabled)
+                mint_ksuid_enabled=self.settings.run_ops_mint_ksuid_enabled,
+                run_read_gather_s=self.settings.run_read_gather_us / 1e6)
             if not bind_early:
                 self._serve_ports()
         except BaseException:

@@ -9,6 +9,14 @@ meanwhile queue up, and when the query ends the first of them leads the next
 batch. At low load every batch holds one key; at high load the per-query
 cost (round trip, planning, Python driver work) is shared by the batch.
 
+Under load a leader also *gathers*: when the previous batch carried more
+than one key (reads are arriving concurrently), it waits up to ``gather_s``
+for more to queue before querying, in the manner of PostgreSQL's
+``commit_delay``. A read that arrives alone (the previous batch held one
+key) never waits, so light traffic sees no added latency. Measured here
+(bench/): 0.5 ms of gathering about doubled the ids per query and cut server
+CPU per ReadRun by ~10 %.
+
 Identical keys in one batch cost one row, so identical concurrent reads
 share one query (spec section 4).
 """
@@ -16,6 +24,7 @@ share one query (spec section 4).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Hashable, Mapping, Sequence, TypeVar
 
@@ -44,6 +53,8 @@ class CoalescerStats:
     batches: int = 0
     keys: int = 0
     largest_batch: int = 0
+    #: Batches whose leader waited for more reads to queue.
+    gathered: int = 0
 
 
 class ReadCoalescer(Generic[K, V]):
@@ -55,10 +66,13 @@ class ReadCoalescer(Generic[K, V]):
     """
 
     def __init__(self, load_many: Callable[[Sequence[K]], Mapping[K, V]], *,
-                 max_batch: int = 128) -> None:
+                 max_batch: int = 128, gather_s: float = 0.0) -> None:
         self._load_many = load_many
         self._max_batch = max_batch
+        self._gather_s = gather_s
+        self._last_batch = 1
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._queue: list[_Waiter[K, V]] = []
         self._busy = False
         self.stats = CoalescerStats()
@@ -77,6 +91,8 @@ class ReadCoalescer(Generic[K, V]):
             self._queue.append(me)
             if not self._busy:
                 self._busy = me.lead = True
+            elif self._gather_s:
+                self._arrived.notify()  # a gathering leader counts arrivals
         if not me.lead and not me.done.wait(timeout):
             with self._lock:
                 if me in self._queue and not me.lead:
@@ -92,8 +108,10 @@ class ReadCoalescer(Generic[K, V]):
 
     def _run_batch(self) -> None:
         with self._lock:
+            self._gather()
             batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
         keys = list(dict.fromkeys(w.key for w in batch))
+        self._last_batch = len(batch)
         stats = self.stats
         stats.batches += 1
         stats.keys += len(keys)
@@ -119,3 +137,16 @@ class ReadCoalescer(Generic[K, V]):
         for w in batch:
             if not w.lead:
                 w.done.set()
+
+    def _gather(self) -> None:
+        """Under the lock: after a batch of several keys, wait up to
+        ``gather_s`` (or until the batch is full) for more to queue."""
+        if not self._gather_s or self._last_batch < 2:
+            return
+        self.stats.gathered += 1
+        deadline = time.monotonic() + self._gather_s
+        while len(self._queue) < self._max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._arrived.wait(left)

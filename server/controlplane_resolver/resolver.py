@@ -78,14 +78,16 @@ class Resolver:
     """The resolver's operations over one :class:`Topology` and one :class:`Cache`."""
 
     def __init__(self, topology: Topology, cache: Cache, *, fill_wait_s: float = 5.0,
-                 mint_ksuid_enabled: bool = False) -> None:
+                 mint_ksuid_enabled: bool = False, run_read_gather_s: float = 0.0) -> None:
         self.topology = topology
         self.cache = cache
         self._fill_wait_s = fill_wait_s
         # Concurrent run reads against one database share queries.
         self._pinned = {db: PinnedConnection(db) for db in topology.databases}
-        self._run_readers = {db: ReadCoalescer(functools.partial(_load_runs, self._pinned[db]))
-                             for db in topology.databases}
+        self._run_readers = {
+            db: ReadCoalescer(functools.partial(_load_runs, self._pinned[db]),
+                              gather_s=run_read_gather_s)
+            for db in topology.databases}
         #: RUN_OPS_MINT_KSUID_ENABLED: the master switch of ksuid minting.
         self.mint_ksuid_enabled = mint_ksuid_enabled
 
