@@ -39,6 +39,9 @@ def make_call(scenario: str, channel: grpc.aio.Channel, ids: dict[str, list[str]
     if scenario == "resolve_env":
         requests = [pb.ResolveEnvRequest(environment_id=e) for e in envs]
         return (lambda: stub.ResolveEnv(rng.choice(requests))), 1
+    if scenario == "classify":
+        requests = [pb.ClassifyRunIdRequest(id=r) for r in runs]
+        return (lambda: stub.ClassifyRunId(rng.choice(requests))), 1
     if scenario == "read_run":
         requests = [pb.ReadRunRequest(run_id=r) for r in runs]
         return (lambda: stub.ReadRun(rng.choice(requests))), 1

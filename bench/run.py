@@ -8,6 +8,8 @@ Each round measures, on the same server and back to back:
 
 * ``health`` — grpc.health.v1.Health/Check: the floor for this stack (a call
   that does no work); the ratios below are to this round's floor;
+* ``classify`` — ClassifyRunId: our servicer with no I/O and no cache, a
+  reference for what any call with a payload costs on this stack;
 * ``resolve_env`` — ResolveEnv over 100 hot environments: cache hits, and the
   control-plane queries they cost per 1,000 calls (pg_stat_statements);
 * ``read_run`` — ReadRun of new-shape runs: never cached, database-bound, and
@@ -185,10 +187,11 @@ def main() -> None:
 
         run = functools.partial(load, ids_file=ids_file.name, duration=args.duration,
                                 concurrency=args.concurrency)
-        ratios: dict[str, list[float]] = {"resolve_env": [], "read_run": []}
+        ratios: dict[str, list[float]] = {"classify": [], "resolve_env": [], "read_run": []}
         # Server CPU per call: steadier than throughput on a shared machine,
         # since time stolen by neighbours does not count as our CPU.
-        cpu_per_call: dict[str, list[float]] = {"health": [], "resolve_env": [], "read_run": []}
+        cpu_per_call: dict[str, list[float]] = {"health": [], "classify": [], "resolve_env": [],
+                                                "read_run": []}
         results: dict[str, list[dict[str, Any]]] = {}
         env_queries, batch_ratios = [], []
         coalesced = {"batches": 0.0, "keys": 0.0}
@@ -196,7 +199,7 @@ def main() -> None:
             # Steady state: the hot environments are cached before measuring.
             run(address, "resolve_env", duration=0.5)
             measured = {}
-            for scenario in ("health", "resolve_env", "read_run"):
+            for scenario in ("health", "classify", "resolve_env", "read_run"):
                 before_q = statement_calls(cp_dsn, '"RuntimeEnvironment"')
                 before_m = scrape(metrics_port)
                 cpu_before = cpu_seconds(server.pid)
@@ -261,6 +264,8 @@ def main() -> None:
               "| target |")
         print("|---|---:|---:|---:|---:|---|")
         for name, key, target in (("Health/Check (floor)", "health", ""),
+                                  ("ClassifyRunId (no I/O: our servicer's own floor)",
+                                   "classify", ""),
                                   ("ResolveEnv, cache hit", "resolve_env", ">= 0.95"),
                                   ("ReadRun, uncached", "read_run", ">= 0.6")):
             m = med[key]
@@ -272,7 +277,8 @@ def main() -> None:
         cpu = {s: statistics.median(v) for s, v in cpu_per_call.items()}
         print("\n| server CPU per call (median of rounds) | µs | ÷ Health/Check |")
         print("|---|---:|---:|")
-        for name, key in (("Health/Check", "health"), ("ResolveEnv, cache hit", "resolve_env"),
+        for name, key in (("Health/Check", "health"), ("ClassifyRunId", "classify"),
+                          ("ResolveEnv, cache hit", "resolve_env"),
                           ("ReadRun, uncached", "read_run")):
             print(f"| {name} | {cpu[key]:.0f} | {cpu[key] / cpu['health']:.2f} |")
         batch = med["batch_resolve_envs_100"]["items_per_s"]
