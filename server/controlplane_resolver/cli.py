@@ -144,6 +144,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     print("configuration OK")
     for line in decision.describe():
         print("  " + line)
+    print("settings (DSNs redacted):")
+    for name, value in settings.public_items():
+        print(f"  {name} = {value}")
     return 0
 
 

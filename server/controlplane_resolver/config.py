@@ -28,34 +28,26 @@ def parse_bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean: use 1/true or 0/false")
 
 
-def parse_ms(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number of milliseconds") from None
-    if value < 0:
-        raise ConfigError(f"{name}={raw!r} must be 0 or more")
-    return value
+def whole_number(unit: str = "", minimum: int = 0) -> Callable[[str, str], int]:
+    """A parser of whole numbers of ``unit`` that are at least ``minimum``;
+    its errors name the setting, the unit and the bound."""
+    what = f"a whole number of {unit}" if unit else "a whole number"
+
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not {what}") from None
+        if value < minimum:
+            raise ConfigError(f"{name}={raw!r} must be {minimum} or more")
+        return value
+
+    return parse
 
 
-def parse_microseconds(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number of microseconds") from None
-    if value < 0:
-        raise ConfigError(f"{name}={raw!r} must be 0 or more")
-    return value
-
-
-def parse_positive(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
-    if value < 1:
-        raise ConfigError(f"{name}={raw!r} must be 1 or more")
-    return value
+parse_ms = whole_number("milliseconds")
+parse_microseconds = whole_number("microseconds")
+parse_positive = whole_number(minimum=1)
 
 
 def parse_dsn(name: str, raw: str) -> str:

@@ -37,8 +37,7 @@ class Database:
     so an operator can tell which database failed.
     """
 
-    def __init__(self, role: str, dsn: str, *, max_size: int, timeout_s: float,
-                 open_wait: bool = True) -> None:
+    def __init__(self, role: str, dsn: str, *, max_size: int, timeout_s: float) -> None:
         self.role = role
         self.label = redact_dsn(dsn)
         self.timeout_s = timeout_s
@@ -63,7 +62,6 @@ class Database:
             # the pool discards it on return.
             reconnect_timeout=24 * 3600,
         )
-        self._open_wait = open_wait
 
     def open(self, wait_s: float | None = None, cancel: threading.Event | None = None) -> None:
         """Open the pool; with ``wait_s``, wait until one connection works.
