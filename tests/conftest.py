@@ -31,6 +31,8 @@ from controlplane_resolver.localpg import LocalCluster
 from controlplane_resolver.migrate import migrate
 from controlplane_resolver_client import ResolverClient
 
+from credentials import pki, tokens  # noqa: F401  (fixtures for the security tests)
+
 
 #: Lets tests count the queries a database really ran (pg_stat_statements).
 STAT_STATEMENTS = {"shared_preload_libraries": "pg_stat_statements"}

@@ -27,8 +27,7 @@ from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_
 
 from conftest import Running, Tenant
 from polling import wait_until
-from test_security import (CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify, pki,  # noqa: F401
-                           tokens)
+from credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify
 
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["ControlPlaneResolverService"].methods]
 #: Every code a call of ours can end with, and the ones the issue names.

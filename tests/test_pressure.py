@@ -22,7 +22,7 @@ from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_
 from conftest import Running, Tenant
 from test_observability import handled, scrape
 from polling import wait_until
-from test_security import classify
+from credentials import classify
 
 LOCK = 'LOCK TABLE "RuntimeEnvironment" IN ACCESS EXCLUSIVE MODE'
 
