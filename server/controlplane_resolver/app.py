@@ -162,7 +162,8 @@ class ResolverApp:
         return port
 
     def start(self, *, pool_wait_s: float | None = None,
-              cancel: threading.Event | None = None) -> None:
+              cancel: threading.Event | None = None,
+              decision: SplitDecision | None = None) -> None:
         """Check, bind, open pools and the listener, then report SERVING.
 
         Raises :class:`~controlplane_resolver.safety.Refusal` (before binding)
@@ -171,10 +172,12 @@ class ResolverApp:
         does not answer within ``pool_wait_s`` (default: the start-up
         timeout setting), :class:`~controlplane_resolver.database.StartCancelled`
         once ``cancel`` is set. Either way the server is stopped again.
+        ``decision`` is a split decision already taken (by the parent of
+        ``--processes N``); the checks then do not run again.
         """
         if pool_wait_s is None:
             pool_wait_s = self.settings.startup_timeout_ms / 1000
-        self.decision = decide_split(self.settings)
+        self.decision = decision or decide_split(self.settings)
         for line in self.decision.describe():
             log.info("%s", line)
         # One of several processes sharing the port binds only once ready:

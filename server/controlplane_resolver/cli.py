@@ -34,7 +34,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.load(os.environ, vars(args))
 
 
-def _serve_until_signalled(settings: Settings, *, on_ready: Any = None) -> int:
+def _serve_until_signalled(settings: Settings, *, on_ready: Any = None,
+                           decision: Any = None) -> int:
     """Serve until SIGTERM/SIGINT, then drain (pause and grace from settings)."""
     from .app import ResolverApp  # grpc is imported only by commands that serve
 
@@ -48,7 +49,7 @@ def _serve_until_signalled(settings: Settings, *, on_ready: Any = None) -> int:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     try:
-        app.start(cancel=stop)
+        app.start(cancel=stop, decision=decision)
     except StartCancelled:
         log.info("stopped during start-up")
         return 0
@@ -67,10 +68,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .supervisor import supervise
     from .topology import decide_split
 
-    # Refuse once, in the parent, before any child binds the port.
-    decide_split(settings)
+    # Check once, in the parent, before any child binds the port; the
+    # children inherit the decision (the databases' identities do not change).
+    decision = decide_split(settings)
     return supervise(settings.processes,
-                     lambda slot: _serve_until_signalled(_for_process(settings, slot)))
+                     lambda slot: _serve_until_signalled(_for_process(settings, slot),
+                                                         decision=decision))
 
 
 def _for_process(settings: Settings, slot: int) -> Settings:
