@@ -18,6 +18,7 @@ shape of the identifier the caller gives decides the route.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ import grpc
 import psycopg
 import pytest
 
-from controlplane_resolver import demo
+from controlplane_resolver import demo, queries
+from controlplane_resolver.model import TaskRun
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.client import ResolverError
 
@@ -329,3 +331,9 @@ def test_run_whose_environment_id_is_malformed_is_environment_unresolved(
     assert read.run.id == written.id
     assert read.environment_unresolved
     assert not read.HasField("environment")
+
+
+def test_run_columns_are_in_task_run_field_order() -> None:
+    """Rows become TaskRuns positionally: the SELECT list and the dataclass
+    must name the same fields in the same order."""
+    assert [f for f, _column in queries.RUN_FIELDS] == [f.name for f in dataclasses.fields(TaskRun)]

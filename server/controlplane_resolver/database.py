@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .config import redact_dsn
@@ -120,6 +120,11 @@ class Database:
         with self.connection() as conn:
             return conn.execute(sql, params).fetchall()
 
+    def fetch_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows as tuples (for statements whose column order is the contract)."""
+        with self.connection() as conn:
+            return conn.cursor(row_factory=tuple_row).execute(sql, params).fetchall()
+
     def _unavailable(self, what: str) -> Unavailable:
         log.warning("database %s (%s) unavailable: %s", self.role, self.label, what)
         return Unavailable(
@@ -132,28 +137,33 @@ class PinnedConnection:
     """One pool connection kept checked out for a serial user.
 
     The run reader of a database runs one batch at a time (coalescing.py),
-    so it can keep a connection instead of checking one out of the pool and
-    back in for every query. A failed query returns the connection to the
-    pool (which discards it if broken) and the next query takes a new one.
-    Not thread-safe: one caller at a time.
+    so it can keep a connection, and one cursor on it, instead of checking a
+    connection out of the pool and back in and making a cursor for every
+    query (together about a fifth of a run read's CPU, measured). A failed
+    query returns the connection to the pool (which discards it if broken)
+    and the next query takes a new one. Not thread-safe: one caller at a time.
     """
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self._conn: psycopg.Connection[Row] | None = None
+        self._cursor: psycopg.Cursor[tuple[Any, ...]] | None = None
 
-    def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    def fetch_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows as tuples."""
         with self.db.translated_errors():
             if self._conn is None:
                 self._conn = self.db.pool.getconn(timeout=self.db.timeout_s)
             try:
-                return self._conn.execute(sql, params).fetchall()
+                if self._cursor is None:
+                    self._cursor = self._conn.cursor(row_factory=tuple_row)
+                return self._cursor.execute(sql, params).fetchall()
             except BaseException:
                 self.release()
                 raise
 
     def release(self) -> None:
         """Give the connection back to the pool (before the pool closes)."""
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._cursor = self._conn, None, None
         if conn is not None:
             self.db.pool.putconn(conn)
