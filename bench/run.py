@@ -51,6 +51,8 @@ from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 STATS = {"shared_preload_libraries": "pg_stat_statements"}
+#: One round: every scenario between two measurements of the floor.
+ROUND = ("health", "classify", "health", "resolve_env", "health", "read_run", "health")
 
 
 def seed(cp_dsn: str, ro_dsn: str, environments: int, runs: int) -> dict[str, list[str]]:
@@ -150,8 +152,8 @@ async def stampede(address: str, env_id: str, n: int = 64) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds per scenario run")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=1.5, help="seconds per scenario run")
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--environments", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=5000)
@@ -198,16 +200,22 @@ def main() -> None:
         for round_no in range(1, args.rounds + 1):
             # Steady state: the hot environments are cached before measuring.
             run(address, "resolve_env", duration=0.5)
-            measured = {}
-            for scenario in ("health", "classify", "resolve_env", "read_run"):
+            measured: dict[str, dict[str, Any]] = {}
+            floors: list[float] = []
+            for scenario in ROUND:
                 before_q = statement_calls(cp_dsn, '"RuntimeEnvironment"')
                 before_m = scrape(metrics_port)
                 cpu_before = cpu_seconds(server.pid)
-                r = measured[scenario] = run(address, scenario)
+                r = run(address, scenario)
                 cpu_per_call[scenario].append((cpu_seconds(server.pid) - cpu_before) * 1e6
                                               / max(1, r["calls"] + r["errors"]
                                                     + r["warmup_calls"]))
                 after_m = scrape(metrics_port)
+                if scenario == "health":
+                    floors.append(r["rps"])
+                    results.setdefault(scenario, []).append(r)
+                else:
+                    measured[scenario] = r
                 if scenario == "resolve_env":
                     env_queries.append((statement_calls(cp_dsn, '"RuntimeEnvironment"')
                                         - before_q) * 1000 / max(1, r["calls"]))
@@ -215,18 +223,20 @@ def main() -> None:
                     for k in coalesced:
                         coalesced[k] += (after_m.get(f"resolver_run_read_{k}_total", 0)
                                          - before_m.get(f"resolver_run_read_{k}_total", 0))
+            # Each scenario against the floor measured just before and just
+            # after it: the machine is shared, and its speed drifts within
+            # seconds, so a floor from another moment would add that drift.
+            for i, scenario in enumerate(s for s in ROUND if s != "health"):
+                ratios[scenario].append(measured[scenario]["rps"]
+                                        / statistics.mean(floors[i:i + 2]))
             for scenario in ("batch_resolve_envs_100", "resolve_env_uncached_singles"):
                 # Each starts cold, so both pay for their loads.
                 invalidate_org(address, _org_of(cp_dsn))
                 measured[scenario] = run(address, scenario)
+            print(f"  round {round_no}  Health/Check {statistics.mean(floors):8.0f} calls/s  "
+                  + "  ".join(f"{s} {measured[s]['rps']:.0f}" for s in measured), flush=True)
             for scenario, r in measured.items():
                 results.setdefault(scenario, []).append(r)
-                print(f"  round {round_no}  {scenario:30s} {r['rps']:8.0f} calls/s  "
-                      f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
-                      f"errors {r['errors']}", flush=True)
-            # Ratios are taken within a round: the machine is shared and noisy.
-            for scenario in ratios:
-                ratios[scenario].append(measured[scenario]["rps"] / measured["health"]["rps"])
             batch_ratios.append(measured["batch_resolve_envs_100"]["items_per_s"]
                                 / measured["resolve_env_uncached_singles"]["items_per_s"])
 
@@ -238,6 +248,26 @@ def main() -> None:
             stampede_queries.append(statement_calls(cp_dsn, 'FROM "RuntimeEnvironment" e')
                                     - before)
             assert failures == 0, f"{failures} stampede calls failed"
+        server.terminate()
+        server.wait(15)
+        server = None
+
+        # The issue's calibration ("a naive pool with a transaction per lookup
+        # reaches about 0.45 here"): that ReadRun, on this machine, against
+        # its own server's floor (bench/naive_reference.py).
+        naive_address = f"127.0.0.1:{free_port()}"
+        naive_env = {**env, "RESOLVER_ADDR": naive_address}
+        naive_env.pop("RESOLVER_METRICS_ADDR")
+        server = subprocess.Popen([sys.executable, str(HERE / "naive_reference.py")],
+                                  env=naive_env, stdout=log, stderr=subprocess.STDOUT)
+        wait_serving(naive_address)
+        naive_ratios, naive_rps = [], []
+        for _ in range(max(3, args.rounds // 2)):
+            before = run(naive_address, "health")["rps"]
+            naive = run(naive_address, "read_run")["rps"]
+            after = run(naive_address, "health")["rps"]
+            naive_ratios.append(naive / statistics.mean((before, after)))
+            naive_rps.append(naive)
         server.terminate()
         server.wait(15)
         server = None
@@ -270,10 +300,11 @@ def main() -> None:
                                   ("ReadRun, uncached", "read_run", ">= 0.6")):
             m = med[key]
             ratio = statistics.median(ratios[key]) if key in ratios else 1.0
-            spread = (f" ({min(ratios[key]):.2f}–{max(ratios[key]):.2f})"
-                      if key in ratios else "")
             print(f"| {name} | {m['rps']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
-                  f"{ratio:.2f}{spread} | {target} |")
+                  f"{ratio:.2f}{_quartiles(ratios.get(key))} | {target} |")
+        print(f"| ReadRun, naive pool + transaction per lookup (reference server) | "
+              f"{statistics.median(naive_rps):.0f} | | | {statistics.median(naive_ratios):.2f}"
+              f"{_quartiles(naive_ratios)} | the issue: ~0.45 |")
         cpu = {s: statistics.median(v) for s, v in cpu_per_call.items()}
         print("\n| server CPU per call (median of rounds) | µs | ÷ Health/Check |")
         print("|---|---:|---:|")
@@ -297,8 +328,13 @@ def main() -> None:
             print(f"| `serve --processes 2` ÷ 1 process, {s} (8 connections) | "
                   f"{scaling[2][s] / scaling[1][s]:.2f} ({scaling[2][s]:.0f} / "
                   f"{scaling[1][s]:.0f}) | |")
-        print(f"\n{args.rounds} rounds of {args.duration:g} s per scenario, {args.concurrency} "
-              f"calls in flight, client in its own process; machine: {os.cpu_count()} cores.")
+        print(f"| ReadRun ratio ÷ the naive reference's ratio | "
+              f"{statistics.median(ratios['read_run']) / statistics.median(naive_ratios):.2f} | "
+              f"the issue: 0.6 / 0.45 = 1.33 |")
+        print(f"\n{args.rounds} rounds of {args.duration:g} s per scenario, each scenario between two "
+              f"floor measurements; ratios are medians of rounds (interquartile range in "
+              f"brackets); {args.concurrency} calls in flight, client in its own process; "
+              f"machine: {os.cpu_count()} cores.")
         print(f"reproduce: .venv/bin/python bench/run.py --duration {args.duration:g} "
               f"--rounds {args.rounds} --concurrency {args.concurrency}")
     finally:
@@ -307,6 +343,14 @@ def main() -> None:
             server.wait(15)
         for c in clusters:
             c.destroy()
+
+
+def _quartiles(values: list[float] | None) -> str:
+    """`` (q1–q3)`` of per-round ratios: how far one round can be trusted."""
+    if not values or len(values) < 2:
+        return ""
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return f" ({q1:.2f}–{q3:.2f})"
 
 
 def _org_of(cp_dsn: str) -> str:
