@@ -24,6 +24,7 @@ import pytest
 
 from controlplane_resolver.cache import (
     ABSENT,
+    MISSING,
     Cache,
     FlightTimeout,
     Slot,
@@ -262,6 +263,25 @@ def test_peek_never_loads_and_sees_only_fresh_entries(cache: Cache, clock: FakeC
     assert cache.peek(SLOT, "e1") == (True, "value")
     clock.advance(SOFT)  # stale: a batch read must load it rather than use it
     assert cache.peek(SLOT, "e1") == (False, None)
+
+
+def test_fresh_answers_hits_only_and_counts_nothing_on_a_miss(cache: Cache,
+                                                            clock: FakeClock) -> None:
+    assert cache.fresh(SLOT, "e1") is MISSING
+    env_get(cache, "e1", CountingLoad("value"))
+    env_get(cache, "gone", CountingLoad(ABSENT))
+    stats = cache.stats(SLOT)
+    assert (stats.hits, stats.negative_hits, stats.misses) == (0, 0, 2)
+
+    assert cache.fresh(SLOT, "e1") == "value"
+    assert cache.fresh(SLOT, "gone") is ABSENT
+    assert (stats.hits, stats.negative_hits, stats.misses) == (1, 1, 2)
+
+    cache.invalidate_environment("e1")
+    assert cache.fresh(SLOT, "e1") is MISSING  # invalidated: get() must reload it
+    clock.advance(SOFT)
+    assert cache.fresh(SLOT, "gone") is MISSING  # past its (negative) lifetime
+    assert (stats.hits, stats.negative_hits, stats.misses) == (1, 1, 2)
 
 
 # ------------------------------------------------------ confirmed absence

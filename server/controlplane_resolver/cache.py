@@ -65,6 +65,17 @@ class _Absent:
 #: A confirmed absence: the database answered and the row is not there.
 ABSENT: Any = _Absent()
 
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+#: What :meth:`Cache.fresh` returns when there is no fresh, valid entry.
+MISSING: Any = _Missing()
+
 GLOBAL_SCOPE = "*"
 
 
@@ -325,22 +336,40 @@ class Cache:
             raise flight.error
         return flight.value
 
-    def peek(self, slot: Slot, key: Hashable) -> tuple[bool, Any]:
-        """``(True, value)`` for a fresh, valid entry, else ``(False, None)``;
-        never loads. Used by batch reads to split hits from misses."""
+    def fresh(self, slot: Slot, key: Hashable) -> Any:
+        """The value (or :data:`ABSENT`) of a fresh, valid entry, counted as a
+        hit; else :data:`MISSING`, counted as nothing (the caller goes on to
+        :meth:`get`, which counts it). Never loads and never waits.
+
+        The hot path's first step: callers check here before they build what
+        a miss needs (a load, its scopes, the id check). Under concurrency a
+        hit's time is paid several times over in throughput, since every
+        thread shares one GIL with grpcio's polling thread (README,
+        Benchmarks)."""
         store = self._slots[slot]
         now = self._clock()
         with store.lock:
             entry = store.entries.get(key)
-            if (entry is not None and now < entry.soft_deadline
-                    and self.versions.is_current(entry.stamp, entry.scopes)):
-                if entry.value is ABSENT:
-                    store.stats.negative_hits += 1
-                else:
-                    store.stats.hits += 1
-                return True, entry.value
-            store.stats.misses += 1
+        if (entry is None or now >= entry.soft_deadline
+                or not self.versions.is_current(entry.stamp, entry.scopes)):
+            return MISSING
+        if entry.value is ABSENT:
+            store.stats.negative_hits += 1
+            callinfo.note("cache", "negative_hit")
+        else:
+            store.stats.hits += 1
+            callinfo.note("cache", "hit")
+        return entry.value
+
+    def peek(self, slot: Slot, key: Hashable) -> tuple[bool, Any]:
+        """``(True, value)`` for a fresh, valid entry, else ``(False, None)``
+        counted as a miss; never loads. Used by batch reads to split hits
+        from misses."""
+        value = self.fresh(slot, key)
+        if value is MISSING:
+            self._slots[slot].stats.misses += 1
             return False, None
+        return True, value
 
     def put(self, slot: Slot, key: Hashable, value: Any, *, stamp: int,
             scopes: tuple[str, ...]) -> bool:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import psycopg
 
 from . import callinfo, minting, queries, waitpoints
-from .cache import (ABSENT, Cache, FlightTimeout, Slot, SlotPolicy, env_scope, org_scope,
+from .cache import (ABSENT, MISSING, Cache, FlightTimeout, Slot, SlotPolicy, env_scope, org_scope,
                     project_scope, worker_versions_scope)
 from .coalescing import CoalescerStats, ReadCoalescer, WaitTimeout
 from .config import Settings
@@ -134,38 +134,43 @@ class Resolver:
 
     # --------------------------------------------------------- environments
 
+    def _environment_answer(self, slot: Slot, environment_id: str,
+                            query: Callable[[Database, str], Any],
+                            scopes_of: Callable[[Any], tuple[str, ...]] | None = None) -> Any:
+        """``slot``'s cached answer for an environment; on a miss, loaded by
+        ``query(control_plane, id)`` (falsy = absent). Raises NotFound when
+        absent.
+
+        A fresh hit returns before anything else is built or checked: this
+        is the service's hottest path. It needs no id check, since only
+        checked ids are ever stored."""
+        value = self.cache.fresh(slot, environment_id)
+        if value is MISSING:
+            env_id = checked_id(environment_id, "environment_id")
+            value = self._cached(slot, env_id,
+                                 lambda: query(self.control_plane, env_id) or ABSENT,
+                                 scopes=(env_scope(env_id),), scopes_of=scopes_of)
+        if value is ABSENT:
+            raise _env_not_found(environment_id)
+        return value
+
     def resolve_env(self, environment_id: str) -> Environment:
         """The environment's ResolveEnv shape. Raises NotFound when absent."""
-        env_id = checked_id(environment_id, "environment_id")
-        value = self._cached(
-            Slot.ENVIRONMENT, env_id,
-            lambda: queries.environment(self.control_plane, env_id) or ABSENT,
-            scopes=(env_scope(env_id),), scopes_of=_environment_scopes)
-        if value is ABSENT:
-            raise _env_not_found(env_id)
-        return value
+        env: Environment = self._environment_answer(
+            Slot.ENVIRONMENT, environment_id, queries.environment, _environment_scopes)
+        return env
 
     def resolve_authenticated_env(self, environment_id: str) -> AuthenticatedEnvironment:
         """The environment with secrets and relations. NotFound when absent or
         when its project is soft-deleted."""
-        env_id = checked_id(environment_id, "environment_id")
-        value = self._cached(
-            Slot.AUTHENTICATED_ENVIRONMENT, env_id,
-            lambda: queries.authenticated_environment(self.control_plane, env_id) or ABSENT,
-            scopes=(env_scope(env_id),), scopes_of=_authenticated_scopes)
-        if value is ABSENT:
-            raise _env_not_found(env_id)
-        return value
+        env: AuthenticatedEnvironment = self._environment_answer(
+            Slot.AUTHENTICATED_ENVIRONMENT, environment_id, queries.authenticated_environment,
+            _authenticated_scopes)
+        return env
 
     def assert_env_exists(self, environment_id: str) -> None:
         """Return when the environment exists; raise NotFound otherwise."""
-        env_id = checked_id(environment_id, "environment_id")
-        exists = self._cached(
-            Slot.ENV_EXISTS, env_id,
-            lambda: True if queries.environment_exists(self.control_plane, env_id) else ABSENT,
-            scopes=(env_scope(env_id),))
-        if exists is ABSENT:
-            raise _env_not_found(env_id)
+        self._environment_answer(Slot.ENV_EXISTS, environment_id, queries.environment_exists)
 
     def batch_resolve_envs(self, environment_ids: Sequence[str]) -> list[tuple[str, Environment | None]]:
         """ResolveEnv for many ids: ``(id, environment or None)`` in request
