@@ -2,12 +2,13 @@
 driven by a separate client process (bench/load.py). Reports ratios
 measured in one run, because this machine is shared and noisy.
 
-    make bench        # or: .venv/bin/python bench/run.py [--duration 3 --rounds 3]
+    make bench        # or: .venv/bin/python bench/run.py [--duration 2 --rounds 12]
 
 Each round measures, on the same server and back to back:
 
 * ``health`` — grpc.health.v1.Health/Check: the floor for this stack (a call
-  that does no work); the ratios below are to this round's floor;
+  that does no work), measured before and after each scenario below; each
+  scenario's ratio is to the mean of the two floors around it;
 * ``classify`` — ClassifyRunId: our servicer with no I/O and no cache, a
   reference for what any call with a payload costs on this stack;
 * ``resolve_env`` — ResolveEnv over 100 hot environments: cache hits, and the
@@ -18,9 +19,11 @@ Each round measures, on the same server and back to back:
   resolved per second by batches of 100 versus single calls, both starting
   from a cold cache.
 
-Then: the queries one stampede of 64 concurrent cold calls on one key costs,
-and throughput of ``serve --processes 2`` over 1 process (8 connections).
-The report prints medians over rounds and the command that reproduces it.
+Then: the queries one stampede of 64 concurrent cold calls on one key costs;
+ReadRun on bench/naive_reference.py (the issue's naive reference) against
+that server's own floor; and throughput of ``serve --processes 2`` over 1
+process (8 connections). The report prints medians over rounds with
+interquartile ranges, and the command that reproduces it.
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ class _Signal:
     the Event's condition lock, which the waker may still hold, so a
     hand-off can cost an extra context switch. This is the hand-off of every
     coalesced ReadRun; measured here, one to two fewer context switches per
-    ReadRun (bench/, ``voluntary_ctxt_switches`` of the server's threads).
+    ReadRun (the server threads' ``voluntary_ctxt_switches`` under
+    bench/load.py).
     """
 
     __slots__ = ("_lock",)

@@ -139,7 +139,7 @@ class PinnedConnection:
     The run reader of a database runs one batch at a time (coalescing.py),
     so it can keep a connection, and one cursor on it, instead of checking a
     connection out of the pool and back in and making a cursor for every
-    query (together about a fifth of a run read's CPU, measured). A failed
+    query (a new cursor alone cost a fifth of the query's CPU here). A failed
     query returns the connection to the pool (which discards it if broken)
     and the next query takes a new one. Not thread-safe: one caller at a time.
     """

@@ -13,8 +13,8 @@ from typing import Any, Callable, Sequence
 import psycopg
 
 from . import callinfo, minting, queries, waitpoints
-from .cache import (ABSENT, MISSING, Cache, FlightTimeout, Slot, SlotPolicy, env_scope, org_scope,
-                    project_scope, worker_versions_scope)
+from .cache import (ABSENT, MISSING, Cache, FlightTimeout, Slot, SlotPolicy, env_scope,
+                    org_scope, project_scope, worker_versions_scope)
 from .coalescing import CoalescerStats, ReadCoalescer, WaitTimeout
 from .config import Settings
 from .database import Database, PinnedConnection
