@@ -241,6 +241,17 @@ class _SlotStore:
         self.flights: dict[Hashable, _Flight] = {}
 
 
+def _hit(store: _SlotStore, entry: _Entry) -> Any:
+    """Count and note a served fresh entry; return its value."""
+    if entry.value is ABSENT:
+        store.stats.negative_hits += 1
+        callinfo.note("cache", "negative_hit")
+    else:
+        store.stats.hits += 1
+        callinfo.note("cache", "hit")
+    return entry.value
+
+
 class Cache:
     """The slots, their policies and the shared :class:`Versions`.
 
@@ -297,13 +308,7 @@ class Cache:
             entry = store.entries.get(key)
             if entry is not None and self.versions.is_current(entry.stamp, entry.scopes):
                 if now < entry.soft_deadline:
-                    if entry.value is ABSENT:
-                        store.stats.negative_hits += 1
-                        callinfo.note("cache", "negative_hit")
-                    else:
-                        store.stats.hits += 1
-                        callinfo.note("cache", "hit")
-                    return entry.value
+                    return _hit(store, entry)
                 # Between soft and hard: serve stale, refresh in the background.
                 store.stats.stale_serves += 1
                 callinfo.note("cache", "stale")
@@ -351,13 +356,7 @@ class Cache:
         if (entry is None or now >= entry.soft_deadline
                 or not self.versions.is_current(entry.stamp, entry.scopes)):
             return MISSING
-        if entry.value is ABSENT:
-            store.stats.negative_hits += 1
-            callinfo.note("cache", "negative_hit")
-        else:
-            store.stats.hits += 1
-            callinfo.note("cache", "hit")
-        return entry.value
+        return _hit(store, entry)
 
     def peek(self, slot: Slot, key: Hashable) -> tuple[bool, Any]:
         """``(True, value)`` for a fresh, valid entry, else ``(False, None)``
