@@ -56,15 +56,17 @@ class Metrics:
                                  registry=self.registry,
                                  buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25,
                                           .5, 1, 2.5, 5, 10))
-        self._series: dict[tuple[str, str], MethodSeries] = {}
+        self._series: dict[str, MethodSeries] = {}
 
-    def series(self, service: str, method: str) -> "MethodSeries":
-        """The label children of one method, created once: ``labels()``
-        takes a lock and builds a key, which the hot path should not pay."""
-        key = (service, method)
-        found = self._series.get(key)
+    def series(self, full_method: str) -> "MethodSeries":
+        """The label children of one method (``/pkg.Service/Method``),
+        created once: splitting the name and ``labels()`` (which takes a lock
+        and builds a key) are not for every call."""
+        found = self._series.get(full_method)
         if found is None:
-            found = self._series[key] = MethodSeries(
+            service, method = split_method(full_method)
+            found = self._series[full_method] = MethodSeries(
+                method=method,
                 started=self.started.labels("unary", service, method),
                 seconds=self.seconds.labels("unary", service, method),
                 handled=lambda code: self.handled.labels("unary", service, method, code))
@@ -73,11 +75,9 @@ class Metrics:
     def preregister(self, methods: Iterable[str]) -> None:
         """Create every method × code series at zero."""
         for full in methods:
-            service, method = split_method(full)
-            self.started.labels("unary", service, method)
-            self.seconds.labels("unary", service, method)
+            series = self.series(full)
             for code in EXPECTED_CODES:
-                self.handled.labels("unary", service, method, code)
+                series.handled_with(code)
 
     def serve_http(self, addr: str) -> int:
         """Expose ``/metrics`` on ``addr`` (``host:port``, ``[v6]:port`` or
@@ -98,6 +98,7 @@ class Metrics:
 
 @dataclass
 class MethodSeries:
+    method: str
     started: Any
     seconds: Any
     handled: Callable[[str], Any]
@@ -128,13 +129,13 @@ class CallInterceptor(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        service, method = split_method(details.method)
         request_id = None
         for key, value in details.invocation_metadata or ():
             if key == "x-request-id" and isinstance(value, str):
                 request_id = value[:64]
         behavior = handler.unary_unary
-        series = self.metrics.series(service, method) if self.metrics is not None else None
+        series = self.metrics.series(details.method) if self.metrics is not None else None
+        method = series.method if series is not None else split_method(details.method)[1]
 
         def observed(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
