@@ -271,12 +271,9 @@ class Resolver:
             if not by_db:
                 break
             for source, db, wanted in by_db.values():
-                rows = queries.runs(db, [c.id for c in wanted if not c.is_friendly],
-                                    [c.id for c in wanted if c.is_friendly])
-                by_id = {r.id: r for r in rows}
-                by_friendly = {r.friendly_id: r for r in rows}
+                rows = _load_runs(db, [(c.id, c.is_friendly) for c in wanted])
                 for c in wanted:
-                    row = by_friendly.get(c.id) if c.is_friendly else by_id.get(c.id)
+                    row = rows.get((c.id, c.is_friendly))
                     if row is not None:
                         found[c.id] = RunRead(run=row, source=source, residency=c.route)
                         del pending[c.id]
@@ -439,7 +436,7 @@ def _authenticated_scopes(env: AuthenticatedEnvironment) -> tuple[str, ...]:
     return scopes
 
 
-def _load_runs(db: PinnedConnection, keys: Sequence[tuple[str, bool]]
+def _load_runs(db: Database | PinnedConnection, keys: Sequence[tuple[str, bool]]
                ) -> dict[tuple[str, bool], TaskRun]:
     """Runs for ``(identifier, is_friendly_id)`` keys, in one query."""
     rows = queries.runs(db, [k for k, friendly in keys if not friendly],
