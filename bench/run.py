@@ -206,14 +206,15 @@ def main() -> None:
             measured: dict[str, dict[str, Any]] = {}
             floors: list[float] = []
             for scenario in ROUND:
-                before_q = statement_calls(cp_dsn, '"RuntimeEnvironment"')
-                before_m = scrape(metrics_port)
+                # Database and /metrics counters only around the scenarios they describe.
+                before_q = (statement_calls(cp_dsn, '"RuntimeEnvironment"')
+                            if scenario == "resolve_env" else 0)
+                before_m = scrape(metrics_port) if scenario == "read_run" else {}
                 cpu_before = cpu_seconds(server.pid)
                 r = run(address, scenario)
                 cpu_per_call[scenario].append((cpu_seconds(server.pid) - cpu_before) * 1e6
                                               / max(1, r["calls"] + r["errors"]
                                                     + r["warmup_calls"]))
-                after_m = scrape(metrics_port)
                 if scenario == "health":
                     floors.append(r["rps"])
                     results.setdefault(scenario, []).append(r)
@@ -223,6 +224,7 @@ def main() -> None:
                     env_queries.append((statement_calls(cp_dsn, '"RuntimeEnvironment"')
                                         - before_q) * 1000 / max(1, r["calls"]))
                 if scenario == "read_run":
+                    after_m = scrape(metrics_port)
                     for k in coalesced:
                         coalesced[k] += (after_m.get(f"resolver_run_read_{k}_total", 0)
                                          - before_m.get(f"resolver_run_read_{k}_total", 0))
