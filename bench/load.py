@@ -3,9 +3,11 @@
     python bench/load.py --target 127.0.0.1:50051 --scenario resolve_env \
         --ids ids.json --duration 5 --concurrency 32 [--channels 1]
 
-Prints one JSON object: calls, seconds, rps, p50_ms, p99_ms, errors, and for
-batch scenarios ``items`` (ids resolved). Uses grpc.aio with ``concurrency``
-calls in flight over ``channels`` connections: on this machine the most efficient client
+Prints one JSON object: calls, seconds, rps, p50_ms, p99_ms, errors,
+``busy_cores`` (how many of the machine's cores were busy, client included,
+while calls were measured) and ``items_per_s`` (ids resolved, for batches).
+Uses grpc.aio with ``concurrency`` calls in flight over ``channels``
+connections: on this machine the most efficient client
 (shared/notes/machine.md), so the server, not the client, is measured.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -78,6 +81,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         while time.perf_counter() < deadline:  # warm connections and code paths
             await asyncio.gather(*(call() for call, _ in calls))
             warmup_calls += len(calls)
+        busy_before = machine_busy()
         start = time.perf_counter()
         stop_at = start + args.duration
 
@@ -95,6 +99,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(worker(calls[i % len(calls)][0])
                                for i in range(args.concurrency)))
         seconds = time.perf_counter() - start
+        busy, total = (a - b for a, b in zip(machine_busy(), busy_before))
     finally:
         for channel in channels:
             await channel.close()
@@ -106,7 +111,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "rps": n / seconds, "items_per_s": n * items / seconds,
         "p50_ms": latencies[n // 2] * 1000 if n else None,
         "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else None,
+        "busy_cores": busy / max(1, total) * (os.cpu_count() or 1),
     }
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of every CPU so far (Linux /proc/stat); idle
+    and iowait are not busy."""
+    values = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    total = sum(values[:8])  # guest time is already inside user
+    return total - values[3] - values[4], total
 
 
 def main() -> None:

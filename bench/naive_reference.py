@@ -7,9 +7,9 @@ autocommit, no coalescing.
         REALTIME_BACKEND_NATIVE_ENABLED=1 RESOLVER_ADDR=127.0.0.1:50052 \
         python bench/naive_reference.py
 
-bench/run.py starts it beside the real server to show what "naive" reaches
-on the machine at hand (the issue: "about 0.45 here"). Benchmark-only: the
-product never runs this.
+bench/run.py starts it (with RESOLVER_PROCESSES=1 and 2, as it runs the real
+server) to show what "naive" reaches on the machine at hand (the issue:
+"about 0.45 here"). Benchmark-only: the product never runs this.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from controlplane_resolver.logs import configure_logging
 from controlplane_resolver.model import RunRead, RunSource
 from controlplane_resolver.resolver import Resolver, checked_id
 from controlplane_resolver.residency import classify
+from controlplane_resolver.supervisor import supervise
 
 
 class NaiveRunReads(Resolver):
@@ -59,7 +60,11 @@ def main() -> int:
     def swap(app: Any) -> None:
         app.servicer.resolver = NaiveRunReads(app.servicer.resolver, dsn, settings.max_workers)
 
-    return cli._serve_until_signalled(settings, on_ready=swap)
+    if settings.processes == 1:
+        return cli._serve_until_signalled(settings, on_ready=swap)
+    # As `serve --processes N`: each child builds its own server and pools.
+    return supervise(settings.processes, lambda slot: cli._serve_until_signalled(
+        cli._for_process(settings, slot), on_ready=swap))
 
 
 if __name__ == "__main__":
