@@ -105,14 +105,19 @@ def wait_serving(address: str, timeout: float = 60) -> None:
 
 
 def load(address: str, scenario: str, ids_file: str, duration: float, concurrency: int,
-         channels: int = 1) -> dict[str, Any]:
-    """Run bench/load.py in its own process and return its JSON report."""
+         channels: int = 1, warmup: float = 0.5) -> dict[str, Any]:
+    """Run bench/load.py in its own process and return its JSON report.
+    Exits if any call failed: a throughput of errors measures nothing."""
     out = subprocess.run(
         [sys.executable, str(HERE / "load.py"), "--target", address, "--scenario", scenario,
          "--ids", ids_file, "--duration", str(duration), "--concurrency", str(concurrency),
-         "--channels", str(channels)],
+         "--channels", str(channels), "--warmup", str(warmup)],
         check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+    report: dict[str, Any] = json.loads(out)
+    if report["errors"]:
+        raise SystemExit(f"{report['errors']} {scenario} calls to {address} failed; the "
+                         f"servers' log is {Path(tempfile.gettempdir()) / 'bench-server.log'}")
+    return report
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -291,6 +296,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--environments", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=5000)
+    parser.add_argument("--warmup", type=float, default=0.5,
+                        help="seconds each client process warms up before measuring")
     args = parser.parse_args()
 
     clusters = [LocalCluster("bench-cp", settings=STATS).start(),
@@ -325,7 +332,7 @@ def main() -> None:
         main_setup = setups[0]
 
         run = functools.partial(load, ids_file=ids_file.name, duration=args.duration,
-                                concurrency=args.concurrency)
+                                concurrency=args.concurrency, warmup=args.warmup)
         batch_ratios: list[float] = []
         batches: dict[str, list[dict[str, Any]]] = {}
         for round_no in range(args.rounds):
@@ -432,7 +439,8 @@ def report(args: argparse.Namespace, setups: list[Setup], naive: list[Setup],
           f"(interquartile range in brackets); {args.concurrency} calls in flight, client in "
           f"its own process; machine: {os.cpu_count()} cores.")
     print(f"reproduce: .venv/bin/python bench/run.py --duration {args.duration:g} "
-          f"--rounds {args.rounds} --concurrency {args.concurrency}")
+          f"--rounds {args.rounds} --concurrency {args.concurrency} --warmup {args.warmup:g} "
+          f"--environments {args.environments} --runs {args.runs}")
 
 
 def _quartiles(values: list[float] | None) -> str:

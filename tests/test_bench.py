@@ -1,0 +1,35 @@
+"""The benchmark (issue 5) end to end at a tiny size: it must run on a
+fresh machine and report every measure the issue asks for. Its numbers are
+not judged here (timed assertions would only measure the CI machine); the
+stampede's query count is, since it does not depend on speed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(600)
+def test_bench_runs_and_reports_every_measure():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--rounds", "1", "--duration", "0.2",
+         "--warmup", "0.1", "--environments", "120", "--runs", "120"],
+        capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    report = done.stdout
+    for row in ("| Health/Check (floor) |", "| ResolveEnv, cache hit |", "| ReadRun, uncached |",
+                "| ReadRun, naive pool + transaction per lookup (reference server) |",
+                "control-plane queries per 1,000 cache-hit ResolveEnv",
+                "| BatchResolveEnvs(100) ids/s ÷ single-call ids/s |",
+                "1 process (`serve --processes 1`", "2 processes (`serve --processes 2`",
+                "reproduce: .venv/bin/python bench/run.py"):
+        assert row in report, f"the report lacks {row!r}:\n{report}"
+    stampede = re.search(r"stampede of 64 cold calls on one key \(5 keys\) \| ([\d, ]+) \|", report)
+    assert stampede, report
+    assert [int(n) for n in stampede.group(1).split(",")] == [1] * 5
