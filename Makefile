@@ -4,7 +4,7 @@
 #
 #   make dev [ADDR=127.0.0.1:50051]   throwaway clusters + demo data, serve
 #   make test [PYTEST_ARGS='-k …']    the test suite (real PostgreSQL, real gRPC)
-#   make proto | proto-check | lint | bench | clean
+#   make proto | proto-check | lint | bench | bench-instructions | clean
 
 PYTHON ?= python3
 VENV   := .venv
@@ -13,7 +13,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install postgres dev test proto proto-check lint typecheck bench clean
+.PHONY: help install postgres dev test proto proto-check lint typecheck bench bench-instructions clean
 
 help:
 	@echo "make dev          throwaway PostgreSQL clusters with demo data, split on, serve on"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint         buf lint the protos"
 	@echo "make typecheck    mypy over the server and the client"
 	@echo "make bench        run the benchmark (bench/run.py; BENCH_ARGS='...')"
+	@echo "make bench-instructions  instructions per call under callgrind (bench/instructions.py)"
 	@echo "make install      create .venv and install everything (the other targets do this)"
 	@echo "make clean        remove .venv and caches"
 
@@ -66,6 +67,9 @@ typecheck: $(STAMP)
 
 bench: $(STAMP) postgres
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-instructions: $(STAMP) postgres
+	$(BIN)/python bench/instructions.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache build dist client/build
