@@ -513,6 +513,39 @@ def test_inserting_past_the_bound_evicts(make_cache: Callable[..., Cache]) -> No
     assert cache.stats(SLOT).evictions == 2
 
 
+def test_the_bound_drops_the_entry_stored_longest_ago(
+        make_cache: Callable[..., Cache]) -> None:
+    cache = make_cache(max_entries=3)
+    loads = {key: CountingLoad(f"{key} 1", f"{key} 2") for key in ("e0", "e1", "e2", "e3")}
+    for key in ("e0", "e1", "e2"):
+        env_get(cache, key, loads[key])
+    cache.invalidate_environment("e0")
+    env_get(cache, "e0", loads["e0"])  # stored again: now the newest
+
+    env_get(cache, "e3", loads["e3"])  # over the bound: e1 goes, not e0
+
+    assert cache.stats(SLOT).evictions == 1
+    assert env_get(cache, "e0", loads["e0"]) == "e0 2"
+    assert env_get(cache, "e1", loads["e1"]) == "e1 2"
+    assert [loads[k].calls for k in ("e0", "e1", "e2", "e3")] == [2, 2, 1, 1]
+
+
+def test_expired_entries_leave_the_store_without_counting_as_evictions(
+        make_cache: Callable[..., Cache], clock: FakeClock) -> None:
+    cache = make_cache(max_entries=3)
+    for key in ("e0", "e1"):
+        env_get(cache, key, CountingLoad(key))
+    clock.advance(HARD + 1)
+    for key in ("e2", "e3", "e4"):
+        env_get(cache, key, CountingLoad(key))
+
+    assert cache.stats(SLOT).evictions == 0
+    assert len(cache) == 3
+    reload = CountingLoad("e0 again")
+    assert env_get(cache, "e0", reload) == "e0 again"
+    assert reload.calls == 1
+
+
 def test_updating_an_existing_key_at_the_bound_evicts_nothing(
         make_cache: Callable[..., Cache]) -> None:
     cache = make_cache(max_entries=3)
