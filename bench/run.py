@@ -199,6 +199,8 @@ class Setup:
     metrics_port: int = 0
     server: subprocess.Popen[bytes] | None = None
     ratios: dict[str, list[float]] = field(default_factory=dict)
+    #: Server CPU per call: steadier than throughput on a shared machine,
+    #: since time stolen by neighbours does not count as our CPU.
     cpu_per_call: dict[str, list[float]] = field(default_factory=dict)
     #: Cores of the whole machine busy while the scenario ran.
     busy_cores: dict[str, list[float]] = field(default_factory=dict)
@@ -235,9 +237,9 @@ class Setup:
         return total
 
 
-def measure_round(setup: Setup, run: Any, cp_dsn: str) -> dict[str, Any]:
-    """Run ROUND on ``setup``'s server; record its ratios, CPU and machine
-    load; return the non-floor results by scenario."""
+def measure_round(setup: Setup, run: Any, cp_dsn: str) -> None:
+    """Run ROUND on ``setup``'s server and record, in ``setup``, each
+    scenario's ratio to the floor, its results, CPU and machine load."""
     assert setup.server is not None
     run = functools.partial(run, channels=setup.channels)
     # Steady state: the hot environments are cached before measuring.
@@ -286,7 +288,6 @@ def measure_round(setup: Setup, run: Any, cp_dsn: str) -> dict[str, Any]:
           + "  ".join(f"{s} {r['rps']:.0f} ({setup.ratios[s][-1]:.2f})"
                       for s, r in measured.items())
           + f"  control-plane queries {queries}", flush=True)
-    return measured
 
 
 def main() -> None:
