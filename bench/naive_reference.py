@@ -27,7 +27,6 @@ from controlplane_resolver.logs import configure_logging
 from controlplane_resolver.model import RunRead, RunSource
 from controlplane_resolver.resolver import Resolver, checked_id
 from controlplane_resolver.residency import classify
-from controlplane_resolver.supervisor import supervise
 
 
 class NaiveRunReads(Resolver):
@@ -60,11 +59,7 @@ def main() -> int:
     def swap(app: Any) -> None:
         app.servicer.resolver = NaiveRunReads(app.servicer.resolver, dsn, settings.max_workers)
 
-    if settings.processes == 1:
-        return cli._serve_until_signalled(settings, on_ready=swap)
-    # As `serve --processes N`: each child builds its own server and pools.
-    return supervise(settings.processes, lambda slot: cli._serve_until_signalled(
-        cli._for_process(settings, slot), on_ready=swap))
+    return cli.serve(settings, on_ready=swap)  # honours RESOLVER_PROCESSES, as `serve` does
 
 
 if __name__ == "__main__":

@@ -63,8 +63,14 @@ def _serve_until_signalled(settings: Settings, *, on_ready: Any = None,
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(args.log_level, settings.log_format)
+    return serve(settings)
+
+
+def serve(settings: Settings, *, on_ready: Any = None) -> int:
+    """Serve with ``settings.processes`` processes until signalled; each
+    process calls ``on_ready(app)`` once it serves."""
     if settings.processes == 1:
-        return _serve_until_signalled(settings)
+        return _serve_until_signalled(settings, on_ready=on_ready)
     from .supervisor import supervise
     from .topology import decide_split
 
@@ -73,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     decision = decide_split(settings)
     return supervise(settings.processes,
                      lambda slot: _serve_until_signalled(_for_process(settings, slot),
-                                                         decision=decision))
+                                                         on_ready=on_ready, decision=decision))
 
 
 def _for_process(settings: Settings, slot: int) -> Settings:
