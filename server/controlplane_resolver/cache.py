@@ -255,11 +255,8 @@ class _Entries:
         while len(data) > self._maxsize:
             data.popitem(last=False)
             self._stats.evictions += 1
-        while data:
-            oldest_key = next(iter(data))
-            if data[oldest_key].hard_deadline > now:
-                break
-            del data[oldest_key]
+        while data and next(iter(data.values())).hard_deadline <= now:
+            data.popitem(last=False)
 
     def live(self, now: float) -> int:
         """Entries not past their hard deadline."""
