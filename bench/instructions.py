@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -34,10 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import BIN, load, seed, wait_serving
+from run import BIN, create_databases, load, seed, server_env, wait_serving
 
 from controlplane_resolver.localpg import LocalCluster, free_port
-from controlplane_resolver.migrate import migrate
 
 SCENARIOS = ("health", "resolve_env", "classify", "read_run")
 
@@ -70,21 +68,15 @@ def main() -> None:
     out_dir = Path(tempfile.mkdtemp(prefix="callgrind-"))
     server = None
     try:
-        cp_dsn = clusters[0].create_database("platform")
-        ro_dsn = clusters[1].create_database("run_ops")
-        migrate(cp_dsn, "control_plane")
-        migrate(ro_dsn, "run_ops")
+        cp_dsn, ro_dsn = create_databases(clusters)
         ids = seed(cp_dsn, ro_dsn, environments=200, runs=1000)
         ids_file = out_dir / "ids.json"
         ids_file.write_text(json.dumps(ids))
         address = f"127.0.0.1:{free_port()}"
-        env = {**os.environ, "CONTROL_PLANE_DATABASE_URL": cp_dsn,
-               "RUN_OPS_DATABASE_URL": ro_dsn, "RUN_OPS_SPLIT_ENABLED": "1",
-               "REALTIME_BACKEND_NATIVE_ENABLED": "1", "RESOLVER_ADDR": address,
-               "RESOLVER_LOG_LEVEL": "WARNING", "RESOLVER_STARTUP_TIMEOUT_MS": "600000",
-               "CONTROL_PLANE_CACHE_TTL_MS": "3600000",
-               "CONTROL_PLANE_CACHE_HARD_TTL_MS": "7200000"}
-        env.pop("RESOLVER_METRICS_ADDR", None)
+        env = server_env(cp_dsn, ro_dsn, RESOLVER_ADDR=address,
+                         RESOLVER_STARTUP_TIMEOUT_MS="600000",
+                         CONTROL_PLANE_CACHE_TTL_MS="3600000",
+                         CONTROL_PLANE_CACHE_HARD_TTL_MS="7200000")
         log = open(out_dir / "server.log", "w")
         print("starting the server under callgrind (a minute or two)…", flush=True)
         server = subprocess.Popen(

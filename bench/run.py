@@ -89,6 +89,26 @@ def seed(cp_dsn: str, ro_dsn: str, environments: int, runs: int) -> dict[str, li
             "cold_environments": cold}
 
 
+def create_databases(clusters: list[LocalCluster]) -> tuple[str, str]:
+    """The control-plane and run-ops databases on the two clusters, migrated;
+    returns their DSNs."""
+    cp_dsn = clusters[0].create_database("platform")
+    ro_dsn = clusters[1].create_database("run_ops")
+    migrate(cp_dsn, "control_plane")
+    migrate(ro_dsn, "run_ops")
+    return cp_dsn, ro_dsn
+
+
+def server_env(cp_dsn: str, ro_dsn: str, **settings: str) -> dict[str, str]:
+    """The environment for a server over those databases, split on, quiet,
+    no /metrics unless ``settings`` asks; ``settings`` add or override."""
+    env = {**os.environ, "CONTROL_PLANE_DATABASE_URL": cp_dsn, "RUN_OPS_DATABASE_URL": ro_dsn,
+           "RUN_OPS_SPLIT_ENABLED": "1", "REALTIME_BACKEND_NATIVE_ENABLED": "1",
+           "RESOLVER_LOG_LEVEL": "WARNING"}
+    env.pop("RESOLVER_METRICS_ADDR", None)
+    return {**env, **settings}
+
+
 def wait_serving(address: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
@@ -309,10 +329,7 @@ def main() -> None:
               Setup("2 processes", 2, channels=8, metrics_port=_port_pair())]
     naive = [Setup(s.label, s.processes, s.channels) for s in setups]
     try:
-        cp_dsn = clusters[0].create_database("platform")
-        ro_dsn = clusters[1].create_database("run_ops")
-        migrate(cp_dsn, "control_plane")
-        migrate(ro_dsn, "run_ops")
+        cp_dsn, ro_dsn = create_databases(clusters)
         for dsn in (cp_dsn, ro_dsn):
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
@@ -322,10 +339,7 @@ def main() -> None:
         json.dump(ids, ids_file)
         ids_file.close()
 
-        env = {**os.environ, "CONTROL_PLANE_DATABASE_URL": cp_dsn, "RUN_OPS_DATABASE_URL": ro_dsn,
-               "RUN_OPS_SPLIT_ENABLED": "1", "REALTIME_BACKEND_NATIVE_ENABLED": "1",
-               "RESOLVER_LOG_LEVEL": "WARNING"}
-        env.pop("RESOLVER_METRICS_ADDR", None)
+        env = server_env(cp_dsn, ro_dsn)
         log = open(Path(tempfile.gettempdir()) / "bench-server.log", "w")
         serve = [str(BIN / "controlplane-resolver"), "serve"]
         for setup in setups:
