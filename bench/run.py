@@ -41,7 +41,7 @@ import asyncio
 import functools
 import json
 import os
-import socket
+import re
 import statistics
 import subprocess
 import sys
@@ -141,8 +141,9 @@ def load(address: str, scenario: str, ids_file: str, duration: float, concurrenc
 
 
 def scrape(port: int) -> dict[str, float]:
-    """The server's /metrics as {sample name{labels}: value}; run-ops
-    series also under their bare name."""
+    """The server's /metrics as {sample name{labels}: value}, summed over
+    the processes of ``serve --processes N`` (their ``process`` label
+    dropped); run-ops series also under their bare name."""
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
@@ -151,11 +152,15 @@ def scrape(port: int) -> dict[str, float]:
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-            base = name.split("{", 1)[0]
+            name = _PROCESS_LABEL.sub("", name).replace(",}", "}").replace("{}", "")
+            out[name] = out.get(name, 0.0) + float(value)
             if 'database="run-ops"' in name:
-                out[base] = float(value)
+                base = name.split("{", 1)[0]
+                out[base] = out.get(base, 0.0) + float(value)
     return out
+
+
+_PROCESS_LABEL = re.compile(r'process="\d+",?')
 
 
 def cpu_seconds(pid: int) -> float:
@@ -237,7 +242,6 @@ class Setup:
         self.address = f"127.0.0.1:{free_port()}"
         env = {**env, "RESOLVER_ADDR": self.address, "RESOLVER_PROCESSES": str(self.processes)}
         if self.metrics_port:
-            # Process i of N serves its own /metrics on port + i.
             env["RESOLVER_METRICS_ADDR"] = f"127.0.0.1:{self.metrics_port}"
         self.server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_serving(self.address)
@@ -247,14 +251,6 @@ class Setup:
             self.server.terminate()
             self.server.wait(15)
             self.server = None
-
-    def scrape_all(self) -> dict[str, float]:
-        """Every process's /metrics, summed."""
-        total: dict[str, float] = {}
-        for slot in range(self.processes):
-            for name, value in scrape(self.metrics_port + slot).items():
-                total[name] = total.get(name, 0.0) + value
-        return total
 
 
 def measure_round(setup: Setup, run: Any, cp_dsn: str) -> None:
@@ -271,7 +267,7 @@ def measure_round(setup: Setup, run: Any, cp_dsn: str) -> None:
         # Database and /metrics counters only around the scenarios they describe.
         before_q = (statement_calls(cp_dsn, '"RuntimeEnvironment"')
                     if scenario == "resolve_env" else 0)
-        before_m = setup.scrape_all() if scenario in ("resolve_env", "read_run") else {}
+        before_m = scrape(setup.metrics_port) if scenario in ("resolve_env", "read_run") else {}
         cpu_before = cpu_seconds(setup.server.pid)
         r = run(setup.address, scenario)
         setup.busy_cores.setdefault(scenario, []).append(r["busy_cores"])
@@ -288,10 +284,10 @@ def measure_round(setup: Setup, run: Any, cp_dsn: str) -> None:
             setup.env_queries += queries
             setup.env_calls += r["calls"] + r["warmup_calls"]
             refreshes = 'resolver_cache_refreshes_total{slot="environment"}'
-            setup.env_refreshes += int(setup.scrape_all().get(refreshes, 0)
+            setup.env_refreshes += int(scrape(setup.metrics_port).get(refreshes, 0)
                                        - before_m.get(refreshes, 0))
         if scenario == "read_run":
-            after_m = setup.scrape_all()
+            after_m = scrape(setup.metrics_port)
             for k in setup.coalesced:
                 setup.coalesced[k] += (after_m.get(f"resolver_run_read_{k}_total", 0)
                                        - before_m.get(f"resolver_run_read_{k}_total", 0))
@@ -326,7 +322,7 @@ def main() -> None:
     # 8 connections spread the client over both processes; one process
     # measures best over one.
     setups = [Setup("1 process", 1, channels=1, metrics_port=free_port()),
-              Setup("2 processes", 2, channels=8, metrics_port=_port_pair())]
+              Setup("2 processes", 2, channels=8, metrics_port=free_port())]
     naive = [Setup(s.label, s.processes, s.channels) for s in setups]
     try:
         cp_dsn, ro_dsn = create_databases(clusters)
@@ -464,18 +460,6 @@ def _quartiles(values: list[float] | None) -> str:
         return ""
     q1, _, q3 = statistics.quantiles(values, n=4)
     return f" ({q1:.2f}–{q3:.2f})"
-
-
-def _port_pair() -> int:
-    """A free port whose successor is free too (2 processes' /metrics)."""
-    while True:
-        port = free_port()
-        try:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
 
 
 def _org_of(cp_dsn: str) -> str:

@@ -273,10 +273,10 @@ for required in ("RESOLVER_ADDR", "RESOLVER_HEALTH_ADDR", "RESOLVER_METRICS_ADDR
 
 # Listening addresses: the kubelet (probes), the Service and Prometheus all
 # connect to the pod IP, so each must listen on the wildcard address; and
-# the ports must differ, counting the metrics port of every process
-# (RESOLVER_PROCESSES=N: process i serves metrics on port+i, while the gRPC
-# and health ports are shared). A clash fails start-up, or worse, under
-# SO_REUSEPORT splits one port's connections between two servers.
+# the ports must differ (with RESOLVER_PROCESSES=N every port is still one:
+# the processes share the gRPC and health ports, and the parent serves all
+# their metrics). A clash fails start-up, or worse, under SO_REUSEPORT
+# splits one port's connections between two servers.
 ADDRESSES = {"RESOLVER_ADDR": "grpc", "RESOLVER_HEALTH_ADDR": "health",
              "RESOLVER_METRICS_ADDR": "metrics"}  # setting -> containerPort name
 WILDCARD = {"0.0.0.0", "[::]", "::", ""}
@@ -287,21 +287,15 @@ for setting in ADDRESSES:
             error("configmap.yaml", f"{setting} {env[setting]} must listen on 0.0.0.0 (or [::]): "
                                     "the kubelet, the Service and Prometheus connect to the pod IP")
         addr_port[setting] = port_of(env[setting])
-try:
-    processes = int(env.get("RESOLVER_PROCESSES", "1"))
-except ValueError:
+if not env.get("RESOLVER_PROCESSES", "1").isdigit():
     error("configmap.yaml", "RESOLVER_PROCESSES must be a whole number")
-    processes = 1
 claimed: dict[int, str] = {}
 for setting, port in addr_port.items():
     if port is None:
         continue
-    for slot in range(processes if setting == "RESOLVER_METRICS_ADDR" else 1):
-        label = setting if slot == 0 else f"{setting} of process {slot} (port+{slot})"
-        if port + slot in claimed:
-            error("configmap.yaml", f"{label} uses port {port + slot}, as {claimed[port + slot]} "
-                                    "does")
-        claimed.setdefault(port + slot, label)
+    if port in claimed:
+        error("configmap.yaml", f"{setting} uses port {port}, as {claimed[port]} does")
+    claimed.setdefault(port, setting)
 
 # Ports: each address's port = the containerPort of its name; scrape port.
 ports = {p.get("name"): p.get("containerPort") for p in container.get("ports", [])}
@@ -506,8 +500,9 @@ case_ probes-on-api-port deployment.yaml 's/\bport: 8081\b/port: 50051/g'
 case_ health-addr-moved configmap.yaml  's/RESOLVER_HEALTH_ADDR: "0.0.0.0:8081"/RESOLVER_HEALTH_ADDR: "0.0.0.0:8082"/'
 case_ no-health-addr    configmap.yaml  's/^  RESOLVER_HEALTH_ADDR: .*\n//m'
 case_ loopback-health   configmap.yaml  's/"0.0.0.0:8081"/"127.0.0.1:8081"/'
-# Three processes serve metrics on 9090, 9091, 9092; the last is not free.
-case_ process-metrics-clash configmap.yaml 's/^(  RESOLVER_HEALTH_ADDR:) "0.0.0.0:8081"$/$1 "0.0.0.0:8081"\n  RESOLVER_PROCESSES: "3"/m; s/0.0.0.0:50051/0.0.0.0:9092/'
+case_ port-clash        configmap.yaml  's/0.0.0.0:50051/0.0.0.0:9090/'
+# Several processes still take one metrics port (the parent serves them all).
+accept_ three-processes configmap.yaml 's/^(  RESOLVER_HEALTH_ADDR:) "0.0.0.0:8081"$/$1 "0.0.0.0:8081"\n  RESOLVER_PROCESSES: "3"/m'
 case_ metrics-port      configmap.yaml  's/0.0.0.0:9090/0.0.0.0:9091/'
 case_ not-headless      service.yaml    's/^  clusterIP: None\n//m'
 case_ int-or-string     pdb.yaml        's/maxUnavailable: 1/maxUnavailable: "one"/'

@@ -20,22 +20,6 @@ from polling import wait_until
 CLI = str(Path(sys.executable).parent / "controlplane-resolver")
 
 
-def free_port_pair() -> int:
-    """A port ``p`` such that ``p`` and ``p + 1`` are both free (for the
-    per-process metrics ports of ``--processes 2``)."""
-    import socket
-
-    for _ in range(50):
-        base = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", base + 1))
-            except OSError:
-                continue
-        return base
-    raise AssertionError("no two consecutive free ports found")
-
-
 def health_status(address: str, service: str = "", timeout: float = 1.0) -> int | None:
     """The Health/Check status of ``service``, or None when the call fails."""
     with grpc.insecure_channel(address) as channel:

@@ -407,3 +407,40 @@ def test_pool_errors_count_callers_that_got_no_connection_in_time(start_server, 
     assert codes == ["UNAVAILABLE"] * 3
     after = labelled(scrape(running), "resolver_pool_errors_total", database="control-plane")
     assert 1 <= after - before <= 2
+
+
+def test_process_metrics_label_each_childs_samples_and_report_who_answered():
+    """process_metrics.py without a server: two real /metrics endpoints
+    stand in for two children, a third slot has not reported a port yet."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client.exposition import generate_latest, start_http_server
+
+    from controlplane_resolver.localpg import free_port
+    from controlplane_resolver.process_metrics import ChildPorts, ChildrenCollector
+
+    ports = ChildPorts(4)
+    servers = []
+    for slot, calls in ((0, 3), (1, 5)):
+        registry = CollectorRegistry()
+        Counter("calls", "calls", ["method"], registry=registry).labels("Get").inc(calls)
+        Histogram("seconds", "latency", registry=registry, buckets=(0.1,)).observe(0.05)
+        httpd, _thread = start_http_server(0, "127.0.0.1", registry=registry)
+        servers.append(httpd)
+        ports.set(slot, httpd.server_address[1])
+    ports.set(3, free_port())  # reported, but nobody listens there any more
+    merged = CollectorRegistry(auto_describe=False)
+    merged.register(ChildrenCollector(ports, timeout_s=1))
+    try:
+        families = {f.name: f for f in text_string_to_metric_families(
+            generate_latest(merged).decode())}
+    finally:
+        for httpd in servers:
+            httpd.shutdown()
+            httpd.server_close()
+    calls = {s.labels["process"]: s.value for s in families["calls"].samples
+             if s.name == "calls_total"}
+    assert calls == {"0": 3, "1": 5}
+    assert {s.labels["process"] for s in families["seconds"].samples
+            if s.name == "seconds_bucket" and s.labels["le"] == "0.1"} == {"0", "1"}
+    assert {s.labels["process"]: s.value for s in families["resolver_process_up"].samples} == \
+        {"0": 1, "1": 1, "2": 0, "3": 0}

@@ -15,7 +15,9 @@ from grpc_health.v1 import health_pb2
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
-from processes import ServerProcess, free_port_pair, health_status
+from controlplane_resolver.localpg import free_port
+
+from processes import ServerProcess, health_status
 from polling import wait_until
 
 
@@ -25,30 +27,41 @@ def base_env(databases) -> dict[str, str]:
             "REALTIME_BACKEND_NATIVE_ENABLED": "1", "RESOLVER_LISTEN_ENABLED": "0"}
 
 
-def metric(port: int, name: str) -> float | None:
-    """One unlabelled sample from a /metrics endpoint, or None."""
+def samples(port: int) -> dict[str, float]:
+    """Every sample of a /metrics endpoint, keyed by its line's name and
+    labels as printed (``name{a="1",b="2"}``); empty if it does not answer."""
     import urllib.request
 
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith(name + " "):
-                    return float(line.split()[1])
+            text = response.read().decode()
     except OSError:
-        pass
-    return None
+        return {}
+    return {name: float(value) for name, _, value in
+            (line.rpartition(" ") for line in text.splitlines() if not line.startswith("#"))
+            if name}
+
+
+def by_process(port: int, prefix: str) -> dict[str, float]:
+    """The samples whose key starts with ``prefix``, by their ``process`` label."""
+    out: dict[str, float] = {}
+    for key, value in samples(port).items():
+        if key.startswith(prefix) and 'process="' in key:
+            slot = key.split('process="', 1)[1].split('"', 1)[0]
+            out[slot] = out.get(slot, 0.0) + value
+    return out
 
 
 def test_processes_share_the_port_and_all_answer(databases, cp, tenant):
     env_id = tenant.environment(cp)
-    metrics = free_port_pair()
+    metrics = free_port()
     env = {**base_env(databases), "RESOLVER_PROCESSES": "2", "RESOLVER_LOG_FORMAT": "json",
            "RESOLVER_LOG_LEVEL": "DEBUG", "RESOLVER_METRICS_ADDR": f"127.0.0.1:{metrics}"}
     server = ServerProcess(env).wait_serving()
     try:
-        # Each process reports its own readiness on its own metrics port.
-        wait_until(lambda: metric(metrics, "resolver_ready") == 1 ==
-                   metric(metrics + 1, "resolver_ready"), timeout=20, interval=0.05)
+        # Each process reports its own readiness, under its own label.
+        wait_until(lambda: by_process(metrics, "resolver_ready") == {"0": 1.0, "1": 1.0},
+                   timeout=20, interval=0.05)
         # SO_REUSEPORT spreads connections, not calls: open many connections.
         channels = [grpc.insecure_channel(server.address,
                                           options=[("grpc.use_local_subchannel_pool", 1)])
@@ -164,26 +177,52 @@ def test_health_command_reports_serving_and_fails_when_down(databases, start_ser
     assert down.returncode == 1
 
 
-def test_each_process_serves_its_own_metrics_port(databases):
-    import urllib.request
+def test_one_metrics_port_counts_every_process_and_follows_a_restart(databases, cp, tenant):
+    import os
 
-    base = free_port_pair()
+    env_id = tenant.environment(cp)
+    metrics = free_port()
     env = {**base_env(databases), "RESOLVER_PROCESSES": "2",
-           "RESOLVER_METRICS_ADDR": f"127.0.0.1:{base}"}
+           "RESOLVER_METRICS_ADDR": f"127.0.0.1:{metrics}"}
     server = ServerProcess(env).wait_serving()
+    handled = 'grpc_server_handled_total{grpc_code="OK",grpc_method="ResolveEnv"'
+    up = "resolver_process_up"
     try:
-        def scraped(port: int) -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
-                                            timeout=2) as response:
-                    return b"grpc_server_started_total" in response.read()
-            except OSError:
-                return False
+        wait_until(lambda: by_process(metrics, up) == {"0": 1.0, "1": 1.0}, timeout=20,
+                   interval=0.05)
+        channels = [grpc.insecure_channel(server.address,
+                                          options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(16)]
+        for channel in channels:
+            stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+            for _ in range(3):
+                stub.ResolveEnv(pb.ResolveEnvRequest(environment_id=env_id), timeout=10)
+            channel.close()
+        # Every call counted once, by the process that answered it; 16
+        # connections reach both processes (all on one: 1 chance in 2^15).
+        counted = by_process(metrics, handled)
+        assert sum(counted.values()) == 48 and min(counted.values()) > 0, counted
 
-        wait_until(lambda: scraped(base) and scraped(base + 1), timeout=15, interval=0.1)
+        # A child killed outright: the parent restarts it, and the merged
+        # endpoint shows the new process (counting from zero) once it serves.
+        children = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                    if _parent_of(pid) == server.proc.pid]
+        assert len(children) == 2, children
+        os.kill(children[0], signal.SIGKILL)
+        wait_until(lambda: by_process(metrics, up) == {"0": 1.0, "1": 1.0}
+                   and sorted(by_process(metrics, handled).values())[0] == 0,
+                   timeout=30, interval=0.05)
     finally:
         assert server.terminate() == 0, server.output()
     assert "Address already in use" not in server.output()
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def test_health_port_answers_probes_in_plaintext_and_nothing_else(start_server, tmp_path):

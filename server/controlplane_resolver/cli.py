@@ -71,26 +71,34 @@ def serve(settings: Settings, *, on_ready: Any = None) -> int:
     process calls ``on_ready(app)`` once it serves."""
     if settings.processes == 1:
         return _serve_until_signalled(settings, on_ready=on_ready)
+    from .process_metrics import CHILD_METRICS_ADDR, ProcessMetrics
     from .supervisor import supervise
     from .topology import decide_split
 
     # Check once, in the parent, before any child binds the port; the
     # children inherit the decision (the databases' identities do not change).
     decision = decide_split(settings)
-    return supervise(settings.processes,
-                     lambda slot: _serve_until_signalled(_for_process(settings, slot),
-                                                         on_ready=on_ready, decision=decision))
+    metrics = (ProcessMetrics(settings.metrics_addr, settings.processes)
+               if settings.metrics_addr else None)
 
+    def serve_child(slot: int) -> int:
+        if metrics is None:
+            return _serve_until_signalled(settings, on_ready=on_ready, decision=decision)
+        metrics.close_inherited()
+        metrics.ports.set(slot, 0)
 
-def _for_process(settings: Settings, slot: int) -> Settings:
-    """Process ``slot``'s settings: the gRPC and health ports are shared
-    (SO_REUSEPORT), but each process serves its own metrics, on port+slot."""
-    if not settings.metrics_addr or slot == 0:
-        return settings
-    host, _, port = settings.metrics_addr.rpartition(":")
-    if int(port) == 0:
-        return settings
-    return replace(settings, metrics_addr=f"{host}:{int(port) + slot}")
+        def ready(app: Any) -> None:
+            metrics.ports.set(slot, app.metrics_port)  # the parent scrapes it from now on
+            if on_ready is not None:
+                on_ready(app)
+        return _serve_until_signalled(replace(settings, metrics_addr=CHILD_METRICS_ADDR),
+                                      on_ready=ready, decision=decision)
+
+    try:
+        return supervise(settings.processes, serve_child)
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 def cmd_health(args: argparse.Namespace) -> int:

@@ -128,7 +128,7 @@ OPTIONS: tuple[Option, ...] = (
            "server reflection needs no token"),
     Option("metrics_addr", "RESOLVER_METRICS_ADDR", parse_str, None,
            "serve Prometheus /metrics on this host:port (off when unset; with --processes N, "
-           "process i serves on port+i)"),
+           "every process's samples, labelled process=\"i\")"),
     Option("health_addr", "RESOLVER_HEALTH_ADDR", parse_str, None,
            "also serve grpc.health.v1 alone, in plaintext, on this host:port (for probes "
            "that cannot speak TLS; not subject to the concurrency limit)"),

@@ -8,8 +8,9 @@ one still starting must not be bound).
 The kernel then spreads *connections* (not calls) across the children, so
 clients should open several channels or connect through a load balancer.
 
-Each child serves its own ``/metrics`` on the configured port + its slot
-(0..N-1): a process's counters are its own.
+Each child keeps its own counters; with a metrics address the parent
+serves them all, each sample labelled with the child's slot
+(process_metrics.py).
 
 The parent only supervises: it forwards SIGTERM/SIGINT to every child,
 restarts a child that dies unexpectedly (at most once per second), and
