@@ -35,6 +35,7 @@ from .resolver import Resolver, cache_policies
 from .servicer import ResolverServicer
 from .tls import RotatingCertificates, TlsFiles, server_credentials
 from .topology import SplitDecision, Topology, decide_split
+from .watchdog import ProgressWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ class ResolverApp:
         self.certificates: RotatingCertificates | None = None
         self._stopped = threading.Event()
         self._stopping = threading.Lock()
+        #: Orders the watchdog's health changes against stop()'s NOT_SERVING.
+        self._health_lock = threading.Lock()
+        self.watchdog: ProgressWatchdog | None = None
         self.tokens = self._check_authentication(settings)
         self.metrics = Metrics()
         self.metrics.registry.register(StateCollector(self))
@@ -214,9 +218,30 @@ class ResolverApp:
         except BaseException:
             self.stop(grace=0, pause=0)
             raise
-        self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        self.ready = True
+        with self._health_lock:
+            self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            self.ready = True
         log.info("serving %s on %s (port %d)", SERVICE_NAME, self.settings.addr, self.port)
+        self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        s = self.settings
+        if not s.stuck_after_ms:
+            return
+        if s.stuck_after_ms < 6 * s.db_timeout_ms:
+            log.warning("RESOLVER_STUCK_AFTER_MS (%d) is under 6 x RESOLVER_DB_TIMEOUT_MS (%d): "
+                        "calls waiting on a slow database may be taken for stuck ones and the "
+                        "process restarted; raise it", s.stuck_after_ms, s.db_timeout_ms)
+
+        def on_change(stuck: bool) -> None:
+            with self._health_lock:
+                if self.ready:  # never undo stop()'s NOT_SERVING
+                    self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING if stuck
+                                     else health_pb2.HealthCheckResponse.SERVING)
+
+        self.watchdog = ProgressWatchdog(self.metrics.progress, s.stuck_after_ms / 1000,
+                                         on_change)
+        self.watchdog.start()
 
     def _serve_ports(self) -> None:
         self.port = self._bind()
@@ -244,8 +269,11 @@ class ResolverApp:
             s = self.settings
             grace = s.shutdown_grace_ms / 1000 if grace is None else grace
             pause = s.shutdown_pause_ms / 1000 if pause is None else pause
-            self.ready = False
-            self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            if self.watchdog is not None:
+                self.watchdog.stop()
+            with self._health_lock:
+                self.ready = False
+                self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             if pause > 0:
                 log.info("NOT_SERVING; draining in %.1fs", pause)
                 time.sleep(pause)  # the documented pause, not synchronisation

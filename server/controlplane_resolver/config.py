@@ -141,6 +141,9 @@ OPTIONS: tuple[Option, ...] = (
            "on SIGTERM, report NOT_SERVING this long before draining (load balancers)"),
     Option("shutdown_grace_ms", "RESOLVER_SHUTDOWN_GRACE_MS", parse_ms, 5_000,
            "on SIGTERM, in-flight calls get this long to finish"),
+    Option("stuck_after_ms", "RESOLVER_STUCK_AFTER_MS", parse_ms, 60_000,
+           "report NOT_SERVING (so the liveness probe restarts the process) when calls are "
+           "in flight and none has finished for this long (0: never)"),
     Option("keepalive_time_ms", "RESOLVER_KEEPALIVE_TIME_MS", parse_ms, 60_000,
            "HTTP/2 keepalive ping interval"),
     Option("max_connection_age_ms", "RESOLVER_MAX_CONNECTION_AGE_MS", parse_ms, 300_000,
@@ -194,6 +197,7 @@ class Settings:
     startup_timeout_ms: int = 30_000
     shutdown_pause_ms: int = 0
     shutdown_grace_ms: int = 5_000
+    stuck_after_ms: int = 60_000
     keepalive_time_ms: int = 60_000
     max_connection_age_ms: int = 300_000
     processes: int = 1

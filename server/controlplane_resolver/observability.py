@@ -58,6 +58,10 @@ class Metrics:
                                           .5, 1, 2.5, 5, 10))
         self._series: dict[str, MethodSeries] = {}
 
+    def progress(self) -> tuple[float, float]:
+        """(calls started, calls finished) over every method (for watchdog.py)."""
+        return _total(self.started), _total(self.handled)
+
     def series(self, full_method: str) -> "MethodSeries":
         """The label children of one method (``/pkg.Service/Method``),
         created once: splitting the name and ``labels()`` (which takes a lock
@@ -109,6 +113,11 @@ class MethodSeries:
         if child is None:
             child = self._by_code[code] = self.handled(code)
         return child
+
+
+def _total(counter: Counter) -> float:
+    return sum(sample.value for family in counter.collect() for sample in family.samples
+               if sample.name.endswith("_total"))
 
 
 def split_method(full: str) -> tuple[str, str]:
