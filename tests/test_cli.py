@@ -265,6 +265,21 @@ def test_serve_on_a_busy_port_fails_with_a_clear_message(databases: Any) -> None
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_serve_on_a_busy_metrics_port_names_the_setting(databases: Any, processes: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run_cli("serve", env=cli_env(
+            CONTROL_PLANE_DATABASE_URL=databases.control_plane, RESOLVER_LISTEN_ENABLED="0",
+            RESOLVER_ADDR=f"127.0.0.1:{free_port()}", RESOLVER_PROCESSES=processes,
+            RESOLVER_METRICS_ADDR=f"127.0.0.1:{port}"))
+    assert result.returncode == EXIT_RUNTIME, result.stderr
+    assert f"127.0.0.1:{port} (RESOLVER_METRICS_ADDR)" in result.stderr, result.stderr
+    assert "in use" in result.stderr and "Traceback" not in result.stderr
+
+
 # ------------------------------------------------------------------- triggers
 
 

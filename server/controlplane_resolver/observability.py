@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import start_http_server
 
 from . import callinfo
+from .metrics_http import serve_metrics
 
 if TYPE_CHECKING:
     from .app import ResolverApp
@@ -84,14 +84,9 @@ class Metrics:
                 series.handled_with(code)
 
     def serve_http(self, addr: str) -> int:
-        """Expose ``/metrics`` on ``addr`` (``host:port``, ``[v6]:port`` or
-        ``:port`` for every interface); returns the port."""
-        host, _, port = addr.rpartition(":")
-        # "[::1]" is how an address names an IPv6 host; the socket wants "::1".
-        httpd, _thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0",
-                                           registry=self.registry)
-        self._httpd = httpd
-        return int(httpd.server_address[1])
+        """Expose ``/metrics`` on ``addr``; returns the port."""
+        self._httpd = serve_metrics(addr, self.registry)
+        return int(self._httpd.server_address[1])
 
     def close(self) -> None:
         httpd = getattr(self, "_httpd", None)

@@ -21,9 +21,10 @@ import urllib.request
 from typing import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import start_http_server
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+
+from .metrics_http import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,10 @@ class ProcessMetrics:
         self.ports = ChildPorts(processes)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ChildrenCollector(self.ports))
-        host, _, port = addr.rpartition(":")
-        self._httpd, _thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0",
-                                                 registry=registry)
+        self._httpd = serve_metrics(addr, registry)
         self.port = int(self._httpd.server_address[1])
         log.info("metrics of %d processes on http://%s:%d/metrics (label process=0..%d)",
-                 processes, host or "0.0.0.0", self.port, processes - 1)
+                 processes, addr.rpartition(":")[0] or "0.0.0.0", self.port, processes - 1)
 
     def close_inherited(self) -> None:
         """In a child: close the copy of the parent's listening socket."""
