@@ -33,3 +33,18 @@ def test_bench_runs_and_reports_every_measure():
     stampede = re.search(r"stampede of 64 cold calls on one key \(5 keys\) \| ([\d, ]+) \|", report)
     assert stampede, report
     assert [int(n) for n in stampede.group(1).split(",")] == [1] * 5
+
+
+@pytest.mark.timeout(300)
+def test_compare_runs_two_configurations_and_reports_each_scenario():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare.py"), "--b", "RESOLVER_MAX_WORKERS=4",
+         "--rounds", "1", "--duration", "0.2", "--warmup", "0.1"],
+        capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    report = done.stdout
+    assert "B: RESOLVER_MAX_WORKERS=4" in report, report
+    for scenario in ("health", "classify", "resolve_env", "read_run"):
+        assert re.search(rf"^\| {scenario} \| \d+ \| \d+ \| [\d.]+ \| [01]/1 \|", report, re.M), \
+            f"no row for {scenario}:\n{report}"
+    assert "reproduce: .venv/bin/python bench/compare.py --b RESOLVER_MAX_WORKERS=4" in report

@@ -1,0 +1,120 @@
+"""Two server configurations side by side: which serves more, in one run.
+
+    .venv/bin/python bench/compare.py --b RESOLVER_MAX_WORKERS=6 [--a NAME=VALUE …]
+
+A change of a setting (or of the code behind an environment switch) moves
+throughput by a few percent, while this shared machine moves it by ±20 %
+from one second to the next; two measurements taken minutes apart compare
+the machine, not the change. So both servers run at once over the same two
+throwaway clusters, and every round measures A and B back to back
+(alternating which goes first), with bench/run.py's round: each scenario
+between two floor measurements, in a client process of its own. The report
+gives, per scenario, the median calls/s of each, B ÷ A, in how many rounds
+B served more, the ratios to each server's own floor and the server CPU per
+call (steadier than throughput, since time stolen by neighbours is not
+our CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import psycopg
+
+from run import (BIN, ROUND, STATS, Setup, create_databases, load, measure_round, seed,
+                 server_env)
+
+from controlplane_resolver.localpg import LocalCluster, free_port
+
+
+def setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=VALUE")
+    return name, value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--a", type=setting, action="append", default=[], metavar="NAME=VALUE",
+                        help="a server setting of configuration A (repeatable)")
+    parser.add_argument("--b", type=setting, action="append", default=[], metavar="NAME=VALUE",
+                        help="a server setting of configuration B (repeatable)")
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=1.5)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    args = parser.parse_args()
+
+    clusters = [LocalCluster("compare-cp", settings=STATS).start(),
+                LocalCluster("compare-ro", settings=STATS).start()]
+    channels = 1 if args.processes == 1 else 8  # as bench/run.py: see its Setup
+    setups = [Setup("A", args.processes, channels=channels, metrics_port=free_port()),
+              Setup("B", args.processes, channels=channels, metrics_port=free_port())]
+    try:
+        cp_dsn, ro_dsn = create_databases(clusters)
+        for dsn in (cp_dsn, ro_dsn):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        ids_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json.dump(seed(cp_dsn, ro_dsn, 5000, 5000), ids_file)
+        ids_file.close()
+        env = server_env(cp_dsn, ro_dsn)
+        log = open(Path(tempfile.gettempdir()) / "bench-server.log", "w")
+        serve = [str(BIN / "controlplane-resolver"), "serve"]
+        for s, overrides in zip(setups, (args.a, args.b)):
+            s.start(serve, {**env, **dict(overrides)}, log)
+        run = functools.partial(load, ids_file=ids_file.name, duration=args.duration,
+                                concurrency=args.concurrency, warmup=args.warmup)
+        for round_no in range(args.rounds):
+            for s in setups if round_no % 2 == 0 else setups[::-1]:
+                measure_round(s, run, cp_dsn)
+        report(args, *setups)
+    finally:
+        for s in setups:
+            s.stop()
+        for c in clusters:
+            c.destroy()
+
+
+def report(args: argparse.Namespace, a: Setup, b: Setup) -> None:
+    def label(overrides: list[tuple[str, str]]) -> str:
+        return " ".join(f"{k}={v}" for k, v in overrides) or "defaults"
+
+    print(f"\nA: {label(args.a)}\nB: {label(args.b)}\n")
+    print("| scenario | A calls/s | B calls/s | B ÷ A | rounds B served more | "
+          "A ratio to floor | B ratio to floor | A CPU/call | B CPU/call |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    floors_per_round = ROUND.count("health")
+    for scenario in dict.fromkeys(ROUND):
+        per_round = []
+        for s in (a, b):
+            rps = [r["rps"] for r in s.results[scenario]]
+            if scenario == "health":  # several floor measurements per round: their mean
+                rps = [statistics.mean(rps[i:i + floors_per_round])
+                       for i in range(0, len(rps), floors_per_round)]
+            per_round.append(rps)
+        wins = sum(rb > ra for ra, rb in zip(*per_round))
+        ma, mb = (statistics.median(r) for r in per_round)
+        ratios = [f"{statistics.median(s.ratios[scenario]):.3f}" if scenario in s.ratios
+                  else "1" for s in (a, b)]
+        cpu = [f"{statistics.median(s.cpu_per_call[scenario]):.0f} µs" for s in (a, b)]
+        print(f"| {scenario} | {ma:.0f} | {mb:.0f} | {mb / ma:.3f} | {wins}/{len(per_round[0])} "
+              f"| {ratios[0]} | {ratios[1]} | {cpu[0]} | {cpu[1]} |")
+    flags = "".join(f" --a {k}={v}" for k, v in args.a) + "".join(
+        f" --b {k}={v}" for k, v in args.b)
+    print(f"\n{args.rounds} rounds, {args.processes} process(es) per server, "
+          f"{args.concurrency} calls in flight.")
+    print(f"reproduce: .venv/bin/python bench/compare.py{flags} --processes {args.processes} "
+          f"--rounds {args.rounds} --duration {args.duration:g} "
+          f"--concurrency {args.concurrency} --warmup {args.warmup:g}")
+
+
+if __name__ == "__main__":
+    main()
