@@ -27,6 +27,7 @@ from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_
 
 from conftest import Running, Tenant
 from polling import wait_until
+from scraping import Samples, scrape as scrape_port
 from credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify
 
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["ControlPlaneResolverService"].methods]
@@ -35,20 +36,10 @@ CODES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDE
          "CANCELLED", "UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "INTERNAL",
          "UNKNOWN")
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
 def scrape(running: Running) -> Samples:
-    """Every sample of ``/metrics``, keyed by name and label set."""
-    url = f"http://127.0.0.1:{running.app.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
+    """Every sample of the server's ``/metrics``, keyed by name and label set."""
+    assert running.app.metrics_port is not None
+    return scrape_port(running.app.metrics_port)
 
 
 def grpc_labels(method: str, **more: str) -> frozenset[tuple[str, str]]:

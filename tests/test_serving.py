@@ -19,6 +19,7 @@ from controlplane_resolver.localpg import free_port
 
 from processes import ServerProcess, health_status
 from polling import wait_until
+from scraping import scrape
 
 
 def base_env(databases) -> dict[str, str]:
@@ -27,28 +28,18 @@ def base_env(databases) -> dict[str, str]:
             "REALTIME_BACKEND_NATIVE_ENABLED": "1", "RESOLVER_LISTEN_ENABLED": "0"}
 
 
-def samples(port: int) -> dict[str, float]:
-    """Every sample of a /metrics endpoint, keyed by its line's name and
-    labels as printed (``name{a="1",b="2"}``); empty if it does not answer."""
-    import urllib.request
-
+def by_process(port: int, name: str, **labels: str) -> dict[str, float]:
+    """The samples named ``name`` that carry ``labels``, summed by their
+    ``process`` label; empty while the endpoint does not answer."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
+        samples = scrape(port)
     except OSError:
         return {}
-    return {name: float(value) for name, _, value in
-            (line.rpartition(" ") for line in text.splitlines() if not line.startswith("#"))
-            if name}
-
-
-def by_process(port: int, prefix: str) -> dict[str, float]:
-    """The samples whose key starts with ``prefix``, by their ``process`` label."""
     out: dict[str, float] = {}
-    for key, value in samples(port).items():
-        if key.startswith(prefix) and 'process="' in key:
-            slot = key.split('process="', 1)[1].split('"', 1)[0]
-            out[slot] = out.get(slot, 0.0) + value
+    for (sample, sample_labels), value in samples.items():
+        found = dict(sample_labels)
+        if sample == name and "process" in found and labels.items() <= found.items():
+            out[found["process"]] = out.get(found["process"], 0.0) + value
     return out
 
 
@@ -185,7 +176,10 @@ def test_one_metrics_port_counts_every_process_and_follows_a_restart(databases, 
     env = {**base_env(databases), "RESOLVER_PROCESSES": "2",
            "RESOLVER_METRICS_ADDR": f"127.0.0.1:{metrics}"}
     server = ServerProcess(env).wait_serving()
-    handled = 'grpc_server_handled_total{grpc_code="OK",grpc_method="ResolveEnv"'
+    def handled() -> dict[str, float]:
+        return by_process(metrics, "grpc_server_handled_total", grpc_code="OK",
+                          grpc_method="ResolveEnv")
+
     up = "resolver_process_up"
     try:
         wait_until(lambda: by_process(metrics, up) == {"0": 1.0, "1": 1.0}, timeout=20,
@@ -200,7 +194,7 @@ def test_one_metrics_port_counts_every_process_and_follows_a_restart(databases, 
             channel.close()
         # Every call counted once, by the process that answered it; 16
         # connections reach both processes (all on one: 1 chance in 2^15).
-        counted = by_process(metrics, handled)
+        counted = handled()
         assert sum(counted.values()) == 48 and min(counted.values()) > 0, counted
 
         # A child killed outright: the parent restarts it, and the merged
@@ -210,7 +204,7 @@ def test_one_metrics_port_counts_every_process_and_follows_a_restart(databases, 
         assert len(children) == 2, children
         os.kill(children[0], signal.SIGKILL)
         wait_until(lambda: by_process(metrics, up) == {"0": 1.0, "1": 1.0}
-                   and sorted(by_process(metrics, handled).values())[0] == 0,
+                   and sorted(handled().values())[0] == 0,
                    timeout=30, interval=0.05)
     finally:
         assert server.terminate() == 0, server.output()
