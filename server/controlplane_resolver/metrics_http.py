@@ -12,11 +12,25 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import start_http_server
 
 
-def serve_metrics(addr: str, registry: CollectorRegistry) -> Any:
+class MetricsEndpoint:
+    """A running ``/metrics`` HTTP server (prometheus_client's, on a daemon
+    thread of its own)."""
+
+    def __init__(self, httpd: Any) -> None:
+        self.httpd = httpd
+        #: The bound port (the one asked for, or the kernel's pick for port 0).
+        self.port = int(httpd.server_address[1])
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def serve_metrics(addr: str, registry: CollectorRegistry) -> MetricsEndpoint:
     """Serve ``registry`` as ``/metrics`` on ``addr`` (``host:port``,
-    ``[v6]:port`` or ``:port`` for every interface) from a thread of its
-    own; returns the HTTP server. Raises OSError naming the setting when the
-    address cannot be bound."""
+    ``[v6]:port`` or ``:port`` for every interface). Raises OSError naming
+    the setting when the address cannot be bound."""
     host, _, port = addr.rpartition(":")
     try:
         # "[::1]" is how an address names an IPv6 host; the socket wants "::1".
@@ -25,4 +39,4 @@ def serve_metrics(addr: str, registry: CollectorRegistry) -> Any:
     except OSError as exc:
         raise OSError(f"could not serve metrics on {addr} (RESOLVER_METRICS_ADDR): "
                       f"{exc.strerror or exc}; is the port in use?") from None
-    return httpd
+    return MetricsEndpoint(httpd)

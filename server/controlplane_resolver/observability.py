@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import callinfo
-from .metrics_http import serve_metrics
+from .metrics_http import MetricsEndpoint, serve_metrics
 
 if TYPE_CHECKING:
     from .app import ResolverApp
@@ -57,6 +57,7 @@ class Metrics:
                                  buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25,
                                           .5, 1, 2.5, 5, 10))
         self._series: dict[str, MethodSeries] = {}
+        self._endpoint: MetricsEndpoint | None = None
 
     def progress(self) -> tuple[float, float]:
         """(calls started, calls finished) over every method (for watchdog.py)."""
@@ -85,14 +86,12 @@ class Metrics:
 
     def serve_http(self, addr: str) -> int:
         """Expose ``/metrics`` on ``addr``; returns the port."""
-        self._httpd = serve_metrics(addr, self.registry)
-        return int(self._httpd.server_address[1])
+        self._endpoint = serve_metrics(addr, self.registry)
+        return self._endpoint.port
 
     def close(self) -> None:
-        httpd = getattr(self, "_httpd", None)
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
+        if self._endpoint is not None:
+            self._endpoint.close()
 
 
 @dataclass

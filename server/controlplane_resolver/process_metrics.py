@@ -107,15 +107,14 @@ class ProcessMetrics:
         self.ports = ChildPorts(processes)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ChildrenCollector(self.ports))
-        self._httpd = serve_metrics(addr, registry)
-        self.port = int(self._httpd.server_address[1])
+        self._endpoint = serve_metrics(addr, registry)
+        self.port = self._endpoint.port
         log.info("metrics of %d processes on http://%s:%d/metrics (label process=0..%d)",
                  processes, addr.rpartition(":")[0] or "0.0.0.0", self.port, processes - 1)
 
     def close_inherited(self) -> None:
         """In a child: close the copy of the parent's listening socket."""
-        self._httpd.socket.close()
+        self._endpoint.httpd.socket.close()
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._endpoint.close()
