@@ -19,15 +19,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
-import tempfile
-from pathlib import Path
 
-import psycopg
-
-from run import (BIN, ROUND, STATS, Setup, create_databases, load, measure_round, seed,
-                 server_env)
+from run import (ROUND, SERVE, SERVER_LOG, STATS, Setup, client_channels, create_databases,
+                 in_turn, load, measure_round, seeded, server_env)
 
 from controlplane_resolver.localpg import LocalCluster, free_port
 
@@ -54,26 +49,19 @@ def main() -> None:
 
     clusters = [LocalCluster("compare-cp", settings=STATS).start(),
                 LocalCluster("compare-ro", settings=STATS).start()]
-    channels = 1 if args.processes == 1 else 8  # as bench/run.py: see its Setup
-    setups = [Setup("A", args.processes, channels=channels, metrics_port=free_port()),
-              Setup("B", args.processes, channels=channels, metrics_port=free_port())]
+    setups = [Setup(label, args.processes, channels=client_channels(args.processes),
+                    metrics_port=free_port()) for label in "AB"]
     try:
         cp_dsn, ro_dsn = create_databases(clusters)
-        for dsn in (cp_dsn, ro_dsn):
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        ids_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-        json.dump(seed(cp_dsn, ro_dsn, 5000, 5000), ids_file)
-        ids_file.close()
+        _ids, ids_file = seeded(cp_dsn, ro_dsn, 5000, 5000)
         env = server_env(cp_dsn, ro_dsn)
-        log = open(Path(tempfile.gettempdir()) / "bench-server.log", "w")
-        serve = [str(BIN / "controlplane-resolver"), "serve"]
+        log = open(SERVER_LOG, "w")
         for s, overrides in zip(setups, (args.a, args.b)):
-            s.start(serve, {**env, **dict(overrides)}, log)
-        run = functools.partial(load, ids_file=ids_file.name, duration=args.duration,
+            s.start(SERVE, {**env, **dict(overrides)}, log)
+        run = functools.partial(load, ids_file=ids_file, duration=args.duration,
                                 concurrency=args.concurrency, warmup=args.warmup)
         for round_no in range(args.rounds):
-            for s in setups if round_no % 2 == 0 else setups[::-1]:
+            for s in in_turn(setups, round_no):
                 measure_round(s, run, cp_dsn)
         report(args, *setups)
     finally:

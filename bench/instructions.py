@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import BIN, create_databases, load, seed, server_env, wait_serving
+from run import SERVE, create_databases, load, seed, server_env, wait_serving
 
 from controlplane_resolver.localpg import LocalCluster, free_port
 
@@ -81,7 +81,7 @@ def main() -> None:
         print("starting the server under callgrind (a minute or two)…", flush=True)
         server = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p",
-             "--dump-instr=no", sys.executable, str(BIN / "controlplane-resolver"), "serve"],
+             "--dump-instr=no", sys.executable, *SERVE],
             env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_serving(address, timeout=600)
         # Fill the cache and take every code path once before counting.

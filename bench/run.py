@@ -66,6 +66,9 @@ BIN = Path(sys.executable).parent
 STATS = {"shared_preload_libraries": "pg_stat_statements"}
 #: One round: every scenario between two measurements of the floor.
 ROUND = ("health", "classify", "health", "resolve_env", "health", "read_run", "health")
+SERVE = [str(BIN / "controlplane-resolver"), "serve"]
+#: Where the benchmarked servers write their logs.
+SERVER_LOG = Path(tempfile.gettempdir()) / "bench-server.log"
 
 
 def seed(cp_dsn: str, ro_dsn: str, environments: int, runs: int) -> dict[str, list[str]]:
@@ -97,6 +100,21 @@ def create_databases(clusters: list[LocalCluster]) -> tuple[str, str]:
     migrate(cp_dsn, "control_plane")
     migrate(ro_dsn, "run_ops")
     return cp_dsn, ro_dsn
+
+
+def seeded(cp_dsn: str, ro_dsn: str, environments: int,
+           runs: int) -> tuple[dict[str, list[str]], str]:
+    """Seed both databases (see :func:`seed`) with pg_stat_statements on
+    (the clusters must preload it: ``STATS``); returns the ids and the path
+    of a JSON file holding them, for bench/load.py."""
+    for dsn in (cp_dsn, ro_dsn):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    print(f"seeding {environments} environments and {runs} runs…", flush=True)
+    ids = seed(cp_dsn, ro_dsn, environments, runs)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as ids_file:
+        json.dump(ids, ids_file)
+    return ids, ids_file.name
 
 
 def server_env(cp_dsn: str, ro_dsn: str, **settings: str) -> dict[str, str]:
@@ -136,7 +154,7 @@ def load(address: str, scenario: str, ids_file: str, duration: float, concurrenc
     report: dict[str, Any] = json.loads(out)
     if report["errors"]:
         raise SystemExit(f"{report['errors']} {scenario} calls to {address} failed; the "
-                         f"servers' log is {Path(tempfile.gettempdir()) / 'bench-server.log'}")
+                         f"servers' log is {SERVER_LOG}")
     return report
 
 
@@ -211,14 +229,26 @@ async def stampede(address: str, env_id: str, n: int = 64) -> int:
     return sum(1 for r in results if isinstance(r, BaseException))
 
 
+def client_channels(processes: int) -> int:
+    """Connections the client opens to a server of ``processes``: the kernel
+    spreads connections, not calls, over the processes of ``serve
+    --processes N``, so 8 reach both of 2; one process measures best over one."""
+    return 1 if processes == 1 else 8
+
+
+def in_turn(setups: list[Setup], round_no: int) -> list[Setup]:
+    """``setups`` in the order to measure them in round ``round_no``:
+    alternating, so that none always follows another."""
+    return setups if round_no % 2 == 0 else setups[::-1]
+
+
 @dataclass
 class Setup:
     """One server configuration, measured in every round."""
 
     label: str
     processes: int
-    #: Connections the client opens: the kernel spreads connections, not
-    #: calls, over the processes of ``serve --processes N``.
+    #: Connections the client opens (:func:`client_channels`).
     channels: int
     address: str = ""
     metrics_port: int = 0
@@ -319,36 +349,24 @@ def main() -> None:
 
     clusters = [LocalCluster("bench-cp", settings=STATS).start(),
                 LocalCluster("bench-ro", settings=STATS).start()]
-    # 8 connections spread the client over both processes; one process
-    # measures best over one.
-    setups = [Setup("1 process", 1, channels=1, metrics_port=free_port()),
-              Setup("2 processes", 2, channels=8, metrics_port=free_port())]
+    setups = [Setup(label, n, channels=client_channels(n), metrics_port=free_port())
+              for label, n in (("1 process", 1), ("2 processes", 2))]
     naive = [Setup(s.label, s.processes, s.channels) for s in setups]
     try:
         cp_dsn, ro_dsn = create_databases(clusters)
-        for dsn in (cp_dsn, ro_dsn):
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        print(f"seeding {args.environments} environments and {args.runs} runs…", flush=True)
-        ids = seed(cp_dsn, ro_dsn, args.environments, args.runs)
-        ids_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-        json.dump(ids, ids_file)
-        ids_file.close()
-
+        ids, ids_file = seeded(cp_dsn, ro_dsn, args.environments, args.runs)
         env = server_env(cp_dsn, ro_dsn)
-        log = open(Path(tempfile.gettempdir()) / "bench-server.log", "w")
-        serve = [str(BIN / "controlplane-resolver"), "serve"]
+        log = open(SERVER_LOG, "w")
         for setup in setups:
-            setup.start(serve, env, log)
+            setup.start(SERVE, env, log)
         main_setup = setups[0]
 
-        run = functools.partial(load, ids_file=ids_file.name, duration=args.duration,
+        run = functools.partial(load, ids_file=ids_file, duration=args.duration,
                                 concurrency=args.concurrency, warmup=args.warmup)
         batch_ratios: list[float] = []
         batches: dict[str, list[dict[str, Any]]] = {}
         for round_no in range(args.rounds):
-            # Alternate which server goes first, so neither always follows the other.
-            for setup in setups if round_no % 2 == 0 else setups[::-1]:
+            for setup in in_turn(setups, round_no):
                 measure_round(setup, run, cp_dsn)
             for scenario in ("batch_resolve_envs_100", "resolve_env_uncached_singles"):
                 # Each starts cold, so both pay for their loads.
@@ -374,7 +392,7 @@ def main() -> None:
         for setup in naive:
             setup.start([sys.executable, str(HERE / "naive_reference.py")], env, log)
         for round_no in range(max(3, args.rounds // 2)):
-            for setup in naive if round_no % 2 == 0 else naive[::-1]:
+            for setup in in_turn(naive, round_no):
                 before = run(setup.address, "health", channels=setup.channels)["rps"]
                 r = run(setup.address, "read_run", channels=setup.channels)
                 after = run(setup.address, "health", channels=setup.channels)["rps"]

@@ -15,14 +15,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def bench(script: str, *args: str, timeout: float) -> str:
+    """Run ``bench/<script>`` with ``args``; its report, once it exits 0."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
 @pytest.mark.timeout(600)
 def test_bench_runs_and_reports_every_measure():
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--rounds", "1", "--duration", "0.2",
-         "--warmup", "0.1", "--environments", "120", "--runs", "120"],
-        capture_output=True, text=True, timeout=540)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    report = done.stdout
+    report = bench("run.py", "--rounds", "1", "--duration", "0.2", "--warmup", "0.1",
+                   "--environments", "120", "--runs", "120", timeout=540)
     for row in ("| Health/Check (floor) |", "| ResolveEnv, cache hit |", "| ReadRun, uncached |",
                 "| ReadRun, naive pool + transaction per lookup (reference server) |",
                 "control-plane queries per 1,000 cache-hit ResolveEnv",
@@ -37,12 +41,8 @@ def test_bench_runs_and_reports_every_measure():
 
 @pytest.mark.timeout(300)
 def test_compare_runs_two_configurations_and_reports_each_scenario():
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "compare.py"), "--b", "RESOLVER_MAX_WORKERS=4",
-         "--rounds", "1", "--duration", "0.2", "--warmup", "0.1"],
-        capture_output=True, text=True, timeout=280)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    report = done.stdout
+    report = bench("compare.py", "--b", "RESOLVER_MAX_WORKERS=4", "--rounds", "1",
+                   "--duration", "0.2", "--warmup", "0.1", timeout=280)
     assert "B: RESOLVER_MAX_WORKERS=4" in report, report
     for scenario in ("health", "classify", "resolve_env", "read_run"):
         assert re.search(rf"^\| {scenario} \| \d+ \| \d+ \| [\d.]+ \| [01]/1 \|", report, re.M), \
