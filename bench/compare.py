@@ -24,7 +24,7 @@ import statistics
 from run import (ROUND, SERVE, SERVER_LOG, STATS, Setup, client_channels, create_databases,
                  in_turn, load, measure_round, seeded, server_env)
 
-from controlplane_resolver.localpg import LocalCluster, free_port
+from controlplane_resolver.dev.clusters import LocalCluster, free_port
 
 
 def setting(text: str) -> tuple[str, str]:

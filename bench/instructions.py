@@ -35,7 +35,7 @@ from pathlib import Path
 
 from run import SERVE, create_databases, load, seed, server_env, wait_serving
 
-from controlplane_resolver.localpg import LocalCluster, free_port
+from controlplane_resolver.dev.clusters import LocalCluster, free_port
 
 SCENARIOS = ("health", "resolve_env", "classify", "read_run")
 

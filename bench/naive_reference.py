@@ -20,13 +20,14 @@ from typing import Any
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
-from controlplane_resolver import cli, queries
+from controlplane_resolver import cli
+from controlplane_resolver.storage import queries
 from controlplane_resolver.config import Settings
 from controlplane_resolver.errors import NotFound
-from controlplane_resolver.logs import configure_logging
-from controlplane_resolver.model import RunRead, RunSource
+from controlplane_resolver.runtime.logs import configure_logging
+from controlplane_resolver.domain.values import RunRead, RunSource
 from controlplane_resolver.resolver import Resolver, checked_id
-from controlplane_resolver.residency import classify
+from controlplane_resolver.domain.residency import classify
 
 
 class NaiveRunReads(Resolver):

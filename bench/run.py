@@ -55,9 +55,9 @@ import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane_resolver import demo
-from controlplane_resolver.localpg import LocalCluster, free_port
-from controlplane_resolver.migrate import migrate
+from controlplane_resolver.dev import demo
+from controlplane_resolver.dev.clusters import LocalCluster, free_port
+from controlplane_resolver.dev.migrate import migrate
 from controlplane_resolver_client import pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 

@@ -24,11 +24,11 @@ from typing import Any, Callable, Iterator
 import psycopg
 import pytest
 
-from controlplane_resolver import demo
-from controlplane_resolver.app import ResolverApp
+from controlplane_resolver.dev import demo
+from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver.config import Settings
-from controlplane_resolver.localpg import LocalCluster
-from controlplane_resolver.migrate import migrate
+from controlplane_resolver.dev.clusters import LocalCluster
+from controlplane_resolver.dev.migrate import migrate
 from controlplane_resolver_client import ResolverClient
 
 from credentials import pki, tokens  # noqa: F401  (fixtures for the security tests)

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane_resolver.localpg import free_port
+from controlplane_resolver.dev.clusters import free_port
 
 from polling import wait_until
 

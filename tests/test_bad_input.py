@@ -15,7 +15,7 @@ import grpc
 import psycopg
 import pytest
 
-from controlplane_resolver import demo
+from controlplane_resolver.dev import demo
 from conftest import serving
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.client import ResolverError

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import psycopg
 import pytest
 
-from controlplane_resolver import demo
+from controlplane_resolver.dev import demo
 from test_environments import concurrency_limit, set_concurrency_limit
 from conftest import serving
 from controlplane_resolver_client import ResolverClient, pb

@@ -21,8 +21,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from controlplane_resolver import demo
-from controlplane_resolver.cleanup import RUN_DATA_TABLES, TableKey
+from controlplane_resolver.dev import demo
+from controlplane_resolver.admin.cleanup import RUN_DATA_TABLES, TableKey
 
 CLI = str(Path(sys.executable).parent / "controlplane-resolver")
 ARCHIVED = datetime(2026, 1, 2, 3, 4, 5)

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from controlplane_resolver.config import OPTIONS
-from controlplane_resolver.localpg import free_port
+from controlplane_resolver.dev.clusters import free_port
 
 from polling import wait_until
 from processes import CLI
@@ -284,7 +284,7 @@ def test_serve_on_a_busy_metrics_port_names_the_setting(databases: Any, processe
 
 
 def test_triggers_install_and_uninstall_from_the_command_line(scratch_database: str) -> None:
-    from controlplane_resolver.migrate import migrate
+    from controlplane_resolver.dev.migrate import migrate
 
     migrate(scratch_database, "control_plane")
     env = cli_env(CONTROL_PLANE_DATABASE_URL=with_password(scratch_database))

@@ -16,8 +16,8 @@ import pytest
 from google.protobuf import json_format
 from psycopg.conninfo import make_conninfo
 
-from controlplane_resolver import demo
-from controlplane_resolver.migrate import migrate
+from controlplane_resolver.dev import demo
+from controlplane_resolver.dev.migrate import migrate
 from conftest import serving
 from controlplane_resolver_client import ResolverClient, pb
 

@@ -11,9 +11,10 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2
 
-from controlplane_resolver import demo, triggers
-from controlplane_resolver.app import LISTENER_HEALTH_NAME
-from controlplane_resolver.listener import CHANNEL
+from controlplane_resolver.dev import demo
+from controlplane_resolver.invalidation import triggers
+from controlplane_resolver.serving.server import LISTENER_HEALTH_NAME
+from controlplane_resolver.invalidation.listener import CHANNEL
 from controlplane_resolver_client import ResolverClient
 
 from processes import ServerProcess, health_status

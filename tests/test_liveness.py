@@ -8,9 +8,9 @@ import grpc
 import psycopg
 from grpc_health.v1 import health_pb2
 
-from controlplane_resolver.app import SERVICE_NAME
-from controlplane_resolver.localpg import free_port
-from controlplane_resolver.watchdog import ProgressWatchdog
+from controlplane_resolver.serving.server import SERVICE_NAME
+from controlplane_resolver.dev.clusters import free_port
+from controlplane_resolver.serving.watchdog import ProgressWatchdog
 from controlplane_resolver_client import pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 

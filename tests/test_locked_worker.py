@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from google.protobuf import json_format
 
-from controlplane_resolver import demo
+from controlplane_resolver.dev import demo
 from controlplane_resolver.cache import Slot
 from controlplane_resolver_client import ResolverError
 

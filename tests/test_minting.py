@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from psycopg.types.json import Jsonb
 
-from controlplane_resolver import demo, minting
+from controlplane_resolver.dev import demo
+from controlplane_resolver.domain import minting
 from controlplane_resolver.cache import Slot
-from controlplane_resolver.minting import FlagLookup, MintKind, decide_mint_kind
-from controlplane_resolver.residency import Residency, classify
+from controlplane_resolver.domain.minting import FlagLookup, MintKind, decide_mint_kind
+from controlplane_resolver.domain.residency import Residency, classify
 from controlplane_resolver_client import ResolverError, pb
 
 from polling import wait_until

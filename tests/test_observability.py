@@ -19,9 +19,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane_resolver import demo
-from controlplane_resolver.app import SERVICE_NAME
-from controlplane_resolver.logs import JsonFormatter
+from controlplane_resolver.dev import demo
+from controlplane_resolver.serving.server import SERVICE_NAME
+from controlplane_resolver.runtime.logs import JsonFormatter
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
@@ -406,8 +406,8 @@ def test_process_metrics_label_each_childs_samples_and_report_who_answered():
     from prometheus_client import CollectorRegistry, Counter, Histogram
     from prometheus_client.exposition import generate_latest, start_http_server
 
-    from controlplane_resolver.localpg import free_port
-    from controlplane_resolver.process_metrics import ChildPorts, ChildrenCollector
+    from controlplane_resolver.dev.clusters import free_port
+    from controlplane_resolver.runtime.process_metrics import ChildPorts, ChildrenCollector
 
     ports = ChildPorts(4)
     servers = []

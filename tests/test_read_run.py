@@ -29,8 +29,9 @@ import grpc
 import psycopg
 import pytest
 
-from controlplane_resolver import demo, queries
-from controlplane_resolver.model import TaskRun
+from controlplane_resolver.dev import demo
+from controlplane_resolver.storage import queries
+from controlplane_resolver.domain.values import TaskRun
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.client import ResolverError
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controlplane_resolver.residency import (
+from controlplane_resolver.domain.residency import (
     CUID_LENGTH,
     KSUID_LENGTH,
     MAX_ID_LENGTH,

@@ -9,7 +9,7 @@ import threading
 import grpc
 import psycopg
 
-from controlplane_resolver import demo
+from controlplane_resolver.dev import demo
 from controlplane_resolver.cache import Slot
 from controlplane_resolver_client import ResolverError
 

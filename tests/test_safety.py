@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from controlplane_resolver.safety import (
+from controlplane_resolver.storage.interlocks import (
     DatabaseIdentity,
     Refusal,
     Verdict,
@@ -162,8 +162,8 @@ def test_missing_privilege_is_refused_with_the_grant_to_make(databases: Any,
 
 def test_strict_setting_refuses_split_over_one_cluster(databases: Any) -> None:
     from controlplane_resolver.config import Settings
-    from controlplane_resolver.safety import Refusal
-    from controlplane_resolver.topology import decide_split
+    from controlplane_resolver.storage.interlocks import Refusal
+    from controlplane_resolver.storage.topology import decide_split
 
     settings = Settings(control_plane_database_url=databases.control_plane,
                         run_ops_database_url=respelled(databases.control_plane, dbname="postgres"),

@@ -25,10 +25,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from psycopg.conninfo import conninfo_to_dict
 
-from controlplane_resolver import demo
-from controlplane_resolver.app import SERVICE_NAME, ResolverApp
+from controlplane_resolver.dev import demo
+from controlplane_resolver.serving.server import SERVICE_NAME, ResolverApp
 from controlplane_resolver.config import ConfigError, Settings
-from controlplane_resolver.logs import JsonFormatter
+from controlplane_resolver.runtime.logs import JsonFormatter
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
@@ -119,7 +119,7 @@ def test_half_written_rotation_keeps_serving_the_previous_certificate(
         start_server, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
     running = start_server(**pki.settings())
     port = running.app.port
-    caplog.set_level(logging.WARNING, logger="controlplane_resolver.tls")
+    caplog.set_level(logging.WARNING, logger="controlplane_resolver.serving.tls")
     renewed = pki.server_ca.issue("resolver", server=True)
     # The certificate arrives before its key: the pair does not match.
     write_atomically(pki.cert_file, renewed.cert, time.time() + 5)
@@ -221,7 +221,7 @@ def test_token_rotation_adds_then_retires_a_token_without_restart(
 def test_broken_rewrite_of_the_tokens_file_keeps_the_previous_tokens(
         start_server, tokens: Tokens, caplog: pytest.LogCaptureFixture) -> None:
     running = start_server(auth_tokens_file=str(tokens.path))
-    caplog.set_level(logging.WARNING, logger="controlplane_resolver.auth")
+    caplog.set_level(logging.WARNING, logger="controlplane_resolver.serving.auth")
     with client_for(running, ENGINE_TOKEN) as engine, \
             client_for(running, CONSOLE_TOKEN) as console:
         # A malformed line: everything is kept, the good lines too.
@@ -251,7 +251,7 @@ def test_unusable_tokens_file_at_start_is_a_configuration_error(
             ResolverApp(public_settings(databases, auth_tokens_file=str(path)))
         assert "short-token" not in str(refused.value)
     # The parsed tokens cannot be printed: clients keep digests only.
-    from controlplane_resolver.auth import TokenFile
+    from controlplane_resolver.serving.auth import TokenFile
     clients = TokenFile(str(tokens.path)).clients
     assert [c.name for c in clients] == ["engine", "console"]
     assert ENGINE_TOKEN not in repr(clients) and CONSOLE_TOKEN not in repr(clients)
@@ -383,7 +383,7 @@ def test_public_address_without_authentication_is_refused_unless_allowed(
         with pytest.raises(ConfigError, match="without authentication"):
             ResolverApp(public_settings(databases, addr=addr))
     # Loopback needs nothing, but says it serves without authentication.
-    caplog.set_level(logging.WARNING, logger="controlplane_resolver.app")
+    caplog.set_level(logging.WARNING, logger="controlplane_resolver.serving.server")
     accepted(public_settings(databases, addr="127.0.0.1:0"))
     accepted(public_settings(databases, addr="localhost:0"))
     accepted(public_settings(databases, addr="[::1]:0"))

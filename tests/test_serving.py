@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
-from controlplane_resolver.localpg import free_port
+from controlplane_resolver.dev.clusters import free_port
 
 from processes import ServerProcess, health_status
 from polling import wait_until
@@ -135,7 +135,7 @@ def test_sigterm_under_load_fails_no_call_in_flight(databases, cp, tenant):
 
 
 def test_sigterm_during_start_up_exits_promptly(databases):
-    from controlplane_resolver.localpg import free_port
+    from controlplane_resolver.dev.clusters import free_port
 
     # A control plane nobody answers on: start-up waits for it.
     env = {"CONTROL_PLANE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
@@ -220,7 +220,7 @@ def _parent_of(pid: int) -> int | None:
 
 
 def test_health_port_answers_probes_in_plaintext_and_nothing_else(start_server, tmp_path):
-    from controlplane_resolver.localpg import free_port
+    from controlplane_resolver.dev.clusters import free_port
 
     tokens = tmp_path / "tokens"
     tokens.write_text("engine " + "t" * 32 + " *\n")

@@ -1,6 +1,6 @@
 """End to end through a real server: the demo seed answers every RPC."""
 
-from controlplane_resolver import demo
+from controlplane_resolver.dev import demo
 from controlplane_resolver_client import pb
 
 

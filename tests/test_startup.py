@@ -27,13 +27,13 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controlplane_resolver import demo
-from controlplane_resolver.app import SERVICE_NAME, ResolverApp
+from controlplane_resolver.dev import demo
+from controlplane_resolver.serving.server import SERVICE_NAME, ResolverApp
 from controlplane_resolver.config import Settings
 from controlplane_resolver.errors import Unavailable
-from controlplane_resolver.localpg import LocalCluster, free_port
-from controlplane_resolver.safety import Refusal
-from controlplane_resolver.topology import decide_split
+from controlplane_resolver.dev.clusters import LocalCluster, free_port
+from controlplane_resolver.storage.interlocks import Refusal
+from controlplane_resolver.storage.topology import decide_split
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from polling import wait_until
 

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from controlplane_resolver import demo
-from controlplane_resolver.app import ResolverApp
+from controlplane_resolver.dev import demo
+from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver.config import Settings
-from controlplane_resolver.localpg import LocalCluster
+from controlplane_resolver.dev.clusters import LocalCluster
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
 
 from polling import wait_until

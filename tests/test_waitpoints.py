@@ -9,11 +9,11 @@ import itertools
 import grpc
 import pytest
 
-from controlplane_resolver import demo
+from controlplane_resolver.dev import demo
 from controlplane_resolver.errors import InvalidArgument
-from controlplane_resolver.messages import enum_prefix
-from controlplane_resolver.residency import Residency
-from controlplane_resolver.waitpoints import (CATALOGUE, PinReason, RouteKind, Store,
+from controlplane_resolver.serving.rendering import enum_prefix
+from controlplane_resolver.domain.residency import Residency
+from controlplane_resolver.domain.waitpoints import (CATALOGUE, PinReason, RouteKind, Store,
                                               route_kind_named, select_store, site_of)
 from controlplane_resolver_client import ResolverError, pb
 

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from google.protobuf import json_format
 
-from controlplane_resolver import demo
+from controlplane_resolver.dev import demo
 from conftest import serving
 from controlplane_resolver_client import ResolverClient, pb
 

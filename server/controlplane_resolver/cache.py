@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable
 
-from . import callinfo
+from controlplane_resolver import callinfo
 
 log = logging.getLogger(__name__)
 

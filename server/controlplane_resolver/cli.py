@@ -18,11 +18,11 @@ from typing import Any, Sequence
 
 import psycopg
 
-from .config import ConfigError, Settings, add_flags
-from .logs import configure_logging
-from .database import StartCancelled
-from .errors import Unavailable
-from .safety import Refusal
+from controlplane_resolver.config import ConfigError, Settings, add_flags
+from controlplane_resolver.runtime.logs import configure_logging
+from controlplane_resolver.storage.database import StartCancelled
+from controlplane_resolver.errors import Unavailable
+from controlplane_resolver.storage.interlocks import Refusal
 
 log = logging.getLogger("controlplane_resolver")
 
@@ -37,7 +37,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _serve_until_signalled(settings: Settings, *, on_ready: Any = None,
                            decision: Any = None) -> int:
     """Serve until SIGTERM/SIGINT, then drain (pause and grace from settings)."""
-    from .app import ResolverApp  # grpc is imported only by commands that serve
+    from controlplane_resolver.serving.server import ResolverApp  # grpc is imported only by commands that serve
 
     app = ResolverApp(settings)
     stop = threading.Event()
@@ -71,9 +71,9 @@ def serve(settings: Settings, *, on_ready: Any = None) -> int:
     process calls ``on_ready(app)`` once it serves."""
     if settings.processes == 1:
         return _serve_until_signalled(settings, on_ready=on_ready)
-    from .process_metrics import CHILD_METRICS_ADDR, ProcessMetrics
-    from .supervisor import supervise
-    from .topology import decide_split
+    from controlplane_resolver.runtime.process_metrics import CHILD_METRICS_ADDR, ProcessMetrics
+    from controlplane_resolver.runtime.supervisor import supervise
+    from controlplane_resolver.storage.topology import decide_split
 
     # Check once, in the parent, before any child binds the port; the
     # children inherit the decision (the databases' identities do not change).
@@ -139,8 +139,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_triggers(args: argparse.Namespace) -> int:
-    from . import triggers
-    from .config import redact_dsn
+    from controlplane_resolver.invalidation import triggers
+    from controlplane_resolver.config import redact_dsn
 
     settings = _settings(args)
     dsn = settings.control_plane_database_url
@@ -154,7 +154,7 @@ def cmd_triggers(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .topology import decide_split
+    from controlplane_resolver.storage.topology import decide_split
 
     settings = _settings(args)
     decision = decide_split(settings)  # raises Refusal
@@ -168,20 +168,20 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .migrate import migrate
+    from controlplane_resolver.dev.migrate import migrate
 
     for dsn, schema in ((args.control_plane, "control_plane"), (args.run_ops, "run_ops")):
         if dsn:
-            from .config import redact_dsn
+            from controlplane_resolver.config import redact_dsn
 
             print(f"{schema}: {migrate(dsn, schema)} ({redact_dsn(dsn)})")
     return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from . import demo
-    from .localpg import LocalCluster
-    from .migrate import migrate
+    from controlplane_resolver.dev import demo
+    from controlplane_resolver.dev.clusters import LocalCluster
+    from controlplane_resolver.dev.migrate import migrate
 
     clusters: list[LocalCluster] = []
     try:
@@ -247,7 +247,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     """Run the cleanup; prints per-table counts on stdout, one log line per
     batch on stderr. Exit 0 done, 1 a database failed or the target is
     unknown, 3 refused (a live environment), 130 interrupted."""
-    from .cleanup import DEFAULT_BATCH_SIZE, CleanupError, run_cleanup
+    from controlplane_resolver.admin.cleanup import DEFAULT_BATCH_SIZE, CleanupError, run_cleanup
 
     settings = _settings(args)
     try:
@@ -357,8 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"database error: {str(exc).strip()}", file=sys.stderr)
         return EXIT_RUNTIME
     except Exception as exc:
-        from .localpg import PostgresNotInstalled
-        from .migrate import MigrationRefused
+        from controlplane_resolver.dev.clusters import PostgresNotInstalled
+        from controlplane_resolver.dev.migrate import MigrationRefused
 
         if isinstance(exc, (PostgresNotInstalled, MigrationRefused)):
             print(f"error: {exc}", file=sys.stderr)

@@ -12,19 +12,21 @@ from typing import Any, Callable, Sequence
 
 import psycopg
 
-from . import callinfo, minting, queries, waitpoints
-from .cache import (ABSENT, MISSING, Cache, FlightTimeout, Slot, SlotPolicy, env_scope,
+from controlplane_resolver import callinfo
+from controlplane_resolver.domain import minting, waitpoints
+from controlplane_resolver.storage import queries
+from controlplane_resolver.cache import (ABSENT, MISSING, Cache, FlightTimeout, Slot, SlotPolicy, env_scope,
                     org_scope, project_scope, worker_versions_scope)
-from .coalescing import CoalescerStats, ReadCoalescer, WaitTimeout
-from .config import Settings
-from .database import Database, PinnedConnection
-from .errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from .minting import FlagLookup, IdKind, MintKindDecision
-from .model import (AuthenticatedEnvironment, Environment, MintedId, RunLockedWorker, RunRead,
+from controlplane_resolver.coalescing import CoalescerStats, ReadCoalescer, WaitTimeout
+from controlplane_resolver.config import Settings
+from controlplane_resolver.storage.database import Database, PinnedConnection
+from controlplane_resolver.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from controlplane_resolver.domain.minting import FlagLookup, IdKind, MintKindDecision
+from controlplane_resolver.domain.values import (AuthenticatedEnvironment, Environment, MintedId, RunLockedWorker, RunRead,
                     TaskRun, WorkerVersion)
-from .residency import Classification, InvalidId, Residency, classify, validate_id
-from .topology import RunSource, Topology
-from .waitpoints import StoreSelection
+from controlplane_resolver.domain.residency import Classification, InvalidId, Residency, classify, validate_id
+from controlplane_resolver.storage.topology import RunSource, Topology
+from controlplane_resolver.domain.waitpoints import StoreSelection
 
 log = logging.getLogger(__name__)
 

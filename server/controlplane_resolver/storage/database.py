@@ -18,8 +18,8 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .config import redact_dsn
-from .errors import Unavailable
+from controlplane_resolver.config import redact_dsn
+from controlplane_resolver.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

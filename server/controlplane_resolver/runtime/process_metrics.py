@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from .metrics_http import serve_metrics
+from controlplane_resolver.runtime.metrics_http import serve_metrics
 
 log = logging.getLogger(__name__)
 

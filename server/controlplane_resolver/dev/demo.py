@@ -37,7 +37,7 @@ from psycopg import Connection, sql
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
-from .minting import new_cuid, new_ksuid
+from controlplane_resolver.domain.minting import new_cuid, new_ksuid
 
 __all__ = [
     "DemoIds",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from .config import redact_dsn
+from controlplane_resolver.config import redact_dsn
 
 
 class Refusal(Exception):

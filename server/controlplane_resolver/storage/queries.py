@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import psycopg
 from psycopg import sql as psycopg_sql
 
-from .database import Database, PinnedConnection, Row
-from .model import (
+from controlplane_resolver.storage.database import Database, PinnedConnection, Row
+from controlplane_resolver.domain.values import (
     AuthenticatedEnvironment,
     BackgroundWorker,
     BackgroundWorkerTask,
@@ -32,7 +32,7 @@ from .model import (
     WorkerDeployment,
     WorkerVersion,
 )
-from .model import (EnvironmentLifecycle, LockedDeployment, LockedTask, LockedTaskWorker,
+from controlplane_resolver.domain.values import (EnvironmentLifecycle, LockedDeployment, LockedTask, LockedTaskWorker,
                     LockedVersion, OrganizationFeatureFlag, ProjectLifecycle)
 
 log = logging.getLogger(__name__)

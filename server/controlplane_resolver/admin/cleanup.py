@@ -47,11 +47,11 @@ from typing import Any, Callable, Iterator
 
 import psycopg
 
-from . import queries
-from .config import ConfigError, Settings, redact_dsn
-from .errors import Unavailable
-from .model import EnvironmentLifecycle
-from .safety import DatabaseIdentity, Refusal, probe_identity
+from controlplane_resolver.storage import queries
+from controlplane_resolver.config import ConfigError, Settings, redact_dsn
+from controlplane_resolver.errors import Unavailable
+from controlplane_resolver.domain.values import EnvironmentLifecycle
+from controlplane_resolver.storage.interlocks import DatabaseIdentity, Refusal, probe_identity
 
 log = logging.getLogger(__name__)
 

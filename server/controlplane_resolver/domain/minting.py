@@ -16,7 +16,7 @@ pulls in ``python-baseconv`` (unmaintained since 2019) for one base62
 conversion, and ``cuid`` 0.4 draws its random blocks from :mod:`random`
 (its own TODO says so); each generator is a dozen lines, checked against
 segmentio's published KSUID vectors and round-tripped through
-:func:`~controlplane_resolver.residency.classify` by property tests.
+:func:`~controlplane_resolver.domain.residency.classify` by property tests.
 
 The mint-kind decision
 ----------------------
@@ -56,7 +56,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .residency import CUID_LENGTH, KSUID_LENGTH, Classification, Residency
+from controlplane_resolver.domain.residency import CUID_LENGTH, KSUID_LENGTH, Classification, Residency
 
 # ----------------------------------------------------------------- the values
 

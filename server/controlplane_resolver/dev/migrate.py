@@ -22,7 +22,7 @@ class MigrationRefused(RuntimeError):
 
 def schema_sql(name: str) -> str:
     """The SQL of ``schema/<name>.sql`` (``control_plane`` or ``run_ops``)."""
-    return resources.files("controlplane_resolver").joinpath(f"schema/{name}.sql").read_text()
+    return resources.files("controlplane_resolver.dev").joinpath(f"schema/{name}.sql").read_text()
 
 
 def migrate(dsn: str, schema: str) -> str:

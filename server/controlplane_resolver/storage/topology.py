@@ -12,10 +12,10 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from .config import Settings, redact_dsn
-from .database import Database
-from .residency import Residency
-from .safety import Refusal, SentinelResult, check_realtime_interlock, run_sentinel
+from controlplane_resolver.config import Settings, redact_dsn
+from controlplane_resolver.storage.database import Database
+from controlplane_resolver.domain.residency import Residency
+from controlplane_resolver.storage.interlocks import Refusal, SentinelResult, check_realtime_interlock, run_sentinel
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Topology:
 
         Raises :class:`~controlplane_resolver.errors.Unavailable` naming the
         database that did not answer, or
-        :class:`~controlplane_resolver.database.StartCancelled` once ``cancel``
+        :class:`~controlplane_resolver.storage.database.StartCancelled` once ``cancel``
         is set.
         """
         for db in self.databases:

@@ -18,9 +18,9 @@ from grpc_status import rpc_status
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2 as pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
-from .errors import DeadlineExceeded, InvalidArgument, NotFound, ResolverError, Unavailable
-from .messages import RenderedCache, UnknownEnumValue, enum_name, fill, render
-from .resolver import Resolver
+from controlplane_resolver.errors import DeadlineExceeded, InvalidArgument, NotFound, ResolverError, Unavailable
+from controlplane_resolver.serving.rendering import RenderedCache, UnknownEnumValue, enum_name, fill, render
+from controlplane_resolver.resolver import Resolver
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from . import callinfo
-from .metrics_http import MetricsEndpoint, serve_metrics
+from controlplane_resolver import callinfo
+from controlplane_resolver.runtime.metrics_http import MetricsEndpoint, serve_metrics
 
 if TYPE_CHECKING:
-    from .app import ResolverApp
+    from controlplane_resolver.serving.server import ResolverApp
 
 call_log = logging.getLogger("controlplane_resolver.calls")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import psycopg
 
-from .listener import CHANNEL
+from controlplane_resolver.invalidation.listener import CHANNEL
 
 FUNCTION = "controlplane_resolver_notify"
 

@@ -24,18 +24,18 @@ from grpc_reflection.v1alpha import reflection
 
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2, resolver_pb2_grpc
 
-from .auth import AuthInterceptor, TokenFile, is_loopback
-from .cache import Cache
-from .config import ConfigError, Settings
-from .database import StartCancelled
-from .errors import Unavailable
-from .listener import InvalidationListener, ListenerState
-from .observability import CallInterceptor, Metrics, StateCollector
-from .resolver import Resolver, cache_policies
-from .servicer import ResolverServicer
-from .tls import RotatingCertificates, TlsFiles, server_credentials
-from .topology import SplitDecision, Topology, decide_split
-from .watchdog import ProgressWatchdog
+from controlplane_resolver.serving.auth import AuthInterceptor, TokenFile, is_loopback
+from controlplane_resolver.cache import Cache
+from controlplane_resolver.config import ConfigError, Settings
+from controlplane_resolver.storage.database import StartCancelled
+from controlplane_resolver.errors import Unavailable
+from controlplane_resolver.invalidation.listener import InvalidationListener, ListenerState
+from controlplane_resolver.serving.observability import CallInterceptor, Metrics, StateCollector
+from controlplane_resolver.resolver import Resolver, cache_policies
+from controlplane_resolver.serving.servicer import ResolverServicer
+from controlplane_resolver.serving.tls import RotatingCertificates, TlsFiles, server_credentials
+from controlplane_resolver.storage.topology import SplitDecision, Topology, decide_split
+from controlplane_resolver.serving.watchdog import ProgressWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +170,11 @@ class ResolverApp:
               decision: SplitDecision | None = None) -> None:
         """Check, bind, open pools and the listener, then report SERVING.
 
-        Raises :class:`~controlplane_resolver.safety.Refusal` (before binding)
+        Raises :class:`~controlplane_resolver.storage.interlocks.Refusal` (before binding)
         for a refused split configuration, and
         :class:`~controlplane_resolver.errors.Unavailable` when a database
         does not answer within ``pool_wait_s`` (default: the start-up
-        timeout setting), :class:`~controlplane_resolver.database.StartCancelled`
+        timeout setting), :class:`~controlplane_resolver.storage.database.StartCancelled`
         once ``cancel`` is set. Either way the server is stopped again.
         ``decision`` is a split decision already taken (by the parent of
         ``--processes N``); the checks then do not run again.

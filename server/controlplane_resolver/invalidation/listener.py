@@ -22,8 +22,8 @@ from typing import Callable
 
 import psycopg
 
-from .cache import Cache
-from .config import redact_dsn
+from controlplane_resolver.cache import Cache
+from controlplane_resolver.config import redact_dsn
 
 log = logging.getLogger(__name__)
 

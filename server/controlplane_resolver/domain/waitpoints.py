@@ -38,8 +38,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .errors import InvalidArgument
-from .residency import CUID_LENGTH, KSUID_LENGTH, InvalidId, Residency, classify, validate_id
+from controlplane_resolver.errors import InvalidArgument
+from controlplane_resolver.domain.residency import CUID_LENGTH, KSUID_LENGTH, InvalidId, Residency, classify, validate_id
 
 
 class RouteKind(enum.Enum):

@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterator
 
 import grpc
 
-from . import callinfo
-from .config import ConfigError
+from controlplane_resolver import callinfo
+from controlplane_resolver.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def _as_client(handler: Any, name: str) -> Any:
     interceptor runs on the server's polling thread). The notes outlive the
     behaviour, so the call log written after it still sees the name — a
     thread-local reset on the way out would be gone by then. Needs the
-    :class:`~controlplane_resolver.observability.CallInterceptor` outside
+    :class:`~controlplane_resolver.serving.observability.CallInterceptor` outside
     this one (it starts the notes)."""
     if handler is None or handler.unary_unary is None:
         return handler

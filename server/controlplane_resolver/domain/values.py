@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .minting import MintKind
-from .residency import Residency
-from .topology import RunSource
+from controlplane_resolver.domain.minting import MintKind
+from controlplane_resolver.domain.residency import Residency
+from controlplane_resolver.storage.topology import RunSource
 
 
 @dataclass(frozen=True)
