@@ -13,7 +13,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install postgres dev test proto proto-check lint typecheck bench bench-instructions clean
+.PHONY: help install postgres dev test proto proto-check lint format typecheck bench bench-instructions clean
 
 help:
 	@echo "make dev          throwaway PostgreSQL clusters with demo data, split on, serve on"
@@ -21,7 +21,8 @@ help:
 	@echo "make test         run the tests (PYTEST_ARGS='...' to pass pytest arguments)"
 	@echo "make proto        regenerate client/controlplane_resolver_client/_gen from protos/"
 	@echo "make proto-check  fail if the generated code is stale"
-	@echo "make lint         buf lint the protos"
+	@echo "make lint         buf lint the protos; ruff check and ruff format --check the Python"
+	@echo "make format       ruff: fix what can be fixed, format every Python file"
 	@echo "make typecheck    mypy over the server and the client"
 	@echo "make bench        run the benchmark (bench/run.py; BENCH_ARGS='...')"
 	@echo "make bench-instructions  instructions per call under callgrind (bench/instructions.py)"
@@ -61,6 +62,12 @@ proto-check: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/buf lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -21,8 +21,20 @@ import argparse
 import functools
 import statistics
 
-from run import (ROUND, SERVE, SERVER_LOG, STATS, Setup, client_channels, create_databases,
-                 in_turn, load, measure_round, seeded, server_env)
+from run import (
+    ROUND,
+    SERVE,
+    SERVER_LOG,
+    STATS,
+    Setup,
+    client_channels,
+    create_databases,
+    in_turn,
+    load,
+    measure_round,
+    seeded,
+    server_env,
+)
 
 from controlplane_resolver.dev.clusters import LocalCluster, free_port
 
@@ -36,10 +48,22 @@ def setting(text: str) -> tuple[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--a", type=setting, action="append", default=[], metavar="NAME=VALUE",
-                        help="a server setting of configuration A (repeatable)")
-    parser.add_argument("--b", type=setting, action="append", default=[], metavar="NAME=VALUE",
-                        help="a server setting of configuration B (repeatable)")
+    parser.add_argument(
+        "--a",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting of configuration A (repeatable)",
+    )
+    parser.add_argument(
+        "--b",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting of configuration B (repeatable)",
+    )
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--duration", type=float, default=1.5)
@@ -47,10 +71,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.5)
     args = parser.parse_args()
 
-    clusters = [LocalCluster("compare-cp", settings=STATS).start(),
-                LocalCluster("compare-ro", settings=STATS).start()]
-    setups = [Setup(label, args.processes, channels=client_channels(args.processes),
-                    metrics_port=free_port()) for label in "AB"]
+    clusters = [
+        LocalCluster("compare-cp", settings=STATS).start(),
+        LocalCluster("compare-ro", settings=STATS).start(),
+    ]
+    setups = [
+        Setup(
+            label,
+            args.processes,
+            channels=client_channels(args.processes),
+            metrics_port=free_port(),
+        )
+        for label in "AB"
+    ]
     try:
         cp_dsn, ro_dsn = create_databases(clusters)
         _ids, ids_file = seeded(cp_dsn, ro_dsn, 5000, 5000)
@@ -58,8 +91,13 @@ def main() -> None:
         log = open(SERVER_LOG, "w")
         for s, overrides in zip(setups, (args.a, args.b)):
             s.start(SERVE, {**env, **dict(overrides)}, log)
-        run = functools.partial(load, ids_file=ids_file, duration=args.duration,
-                                concurrency=args.concurrency, warmup=args.warmup)
+        run = functools.partial(
+            load,
+            ids_file=ids_file,
+            duration=args.duration,
+            concurrency=args.concurrency,
+            warmup=args.warmup,
+        )
         for round_no in range(args.rounds):
             for s in in_turn(setups, round_no):
                 measure_round(s, run, cp_dsn)
@@ -76,8 +114,10 @@ def report(args: argparse.Namespace, a: Setup, b: Setup) -> None:
         return " ".join(f"{k}={v}" for k, v in overrides) or "defaults"
 
     print(f"\nA: {label(args.a)}\nB: {label(args.b)}\n")
-    print("| scenario | A calls/s | B calls/s | B ÷ A | rounds B served more | "
-          "A ratio to floor | B ratio to floor | A CPU/call | B CPU/call |")
+    print(
+        "| scenario | A calls/s | B calls/s | B ÷ A | rounds B served more | "
+        "A ratio to floor | B ratio to floor | A CPU/call | B CPU/call |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     floors_per_round = ROUND.count("health")
     for scenario in dict.fromkeys(ROUND):
@@ -85,23 +125,34 @@ def report(args: argparse.Namespace, a: Setup, b: Setup) -> None:
         for s in (a, b):
             rps = [r["rps"] for r in s.results[scenario]]
             if scenario == "health":  # several floor measurements per round: their mean
-                rps = [statistics.mean(rps[i:i + floors_per_round])
-                       for i in range(0, len(rps), floors_per_round)]
+                rps = [
+                    statistics.mean(rps[i : i + floors_per_round])
+                    for i in range(0, len(rps), floors_per_round)
+                ]
             per_round.append(rps)
         wins = sum(rb > ra for ra, rb in zip(*per_round))
         ma, mb = (statistics.median(r) for r in per_round)
-        ratios = [f"{statistics.median(s.ratios[scenario]):.3f}" if scenario in s.ratios
-                  else "1" for s in (a, b)]
+        ratios = [
+            f"{statistics.median(s.ratios[scenario]):.3f}" if scenario in s.ratios else "1"
+            for s in (a, b)
+        ]
         cpu = [f"{statistics.median(s.cpu_per_call[scenario]):.0f} µs" for s in (a, b)]
-        print(f"| {scenario} | {ma:.0f} | {mb:.0f} | {mb / ma:.3f} | {wins}/{len(per_round[0])} "
-              f"| {ratios[0]} | {ratios[1]} | {cpu[0]} | {cpu[1]} |")
+        print(
+            f"| {scenario} | {ma:.0f} | {mb:.0f} | {mb / ma:.3f} | {wins}/{len(per_round[0])} "
+            f"| {ratios[0]} | {ratios[1]} | {cpu[0]} | {cpu[1]} |"
+        )
     flags = "".join(f" --a {k}={v}" for k, v in args.a) + "".join(
-        f" --b {k}={v}" for k, v in args.b)
-    print(f"\n{args.rounds} rounds, {args.processes} process(es) per server, "
-          f"{args.concurrency} calls in flight.")
-    print(f"reproduce: .venv/bin/python bench/compare.py{flags} --processes {args.processes} "
-          f"--rounds {args.rounds} --duration {args.duration:g} "
-          f"--concurrency {args.concurrency} --warmup {args.warmup:g}")
+        f" --b {k}={v}" for k, v in args.b
+    )
+    print(
+        f"\n{args.rounds} rounds, {args.processes} process(es) per server, "
+        f"{args.concurrency} calls in flight."
+    )
+    print(
+        f"reproduce: .venv/bin/python bench/compare.py{flags} --processes {args.processes} "
+        f"--rounds {args.rounds} --duration {args.duration:g} "
+        f"--concurrency {args.concurrency} --warmup {args.warmup:g}"
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,12 @@ def dump_instructions(pid: int, out_dir: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=8.0,
-                        help="seconds of calls per measurement (under callgrind: ~100 calls/s)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=8.0,
+        help="seconds of calls per measurement (under callgrind: ~100 calls/s)",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -73,24 +77,38 @@ def main() -> None:
         ids_file = out_dir / "ids.json"
         ids_file.write_text(json.dumps(ids))
         address = f"127.0.0.1:{free_port()}"
-        env = server_env(cp_dsn, ro_dsn, RESOLVER_ADDR=address,
-                         RESOLVER_STARTUP_TIMEOUT_MS="600000",
-                         CONTROL_PLANE_CACHE_TTL_MS="3600000",
-                         CONTROL_PLANE_CACHE_HARD_TTL_MS="7200000")
+        env = server_env(
+            cp_dsn,
+            ro_dsn,
+            RESOLVER_ADDR=address,
+            RESOLVER_STARTUP_TIMEOUT_MS="600000",
+            CONTROL_PLANE_CACHE_TTL_MS="3600000",
+            CONTROL_PLANE_CACHE_HARD_TTL_MS="7200000",
+        )
         log = open(out_dir / "server.log", "w")
         print("starting the server under callgrind (a minute or two)…", flush=True)
         server = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p",
-             "--dump-instr=no", sys.executable, *SERVE],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out_dir}/cg.%p",
+                "--dump-instr=no",
+                sys.executable,
+                *SERVE,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         wait_serving(address, timeout=600)
         # Fill the cache and take every code path once before counting.
         for scenario in SCENARIOS:
             load(address, scenario, str(ids_file), duration=2, concurrency=8, warmup=0)
 
         def zero() -> float:
-            subprocess.run(["callgrind_control", "--zero", str(server.pid)], check=True,
-                           capture_output=True)
+            subprocess.run(
+                ["callgrind_control", "--zero", str(server.pid)], check=True, capture_output=True
+            )
             return time.monotonic()
 
         per_call: dict[str, list[float]] = {s: [] for s in SCENARIOS}
@@ -98,32 +116,48 @@ def main() -> None:
         for _ in range(args.repeat):
             started = zero()
             time.sleep(args.duration)
-            idle_rates.append(dump_instructions(server.pid, out_dir)
-                              / (time.monotonic() - started))
+            idle_rates.append(dump_instructions(server.pid, out_dir) / (time.monotonic() - started))
             for scenario in SCENARIOS:
                 started = zero()
-                r = load(address, scenario, str(ids_file), duration=args.duration,
-                         concurrency=8, warmup=0)
-                busy = (dump_instructions(server.pid, out_dir)
-                        - idle_rates[-1] * (time.monotonic() - started))
+                r = load(
+                    address,
+                    scenario,
+                    str(ids_file),
+                    duration=args.duration,
+                    concurrency=8,
+                    warmup=0,
+                )
+                busy = dump_instructions(server.pid, out_dir) - idle_rates[-1] * (
+                    time.monotonic() - started
+                )
                 per_call[scenario].append(busy / r["calls"])
-                print(f"  {scenario:12s} {r['calls']:5d} calls  "
-                      f"{per_call[scenario][-1] / 1000:8.1f} k instructions per call",
-                      flush=True)
+                print(
+                    f"  {scenario:12s} {r['calls']:5d} calls  "
+                    f"{per_call[scenario][-1] / 1000:8.1f} k instructions per call",
+                    flush=True,
+                )
 
         floor = statistics.median(per_call["health"])
         print("\n| scenario | server instructions per call (median) | ÷ Health/Check |")
         print("|---|---:|---:|")
-        for name, key in (("Health/Check", "health"), ("ResolveEnv, cache hit", "resolve_env"),
-                          ("ClassifyRunId", "classify"), ("ReadRun, uncached", "read_run")):
+        for name, key in (
+            ("Health/Check", "health"),
+            ("ResolveEnv, cache hit", "resolve_env"),
+            ("ClassifyRunId", "classify"),
+            ("ReadRun, uncached", "read_run"),
+        ):
             median = statistics.median(per_call[key])
             spread = f"{min(per_call[key]) / 1000:.0f}–{max(per_call[key]) / 1000:.0f} k"
             print(f"| {name} | {median / 1000:.1f} k ({spread}) | {median / floor:.3f} |")
-        print(f"\n{args.repeat} measurements of {args.duration:g} s per scenario, 8 calls in "
-              f"flight, server under valgrind --tool=callgrind; idle background "
-              f"{statistics.median(idle_rates) / 1e6:.2f} M instructions/s subtracted.")
-        print(f"reproduce: .venv/bin/python bench/instructions.py --duration {args.duration:g} "
-              f"--repeat {args.repeat}")
+        print(
+            f"\n{args.repeat} measurements of {args.duration:g} s per scenario, 8 calls in "
+            f"flight, server under valgrind --tool=callgrind; idle background "
+            f"{statistics.median(idle_rates) / 1e6:.2f} M instructions/s subtracted."
+        )
+        print(
+            f"reproduce: .venv/bin/python bench/instructions.py --duration {args.duration:g} "
+            f"--repeat {args.repeat}"
+        )
     finally:
         if server is not None:
             server.terminate()

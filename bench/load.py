@@ -20,7 +20,8 @@ import os
 import random
 import sys
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,8 +30,9 @@ from controlplane_resolver_client import pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
 
-def make_call(scenario: str, channel: grpc.aio.Channel, ids: dict[str, list[str]],
-              rng: random.Random) -> tuple[Callable[[], Awaitable[Any]], int]:
+def make_call(
+    scenario: str, channel: grpc.aio.Channel, ids: dict[str, list[str]], rng: random.Random
+) -> tuple[Callable[[], Awaitable[Any]], int]:
     """The coroutine factory for one call of ``scenario`` and the number of
     items each call resolves."""
     stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
@@ -52,13 +54,16 @@ def make_call(scenario: str, channel: grpc.aio.Channel, ids: dict[str, list[str]
         all_envs = ids["all_environments"]
 
         def batch() -> Awaitable[Any]:
-            return stub.BatchResolveEnvs(pb.BatchResolveEnvsRequest(
-                environment_ids=rng.sample(all_envs, 100)))
+            return stub.BatchResolveEnvs(
+                pb.BatchResolveEnvsRequest(environment_ids=rng.sample(all_envs, 100))
+            )
+
         return batch, 100
     if scenario == "resolve_env_uncached_singles":
         all_envs = ids["all_environments"]
-        return (lambda: stub.ResolveEnv(pb.ResolveEnvRequest(
-            environment_id=rng.choice(all_envs)))), 1
+        return (
+            lambda: stub.ResolveEnv(pb.ResolveEnvRequest(environment_id=rng.choice(all_envs)))
+        ), 1
     raise SystemExit(f"unknown scenario {scenario}")
 
 
@@ -68,9 +73,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # Several channels = several TCP connections (a local subchannel pool
     # stops grpc from sharing one): SO_REUSEPORT spreads connections, so
     # that is what spreads load over `serve --processes N`.
-    channels = [grpc.aio.insecure_channel(args.target,
-                                          options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(args.channels)]
+    channels = [
+        grpc.aio.insecure_channel(args.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(args.channels)
+    ]
     try:
         calls = [make_call(args.scenario, channel, ids, rng) for channel in channels]
         items = calls[0][1]
@@ -96,8 +102,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 latencies.append(time.perf_counter() - t0)
 
-        await asyncio.gather(*(worker(calls[i % len(calls)][0])
-                               for i in range(args.concurrency)))
+        await asyncio.gather(*(worker(calls[i % len(calls)][0]) for i in range(args.concurrency)))
         seconds = time.perf_counter() - start
         busy, total = (a - b for a, b in zip(machine_busy(), busy_before))
     finally:
@@ -106,9 +111,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     latencies.sort()
     n = len(latencies)
     return {
-        "scenario": args.scenario, "calls": n, "errors": errors, "seconds": seconds,
+        "scenario": args.scenario,
+        "calls": n,
+        "errors": errors,
+        "seconds": seconds,
         "warmup_calls": warmup_calls,
-        "rps": n / seconds, "items_per_s": n * items / seconds,
+        "rps": n / seconds,
+        "items_per_s": n * items / seconds,
         "p50_ms": latencies[n // 2] * 1000 if n else None,
         "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else None,
         "busy_cores": busy / max(1, total) * (os.cpu_count() or 1),

@@ -21,13 +21,13 @@ from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
 from controlplane_resolver import cli
-from controlplane_resolver.storage import queries
 from controlplane_resolver.config import Settings
-from controlplane_resolver.errors import NotFound
-from controlplane_resolver.runtime.logs import configure_logging
-from controlplane_resolver.domain.values import RunRead, RunSource
-from controlplane_resolver.resolver import Resolver, checked_id
 from controlplane_resolver.domain.residency import classify
+from controlplane_resolver.domain.values import RunRead, RunSource
+from controlplane_resolver.errors import NotFound
+from controlplane_resolver.resolver import Resolver, checked_id
+from controlplane_resolver.runtime.logs import configure_logging
+from controlplane_resolver.storage import queries
 
 
 class NaiveRunReads(Resolver):
@@ -38,8 +38,12 @@ class NaiveRunReads(Resolver):
         # Not autocommit: psycopg wraps each `with pool.connection()` block
         # in a transaction, as a default pool does.
         self.naive_pool: ConnectionPool[Any] = ConnectionPool(
-            run_ops_dsn, min_size=pool_size, max_size=pool_size,
-            kwargs={"row_factory": tuple_row}, open=True)
+            run_ops_dsn,
+            min_size=pool_size,
+            max_size=pool_size,
+            kwargs={"row_factory": tuple_row},
+            open=True,
+        )
 
     def read_run(self, run_id: str, *, include_environment: bool = False) -> RunRead:
         c = classify(checked_id(run_id, "run_id"))
@@ -47,8 +51,7 @@ class NaiveRunReads(Resolver):
             row = conn.execute(queries.RUNS_BY_IDS, ([run_id],)).fetchone()
         if row is None:
             raise NotFound(f"run {run_id} was not found", reason="RUN_NOT_FOUND")
-        return RunRead(run=queries.run_from_tuple(row), source=RunSource.RUN_OPS,
-                       residency=c.route)
+        return RunRead(run=queries.run_from_tuple(row), source=RunSource.RUN_OPS, residency=c.route)
 
 
 def main() -> int:

@@ -31,7 +31,9 @@ def generate(out: Path) -> None:
     protos = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     bindir = Path(sys.executable).parent  # mypy-protobuf's plugins sit beside python
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
         f"-I{PROTOS}",
         f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
@@ -76,8 +78,10 @@ def main() -> int:
             if GEN.exists() and same_tree(out, GEN):
                 print("generated code is up to date")
                 return 0
-            print(f"{GEN.relative_to(ROOT)} is stale: run `make proto` and commit the result",
-                  file=sys.stderr)
+            print(
+                f"{GEN.relative_to(ROOT)} is stale: run `make proto` and commit the result",
+                file=sys.stderr,
+            )
             return 1
         shutil.rmtree(GEN, ignore_errors=True)
         shutil.copytree(out, GEN)

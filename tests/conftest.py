@@ -17,22 +17,21 @@ stop a database get clusters of their own (``own_clusters``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
-
-from controlplane_resolver.dev import demo
-from controlplane_resolver.serving.server import ResolverApp
-from controlplane_resolver.config import Settings
-from controlplane_resolver.dev.clusters import LocalCluster
-from controlplane_resolver.dev.migrate import migrate
-from controlplane_resolver_client import ResolverClient
-
 from credentials import pki, tokens  # noqa: F401  (fixtures for the security tests)
 
+from controlplane_resolver.config import Settings
+from controlplane_resolver.dev import demo
+from controlplane_resolver.dev.clusters import LocalCluster
+from controlplane_resolver.dev.migrate import migrate
+from controlplane_resolver.serving.server import ResolverApp
+from controlplane_resolver_client import ResolverClient
 
 #: Lets tests count the queries a database really ran (pg_stat_statements).
 STAT_STATEMENTS = {"shared_preload_libraries": "pg_stat_statements"}
@@ -60,8 +59,9 @@ def databases() -> Iterator[Databases]:
     """Two migrated databases on two distinct clusters, for the session."""
     started: list[Any] = []
     if os.environ.get("RESOLVER_TEST_CONTROL_PLANE_DSN"):
-        dbs = Databases(os.environ["RESOLVER_TEST_CONTROL_PLANE_DSN"],
-                        os.environ["RESOLVER_TEST_RUN_OPS_DSN"])
+        dbs = Databases(
+            os.environ["RESOLVER_TEST_CONTROL_PLANE_DSN"], os.environ["RESOLVER_TEST_RUN_OPS_DSN"]
+        )
     elif os.environ.get("RESOLVER_TEST_USE_DOCKER") == "1":
         dbs = _docker_postgres(started)
     else:
@@ -107,11 +107,16 @@ class Tenant:
     organization_id: str
     project_id: str
 
-    def environment(self, conn: psycopg.Connection[Any], type: str = "PRODUCTION",
-                    **overrides: Any) -> str:
-        return demo.insert_environment(conn, project_id=self.project_id,
-                                       organization_id=self.organization_id, type=type,
-                                       **overrides)
+    def environment(
+        self, conn: psycopg.Connection[Any], type: str = "PRODUCTION", **overrides: Any
+    ) -> str:
+        return demo.insert_environment(
+            conn,
+            project_id=self.project_id,
+            organization_id=self.organization_id,
+            type=type,
+            **overrides,
+        )
 
 
 @pytest.fixture
@@ -178,8 +183,10 @@ def server(start_server: Callable[..., Running]) -> Running:
 def count_queries(conn: psycopg.Connection[Any], fragment: str) -> int:
     """How many times statements containing ``fragment`` ran (all users,
     all sessions) according to pg_stat_statements."""
-    row = conn.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
-                       "WHERE query LIKE %s", (f"%{fragment}%",)).fetchone()
+    row = conn.execute(
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE %s",
+        (f"%{fragment}%",),
+    ).fetchone()
     return int(row[0])
 
 

@@ -40,18 +40,29 @@ class Authority:
         now = datetime.datetime.now(datetime.timezone.utc)
         self._cert = (
             x509.CertificateBuilder()
-            .subject_name(self.name).issuer_name(self.name)
+            .subject_name(self.name)
+            .issuer_name(self.name)
             .public_key(self._key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
-                                         crl_sign=True, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False,
-                                         decipher_only=False), critical=True)
-            .sign(self._key, hashes.SHA256()))
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
         self.pem = self._cert.public_bytes(serialization.Encoding.PEM)
 
     def issue(self, common_name: str, *, server: bool) -> Issued:
@@ -67,23 +78,34 @@ class Authority:
             .serial_number(serial)
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False))
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        )
         if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
         else:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+                x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False
+            )
         cert = builder.sign(self._key, hashes.SHA256())
         return Issued(
-            key=key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()),
+            key=key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
             cert=cert.public_bytes(serialization.Encoding.PEM),
-            serial=serial)
+            serial=serial,
+        )
 
 
 def write_atomically(path: Path, data: bytes, mtime: float | None = None) -> None:
@@ -128,11 +150,17 @@ def pki(tmp_path: Path) -> Pki:
     files["server.pem"].write_bytes(server.cert)
     files["server.key"].write_bytes(server.key)
     files["clients-ca.pem"].write_bytes(client_ca.pem)
-    return Pki(server_ca=server_ca, server=server, cert_file=files["server.pem"],
-               key_file=files["server.key"], client_ca=client_ca,
-               client_ca_file=files["clients-ca.pem"],
-               client=client_ca.issue("engine-node-1", server=False),
-               stranger_ca=stranger_ca, stranger=stranger_ca.issue("intruder", server=False))
+    return Pki(
+        server_ca=server_ca,
+        server=server,
+        cert_file=files["server.pem"],
+        key_file=files["server.key"],
+        client_ca=client_ca,
+        client_ca_file=files["clients-ca.pem"],
+        client=client_ca.issue("engine-node-1", server=False),
+        stranger_ca=stranger_ca,
+        stranger=stranger_ca.issue("intruder", server=False),
+    )
 
 
 def classify(client: ResolverClient, timeout: float = 5) -> str:
@@ -162,7 +190,9 @@ class Tokens:
 @pytest.fixture
 def tokens(tmp_path: Path) -> Tokens:
     t = Tokens(tmp_path / "tokens")
-    t.write("# name  token  methods",
-            f"engine  {ENGINE_TOKEN}  *",
-            f"console {CONSOLE_TOKEN} ResolveAuthenticatedEnv ResolveEnv")
+    t.write(
+        "# name  token  methods",
+        f"engine  {ENGINE_TOKEN}  *",
+        f"console {CONSOLE_TOKEN} ResolveAuthenticatedEnv ResolveEnv",
+    )
     return t

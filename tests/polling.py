@@ -4,11 +4,16 @@ servers, databases and threads (never a bare sleep)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01,
-               what: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 5.0,
+    interval: float = 0.01,
+    what: str = "condition",
+) -> Any:
     """Call ``predicate`` until it returns a truthy value and return that
     value; fail the test if ``timeout`` seconds pass first."""
     deadline = time.monotonic() + timeout

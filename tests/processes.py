@@ -12,10 +12,9 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from polling import wait_until
 
 from controlplane_resolver.dev.clusters import free_port
-
-from polling import wait_until
 
 CLI = str(Path(sys.executable).parent / "controlplane-resolver")
 
@@ -24,8 +23,11 @@ def health_status(address: str, service: str = "", timeout: float = 1.0) -> int 
     """The Health/Check status of ``service``, or None when the call fails."""
     with grpc.insecure_channel(address) as channel:
         try:
-            return health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
+            return (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+                .status
+            )
         except grpc.RpcError:
             return None
 
@@ -37,10 +39,15 @@ class ServerProcess:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         full_env = {**os.environ, **env, "RESOLVER_ADDR": self.address}
-        self.proc = subprocess.Popen([CLI, "serve", *args], env=full_env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [CLI, "serve", *args],
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
-    def wait_serving(self, timeout: float = 30.0) -> "ServerProcess":
+    def wait_serving(self, timeout: float = 30.0) -> ServerProcess:
         def serving() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}: {self.output()}")
@@ -65,7 +72,7 @@ class ServerProcess:
         assert self.proc.stdout is not None
         return self.proc.stdout.read()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -9,14 +9,15 @@ raw stub (``client.stub``) so the exact bad value reaches the server.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import psycopg
 import pytest
+from conftest import serving
 
 from controlplane_resolver.dev import demo
-from conftest import serving
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.client import ResolverError
 
@@ -29,51 +30,69 @@ _VALID = demo.new_cuid()
 
 #: Every id field of every RPC (all 13 of the proto), keyed ``Rpc.field``.
 ID_FIELDS: dict[str, Build] = {
-    "ResolveEnv.environment_id":
-        lambda v: ("ResolveEnv", pb.ResolveEnvRequest(environment_id=v)),
-    "ResolveAuthenticatedEnv.environment_id":
-        lambda v: ("ResolveAuthenticatedEnv", pb.ResolveAuthenticatedEnvRequest(environment_id=v)),
-    "ResolveWorkerVersion.environment_id":
-        lambda v: ("ResolveWorkerVersion", pb.ResolveWorkerVersionRequest(environment_id=v)),
-    "ResolveWorkerVersion.worker_id":
-        lambda v: ("ResolveWorkerVersion", pb.ResolveWorkerVersionRequest(
-            environment_id=_VALID, environment_type=pb.ENVIRONMENT_TYPE_PRODUCTION,
-            worker_id=v)),
-    "ReadRun.run_id":
-        lambda v: ("ReadRun", pb.ReadRunRequest(run_id=v, include_environment=True)),
-    "AssertEnvExists.environment_id":
-        lambda v: ("AssertEnvExists", pb.AssertEnvExistsRequest(environment_id=v)),
-    "ResolveRunLockedWorker.locked_by_id":
-        lambda v: ("ResolveRunLockedWorker", pb.ResolveRunLockedWorkerRequest(
-            locked_by_id=v, locked_to_version_id=_VALID)),
-    "ResolveRunLockedWorker.locked_to_version_id":
-        lambda v: ("ResolveRunLockedWorker", pb.ResolveRunLockedWorkerRequest(
-            locked_by_id=_VALID, locked_to_version_id=v)),
-    "ClassifyRunId.id":
-        lambda v: ("ClassifyRunId", pb.ClassifyRunIdRequest(id=v)),
-    "ResolveMintKind.organization_id":
-        lambda v: ("ResolveMintKind", pb.ResolveMintKindRequest(organization_id=v)),
-    "ResolveMintKind.parent_id":
-        lambda v: ("ResolveMintKind", pb.ResolveMintKindRequest(organization_id=_VALID,
-                                                                parent_id=v)),
-    "MintId.organization_id":
-        lambda v: ("MintId", pb.MintIdRequest(kind=pb.ID_KIND_RUN, organization_id=v)),
-    "MintId.parent_id":
-        lambda v: ("MintId", pb.MintIdRequest(kind=pb.ID_KIND_RUN, organization_id=_VALID,
-                                              parent_id=v)),
-    "SelectStoreForWaitpoint.waitpoint_id":
-        lambda v: ("SelectStoreForWaitpoint", pb.SelectStoreForWaitpointRequest(
-            waitpoint_id=v, route_kind=pb.UNBLOCK_ROUTE_KIND_MANUAL)),
-    "Invalidate.environment_id":
-        lambda v: ("Invalidate", pb.InvalidateRequest(environment_id=v)),
-    "Invalidate.organization_id":
-        lambda v: ("Invalidate", pb.InvalidateRequest(organization_id=v)),
-    "Invalidate.worker_versions_environment_id":
-        lambda v: ("Invalidate", pb.InvalidateRequest(worker_versions_environment_id=v)),
-    "BatchResolveEnvs.environment_ids":
-        lambda v: ("BatchResolveEnvs", pb.BatchResolveEnvsRequest(environment_ids=[_VALID, v])),
-    "BatchReadRuns.run_ids":
-        lambda v: ("BatchReadRuns", pb.BatchReadRunsRequest(run_ids=[_VALID, v])),
+    "ResolveEnv.environment_id": lambda v: ("ResolveEnv", pb.ResolveEnvRequest(environment_id=v)),
+    "ResolveAuthenticatedEnv.environment_id": lambda v: (
+        "ResolveAuthenticatedEnv",
+        pb.ResolveAuthenticatedEnvRequest(environment_id=v),
+    ),
+    "ResolveWorkerVersion.environment_id": lambda v: (
+        "ResolveWorkerVersion",
+        pb.ResolveWorkerVersionRequest(environment_id=v),
+    ),
+    "ResolveWorkerVersion.worker_id": lambda v: (
+        "ResolveWorkerVersion",
+        pb.ResolveWorkerVersionRequest(
+            environment_id=_VALID, environment_type=pb.ENVIRONMENT_TYPE_PRODUCTION, worker_id=v
+        ),
+    ),
+    "ReadRun.run_id": lambda v: ("ReadRun", pb.ReadRunRequest(run_id=v, include_environment=True)),
+    "AssertEnvExists.environment_id": lambda v: (
+        "AssertEnvExists",
+        pb.AssertEnvExistsRequest(environment_id=v),
+    ),
+    "ResolveRunLockedWorker.locked_by_id": lambda v: (
+        "ResolveRunLockedWorker",
+        pb.ResolveRunLockedWorkerRequest(locked_by_id=v, locked_to_version_id=_VALID),
+    ),
+    "ResolveRunLockedWorker.locked_to_version_id": lambda v: (
+        "ResolveRunLockedWorker",
+        pb.ResolveRunLockedWorkerRequest(locked_by_id=_VALID, locked_to_version_id=v),
+    ),
+    "ClassifyRunId.id": lambda v: ("ClassifyRunId", pb.ClassifyRunIdRequest(id=v)),
+    "ResolveMintKind.organization_id": lambda v: (
+        "ResolveMintKind",
+        pb.ResolveMintKindRequest(organization_id=v),
+    ),
+    "ResolveMintKind.parent_id": lambda v: (
+        "ResolveMintKind",
+        pb.ResolveMintKindRequest(organization_id=_VALID, parent_id=v),
+    ),
+    "MintId.organization_id": lambda v: (
+        "MintId",
+        pb.MintIdRequest(kind=pb.ID_KIND_RUN, organization_id=v),
+    ),
+    "MintId.parent_id": lambda v: (
+        "MintId",
+        pb.MintIdRequest(kind=pb.ID_KIND_RUN, organization_id=_VALID, parent_id=v),
+    ),
+    "SelectStoreForWaitpoint.waitpoint_id": lambda v: (
+        "SelectStoreForWaitpoint",
+        pb.SelectStoreForWaitpointRequest(waitpoint_id=v, route_kind=pb.UNBLOCK_ROUTE_KIND_MANUAL),
+    ),
+    "Invalidate.environment_id": lambda v: ("Invalidate", pb.InvalidateRequest(environment_id=v)),
+    "Invalidate.organization_id": lambda v: ("Invalidate", pb.InvalidateRequest(organization_id=v)),
+    "Invalidate.worker_versions_environment_id": lambda v: (
+        "Invalidate",
+        pb.InvalidateRequest(worker_versions_environment_id=v),
+    ),
+    "BatchResolveEnvs.environment_ids": lambda v: (
+        "BatchResolveEnvs",
+        pb.BatchResolveEnvsRequest(environment_ids=[_VALID, v]),
+    ),
+    "BatchReadRuns.run_ids": lambda v: (
+        "BatchReadRuns",
+        pb.BatchReadRunsRequest(run_ids=[_VALID, v]),
+    ),
 }
 
 BAD_IDS: dict[str, str] = {
@@ -86,19 +105,23 @@ BAD_IDS: dict[str, str] = {
 
 #: Enum fields set to a number their enum does not define.
 BAD_ENUMS: dict[str, tuple[str, Any]] = {
-    "ResolveWorkerVersion.environment_type": ("ResolveWorkerVersion",
-                                              pb.ResolveWorkerVersionRequest(
-                                                  environment_id=_VALID, environment_type=99)),
+    "ResolveWorkerVersion.environment_type": (
+        "ResolveWorkerVersion",
+        pb.ResolveWorkerVersionRequest(environment_id=_VALID, environment_type=99),
+    ),
     "MintId.kind": ("MintId", pb.MintIdRequest(kind=99, organization_id=_VALID)),
-    "SelectStoreForWaitpoint.route_kind": ("SelectStoreForWaitpoint",
-                                           pb.SelectStoreForWaitpointRequest(
-                                               waitpoint_id="waitpoint_" + _VALID,
-                                               route_kind=99)),
-    "SelectStoreForWaitpoint.tree_owner_residency": ("SelectStoreForWaitpoint",
-                                                     pb.SelectStoreForWaitpointRequest(
-                                                         waitpoint_id="waitpoint_" + _VALID,
-                                                         route_kind=pb.UNBLOCK_ROUTE_KIND_RUN,
-                                                         tree_owner_residency=99)),
+    "SelectStoreForWaitpoint.route_kind": (
+        "SelectStoreForWaitpoint",
+        pb.SelectStoreForWaitpointRequest(waitpoint_id="waitpoint_" + _VALID, route_kind=99),
+    ),
+    "SelectStoreForWaitpoint.tree_owner_residency": (
+        "SelectStoreForWaitpoint",
+        pb.SelectStoreForWaitpointRequest(
+            waitpoint_id="waitpoint_" + _VALID,
+            route_kind=pb.UNBLOCK_ROUTE_KIND_RUN,
+            tree_owner_residency=99,
+        ),
+    ),
 }
 
 
@@ -132,8 +155,9 @@ def assert_still_serving(client: ResolverClient, environment_id: str) -> None:
 
 @pytest.mark.parametrize("bad", BAD_IDS.values(), ids=BAD_IDS.keys())
 @pytest.mark.parametrize("field", ID_FIELDS.keys())
-def test_malformed_id_is_invalid_argument(client: ResolverClient, known_env: str, field: str,
-                                          bad: str) -> None:
+def test_malformed_id_is_invalid_argument(
+    client: ResolverClient, known_env: str, field: str, bad: str
+) -> None:
     method, request = ID_FIELDS[field](bad)
     error = call_raw(client, method, request)
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT, error
@@ -142,8 +166,9 @@ def test_malformed_id_is_invalid_argument(client: ResolverClient, known_env: str
 
 
 @pytest.mark.parametrize("field", BAD_ENUMS.keys())
-def test_unknown_enum_value_is_invalid_argument(client: ResolverClient, known_env: str,
-                                                field: str) -> None:
+def test_unknown_enum_value_is_invalid_argument(
+    client: ResolverClient, known_env: str, field: str
+) -> None:
     method, request = BAD_ENUMS[field]
     error = call_raw(client, method, request)
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT, error
@@ -153,12 +178,18 @@ def test_unknown_enum_value_is_invalid_argument(client: ResolverClient, known_en
 
 def test_invalid_id_error_names_the_field(client: ResolverClient) -> None:
     """The ErrorInfo metadata says which field was malformed, down to the batch index."""
-    error = call_raw(client, "BatchResolveEnvs",
-                     pb.BatchResolveEnvsRequest(environment_ids=[_VALID, _VALID, "bad id"]))
+    error = call_raw(
+        client,
+        "BatchResolveEnvs",
+        pb.BatchResolveEnvsRequest(environment_ids=[_VALID, _VALID, "bad id"]),
+    )
     assert error.reason == "INVALID_ID"
     assert error.metadata.get("field") == "environment_ids[2]"
-    error = call_raw(client, "ResolveWorkerVersion", pb.ResolveWorkerVersionRequest(
-        environment_id=_VALID, worker_id="bad id"))
+    error = call_raw(
+        client,
+        "ResolveWorkerVersion",
+        pb.ResolveWorkerVersionRequest(environment_id=_VALID, worker_id="bad id"),
+    )
     assert error.metadata.get("field") == "worker_id"
 
 
@@ -173,13 +204,18 @@ def test_typed_client_raises_resolver_error(client: ResolverClient) -> None:
     assert caught.value.reason == "INVALID_ID"
 
 
-@pytest.mark.parametrize("method,request_", [
-    ("ResolveEnv", pb.ResolveEnvRequest(environment_id="c" * 255)),
-    ("ReadRun", pb.ReadRunRequest(run_id="run_" + "c" * 251)),
-    ("AssertEnvExists", pb.AssertEnvExistsRequest(environment_id="A-z_0" * 51)),
-], ids=["ResolveEnv", "ReadRun", "AssertEnvExists"])
-def test_longest_well_formed_id_is_not_rejected(client: ResolverClient, method: str,
-                                                request_: Any) -> None:
+@pytest.mark.parametrize(
+    "method,request_",
+    [
+        ("ResolveEnv", pb.ResolveEnvRequest(environment_id="c" * 255)),
+        ("ReadRun", pb.ReadRunRequest(run_id="run_" + "c" * 251)),
+        ("AssertEnvExists", pb.AssertEnvExistsRequest(environment_id="A-z_0" * 51)),
+    ],
+    ids=["ResolveEnv", "ReadRun", "AssertEnvExists"],
+)
+def test_longest_well_formed_id_is_not_rejected(
+    client: ResolverClient, method: str, request_: Any
+) -> None:
     """255 characters of ``[A-Za-z0-9_-]`` is a legal id: absent, not invalid."""
     error = call_raw(client, method, request_)
     assert error.code == grpc.StatusCode.NOT_FOUND, error
@@ -189,4 +225,3 @@ def test_invalidate_without_target_is_invalid_argument(client: ResolverClient) -
     error = call_raw(client, "Invalidate", pb.InvalidateRequest())
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert error.reason
-

@@ -10,14 +10,15 @@ it); runs are never cached and follow the same read-through as ReadRun.
 from __future__ import annotations
 
 import secrets
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
+from conftest import serving
+from test_environments import concurrency_limit, set_concurrency_limit
 
 from controlplane_resolver.dev import demo
-from test_environments import concurrency_limit, set_concurrency_limit
-from conftest import serving
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.client import ResolverError
 
@@ -34,20 +35,32 @@ def client(databases: Any) -> Iterator[ResolverClient]:
         yield running.client
 
 
-def add_run(conn: Conn, run_id: str, tenant: Any, environment_id: str, *,
-            status: str = "PENDING", friendly_id: str | None = None) -> str:
+def add_run(
+    conn: Conn,
+    run_id: str,
+    tenant: Any,
+    environment_id: str,
+    *,
+    status: str = "PENDING",
+    friendly_id: str | None = None,
+) -> str:
     """A run with ``run_id``; returns the id."""
-    return demo.insert_run(conn, id=run_id, environment_id=environment_id,
-                           project_id=tenant.project_id, organization_id=tenant.organization_id,
-                           status=status, environment_type="PRODUCTION",
-                           **({"friendly_id": friendly_id} if friendly_id else {}))
+    return demo.insert_run(
+        conn,
+        id=run_id,
+        environment_id=environment_id,
+        project_id=tenant.project_id,
+        organization_id=tenant.organization_id,
+        status=status,
+        environment_type="PRODUCTION",
+        **({"friendly_id": friendly_id} if friendly_id else {}),
+    )
 
 
 # ------------------------------------------------------------ BatchResolveEnvs
 
 
-def test_batch_resolve_envs_in_request_order(client: ResolverClient, cp: Conn,
-                                             tenant: Any) -> None:
+def test_batch_resolve_envs_in_request_order(client: ResolverClient, cp: Conn, tenant: Any) -> None:
     """Results follow the request: ids echoed, absent ids flagged, duplicates
     answered each time, each environment the ResolveEnv shape."""
     prod = tenant.environment(cp, "PRODUCTION", maximum_concurrency_limit=11)
@@ -67,8 +80,9 @@ def test_batch_resolve_envs_in_request_order(client: ResolverClient, cp: Conn,
     assert results[0].environment == results[3].environment
 
 
-def test_batch_resolve_envs_empty_and_largest(client: ResolverClient, cp: Conn,
-                                              tenant: Any) -> None:
+def test_batch_resolve_envs_empty_and_largest(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """No ids → no results; exactly 1000 ids is allowed."""
     assert client.batch_resolve_envs([]) == []
     env_id = tenant.environment(cp, "STAGING")
@@ -80,8 +94,9 @@ def test_batch_resolve_envs_empty_and_largest(client: ResolverClient, cp: Conn,
     assert results[-1].environment.id == env_id
 
 
-def test_batch_resolve_envs_serves_cached_answers(client: ResolverClient, cp: Conn,
-                                                  tenant: Any) -> None:
+def test_batch_resolve_envs_serves_cached_answers(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """An environment cached by a first batch (or by ResolveEnv) is served from
     the cache by the next batch even after the row changed; an id first seen
     in the second batch is read fresh."""
@@ -118,8 +133,9 @@ def test_batch_resolve_envs_bad_input(client: ResolverClient) -> None:
 # --------------------------------------------------------------- BatchReadRuns
 
 
-def test_batch_read_runs_mixed_residencies(client: ResolverClient, cp: Conn, ro: Conn,
-                                           tenant: Any) -> None:
+def test_batch_read_runs_mixed_residencies(
+    client: ResolverClient, cp: Conn, ro: Conn, tenant: Any
+) -> None:
     """Every residency and both id forms in one call, across both databases,
     in request order, with duplicates and absent ids."""
     env_id = tenant.environment(cp, "PRODUCTION")
@@ -127,8 +143,9 @@ def test_batch_read_runs_mixed_residencies(client: ResolverClient, cp: Conn, ro:
     legacy_run = add_run(cp, demo.new_cuid(), tenant, env_id, status="COMPLETED_SUCCESSFULLY")
     legacy_in_run_ops = add_run(ro, demo.new_cuid(), tenant, env_id, status="DEQUEUED")
     short_friendly = "run_" + "".join(secrets.choice(NANOID_ALPHABET) for _ in range(21))
-    old_run = add_run(cp, demo.new_cuid(), tenant, env_id, friendly_id=short_friendly,
-                      status="CANCELED")
+    old_run = add_run(
+        cp, demo.new_cuid(), tenant, env_id, friendly_id=short_friendly, status="CANCELED"
+    )
     new_only_in_cp = add_run(cp, demo.new_ksuid(), tenant, env_id)
     both = demo.new_cuid()
     add_run(cp, both, tenant, env_id, status="COMPLETED_WITH_ERRORS")
@@ -169,29 +186,40 @@ def test_batch_read_runs_mixed_residencies(client: ResolverClient, cp: Conn, ro:
         assert result.run.organization_id == tenant.organization_id
 
 
-def test_batch_read_runs_agrees_with_read_run(client: ResolverClient, cp: Conn, ro: Conn,
-                                              tenant: Any) -> None:
+def test_batch_read_runs_agrees_with_read_run(
+    client: ResolverClient, cp: Conn, ro: Conn, tenant: Any
+) -> None:
     """Each batch result carries the same run, source and residency as ReadRun."""
     env_id = tenant.environment(cp, "PRODUCTION")
-    ids = [add_run(ro, demo.new_ksuid(), tenant, env_id),
-           add_run(cp, demo.new_cuid(), tenant, env_id),
-           add_run(ro, demo.new_cuid(), tenant, env_id)]
+    ids = [
+        add_run(ro, demo.new_ksuid(), tenant, env_id),
+        add_run(cp, demo.new_cuid(), tenant, env_id),
+        add_run(ro, demo.new_cuid(), tenant, env_id),
+    ]
     for result in client.batch_read_runs(ids):
         single = client.read_run(result.run_id)
         assert single is not None
         assert (result.run, result.source, result.residency) == (
-            single.run, single.source, single.residency)
+            single.run,
+            single.source,
+            single.residency,
+        )
 
 
-def test_batch_read_runs_split_off(start_server: Callable[..., Any], cp: Conn, ro: Conn,
-                                   tenant: Any) -> None:
+def test_batch_read_runs_split_off(
+    start_server: Callable[..., Any], cp: Conn, ro: Conn, tenant: Any
+) -> None:
     """Split off: every id is read from the control-plane database only."""
     client = start_server(run_ops_split_enabled=False).client
     env_id = tenant.environment(cp, "PRODUCTION")
-    in_cp = [add_run(cp, demo.new_cuid(), tenant, env_id),
-             add_run(cp, demo.new_ksuid(), tenant, env_id)]
-    in_run_ops = [add_run(ro, demo.new_ksuid(), tenant, env_id),
-                  add_run(ro, demo.new_cuid(), tenant, env_id)]
+    in_cp = [
+        add_run(cp, demo.new_cuid(), tenant, env_id),
+        add_run(cp, demo.new_ksuid(), tenant, env_id),
+    ]
+    in_run_ops = [
+        add_run(ro, demo.new_ksuid(), tenant, env_id),
+        add_run(ro, demo.new_cuid(), tenant, env_id),
+    ]
     request = [in_cp[0], in_run_ops[0], "run_" + in_cp[1], "run_" + in_run_ops[1]]
     results = client.batch_read_runs(request)
     assert [r.run_id for r in results] == request
@@ -201,8 +229,9 @@ def test_batch_read_runs_split_off(start_server: Callable[..., Any], cp: Conn, r
     assert (results[0].residency, results[2].residency) == (pb.RESIDENCY_LEGACY, pb.RESIDENCY_NEW)
 
 
-def test_batch_read_runs_are_not_cached(client: ResolverClient, ro: Conn, cp: Conn,
-                                        tenant: Any) -> None:
+def test_batch_read_runs_are_not_cached(
+    client: ResolverClient, ro: Conn, cp: Conn, tenant: Any
+) -> None:
     """Runs change constantly: a second batch sees a status change at once."""
     env_id = tenant.environment(cp, "PRODUCTION")
     run_id = add_run(ro, demo.new_ksuid(), tenant, env_id, status="PENDING")
@@ -211,8 +240,9 @@ def test_batch_read_runs_are_not_cached(client: ResolverClient, ro: Conn, cp: Co
     assert client.batch_read_runs([run_id])[0].run.status == "EXECUTING"
 
 
-def test_batch_read_runs_empty_and_largest(client: ResolverClient, cp: Conn, ro: Conn,
-                                           tenant: Any) -> None:
+def test_batch_read_runs_empty_and_largest(
+    client: ResolverClient, cp: Conn, ro: Conn, tenant: Any
+) -> None:
     """No ids → no results; exactly 1000 ids (both shapes) is allowed."""
     assert client.batch_read_runs([]) == []
     env_id = tenant.environment(cp, "PRODUCTION")

@@ -17,10 +17,12 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
+from polling import wait_until
 
 from controlplane_resolver.cache import (
     ABSENT,
@@ -35,7 +37,6 @@ from controlplane_resolver.cache import (
     project_scope,
     worker_versions_scope,
 )
-from polling import wait_until
 
 # Lifetimes of the default test policy, in fake seconds. Negative < soft <
 # hard, as in production; no jitter so deadlines are exact.
@@ -43,8 +44,9 @@ SOFT = 10.0
 HARD = 100.0
 NEGATIVE = 2.0
 BOUND = 100
-BASE_POLICY = SlotPolicy(soft_ttl=SOFT, hard_ttl=HARD, negative_ttl=NEGATIVE,
-                         max_entries=BOUND, jitter=0.0)
+BASE_POLICY = SlotPolicy(
+    soft_ttl=SOFT, hard_ttl=HARD, negative_ttl=NEGATIVE, max_entries=BOUND, jitter=0.0
+)
 
 SLOT = Slot.ENVIRONMENT
 
@@ -151,7 +153,7 @@ def run_concurrently(n: int, call: Callable[[int], Any]) -> list[Outcome]:
     def run(i: int) -> None:
         try:
             outcomes[i].value = call(i)
-        except BaseException as exc:  # noqa: BLE001 - the outcome is the point
+        except BaseException as exc:
             outcomes[i].error = exc
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
@@ -175,7 +177,7 @@ class Background:
     def _run(self, call: Callable[[], Any]) -> None:
         try:
             self.outcome.value = call()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             self.outcome.error = exc
 
     def result(self) -> Any:
@@ -186,8 +188,9 @@ class Background:
         return self.outcome.value
 
 
-def env_get(cache: Cache, env_id: str, load: Callable[[], Any], slot: Slot = SLOT,
-            **kwargs: Any) -> Any:
+def env_get(
+    cache: Cache, env_id: str, load: Callable[[], Any], slot: Slot = SLOT, **kwargs: Any
+) -> Any:
     """A read keyed and scoped by an environment id, as the resolver does."""
     return cache.get(slot, env_id, load, scopes=(env_scope(env_id),), **kwargs)
 
@@ -206,8 +209,7 @@ def make_cache(clock: FakeClock) -> Iterator[Callable[..., Cache]]:
 
     def make(*, refresh_workers: int = 2, **policy_fields: Any) -> Cache:
         policy = replace(BASE_POLICY, **policy_fields)
-        cache = Cache({slot: policy for slot in Slot}, clock=clock,
-                      refresh_workers=refresh_workers)
+        cache = Cache({slot: policy for slot in Slot}, clock=clock, refresh_workers=refresh_workers)
         made.append(cache)
         return cache
 
@@ -265,8 +267,9 @@ def test_peek_never_loads_and_sees_only_fresh_entries(cache: Cache, clock: FakeC
     assert cache.peek(SLOT, "e1") == (False, None)
 
 
-def test_fresh_answers_hits_only_and_counts_nothing_on_a_miss(cache: Cache,
-                                                            clock: FakeClock) -> None:
+def test_fresh_answers_hits_only_and_counts_nothing_on_a_miss(
+    cache: Cache, clock: FakeClock
+) -> None:
     assert cache.fresh(SLOT, "e1") is MISSING
     env_get(cache, "e1", CountingLoad("value"))
     env_get(cache, "gone", CountingLoad(ABSENT))
@@ -361,8 +364,10 @@ def test_invalidate_environment_drops_only_that_environment(cache: Cache) -> Non
 
 
 def test_invalidate_environment_reaches_every_slot_scoped_to_it(cache: Cache) -> None:
-    loads = {slot: CountingLoad(f"{slot.value} 1", f"{slot.value} 2")
-             for slot in (Slot.ENVIRONMENT, Slot.AUTHENTICATED_ENVIRONMENT, Slot.ENV_EXISTS)}
+    loads = {
+        slot: CountingLoad(f"{slot.value} 1", f"{slot.value} 2")
+        for slot in (Slot.ENVIRONMENT, Slot.AUTHENTICATED_ENVIRONMENT, Slot.ENV_EXISTS)
+    }
     for slot, load in loads.items():
         env_get(cache, "a", load, slot)
 
@@ -380,9 +385,11 @@ def _org_of(value: tuple[str, str]) -> tuple[str, ...]:
 def test_invalidate_organization_drops_entries_whose_value_names_it(cache: Cache) -> None:
     # The key does not say which organization an environment belongs to;
     # only the loaded value does, through scopes_of.
-    loads = {"a": CountingLoad(("o1", "a1"), ("o1", "a2")),
-             "b": CountingLoad(("o1", "b1"), ("o1", "b2")),
-             "c": CountingLoad(("o2", "c1"), ("o2", "c2"))}
+    loads = {
+        "a": CountingLoad(("o1", "a1"), ("o1", "a2")),
+        "b": CountingLoad(("o1", "b1"), ("o1", "b2")),
+        "c": CountingLoad(("o2", "c1"), ("o2", "c2")),
+    }
     for env_id, load in loads.items():
         env_get(cache, env_id, load, scopes_of=_org_of)
 
@@ -445,8 +452,9 @@ def test_invalidate_all_drops_everything(cache: Cache) -> None:
 def test_fill_raced_by_environment_invalidation_is_returned_but_not_stored(cache: Cache) -> None:
     # The invalidation lands while the first load runs: its answer may
     # predate the change, so it goes to its caller but not into the cache.
-    load = CountingLoad("old", "new",
-                        on_call=lambda n: cache.invalidate_environment("a") if n == 1 else None)
+    load = CountingLoad(
+        "old", "new", on_call=lambda n: cache.invalidate_environment("a") if n == 1 else None
+    )
     assert env_get(cache, "a", load) == "old"
     assert cache.stats(SLOT).discarded_fills == 1
     assert env_get(cache, "a", load) == "new"
@@ -471,8 +479,11 @@ def test_fill_raced_by_invalidation_from_another_thread_is_not_stored(cache: Cac
 def test_fill_raced_by_organization_invalidation_is_not_stored(cache: Cache) -> None:
     # The organization is only known from the value, after the load: the
     # check must use the scopes of the value, not only those of the key.
-    load = CountingLoad(("o1", "old"), ("o1", "new"),
-                        on_call=lambda n: cache.invalidate_organization("o1") if n == 1 else None)
+    load = CountingLoad(
+        ("o1", "old"),
+        ("o1", "new"),
+        on_call=lambda n: cache.invalidate_organization("o1") if n == 1 else None,
+    )
     assert env_get(cache, "a", load, scopes_of=_org_of) == ("o1", "old")
     assert cache.stats(SLOT).discarded_fills == 1
     assert env_get(cache, "a", load, scopes_of=_org_of) == ("o1", "new")
@@ -482,8 +493,10 @@ def test_fill_raced_by_organization_invalidation_is_not_stored(cache: Cache) -> 
 
 def test_fill_raced_by_unrelated_invalidation_is_stored(cache: Cache) -> None:
     # Control for the two tests above: only the value's own scopes matter.
-    load = CountingLoad(("o1", "value"), on_call=lambda _n: (
-        cache.invalidate_organization("o2"), cache.invalidate_environment("b")))
+    load = CountingLoad(
+        ("o1", "value"),
+        on_call=lambda _n: (cache.invalidate_organization("o2"), cache.invalidate_environment("b")),
+    )
     env_get(cache, "a", load, scopes_of=_org_of)
     assert env_get(cache, "a", load, scopes_of=_org_of) == ("o1", "value")
     assert load.calls == 1
@@ -513,8 +526,7 @@ def test_inserting_past_the_bound_evicts(make_cache: Callable[..., Cache]) -> No
     assert cache.stats(SLOT).evictions == 2
 
 
-def test_the_bound_drops_the_entry_stored_longest_ago(
-        make_cache: Callable[..., Cache]) -> None:
+def test_the_bound_drops_the_entry_stored_longest_ago(make_cache: Callable[..., Cache]) -> None:
     cache = make_cache(max_entries=3)
     loads = {key: CountingLoad(f"{key} 1", f"{key} 2") for key in ("e0", "e1", "e2", "e3")}
     for key in ("e0", "e1", "e2"):
@@ -531,7 +543,8 @@ def test_the_bound_drops_the_entry_stored_longest_ago(
 
 
 def test_expired_entries_leave_the_store_without_counting_as_evictions(
-        make_cache: Callable[..., Cache], clock: FakeClock) -> None:
+    make_cache: Callable[..., Cache], clock: FakeClock
+) -> None:
     cache = make_cache(max_entries=3)
     for key in ("e0", "e1"):
         env_get(cache, key, CountingLoad(key))
@@ -547,7 +560,8 @@ def test_expired_entries_leave_the_store_without_counting_as_evictions(
 
 
 def test_updating_an_existing_key_at_the_bound_evicts_nothing(
-        make_cache: Callable[..., Cache]) -> None:
+    make_cache: Callable[..., Cache],
+) -> None:
     cache = make_cache(max_entries=3)
     loads = [CountingLoad(f"e{i} 1", f"e{i} 2") for i in range(3)]
     for i, load in enumerate(loads):
@@ -577,7 +591,8 @@ def test_value_is_fresh_before_the_soft_ttl(cache: Cache, clock: FakeClock) -> N
 
 
 def test_stale_value_is_served_at_once_and_refreshed_once_in_the_background(
-        cache: Cache, clock: FakeClock) -> None:
+    cache: Cache, clock: FakeClock
+) -> None:
     gate = Gate()
     refresh_threads: list[threading.Thread] = []
 
@@ -619,7 +634,8 @@ def test_past_the_hard_ttl_a_get_waits_for_a_load(cache: Cache, clock: FakeClock
 
 
 def test_failed_refresh_keeps_the_old_value_until_the_hard_ttl(
-        cache: Cache, clock: FakeClock) -> None:
+    cache: Cache, clock: FakeClock
+) -> None:
     boom = Boom("database down")
     load = CountingLoad("old", boom)
     env_get(cache, "a", load)
@@ -642,7 +658,8 @@ def test_failed_refresh_keeps_the_old_value_until_the_hard_ttl(
 
 
 def test_failed_refresh_is_retried_at_most_once_a_second(
-        make_cache: Callable[..., Cache], clock: FakeClock) -> None:
+    make_cache: Callable[..., Cache], clock: FakeClock
+) -> None:
     # One refresh worker runs refreshes in submission order, so a refresh of
     # a probe key submitted after another has started only once that other
     # one has finished entirely (its failure handling included).
@@ -675,8 +692,9 @@ def test_failed_refresh_is_retried_at_most_once_a_second(
     wait_for(lambda: failing.calls == 3, "the refresh was retried after a second")
 
 
-def test_jitter_never_lengthens_lifetimes(make_cache: Callable[..., Cache],
-                                          clock: FakeClock) -> None:
+def test_jitter_never_lengthens_lifetimes(
+    make_cache: Callable[..., Cache], clock: FakeClock
+) -> None:
     jitter = 0.5
     keys = [f"e{i}" for i in range(200)]
     cache = make_cache(jitter=jitter, max_entries=len(keys))
@@ -728,12 +746,14 @@ def test_soft_ttl_zero_does_not_store_absence_either(make_cache: Callable[..., C
 
 
 def test_soft_ttl_zero_still_shares_one_load_between_concurrent_gets(
-        make_cache: Callable[..., Cache]) -> None:
+    make_cache: Callable[..., Cache],
+) -> None:
     cache = make_cache(soft_ttl=0.0)
     stats = cache.stats(SLOT)
     value = object()
-    load = CountingLoad(value, on_call=lambda _n: wait_for(
-        lambda: stats.joins == 7, "7 callers joined the load"))
+    load = CountingLoad(
+        value, on_call=lambda _n: wait_for(lambda: stats.joins == 7, "7 callers joined the load")
+    )
     outcomes = run_concurrently(8, lambda _i: env_get(cache, "a", load))
     assert [o.error for o in outcomes] == [None] * 8
     assert all(o.value is value for o in outcomes)
@@ -750,8 +770,12 @@ def test_concurrent_misses_share_one_load(cache: Cache) -> None:
     stats = cache.stats(SLOT)
     value = object()
     # The leader holds its load until every other caller waits on it.
-    load = CountingLoad(value, on_call=lambda _n: wait_for(
-        lambda: stats.joins == THREADS - 1, f"{THREADS - 1} callers joined the load"))
+    load = CountingLoad(
+        value,
+        on_call=lambda _n: wait_for(
+            lambda: stats.joins == THREADS - 1, f"{THREADS - 1} callers joined the load"
+        ),
+    )
     outcomes = run_concurrently(THREADS, lambda _i: env_get(cache, "a", load))
     assert [o.error for o in outcomes] == [None] * THREADS
     assert all(o.value is value for o in outcomes)
@@ -763,9 +787,15 @@ def test_concurrent_misses_share_one_load(cache: Cache) -> None:
 def test_concurrent_misses_all_get_the_leaders_error(cache: Cache) -> None:
     stats = cache.stats(SLOT)
     boom = Boom("database down")
-    load = CountingLoad(boom, "value", on_call=lambda n: wait_for(
-        lambda: stats.joins == THREADS - 1, f"{THREADS - 1} callers joined the load")
-        if n == 1 else None)
+    load = CountingLoad(
+        boom,
+        "value",
+        on_call=lambda n: (
+            wait_for(lambda: stats.joins == THREADS - 1, f"{THREADS - 1} callers joined the load")
+            if n == 1
+            else None
+        ),
+    )
     outcomes = run_concurrently(THREADS, lambda _i: env_get(cache, "a", load))
     assert all(o.error is boom for o in outcomes)
     assert load.calls == 1
@@ -813,11 +843,11 @@ def test_flight_started_before_an_invalidation_is_not_joined(cache: Cache) -> No
 # ----------------------------------------------------------- thread safety
 
 
-def test_concurrent_gets_and_invalidations_smoke(make_cache: Callable[..., Cache],
-                                                 clock: FakeClock) -> None:
+def test_concurrent_gets_and_invalidations_smoke(
+    make_cache: Callable[..., Cache], clock: FakeClock
+) -> None:
     bound = 50
-    cache = make_cache(max_entries=bound, soft_ttl=0.5, hard_ttl=2.0, negative_ttl=0.2,
-                       jitter=0.1)
+    cache = make_cache(max_entries=bound, soft_ttl=0.5, hard_ttl=2.0, negative_ttl=0.2, jitter=0.1)
     keys = [f"e{i}" for i in range(200)]
     unexpected: list[str] = []
 
@@ -832,8 +862,7 @@ def test_concurrent_gets_and_invalidations_smoke(make_cache: Callable[..., Cache
 
             # Bound now, not looked up when called: a background refresh
             # runs this load after the loop has moved on to other keys.
-            def load(key: str = key, org: str = org, n: int = n,
-                     roll: float = rng.random()) -> Any:
+            def load(key: str = key, org: str = org, n: int = n, roll: float = rng.random()) -> Any:
                 if roll < 0.05:
                     raise Boom("database down")
                 if roll < 0.15:
@@ -859,7 +888,7 @@ def test_concurrent_gets_and_invalidations_smoke(make_cache: Callable[..., Cache
                     clock.advance(0.05)
             except Boom:
                 pass
-            except BaseException as exc:  # noqa: BLE001 - collected, asserted below
+            except BaseException as exc:
                 unexpected.append(repr(exc))
 
     outcomes = run_concurrently(8, worker)
@@ -875,7 +904,8 @@ def test_concurrent_gets_and_invalidations_smoke(make_cache: Callable[..., Cache
 
 
 def test_invalidation_holds_for_the_whole_life_of_the_entries_it_drops(
-        cache: Cache, clock: FakeClock) -> None:
+    cache: Cache, clock: FakeClock
+) -> None:
     # Nobody reads the dropped entries until just before they would expire
     # anyway: the epoch must still be remembered then, positive and negative.
     present = CountingLoad("old", "new")
@@ -961,8 +991,9 @@ def test_many_invalidations_never_resurrect_a_stale_entry(cache: Cache) -> None:
 # ------------------------------------ regressions: bugs found by these tests
 
 
-def test_retention_outlives_negative_entries(make_cache: Callable[..., Cache],
-                                             clock: FakeClock) -> None:
+def test_retention_outlives_negative_entries(
+    make_cache: Callable[..., Cache], clock: FakeClock
+) -> None:
     # Config allows a negative TTL longer than the hard TTL (only hard >= soft
     # is checked). Retention computed from hard TTLs alone (as it once was)
     # forgets the epoch of an invalidated absence while the absence lives.

@@ -21,20 +21,28 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from controlplane_resolver.dev import demo
 from controlplane_resolver.admin.cleanup import RUN_DATA_TABLES, TableKey
+from controlplane_resolver.dev import demo
 
 CLI = str(Path(sys.executable).parent / "controlplane-resolver")
 ARCHIVED = datetime(2026, 1, 2, 3, 4, 5)
-REPORT_LINE = re.compile(r'^  (?P<location>.+?) \([^()]*\): "(?P<table>\w+)" '
-                         r'(?:deleted|would delete) (?P<count>\d+)$')
+REPORT_LINE = re.compile(
+    r'^  (?P<location>.+?) \([^()]*\): "(?P<table>\w+)" '
+    r"(?:deleted|would delete) (?P<count>\d+)$"
+)
 
 
-def database_flags(databases: Any, *, split: bool = True, run_ops: str | None = None,
-                   legacy: str | None = None) -> list[str]:
-    flags = ["--control-plane-database-url", databases.control_plane,
-             "--run-ops-database-url", run_ops or databases.run_ops,
-             "--run-ops-split-enabled", "1" if split else "0"]
+def database_flags(
+    databases: Any, *, split: bool = True, run_ops: str | None = None, legacy: str | None = None
+) -> list[str]:
+    flags = [
+        "--control-plane-database-url",
+        databases.control_plane,
+        "--run-ops-database-url",
+        run_ops or databases.run_ops,
+        "--run-ops-split-enabled",
+        "1" if split else "0",
+    ]
     if legacy:
         flags += ["--run-ops-legacy-database-url", legacy]
     return flags
@@ -55,15 +63,24 @@ def reported(stdout: str) -> dict[tuple[str, str], int]:
 
 
 def runs_of(conn: psycopg.Connection[Any], environment_id: str) -> int:
-    row = conn.execute('SELECT count(*) FROM "TaskRun" WHERE "runtimeEnvironmentId" = %s',
-                       (environment_id,)).fetchone()
+    row = conn.execute(
+        'SELECT count(*) FROM "TaskRun" WHERE "runtimeEnvironmentId" = %s', (environment_id,)
+    ).fetchone()
     return int(row[0])
 
 
-def seed_runs(conn: psycopg.Connection[Any], env_id: str, project_id: str, n: int, *,
-              new: bool) -> list[str]:
-    return [demo.insert_run(conn, id=demo.new_ksuid() if new else demo.new_cuid(),
-                            environment_id=env_id, project_id=project_id) for _ in range(n)]
+def seed_runs(
+    conn: psycopg.Connection[Any], env_id: str, project_id: str, n: int, *, new: bool
+) -> list[str]:
+    return [
+        demo.insert_run(
+            conn,
+            id=demo.new_ksuid() if new else demo.new_cuid(),
+            environment_id=env_id,
+            project_id=project_id,
+        )
+        for _ in range(n)
+    ]
 
 
 @pytest.fixture
@@ -73,9 +90,9 @@ def dataset(cp, ro, tenant):
     archived = tenant.environment(cp, archived_at=ARCHIVED)
     live = tenant.environment(cp, "STAGING")
     other_project = demo.insert_project(cp, organization_id=tenant.organization_id)
-    other = demo.insert_environment(cp, project_id=other_project,
-                                    organization_id=tenant.organization_id,
-                                    archived_at=ARCHIVED)
+    other = demo.insert_environment(
+        cp, project_id=other_project, organization_id=tenant.organization_id, archived_at=ARCHIVED
+    )
     seed_runs(ro, archived, tenant.project_id, 7, new=True)
     seed_runs(cp, archived, tenant.project_id, 4, new=False)
     seed_runs(ro, live, tenant.project_id, 3, new=True)
@@ -97,15 +114,15 @@ def test_run_data_tables_are_keyed_on_indexed_columns(cp, ro):
             indexed = conn.execute(
                 "SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
                 "AND a.attnum = i.indkey[0] WHERE i.indrelid = %s::regclass AND a.attname = %s",
-                (f'"{t.table}"', t.key_column)).fetchone()
+                (f'"{t.table}"', t.key_column),
+            ).fetchone()
             assert indexed, t
     assert RUN_DATA_TABLES[-1] == TableKey("TaskRun", "runtimeEnvironmentId")
 
 
 def test_dry_run_counts_and_deletes_nothing(databases, cp, ro, dataset):
     before = snapshot(cp, ro, dataset)
-    result = cleanup("--environment", dataset["archived"], "--dry-run",
-                     *database_flags(databases))
+    result = cleanup("--environment", dataset["archived"], "--dry-run", *database_flags(databases))
     assert result.returncode == 0, result.stderr
     assert "dry run" in result.stdout
     assert reported(result.stdout) == {("run-ops", "TaskRun"): 7, ("legacy", "TaskRun"): 4}
@@ -114,8 +131,9 @@ def test_dry_run_counts_and_deletes_nothing(databases, cp, ro, dataset):
 
 def test_cleanup_deletes_the_environments_runs_only(databases, cp, ro, dataset):
     before = snapshot(cp, ro, dataset)
-    result = cleanup("--environment", dataset["archived"], "--batch-size", "3",
-                     *database_flags(databases))
+    result = cleanup(
+        "--environment", dataset["archived"], "--batch-size", "3", *database_flags(databases)
+    )
     assert result.returncode == 0, result.stderr
     assert reported(result.stdout) == {("run-ops", "TaskRun"): 7, ("legacy", "TaskRun"): 4}
     after = snapshot(cp, ro, dataset)
@@ -132,8 +150,10 @@ def test_cleanup_deletes_the_environments_runs_only(databases, cp, ro, dataset):
 
 def test_refuses_a_live_environment(databases, cp, ro, dataset):
     before = snapshot(cp, ro, dataset)
-    for args in (["--environment", dataset["live"]],
-                 ["--environment", dataset["live"], "--dry-run"]):
+    for args in (
+        ["--environment", dataset["live"]],
+        ["--environment", dataset["live"], "--dry-run"],
+    ):
         result = cleanup(*args, *database_flags(databases))
         assert result.returncode == 3, result
         assert dataset["live"] in result.stderr and "archive" in result.stderr.lower()
@@ -142,12 +162,16 @@ def test_refuses_a_live_environment(databases, cp, ro, dataset):
 
 
 def test_project_cleanup_covers_every_environment_of_a_soft_deleted_project(
-        databases, cp, ro, tenant, dataset):
+    databases, cp, ro, tenant, dataset
+):
     # A soft-deleted project whose environments were never archived.
     project = demo.insert_project(cp, organization_id=tenant.organization_id)
-    envs = [demo.insert_environment(cp, project_id=project,
-                                    organization_id=tenant.organization_id, type=t)
-            for t in ("PRODUCTION", "STAGING")]
+    envs = [
+        demo.insert_environment(
+            cp, project_id=project, organization_id=tenant.organization_id, type=t
+        )
+        for t in ("PRODUCTION", "STAGING")
+    ]
     for env in envs:
         seed_runs(ro, env, project, 3, new=True)
         seed_runs(cp, env, project, 2, new=False)
@@ -185,8 +209,11 @@ def test_one_physical_database_is_cleaned_once(databases, cp, ro, dataset):
     same = make_conninfo(**parts, application_name="another-name")
     assert same != databases.control_plane
     before = snapshot(cp, ro, dataset)
-    result = cleanup("--environment", dataset["archived"],
-                     *database_flags(databases, run_ops=same, legacy=databases.control_plane))
+    result = cleanup(
+        "--environment",
+        dataset["archived"],
+        *database_flags(databases, run_ops=same, legacy=databases.control_plane),
+    )
     assert result.returncode == 0, result.stderr
     # One location, named for both roles; only the control-plane rows were its.
     assert reported(result.stdout) == {("run-ops = legacy", "TaskRun"): 4}
@@ -210,8 +237,9 @@ def test_interrupted_cleanup_re_runs_to_completion(databases, cp, ro, tenant):
     # blocks in the legacy location, where it is killed mid-run.
     with psycopg.connect(databases.control_plane) as locker:
         locker.execute('SELECT 1 FROM "TaskRun" WHERE "id" = %s FOR UPDATE', (legacy_ids[-1],))
-        proc = subprocess.Popen([CLI, "cleanup", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [CLI, "cleanup", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         lines: queue.Queue[str] = queue.Queue()
         assert proc.stderr is not None
         threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
@@ -225,14 +253,18 @@ def test_interrupted_cleanup_re_runs_to_completion(databases, cp, ro, tenant):
         proc.wait(timeout=10)
         # The killed client's backend may still wait on the lock: end it, so its
         # uncommitted batch is rolled back rather than left to chance.
-        locker.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                       "WHERE application_name = 'controlplane-resolver:cleanup'")
+        locker.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'controlplane-resolver:cleanup'"
+        )
     assert runs_of(ro, env) <= 9 - 2  # at least the logged batch is gone for good
 
     remaining = (runs_of(ro, env), runs_of(cp, env))
     assert remaining[1] >= 1  # the locked run was never deleted
     result = cleanup(*args)
     assert result.returncode == 0, result.stderr
-    assert reported(result.stdout) == {("run-ops", "TaskRun"): remaining[0],
-                                       ("legacy", "TaskRun"): remaining[1]}
+    assert reported(result.stdout) == {
+        ("run-ops", "TaskRun"): remaining[0],
+        ("legacy", "TaskRun"): remaining[1],
+    }
     assert (runs_of(ro, env), runs_of(cp, env)) == (0, 0)

@@ -21,13 +21,12 @@ import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from polling import wait_until
+from processes import CLI
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from controlplane_resolver.config import OPTIONS
 from controlplane_resolver.dev.clusters import free_port
-
-from polling import wait_until
-from processes import CLI
 
 PASSWORD = "s3cret"
 EXIT_RUNTIME, EXIT_CONFIG, EXIT_REFUSED = 1, 2, 3
@@ -54,7 +53,9 @@ def cli_env(**settings: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -81,8 +82,9 @@ def scratch_database(databases: Any) -> Iterator[str]:
 
 
 def test_check_with_split_off_prints_the_topology(databases: Any) -> None:
-    result = run_cli("check", env=cli_env(
-        CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane)))
+    result = run_cli(
+        "check", env=cli_env(CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane))
+    )
     assert result.returncode == 0, result.stderr
     cp = conninfo_to_dict(databases.control_plane)
     assert "configuration OK" in result.stdout
@@ -92,10 +94,15 @@ def test_check_with_split_off_prints_the_topology(databases: Any) -> None:
 
 
 def test_check_with_split_on_prints_the_sentinel_verdict(databases: Any) -> None:
-    result = run_cli("check", env=cli_env(
-        CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
-        RUN_OPS_DATABASE_URL=with_password(databases.run_ops),
-        RUN_OPS_SPLIT_ENABLED="1", REALTIME_BACKEND_NATIVE_ENABLED="true"))
+    result = run_cli(
+        "check",
+        env=cli_env(
+            CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
+            RUN_OPS_DATABASE_URL=with_password(databases.run_ops),
+            RUN_OPS_SPLIT_ENABLED="1",
+            REALTIME_BACKEND_NATIVE_ENABLED="true",
+        ),
+    )
     assert result.returncode == 0, result.stderr
     assert "split mode: ON" in result.stdout
     assert "sentinel: distinct clusters" in result.stdout
@@ -106,10 +113,15 @@ def test_check_with_split_on_prints_the_sentinel_verdict(databases: Any) -> None
 
 
 def test_check_refuses_split_without_native_realtime(databases: Any) -> None:
-    result = run_cli("check", env=cli_env(
-        CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
-        RUN_OPS_DATABASE_URL=with_password(databases.run_ops),
-        RUN_OPS_SPLIT_ENABLED="1", REALTIME_BACKEND_NATIVE_ENABLED="0"))
+    result = run_cli(
+        "check",
+        env=cli_env(
+            CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
+            RUN_OPS_DATABASE_URL=with_password(databases.run_ops),
+            RUN_OPS_SPLIT_ENABLED="1",
+            REALTIME_BACKEND_NATIVE_ENABLED="0",
+        ),
+    )
     assert result.returncode == EXIT_REFUSED
     assert "refused (REALTIME_INTERLOCK)" in result.stderr
     assert "REALTIME_BACKEND_NATIVE_ENABLED" in result.stderr
@@ -118,10 +130,15 @@ def test_check_refuses_split_without_native_realtime(databases: Any) -> None:
 
 def test_check_refuses_run_ops_at_the_control_plane_database(databases: Any) -> None:
     # Two spellings of one database: the sentinel compares identities.
-    result = run_cli("check", env=cli_env(
-        CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
-        RUN_OPS_DATABASE_URL=respelled(databases.control_plane, host="localhost"),
-        RUN_OPS_SPLIT_ENABLED="1", REALTIME_BACKEND_NATIVE_ENABLED="1"))
+    result = run_cli(
+        "check",
+        env=cli_env(
+            CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
+            RUN_OPS_DATABASE_URL=respelled(databases.control_plane, host="localhost"),
+            RUN_OPS_SPLIT_ENABLED="1",
+            REALTIME_BACKEND_NATIVE_ENABLED="1",
+        ),
+    )
     assert result.returncode == EXIT_REFUSED
     assert "refused (SENTINEL_SAME_DATABASE)" in result.stderr
     assert "same physical database" in result.stderr
@@ -130,8 +147,12 @@ def test_check_refuses_run_ops_at_the_control_plane_database(databases: Any) -> 
 
 def test_flags_override_the_environment(databases: Any) -> None:
     # The environment asks for split without realtime; the flag turns split off.
-    result = run_cli("check", "--run-ops-split-enabled", "0", env=cli_env(
-        CONTROL_PLANE_DATABASE_URL=databases.control_plane, RUN_OPS_SPLIT_ENABLED="1"))
+    result = run_cli(
+        "check",
+        "--run-ops-split-enabled",
+        "0",
+        env=cli_env(CONTROL_PLANE_DATABASE_URL=databases.control_plane, RUN_OPS_SPLIT_ENABLED="1"),
+    )
     assert result.returncode == 0, result.stderr
     assert "split mode: off" in result.stdout
 
@@ -143,8 +164,9 @@ def test_missing_control_plane_dsn_is_a_configuration_error() -> None:
 
 
 def test_malformed_dsn_is_a_configuration_error_without_the_password() -> None:
-    result = run_cli("check", env=cli_env(
-        CONTROL_PLANE_DATABASE_URL=f"postgresql://u:{PASSWORD}@[::1/platform"))
+    result = run_cli(
+        "check", env=cli_env(CONTROL_PLANE_DATABASE_URL=f"postgresql://u:{PASSWORD}@[::1/platform")
+    )
     assert result.returncode == EXIT_CONFIG
     assert "CONTROL_PLANE_DATABASE_URL is not a valid" in result.stderr
     assert PASSWORD not in result.stdout + result.stderr
@@ -163,24 +185,33 @@ def test_migrate_twice_creates_then_finds_the_schema(scratch_database: str) -> N
     assert "control_plane: already migrated" in second.stdout
     assert PASSWORD not in first.stdout + first.stderr + second.stdout + second.stderr
     with psycopg.connect(scratch_database) as conn:
-        assert conn.execute("SELECT to_regclass('\"RuntimeEnvironment\"') IS NOT NULL"
-                            ).fetchone() == (True,)
+        assert conn.execute(
+            "SELECT to_regclass('\"RuntimeEnvironment\"') IS NOT NULL"
+        ).fetchone() == (True,)
 
 
 def test_migrate_never_touches_a_database_with_platform_tables(scratch_database: str) -> None:
     with psycopg.connect(scratch_database, autocommit=True) as conn:
         conn.execute('CREATE TABLE "RuntimeEnvironment" (id TEXT PRIMARY KEY, note TEXT)')
-        conn.execute('''INSERT INTO "RuntimeEnvironment" VALUES ('env_1', 'theirs')''')
+        conn.execute("""INSERT INTO "RuntimeEnvironment" VALUES ('env_1', 'theirs')""")
     result = run_cli("migrate", "--control-plane", scratch_database, env=cli_env())
     assert result.returncode != 0
     assert "left untouched" in result.stderr
     assert "Traceback" not in result.stderr
     with psycopg.connect(scratch_database) as conn:
-        tables = {r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
-        columns = [r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_name = 'RuntimeEnvironment' ORDER BY ordinal_position").fetchall()]
+        tables = {
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            ).fetchall()
+        }
+        columns = [
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'RuntimeEnvironment' ORDER BY ordinal_position"
+            ).fetchall()
+        ]
         rows = conn.execute('SELECT * FROM "RuntimeEnvironment"').fetchall()
     assert tables == {"RuntimeEnvironment"}
     assert columns == ["id", "note"]
@@ -198,8 +229,10 @@ def wait_for_serving(proc: subprocess.Popen[str], port: int, *, timeout_s: float
         def serving() -> bool:
             assert proc.poll() is None, f"serve exited early with {proc.returncode}"
             try:
-                return stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                    health_pb2.HealthCheckResponse.SERVING
+                return (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                )
             except grpc.RpcError:
                 return False  # not listening yet
 
@@ -208,17 +241,28 @@ def wait_for_serving(proc: subprocess.Popen[str], port: int, *, timeout_s: float
 
 def test_serve_answers_serving_and_exits_cleanly_on_sigterm(databases: Any) -> None:
     port = free_port()
-    proc = subprocess.Popen([CLI, "serve", "--shutdown-grace-ms", "1000"], env=cli_env(
-        CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
-        RUN_OPS_DATABASE_URL=with_password(databases.run_ops),
-        RUN_OPS_SPLIT_ENABLED="1", REALTIME_BACKEND_NATIVE_ENABLED="1",
-        RESOLVER_ADDR=f"127.0.0.1:{port}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    proc = subprocess.Popen(
+        [CLI, "serve", "--shutdown-grace-ms", "1000"],
+        env=cli_env(
+            CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
+            RUN_OPS_DATABASE_URL=with_password(databases.run_ops),
+            RUN_OPS_SPLIT_ENABLED="1",
+            REALTIME_BACKEND_NATIVE_ENABLED="1",
+            RESOLVER_ADDR=f"127.0.0.1:{port}",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for_serving(proc, port, timeout_s=30)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(
-                service="controlplane.resolver.v1.ControlPlaneResolverService"), timeout=5)
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(
+                    service="controlplane.resolver.v1.ControlPlaneResolverService"
+                ),
+                timeout=5,
+            )
             assert response.status == health_pb2.HealthCheckResponse.SERVING
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=30)
@@ -234,12 +278,19 @@ def test_serve_answers_serving_and_exits_cleanly_on_sigterm(databases: Any) -> N
 
 def test_serve_with_a_refused_configuration_exits_and_never_listens(databases: Any) -> None:
     port = free_port()
-    proc = subprocess.Popen([CLI, "serve"], env=cli_env(
-        CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
-        RUN_OPS_DATABASE_URL=with_password(databases.control_plane),
-        RUN_OPS_SPLIT_ENABLED="1", REALTIME_BACKEND_NATIVE_ENABLED="1",
-        RESOLVER_ADDR=f"127.0.0.1:{port}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    proc = subprocess.Popen(
+        [CLI, "serve"],
+        env=cli_env(
+            CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
+            RUN_OPS_DATABASE_URL=with_password(databases.control_plane),
+            RUN_OPS_SPLIT_ENABLED="1",
+            REALTIME_BACKEND_NATIVE_ENABLED="1",
+            RESOLVER_ADDR=f"127.0.0.1:{port}",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # Watch the port for the process's whole life: it must never listen.
     listened = False
     while proc.poll() is None:
@@ -257,9 +308,13 @@ def test_serve_on_a_busy_port_fails_with_a_clear_message(databases: Any) -> None
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = run_cli("serve", env=cli_env(
-            CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
-            RESOLVER_ADDR=f"127.0.0.1:{port}"))
+        result = run_cli(
+            "serve",
+            env=cli_env(
+                CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
+                RESOLVER_ADDR=f"127.0.0.1:{port}",
+            ),
+        )
     assert result.returncode == EXIT_RUNTIME
     assert f"127.0.0.1:{port}" in result.stderr and "in use" in result.stderr
     assert "Traceback" not in result.stderr
@@ -271,10 +326,16 @@ def test_serve_on_a_busy_metrics_port_names_the_setting(databases: Any, processe
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = run_cli("serve", env=cli_env(
-            CONTROL_PLANE_DATABASE_URL=databases.control_plane, RESOLVER_LISTEN_ENABLED="0",
-            RESOLVER_ADDR=f"127.0.0.1:{free_port()}", RESOLVER_PROCESSES=processes,
-            RESOLVER_METRICS_ADDR=f"127.0.0.1:{port}"))
+        result = run_cli(
+            "serve",
+            env=cli_env(
+                CONTROL_PLANE_DATABASE_URL=databases.control_plane,
+                RESOLVER_LISTEN_ENABLED="0",
+                RESOLVER_ADDR=f"127.0.0.1:{free_port()}",
+                RESOLVER_PROCESSES=processes,
+                RESOLVER_METRICS_ADDR=f"127.0.0.1:{port}",
+            ),
+        )
     assert result.returncode == EXIT_RUNTIME, result.stderr
     assert f"127.0.0.1:{port} (RESOLVER_METRICS_ADDR)" in result.stderr, result.stderr
     assert "in use" in result.stderr and "Traceback" not in result.stderr
@@ -291,19 +352,24 @@ def test_triggers_install_and_uninstall_from_the_command_line(scratch_database: 
 
     def installed() -> int:
         with psycopg.connect(scratch_database) as conn:
-            return conn.execute("SELECT count(*) FROM pg_trigger "
-                                "WHERE tgname LIKE 'controlplane_resolver_notify_%'").fetchone()[0]
+            return conn.execute(
+                "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'controlplane_resolver_notify_%'"
+            ).fetchone()[0]
 
     done = run_cli("triggers", "install", env=env)
     assert done.returncode == 0, done.stderr
     assert "installed 6 triggers" in done.stdout and PASSWORD not in done.stdout
     assert installed() == 6
     # A change now announces itself to every listener.
-    with psycopg.connect(scratch_database, autocommit=True) as listener, \
-            psycopg.connect(scratch_database, autocommit=True) as writer:
+    with (
+        psycopg.connect(scratch_database, autocommit=True) as listener,
+        psycopg.connect(scratch_database, autocommit=True) as writer,
+    ):
         listener.execute("LISTEN controlplane_resolver_invalidate")
-        writer.execute('INSERT INTO "Organization" ("id", "slug", "title", "updatedAt") '
-                       "VALUES ('org1', 'org1', 'Org', now())")
+        writer.execute(
+            'INSERT INTO "Organization" ("id", "slug", "title", "updatedAt") '
+            "VALUES ('org1', 'org1', 'Org', now())"
+        )
         payloads = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
         assert payloads == ["organization:org1"]
     removed = run_cli("triggers", "uninstall", env=env)

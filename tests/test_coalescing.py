@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
+from polling import wait_until
 
 from controlplane_resolver.coalescing import ReadCoalescer
-from polling import wait_until
 
 
 class GatedLoader:
@@ -113,8 +113,9 @@ def test_an_error_reaches_every_caller_of_the_batch_and_the_next_batch_still_run
 def test_many_threads_many_keys_every_answer_right():
     table = {str(i): i * 10 for i in range(200)}
     calls = []
-    c = ReadCoalescer(lambda keys: calls.append(len(keys)) or
-                      {k: table[k] for k in keys if k in table})
+    c = ReadCoalescer(
+        lambda keys: calls.append(len(keys)) or {k: table[k] for k in keys if k in table}
+    )
     failures: list[str] = []
 
     def worker(seed: int) -> None:

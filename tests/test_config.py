@@ -67,11 +67,16 @@ def test_option_table_and_dataclass_defaults_agree() -> None:
 
 def test_every_spec_variable_is_an_option() -> None:
     spec_variables = {
-        "CONTROL_PLANE_DATABASE_URL", "CONTROL_PLANE_DATABASE_READ_REPLICA_URL",
-        "RUN_OPS_DATABASE_URL", "RUN_OPS_DATABASE_READ_REPLICA_URL",
-        "RUN_OPS_LEGACY_DATABASE_URL", "RUN_OPS_SPLIT_ENABLED",
-        "REALTIME_BACKEND_NATIVE_ENABLED", "CONTROL_PLANE_CACHE_TTL_MS",
-        "CONTROL_PLANE_CACHE_MAX_ENTRIES", "WORKER_VERSION_CACHE_TTL_MS",
+        "CONTROL_PLANE_DATABASE_URL",
+        "CONTROL_PLANE_DATABASE_READ_REPLICA_URL",
+        "RUN_OPS_DATABASE_URL",
+        "RUN_OPS_DATABASE_READ_REPLICA_URL",
+        "RUN_OPS_LEGACY_DATABASE_URL",
+        "RUN_OPS_SPLIT_ENABLED",
+        "REALTIME_BACKEND_NATIVE_ENABLED",
+        "CONTROL_PLANE_CACHE_TTL_MS",
+        "CONTROL_PLANE_CACHE_MAX_ENTRIES",
+        "WORKER_VERSION_CACHE_TTL_MS",
         "RUN_OPS_MINT_KSUID_ENABLED",
     }
     assert spec_variables <= {opt.env for opt in OPTIONS}
@@ -80,9 +85,19 @@ def test_every_spec_variable_is_an_option() -> None:
 # -------------------------------------------------------------------- booleans
 
 
-@pytest.mark.parametrize("raw, expected", [("1", True), ("true", True), ("TRUE", True),
-                                           (" true ", True), ("0", False), ("false", False),
-                                           ("False", False), ("", False)])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        (" true ", True),
+        ("0", False),
+        ("false", False),
+        ("False", False),
+        ("", False),
+    ],
+)
 def test_booleans_parse(raw: str, expected: bool) -> None:
     s = load(RUN_OPS_SPLIT_ENABLED=raw, REALTIME_BACKEND_NATIVE_ENABLED=raw)
     assert s.run_ops_split_enabled is expected
@@ -100,14 +115,20 @@ def test_bad_boolean_names_the_variable(raw: str) -> None:
 
 def test_bad_boolean_flag_names_the_flag() -> None:
     with pytest.raises(ConfigError, match="--run-ops-split-enabled"):
-        Settings.load({"CONTROL_PLANE_DATABASE_URL": CP_DSN},
-                      flags("--run-ops-split-enabled", "maybe"))
+        Settings.load(
+            {"CONTROL_PLANE_DATABASE_URL": CP_DSN}, flags("--run-ops-split-enabled", "maybe")
+        )
 
 
-@pytest.mark.parametrize("variable, raw", [("CONTROL_PLANE_CACHE_TTL_MS", "soon"),
-                                           ("CONTROL_PLANE_CACHE_TTL_MS", "-1"),
-                                           ("CONTROL_PLANE_CACHE_MAX_ENTRIES", "0"),
-                                           ("WORKER_VERSION_CACHE_TTL_MS", "1.5")])
+@pytest.mark.parametrize(
+    "variable, raw",
+    [
+        ("CONTROL_PLANE_CACHE_TTL_MS", "soon"),
+        ("CONTROL_PLANE_CACHE_TTL_MS", "-1"),
+        ("CONTROL_PLANE_CACHE_MAX_ENTRIES", "0"),
+        ("WORKER_VERSION_CACHE_TTL_MS", "1.5"),
+    ],
+)
 def test_bad_numbers_name_the_variable(variable: str, raw: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         load(**{variable: raw})
@@ -117,13 +138,25 @@ def test_bad_numbers_name_the_variable(variable: str, raw: str) -> None:
 
 
 def test_flags_override_environment() -> None:
-    env = {"CONTROL_PLANE_DATABASE_URL": CP_DSN, "RUN_OPS_SPLIT_ENABLED": "0",
-           "CONTROL_PLANE_CACHE_TTL_MS": "100", "CONTROL_PLANE_CACHE_HARD_TTL_MS": "200",
-           "RUN_OPS_DATABASE_URL": RO_DSN}
+    env = {
+        "CONTROL_PLANE_DATABASE_URL": CP_DSN,
+        "RUN_OPS_SPLIT_ENABLED": "0",
+        "CONTROL_PLANE_CACHE_TTL_MS": "100",
+        "CONTROL_PLANE_CACHE_HARD_TTL_MS": "200",
+        "RUN_OPS_DATABASE_URL": RO_DSN,
+    }
     other = "postgresql://other@elsewhere:6000/run_ops"
-    s = Settings.load(env, flags("--run-ops-split-enabled", "1",
-                                 "--control-plane-cache-ttl-ms", "150",
-                                 "--run-ops-database-url", other))
+    s = Settings.load(
+        env,
+        flags(
+            "--run-ops-split-enabled",
+            "1",
+            "--control-plane-cache-ttl-ms",
+            "150",
+            "--run-ops-database-url",
+            other,
+        ),
+    )
     assert s.run_ops_split_enabled is True
     assert s.control_plane_cache_ttl_ms == 150
     assert s.run_ops_database_url == other
@@ -133,8 +166,9 @@ def test_flags_override_environment() -> None:
 
 
 def test_flag_not_given_falls_back_to_environment() -> None:
-    s = Settings.load({"CONTROL_PLANE_DATABASE_URL": CP_DSN, "RUN_OPS_SPLIT_ENABLED": "true"},
-                      flags())
+    s = Settings.load(
+        {"CONTROL_PLANE_DATABASE_URL": CP_DSN, "RUN_OPS_SPLIT_ENABLED": "true"}, flags()
+    )
     assert s.run_ops_split_enabled is True
 
 
@@ -157,12 +191,15 @@ def test_control_plane_dsn_is_required_and_the_message_says_how(env: dict[str, s
     assert "postgresql://" in message
 
 
-@pytest.mark.parametrize("bad", [
-    f"postgresql://u:{PASSWORD}@[::1/db",                # unbalanced IPv6 bracket
-    f"postgresql://u:{PASSWORD}@h:5432/db?bogus=1",      # unknown URI parameter
-    f"host=h password={PASSWORD} dbname",                # key without "="
-    f"password={PASSWORD} host=h dbname='unterminated",  # open quote
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        f"postgresql://u:{PASSWORD}@[::1/db",  # unbalanced IPv6 bracket
+        f"postgresql://u:{PASSWORD}@h:5432/db?bogus=1",  # unknown URI parameter
+        f"host=h password={PASSWORD} dbname",  # key without "="
+        f"password={PASSWORD} host=h dbname='unterminated",  # open quote
+    ],
+)
 def test_bad_dsn_names_the_variable_and_never_echoes_the_password(bad: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(RUN_OPS_DATABASE_URL=bad)
@@ -216,8 +253,11 @@ def test_default_hard_ttl_below_a_large_soft_ttl_is_rejected() -> None:
 
 def test_public_items_redact_every_dsn() -> None:
     kv_dsn = f"host=replica.internal port=6543 dbname=platform user=u password={PASSWORD}"
-    s = load(CONTROL_PLANE_DATABASE_READ_REPLICA_URL=kv_dsn, RUN_OPS_DATABASE_URL=RO_DSN,
-             RUN_OPS_LEGACY_DATABASE_URL=f"postgresql://u@legacy:7000/platform?password={PASSWORD}")
+    s = load(
+        CONTROL_PLANE_DATABASE_READ_REPLICA_URL=kv_dsn,
+        RUN_OPS_DATABASE_URL=RO_DSN,
+        RUN_OPS_LEGACY_DATABASE_URL=f"postgresql://u@legacy:7000/platform?password={PASSWORD}",
+    )
     items = dict(s.public_items())
     printed = "\n".join(f"{k}={v}" for k, v in s.public_items())
     assert PASSWORD not in printed

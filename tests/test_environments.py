@@ -7,18 +7,19 @@ control-plane read replica.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
+from conftest import serving
 from google.protobuf import json_format
 from psycopg.conninfo import make_conninfo
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.migrate import migrate
-from conftest import serving
 from controlplane_resolver_client import ResolverClient, pb
 
 Conn = psycopg.Connection[Any]
@@ -54,14 +55,19 @@ def is_paused(client: ResolverClient, environment_id: str) -> bool:
 
 def set_concurrency_limit(cp: Conn, environment_id: str, limit: int) -> None:
     """A writer changes the environment behind the resolver's back."""
-    cp.execute('UPDATE "RuntimeEnvironment" SET "maximumConcurrencyLimit" = %s WHERE "id" = %s',
-               (limit, environment_id))
+    cp.execute(
+        'UPDATE "RuntimeEnvironment" SET "maximumConcurrencyLimit" = %s WHERE "id" = %s',
+        (limit, environment_id),
+    )
 
 
 def env_row(cp: Conn, environment_id: str) -> dict[str, Any]:
     """The stored row, for fields the factories generate (keys, shortcode, timestamps)."""
-    cur = cp.execute('SELECT "apiKey", "shortcode", "slug", "createdAt", "updatedAt" '
-                     'FROM "RuntimeEnvironment" WHERE "id" = %s', (environment_id,))
+    cur = cp.execute(
+        'SELECT "apiKey", "shortcode", "slug", "createdAt", "updatedAt" '
+        'FROM "RuntimeEnvironment" WHERE "id" = %s',
+        (environment_id,),
+    )
     row = cur.fetchone()
     assert row is not None
     return dict(zip(("apiKey", "shortcode", "slug", "createdAt", "updatedAt"), row))
@@ -85,16 +91,18 @@ def test_resolve_env_fields(client: ResolverClient, cp: Conn, tenant: Any) -> No
     assert env.parent_environment_type == pb.ENVIRONMENT_TYPE_UNSPECIFIED
 
 
-def test_resolve_env_non_default_burst_factor_is_exact(client: ResolverClient, cp: Conn,
-                                                       tenant: Any) -> None:
+def test_resolve_env_non_default_burst_factor_is_exact(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     env_id = tenant.environment(cp, "STAGING", concurrency_limit_burst_factor=Decimal("1.5"))
     env = client.resolve_env(env_id)
     assert env is not None and env.type == pb.ENVIRONMENT_TYPE_STAGING
     assert env.concurrency_limit_burst_factor == "1.50"
 
 
-def test_resolve_env_reports_archived_environment(client: ResolverClient, cp: Conn,
-                                                  tenant: Any) -> None:
+def test_resolve_env_reports_archived_environment(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """Archived environments are reported, not filtered."""
     env_id = tenant.environment(cp, "PREVIEW", archived_at=ARCHIVED_AT)
     env = client.resolve_env(env_id)
@@ -109,28 +117,30 @@ def test_resolve_env_reports_parent_type(client: ResolverClient, cp: Conn, tenan
     """A child environment carries its parent's type. The parent is STAGING and
     the child PREVIEW so the answer cannot be the child's own type by accident."""
     parent = tenant.environment(cp, "STAGING", is_branchable_environment=True)
-    child = tenant.environment(cp, "PREVIEW", parent_environment_id=parent,
-                               branch_name="feature/login")
+    child = tenant.environment(
+        cp, "PREVIEW", parent_environment_id=parent, branch_name="feature/login"
+    )
     env = client.resolve_env(child)
     assert env is not None
     assert env.type == pb.ENVIRONMENT_TYPE_PREVIEW
     assert env.parent_environment_type == pb.ENVIRONMENT_TYPE_STAGING
 
 
-def test_resolve_env_organization_comes_from_the_project(client: ResolverClient, cp: Conn,
-                                                         tenant: Any) -> None:
+def test_resolve_env_organization_comes_from_the_project(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """The environment row's own organizationId is not what ResolveEnv reports:
     the organization is the project's."""
     other_org = demo.insert_organization(cp)
-    env_id = demo.insert_environment(cp, project_id=tenant.project_id,
-                                     organization_id=other_org)
+    env_id = demo.insert_environment(cp, project_id=tenant.project_id, organization_id=other_org)
     env = client.resolve_env(env_id)
     assert env is not None
     assert env.organization_id == tenant.organization_id
 
 
-def test_soft_deleted_project_is_reported_by_resolve_env_only(client: ResolverClient,
-                                                              cp: Conn) -> None:
+def test_soft_deleted_project_is_reported_by_resolve_env_only(
+    client: ResolverClient, cp: Conn
+) -> None:
     """ResolveEnv and AssertEnvExists report an environment of a soft-deleted
     project; ResolveAuthenticatedEnv treats it as absent."""
     org = demo.insert_organization(cp)
@@ -165,32 +175,64 @@ def test_authenticated_env_full_shape(client: ResolverClient, cp: Conn) -> None:
     batch_limit = {"type": "fixedWindow", "window": "1m", "tokens": 5}
     batch_concurrency = {"processingConcurrency": 4}
     org = demo.insert_organization(
-        cp, title="Acme Inc.", maximum_concurrency_limit=25, maximum_dev_queue_size=100,
-        maximum_deployed_queue_size=1000, runs_enabled=False, feature_flags=flags,
-        api_rate_limiter_config=limiter, batch_rate_limit_config=batch_limit,
-        batch_queue_concurrency_config=batch_concurrency, stream_basin_name="basin-eu-1")
+        cp,
+        title="Acme Inc.",
+        maximum_concurrency_limit=25,
+        maximum_dev_queue_size=100,
+        maximum_deployed_queue_size=1000,
+        runs_enabled=False,
+        feature_flags=flags,
+        api_rate_limiter_config=limiter,
+        batch_rate_limit_config=batch_limit,
+        batch_queue_concurrency_config=batch_concurrency,
+        stream_basin_name="basin-eu-1",
+    )
     member = demo.insert_org_member(cp, user_id=user, organization_id=org)
     external_ref = "proj_" + secrets.token_hex(10)
-    project = demo.insert_project(cp, organization_id=org, name="Acme App",
-                                  external_ref=external_ref, engine="V1",
-                                  builder_project_id="builder_1", default_worker_group_id="wg_1")
-    parent = demo.insert_environment(cp, project_id=project, organization_id=org, type="PREVIEW",
-                                     is_branchable_environment=True)
-    git = {"provider": "github", "commitSha": secrets.token_hex(20), "commitRef": "feature/login",
-           "commitMessage": "Add the login form", "pullRequestNumber": 42, "dirty": False,
-           "remoteUrl": "https://github.com/acme/app"}
+    project = demo.insert_project(
+        cp,
+        organization_id=org,
+        name="Acme App",
+        external_ref=external_ref,
+        engine="V1",
+        builder_project_id="builder_1",
+        default_worker_group_id="wg_1",
+    )
+    parent = demo.insert_environment(
+        cp, project_id=project, organization_id=org, type="PREVIEW", is_branchable_environment=True
+    )
+    git = {
+        "provider": "github",
+        "commitSha": secrets.token_hex(20),
+        "commitRef": "feature/login",
+        "commitMessage": "Add the login form",
+        "pullRequestNumber": 42,
+        "dirty": False,
+        "remoteUrl": "https://github.com/acme/app",
+    }
     overrides = {"TRIGGER_STREAM_URL": "https://example.invalid"}
     env_id = demo.insert_environment(
-        cp, project_id=project, organization_id=org, type="PREVIEW", slug="feature-login",
-        parent_environment_id=parent, branch_name="feature/login", git=git,
-        org_member_id=member, paused=True, pause_source="BILLING_LIMIT",
-        maximum_concurrency_limit=7, concurrency_limit_burst_factor=Decimal("1.25"),
-        built_in_environment_variable_overrides=overrides, archived_at=ARCHIVED_AT,
-        created_at=CREATED_AT, updated_at=UPDATED_AT)
+        cp,
+        project_id=project,
+        organization_id=org,
+        type="PREVIEW",
+        slug="feature-login",
+        parent_environment_id=parent,
+        branch_name="feature/login",
+        git=git,
+        org_member_id=member,
+        paused=True,
+        pause_source="BILLING_LIMIT",
+        maximum_concurrency_limit=7,
+        concurrency_limit_burst_factor=Decimal("1.25"),
+        built_in_environment_variable_overrides=overrides,
+        archived_at=ARCHIVED_AT,
+        created_at=CREATED_AT,
+        updated_at=UPDATED_AT,
+    )
     row, parent_row = env_row(cp, env_id), env_row(cp, parent)
     org_slug = cp.execute('SELECT "slug" FROM "Organization" WHERE "id" = %s', (org,)).fetchone()
-    project_slug = cp.execute('SELECT "slug" FROM "Project" WHERE "id" = %s',
-                              (project,)).fetchone()
+    project_slug = cp.execute('SELECT "slug" FROM "Project" WHERE "id" = %s', (project,)).fetchone()
     assert org_slug is not None and project_slug is not None
 
     env = client.resolve_authenticated_env(env_id)
@@ -218,9 +260,15 @@ def test_authenticated_env_full_shape(client: ResolverClient, cp: Conn) -> None:
     assert json_format.MessageToDict(env.git) == git
 
     assert env.project == pb.Project(
-        id=project, slug=project_slug[0], name="Acme App", external_ref=external_ref,
-        organization_id=org, engine="V1", builder_project_id="builder_1",
-        default_worker_group_id="wg_1")
+        id=project,
+        slug=project_slug[0],
+        name="Acme App",
+        external_ref=external_ref,
+        organization_id=org,
+        engine="V1",
+        builder_project_id="builder_1",
+        default_worker_group_id="wg_1",
+    )
 
     o = env.organization
     assert (o.id, o.slug, o.title) == (org, org_slug[0], "Acme Inc.")
@@ -235,36 +283,49 @@ def test_authenticated_env_full_shape(client: ResolverClient, cp: Conn) -> None:
     assert o.stream_basin_name == "basin-eu-1"
 
     assert env.org_member == pb.OrgMember(
-        id=member, user_id=user, user=pb.User(id=user, display_name="Ada", name="Ada Lovelace"))
+        id=member, user_id=user, user=pb.User(id=user, display_name="Ada", name="Ada Lovelace")
+    )
     assert env.parent_environment == pb.ParentEnvironment(id=parent, api_key=parent_row["apiKey"])
 
 
-def test_authenticated_env_without_relations(client: ResolverClient, cp: Conn,
-                                             tenant: Any) -> None:
+def test_authenticated_env_without_relations(client: ResolverClient, cp: Conn, tenant: Any) -> None:
     """No member, parent, git or overrides: those parts are unset, not empty."""
     env_id = tenant.environment(cp, "PRODUCTION")
     env = client.resolve_authenticated_env(env_id)
     assert env is not None
     assert env.api_key == env_row(cp, env_id)["apiKey"]
     assert env.api_key.startswith("tr_prod_")
-    for unset in ("org_member_id", "parent_environment_id", "branch_name", "archived_at",
-                  "pause_source", "org_member", "parent_environment", "git",
-                  "built_in_environment_variable_overrides"):
+    for unset in (
+        "org_member_id",
+        "parent_environment_id",
+        "branch_name",
+        "archived_at",
+        "pause_source",
+        "org_member",
+        "parent_environment",
+        "git",
+        "built_in_environment_variable_overrides",
+    ):
         assert not env.HasField(unset), unset
     assert env.paused is False
     assert env.concurrency_limit_burst_factor == "2.00"
     o = env.organization
     assert o.id == tenant.organization_id and o.runs_enabled is True
     assert o.maximum_concurrency_limit == 10
-    for unset in ("maximum_dev_queue_size", "maximum_deployed_queue_size", "feature_flags",
-                  "stream_basin_name"):
+    for unset in (
+        "maximum_dev_queue_size",
+        "maximum_deployed_queue_size",
+        "feature_flags",
+        "stream_basin_name",
+    ):
         assert not o.HasField(unset), unset
     assert env.project.id == tenant.project_id and env.project.engine == "V2"
     assert not env.project.HasField("builder_project_id")
 
 
-def test_authenticated_env_member_without_names(client: ResolverClient, cp: Conn,
-                                                tenant: Any) -> None:
+def test_authenticated_env_member_without_names(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """A user with no display name or name: the optional fields stay unset."""
     user = demo.insert_user(cp, display_name=None, name=None)
     member = demo.insert_org_member(cp, user_id=user, organization_id=tenant.organization_id)
@@ -279,8 +340,9 @@ def test_authenticated_env_member_without_names(client: ResolverClient, cp: Conn
 # --------------------------------------------------------------------- caching
 
 
-def test_git_metadata_that_is_not_an_object_is_left_out(client: ResolverClient, cp: Conn,
-                                                         tenant: Any) -> None:
+def test_git_metadata_that_is_not_an_object_is_left_out(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     # The column takes any JSON; the answer's git is a Struct. A corrupt
     # value must not fail the environment's callers.
     env_id = tenant.environment(cp, "PREVIEW", git=["not", "an", "object"])
@@ -289,8 +351,9 @@ def test_git_metadata_that_is_not_an_object_is_left_out(client: ResolverClient, 
     assert not env.HasField("git")
 
 
-def test_cached_env_is_served_until_invalidated(client: ResolverClient, cp: Conn,
-                                                tenant: Any) -> None:
+def test_cached_env_is_served_until_invalidated(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """A change in the database is not seen while the answer is cached;
     invalidating the environment, or its organization, refreshes it."""
     env_id = tenant.environment(cp, "PRODUCTION", maximum_concurrency_limit=5)
@@ -319,8 +382,9 @@ def test_invalidation_is_scoped(client: ResolverClient, cp: Conn, tenant: Any) -
     assert concurrency_limit(client, env_id) == 5
 
 
-def test_cached_authenticated_env_refreshes_with_its_parent(client: ResolverClient, cp: Conn,
-                                                            tenant: Any) -> None:
+def test_cached_authenticated_env_refreshes_with_its_parent(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """The answer holds the parent's API key: rotating that key and
     invalidating the *parent* refreshes the child's cached answer."""
     parent = tenant.environment(cp, "PREVIEW", is_branchable_environment=True)
@@ -339,8 +403,9 @@ def test_cached_authenticated_env_refreshes_with_its_parent(client: ResolverClie
     assert after is not None and after.parent_environment.api_key == rotated
 
 
-def test_cached_absence_is_served_until_invalidated(client: ResolverClient, cp: Conn,
-                                                    tenant: Any) -> None:
+def test_cached_absence_is_served_until_invalidated(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """A confirmed absence is cached as absence: an environment created after
     the first answer is seen once its id is invalidated."""
     env_id = demo.new_cuid()
@@ -354,8 +419,9 @@ def test_cached_absence_is_served_until_invalidated(client: ResolverClient, cp: 
     assert client.resolve_env(env_id) is not None
 
 
-def test_cache_ttl_zero_shows_changes_at_once(start_server: Callable[..., Any], cp: Conn,
-                                              tenant: Any) -> None:
+def test_cache_ttl_zero_shows_changes_at_once(
+    start_server: Callable[..., Any], cp: Conn, tenant: Any
+) -> None:
     client = start_server(control_plane_cache_ttl_ms=0).client
     env_id = tenant.environment(cp, "PRODUCTION", maximum_concurrency_limit=5)
     assert concurrency_limit(client, env_id) == 5
@@ -391,16 +457,18 @@ def replica_dsn(databases: Any) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_reads_go_to_the_read_replica(replica_dsn: str, start_server: Callable[..., Any],
-                                      cp: Conn, tenant: Any) -> None:
+def test_reads_go_to_the_read_replica(
+    replica_dsn: str, start_server: Callable[..., Any], cp: Conn, tenant: Any
+) -> None:
     """With a replica configured, control-plane answers come from it: an
     environment only in the replica resolves, one only in the primary does not."""
     client = start_server(control_plane_database_read_replica_url=replica_dsn).client
     with psycopg.connect(replica_dsn, autocommit=True) as replica:
         org = demo.insert_organization(replica)
         project = demo.insert_project(replica, organization_id=org)
-        in_replica = demo.insert_environment(replica, project_id=project, organization_id=org,
-                                             maximum_concurrency_limit=42)
+        in_replica = demo.insert_environment(
+            replica, project_id=project, organization_id=org, maximum_concurrency_limit=42
+        )
     in_primary = tenant.environment(cp, "PRODUCTION")
 
     env = client.resolve_env(in_replica)

@@ -10,15 +10,14 @@ from datetime import datetime, timedelta
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2
+from polling import wait_until
+from processes import ServerProcess, health_status
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver.invalidation import triggers
-from controlplane_resolver.serving.server import LISTENER_HEALTH_NAME
 from controlplane_resolver.invalidation.listener import CHANNEL
+from controlplane_resolver.serving.server import LISTENER_HEALTH_NAME
 from controlplane_resolver_client import ResolverClient
-
-from processes import ServerProcess, health_status
-from polling import wait_until
 
 
 @pytest.fixture
@@ -46,8 +45,9 @@ def test_notify_reaches_every_replica_within_one_second(cluster_env):
     with psycopg.connect(cp_cluster.dsn(), autocommit=True) as cp:
         org = demo.insert_organization(cp)
         project = demo.insert_project(cp, organization_id=org)
-        env_id = demo.insert_environment(cp, project_id=project, organization_id=org,
-                                          maximum_concurrency_limit=5)
+        env_id = demo.insert_environment(
+            cp, project_id=project, organization_id=org, maximum_concurrency_limit=5
+        )
         servers = [ServerProcess(env) for _ in range(3)]
         try:
             for s in servers:
@@ -56,12 +56,15 @@ def test_notify_reaches_every_replica_within_one_second(cluster_env):
             assert [c.resolve_env(env_id).maximum_concurrency_limit for c in clients] == [5] * 3
 
             # The trigger NOTIFYs on commit; every replica must drop its entry.
-            cp.execute('UPDATE "RuntimeEnvironment" SET "maximumConcurrencyLimit" = 9 '
-                       'WHERE "id" = %s', (env_id,))
+            cp.execute(
+                'UPDATE "RuntimeEnvironment" SET "maximumConcurrencyLimit" = 9 WHERE "id" = %s',
+                (env_id,),
+            )
             changed_at = time.monotonic()
             for client in clients:
-                wait_until(lambda: client.resolve_env(env_id).maximum_concurrency_limit == 9,
-                           timeout=1.0)
+                wait_until(
+                    lambda: client.resolve_env(env_id).maximum_concurrency_limit == 9, timeout=1.0
+                )
             assert time.monotonic() - changed_at < 1.0
             for c in clients:
                 c.close()
@@ -77,14 +80,17 @@ def test_promotion_reaches_worker_version_on_every_replica(cluster_env):
         project = demo.insert_project(cp, organization_id=org)
         env_id = demo.insert_environment(cp, project_id=project, organization_id=org)
         now = datetime.utcnow()
-        old = demo.insert_worker(cp, project_id=project, environment_id=env_id,
-                                 created_at=now - timedelta(hours=1))
-        old_dep = demo.insert_deployment(cp, project_id=project, environment_id=env_id,
-                                         worker_id=old)
+        old = demo.insert_worker(
+            cp, project_id=project, environment_id=env_id, created_at=now - timedelta(hours=1)
+        )
+        old_dep = demo.insert_deployment(
+            cp, project_id=project, environment_id=env_id, worker_id=old
+        )
         demo.promote(cp, old_dep, env_id)
         new = demo.insert_worker(cp, project_id=project, environment_id=env_id, created_at=now)
-        new_dep = demo.insert_deployment(cp, project_id=project, environment_id=env_id,
-                                         worker_id=new)
+        new_dep = demo.insert_deployment(
+            cp, project_id=project, environment_id=env_id, worker_id=new
+        )
         servers = [ServerProcess(env) for _ in range(3)]
         try:
             for s in servers:
@@ -94,8 +100,9 @@ def test_promotion_reaches_worker_version_on_every_replica(cluster_env):
             demo.promote(cp, new_dep, env_id)
             promoted_at = time.monotonic()
             for client in clients:
-                wait_until(lambda: client.resolve_worker_version(env_id).worker.id == new,
-                           timeout=1.0)
+                wait_until(
+                    lambda: client.resolve_worker_version(env_id).worker.id == new, timeout=1.0
+                )
             assert time.monotonic() - promoted_at < 1.0
             for c in clients:
                 c.close()
@@ -105,45 +112,55 @@ def test_promotion_reaches_worker_version_on_every_replica(cluster_env):
 
 
 def test_listener_reconnect_invalidates_everything(start_server, cp, tenant, databases):
-    running = start_server(control_plane_cache_ttl_ms=600_000,
-                           control_plane_cache_hard_ttl_ms=600_000)
+    running = start_server(
+        control_plane_cache_ttl_ms=600_000, control_plane_cache_hard_ttl_ms=600_000
+    )
     env_id = tenant.environment(cp, maximum_concurrency_limit=3)
     client = running.client
     assert client.resolve_env(env_id).maximum_concurrency_limit == 3
     # Changed without any notification (no triggers here): the cache keeps 3.
-    cp.execute('UPDATE "RuntimeEnvironment" SET "maximumConcurrencyLimit" = 4 WHERE "id" = %s',
-               (env_id,))
+    cp.execute(
+        'UPDATE "RuntimeEnvironment" SET "maximumConcurrencyLimit" = 4 WHERE "id" = %s', (env_id,)
+    )
     assert client.resolve_env(env_id).maximum_concurrency_limit == 3
     listener = running.app.listener
     assert listener is not None and listener.connects == 1
     # Kill the listener's backend: notifications sent meanwhile would be lost,
     # so the reconnect must invalidate everything.
-    cp.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-               "WHERE application_name = 'controlplane-resolver:listener' "
-               "AND pid <> pg_backend_pid()")
+    cp.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'controlplane-resolver:listener' "
+        "AND pid <> pg_backend_pid()"
+    )
     wait_until(lambda: listener.connects >= 2, timeout=10)
     assert client.resolve_env(env_id).maximum_concurrency_limit == 4
-    assert health_status(running.address, LISTENER_HEALTH_NAME) == \
-        health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health_status(running.address, LISTENER_HEALTH_NAME)
+        == health_pb2.HealthCheckResponse.SERVING
+    )
 
 
 def test_manual_notify_payloads(start_server, cp, tenant):
-    running = start_server(control_plane_cache_ttl_ms=600_000,
-                           control_plane_cache_hard_ttl_ms=600_000)
+    running = start_server(
+        control_plane_cache_ttl_ms=600_000, control_plane_cache_hard_ttl_ms=600_000
+    )
     client = running.client
     env_id = tenant.environment(cp, maximum_concurrency_limit=3)
     assert client.resolve_env(env_id).maximum_concurrency_limit == 3
     cached = 3
-    for new, payload in [(10, f"organization:{tenant.organization_id}"),
-                         (11, f"project:{tenant.project_id}"),
-                         (12, f"environment:{env_id}")]:
-        cp.execute('UPDATE "RuntimeEnvironment" SET "maximumConcurrencyLimit" = %s '
-                   'WHERE "id" = %s', (new, env_id))
+    for new, payload in [
+        (10, f"organization:{tenant.organization_id}"),
+        (11, f"project:{tenant.project_id}"),
+        (12, f"environment:{env_id}"),
+    ]:
+        cp.execute(
+            'UPDATE "RuntimeEnvironment" SET "maximumConcurrencyLimit" = %s WHERE "id" = %s',
+            (new, env_id),
+        )
         # No triggers here: until the notification, the cached answer stands.
         assert client.resolve_env(env_id).maximum_concurrency_limit == cached
         cp.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
-        wait_until(lambda: client.resolve_env(env_id).maximum_concurrency_limit == new,
-                   timeout=2)
+        wait_until(lambda: client.resolve_env(env_id).maximum_concurrency_limit == new, timeout=2)
         cached = new
     # Garbage payloads are ignored; the server keeps serving.
     cp.execute("SELECT pg_notify(%s, 'nonsense'), pg_notify(%s, 'bogus:x')", (CHANNEL, CHANNEL))
@@ -151,16 +168,24 @@ def test_manual_notify_payloads(start_server, cp, tenant):
 
 
 def test_invalidate_rpc_targets(start_server, cp, tenant):
-    running = start_server(control_plane_cache_ttl_ms=600_000,
-                           control_plane_cache_hard_ttl_ms=600_000, listen_enabled=False)
+    running = start_server(
+        control_plane_cache_ttl_ms=600_000,
+        control_plane_cache_hard_ttl_ms=600_000,
+        listen_enabled=False,
+    )
     client = running.client
     env_id = tenant.environment(cp, type="DEVELOPMENT")
-    first = demo.insert_worker(cp, project_id=tenant.project_id, environment_id=env_id,
-                               created_at=datetime.utcnow() - timedelta(minutes=5))
+    first = demo.insert_worker(
+        cp,
+        project_id=tenant.project_id,
+        environment_id=env_id,
+        created_at=datetime.utcnow() - timedelta(minutes=5),
+    )
     assert client.resolve_worker_version(env_id).worker.id == first
     second = demo.insert_worker(cp, project_id=tenant.project_id, environment_id=env_id)
-    cp.execute('UPDATE "RuntimeEnvironment" SET "maximumConcurrencyLimit" = 77 WHERE "id" = %s',
-               (env_id,))
+    cp.execute(
+        'UPDATE "RuntimeEnvironment" SET "maximumConcurrencyLimit" = 77 WHERE "id" = %s', (env_id,)
+    )
     before = client.resolve_env(env_id).maximum_concurrency_limit
     # Worker versions only: the environment entry stays cached.
     client.invalidate(worker_versions_environment_id=env_id)
@@ -176,11 +201,13 @@ def test_triggers_install_and_uninstall_are_idempotent(own_clusters):
     names = triggers.install(dsn)
     assert triggers.install(dsn) == names
     with psycopg.connect(dsn, autocommit=True) as conn:
-        count = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%s)",
-                             (names,)).fetchone()[0]
+        count = conn.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%s)", (names,)
+        ).fetchone()[0]
         assert count == len(triggers.WATCHED)
         triggers.uninstall(dsn)
         triggers.uninstall(dsn)
-        count = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%s)",
-                             (names,)).fetchone()[0]
+        count = conn.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%s)", (names,)
+        ).fetchone()[0]
         assert count == 0

@@ -7,15 +7,14 @@ from __future__ import annotations
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2
+from polling import wait_until
+from processes import health_status
 
-from controlplane_resolver.serving.server import SERVICE_NAME
 from controlplane_resolver.dev.clusters import free_port
+from controlplane_resolver.serving.server import SERVICE_NAME
 from controlplane_resolver.serving.watchdog import ProgressWatchdog
 from controlplane_resolver_client import pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
-
-from processes import health_status
-from polling import wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -55,22 +54,31 @@ def test_watchdog_calls_a_server_stuck_only_when_calls_wait_and_none_finishes():
 
 
 def test_a_server_whose_workers_all_hang_reports_not_serving_until_calls_finish(
-        start_server, databases, cp, tenant):
+    start_server, databases, cp, tenant
+):
     envs = [tenant.environment(cp) for _ in range(2)]
     health_port = free_port()
     probe = f"127.0.0.1:{health_port}"
     # Two worker threads; the database timeout far beyond the watchdog's
     # limit, so the blocked calls stay in flight (a real deployment keeps
     # the limit above 6 x the database timeout; start-up warns otherwise).
-    running = start_server(max_workers=2, db_timeout_ms=60_000, stuck_after_ms=400,
-                           health_addr=probe, listen_enabled=False)
+    running = start_server(
+        max_workers=2,
+        db_timeout_ms=60_000,
+        stuck_after_ms=400,
+        health_addr=probe,
+        listen_enabled=False,
+    )
     assert health_status(probe) == SERVING
-    with grpc.insecure_channel(running.address) as channel, \
-            psycopg.connect(databases.control_plane) as locker:
+    with (
+        grpc.insecure_channel(running.address) as channel,
+        psycopg.connect(databases.control_plane) as locker,
+    ):
         stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
         locker.execute('LOCK TABLE "RuntimeEnvironment" IN ACCESS EXCLUSIVE MODE')
-        calls = [stub.ResolveEnv.future(pb.ResolveEnvRequest(environment_id=e), timeout=60)
-                 for e in envs]
+        calls = [
+            stub.ResolveEnv.future(pb.ResolveEnvRequest(environment_id=e), timeout=60) for e in envs
+        ]
         # Every worker waits on the lock: the health port still answers,
         # and now says NOT_SERVING, for the process and for the service.
         wait_until(lambda: health_status(probe) == NOT_SERVING, timeout=15, interval=0.05)

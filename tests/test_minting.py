@@ -7,22 +7,23 @@ from __future__ import annotations
 
 import string
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import psycopg
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polling import wait_until
 from psycopg.types.json import Jsonb
 
+from controlplane_resolver.cache import Slot
 from controlplane_resolver.dev import demo
 from controlplane_resolver.domain import minting
-from controlplane_resolver.cache import Slot
 from controlplane_resolver.domain.minting import FlagLookup, MintKind, decide_mint_kind
 from controlplane_resolver.domain.residency import Residency, classify
 from controlplane_resolver_client import ResolverError, pb
-
-from polling import wait_until
 
 BASE62 = set(string.digits + string.ascii_letters)
 BASE36 = set(string.digits + string.ascii_lowercase)
@@ -35,8 +36,10 @@ def poll_until(condition: Callable[[], Any], *, timeout: float, interval: float 
 
 
 def set_flags(cp: psycopg.Connection[Any], org_id: str, flags: Any) -> None:
-    cp.execute('UPDATE "Organization" SET "featureFlags" = %s WHERE "id" = %s',
-               (Jsonb(flags) if flags is not None else None, org_id))
+    cp.execute(
+        'UPDATE "Organization" SET "featureFlags" = %s WHERE "id" = %s',
+        (Jsonb(flags) if flags is not None else None, org_id),
+    )
 
 
 # ------------------------------------------------------------------ KSUID
@@ -62,8 +65,12 @@ def test_ksuid_round_trips_and_classifies_as_new(seconds, payload):
     assert classify(ksuid).residency is Residency.NEW
 
 
-@given(a=st.integers(0, MAX_SECONDS), b=st.integers(0, MAX_SECONDS),
-       pa=st.binary(min_size=16, max_size=16), pb_=st.binary(min_size=16, max_size=16))
+@given(
+    a=st.integers(0, MAX_SECONDS),
+    b=st.integers(0, MAX_SECONDS),
+    pa=st.binary(min_size=16, max_size=16),
+    pb_=st.binary(min_size=16, max_size=16),
+)
 def test_ksuids_sort_by_time_as_strings(a, b, pa, pb_):
     # Whatever the random payloads, an earlier second sorts first.
     earlier, later = sorted((a, b))
@@ -132,28 +139,37 @@ CUID_PARENT = classify("run_" + minting.new_cuid())
 SHORT_PARENT = classify("run_" + "a" * 21)
 
 
-@pytest.mark.parametrize("master, split, parent, flag, expected", [
-    # The master switch beats everything, the parent included.
-    (False, True, KSUID_PARENT, _never_read, (MintKind.CUID, "master_switch_off")),
-    (False, False, None, _never_read, (MintKind.CUID, "master_switch_off")),
-    # Split off beats the parent and the flag.
-    (True, False, KSUID_PARENT, _never_read, (MintKind.CUID, "split_off")),
-    # The parent beats the flag, and is decided without reading it.
-    (True, True, KSUID_PARENT, _never_read, (MintKind.KSUID, "parent_residency")),
-    (True, True, CUID_PARENT, _never_read, (MintKind.CUID, "parent_residency")),
-    (True, True, SHORT_PARENT, _never_read, (MintKind.CUID, "parent_unclassifiable")),
-    # The organization flag.
-    (True, True, None, lambda: "ksuid", (MintKind.KSUID, "org_flag")),
-    (True, True, None, lambda: "cuid", (MintKind.CUID, "org_flag")),
-    (True, True, None, lambda: None, (MintKind.CUID, "default")),
-    (True, True, None, lambda: "KSUID", (MintKind.CUID, "org_flag_unrecognised")),
-    (True, True, None, lambda: FlagLookup.ORGANIZATION_NOT_FOUND,
-     (MintKind.CUID, "organization_not_found")),
-    (True, True, None, lambda: FlagLookup.READ_FAILED, (MintKind.CUID, "flag_read_failed")),
-])
+@pytest.mark.parametrize(
+    "master, split, parent, flag, expected",
+    [
+        # The master switch beats everything, the parent included.
+        (False, True, KSUID_PARENT, _never_read, (MintKind.CUID, "master_switch_off")),
+        (False, False, None, _never_read, (MintKind.CUID, "master_switch_off")),
+        # Split off beats the parent and the flag.
+        (True, False, KSUID_PARENT, _never_read, (MintKind.CUID, "split_off")),
+        # The parent beats the flag, and is decided without reading it.
+        (True, True, KSUID_PARENT, _never_read, (MintKind.KSUID, "parent_residency")),
+        (True, True, CUID_PARENT, _never_read, (MintKind.CUID, "parent_residency")),
+        (True, True, SHORT_PARENT, _never_read, (MintKind.CUID, "parent_unclassifiable")),
+        # The organization flag.
+        (True, True, None, lambda: "ksuid", (MintKind.KSUID, "org_flag")),
+        (True, True, None, lambda: "cuid", (MintKind.CUID, "org_flag")),
+        (True, True, None, lambda: None, (MintKind.CUID, "default")),
+        (True, True, None, lambda: "KSUID", (MintKind.CUID, "org_flag_unrecognised")),
+        (
+            True,
+            True,
+            None,
+            lambda: FlagLookup.ORGANIZATION_NOT_FOUND,
+            (MintKind.CUID, "organization_not_found"),
+        ),
+        (True, True, None, lambda: FlagLookup.READ_FAILED, (MintKind.CUID, "flag_read_failed")),
+    ],
+)
 def test_mint_kind_gates_in_order(master, split, parent, flag, expected):
-    decision = decide_mint_kind(master_switch_enabled=master, split_enabled=split,
-                                parent=parent, read_org_flag=flag)
+    decision = decide_mint_kind(
+        master_switch_enabled=master, split_enabled=split, parent=parent, read_org_flag=flag
+    )
     assert (decision.kind, decision.reason) == expected
 
 
@@ -196,13 +212,17 @@ def test_mint_kind_gate_order_over_grpc(start_server, cp):
     assert _kind(on, cuid_org, ksuid_parent) == (pb.MINT_KIND_KSUID, "parent_residency")
     assert _kind(on, ksuid_org, cuid_parent) == (pb.MINT_KIND_CUID, "parent_residency")
     assert _kind(on, cuid_org, ksuid_parent[4:]) == (pb.MINT_KIND_KSUID, "parent_residency")
-    assert _kind(on, ksuid_org, "run_" + "a" * 21) == (pb.MINT_KIND_CUID,
-                                                       "parent_unclassifiable")
+    assert _kind(on, ksuid_org, "run_" + "a" * 21) == (pb.MINT_KIND_CUID, "parent_unclassifiable")
 
 
 def test_mint_kind_rejects_malformed_ids(server):
-    for org_id, parent_id in (("", None), ("bad id!", None), ("c" * 25, ""),
-                              ("c" * 25, "run/x"), ("c" * 256, None)):
+    for org_id, parent_id in (
+        ("", None),
+        ("bad id!", None),
+        ("c" * 25, ""),
+        ("c" * 25, "run/x"),
+        ("c" * 256, None),
+    ):
         with pytest.raises(ResolverError) as caught:
             server.client.resolve_mint_kind(org_id, parent_id=parent_id)
         assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT, (org_id, parent_id)
@@ -213,9 +233,13 @@ def test_flag_read_failure_falls_back_to_cuid_and_is_not_cached(own_clusters, st
     cp_cluster, ro_cluster = own_clusters
     with psycopg.connect(cp_cluster.dsn(), autocommit=True) as conn:
         org = _org(conn, {"runOpsMintKsuid": "ksuid"})
-    running = start_server(control_plane_database_url=cp_cluster.dsn(),
-                           run_ops_database_url=ro_cluster.dsn(), run_ops_mint_ksuid_enabled=True,
-                           listen_enabled=False, db_timeout_ms=500)
+    running = start_server(
+        control_plane_database_url=cp_cluster.dsn(),
+        run_ops_database_url=ro_cluster.dsn(),
+        run_ops_mint_ksuid_enabled=True,
+        listen_enabled=False,
+        db_timeout_ms=500,
+    )
     client = running.client
     cp_cluster.stop()
     assert _kind(client, org) == (pb.MINT_KIND_CUID, "flag_read_failed")
@@ -223,14 +247,16 @@ def test_flag_read_failure_falls_back_to_cuid_and_is_not_cached(own_clusters, st
     assert minted.mint_kind == pb.MINT_KIND_CUID and len(minted.id) == 25
     # The fallback was not cached: once the database is back, the flag decides.
     cp_cluster.start()
-    poll_until(lambda: _kind(client, org) == (pb.MINT_KIND_KSUID, "org_flag"), timeout=15,
-               interval=0.1)
+    poll_until(
+        lambda: _kind(client, org) == (pb.MINT_KIND_KSUID, "org_flag"), timeout=15, interval=0.1
+    )
 
 
 def test_flag_flip_is_observed_within_the_cache_ttl(start_server, cp):
     ttl_s = 1.0
-    running = start_server(run_ops_mint_ksuid_enabled=True, control_plane_cache_ttl_ms=1000,
-                           listen_enabled=False)
+    running = start_server(
+        run_ops_mint_ksuid_enabled=True, control_plane_cache_ttl_ms=1000, listen_enabled=False
+    )
     client = running.client
     stats = running.app.cache.stats(Slot.MINT_KIND)
     org = _org(cp)
@@ -257,8 +283,9 @@ def test_flag_flip_is_observed_within_the_cache_ttl(start_server, cp):
 
 def test_children_inherit_their_parents_kind_across_a_flip(start_server, cp):
     # TTL 0: every call reads the flag, so each flip shows at once.
-    client = start_server(run_ops_mint_ksuid_enabled=True, control_plane_cache_ttl_ms=0,
-                          listen_enabled=False).client
+    client = start_server(
+        run_ops_mint_ksuid_enabled=True, control_plane_cache_ttl_ms=0, listen_enabled=False
+    ).client
     org = _org(cp, {"runOpsMintKsuid": "ksuid"})
     new_parent = client.mint_id(pb.ID_KIND_RUN, org)
     assert new_parent.mint_kind == pb.MINT_KIND_KSUID
@@ -280,10 +307,14 @@ def test_children_inherit_their_parents_kind_across_a_flip(start_server, cp):
 
 def test_minted_ids_round_trip_through_classification_over_grpc(start_server, cp):
     client = start_server(run_ops_mint_ksuid_enabled=True).client
-    orgs = {pb.MINT_KIND_KSUID: _org(cp, {"runOpsMintKsuid": "ksuid"}),
-            pb.MINT_KIND_CUID: _org(cp, {"runOpsMintKsuid": "cuid"})}
-    expected = {pb.MINT_KIND_KSUID: (27, pb.RESIDENCY_NEW),
-                pb.MINT_KIND_CUID: (25, pb.RESIDENCY_LEGACY)}
+    orgs = {
+        pb.MINT_KIND_KSUID: _org(cp, {"runOpsMintKsuid": "ksuid"}),
+        pb.MINT_KIND_CUID: _org(cp, {"runOpsMintKsuid": "cuid"}),
+    }
+    expected = {
+        pb.MINT_KIND_KSUID: (27, pb.RESIDENCY_NEW),
+        pb.MINT_KIND_CUID: (25, pb.RESIDENCY_LEGACY),
+    }
     seen = set()
     for mint_kind, org in orgs.items():
         for id_kind, prefix in ((pb.ID_KIND_RUN, "run_"), (pb.ID_KIND_BATCH, "batch_")):
@@ -332,8 +363,11 @@ def test_classify_run_id_over_grpc(start_server):
         assert len(shape.body) == shape.body_length == body_length, raw_id
         assert shape.classifiable is classifiable and shape.residency == residency, raw_id
         assert f"{body_length} characters" in shape.reason, shape.reason
-        expected_order = ([pb.RUN_SOURCE_RUN_OPS] if residency == pb.RESIDENCY_NEW
-                          else [pb.RUN_SOURCE_RUN_OPS, pb.RUN_SOURCE_LEGACY])
+        expected_order = (
+            [pb.RUN_SOURCE_RUN_OPS]
+            if residency == pb.RESIDENCY_NEW
+            else [pb.RUN_SOURCE_RUN_OPS, pb.RUN_SOURCE_LEGACY]
+        )
         assert list(shape.read_order) == expected_order, raw_id
         single = split_off.classify_run_id(raw_id)
         assert list(single.read_order) == [pb.RUN_SOURCE_CONTROL_PLANE], raw_id

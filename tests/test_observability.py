@@ -12,29 +12,41 @@ import logging
 import re
 import threading
 import urllib.request
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import psycopg
 import pytest
+from conftest import Running, Tenant
+from credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify
+from polling import wait_until
 from prometheus_client.parser import text_string_to_metric_families
+from scraping import Samples
+from scraping import scrape as scrape_port
 
 from controlplane_resolver.dev import demo
-from controlplane_resolver.serving.server import SERVICE_NAME
 from controlplane_resolver.runtime.logs import JsonFormatter
+from controlplane_resolver.serving.server import SERVICE_NAME
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
-from conftest import Running, Tenant
-from polling import wait_until
-from scraping import Samples, scrape as scrape_port
-from credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify
-
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["ControlPlaneResolverService"].methods]
 #: Every code a call of ours can end with, and the ones the issue names.
-CODES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED",
-         "CANCELLED", "UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "INTERNAL",
-         "UNKNOWN")
+CODES = (
+    "OK",
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "CANCELLED",
+    "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "INTERNAL",
+    "UNKNOWN",
+)
+
 
 def scrape(running: Running) -> Samples:
     """Every sample of the server's ``/metrics``, keyed by name and label set."""
@@ -43,8 +55,9 @@ def scrape(running: Running) -> Samples:
 
 
 def grpc_labels(method: str, **more: str) -> frozenset[tuple[str, str]]:
-    return frozenset({"grpc_type": "unary", "grpc_service": SERVICE_NAME,
-                      "grpc_method": method, **more}.items())
+    return frozenset(
+        {"grpc_type": "unary", "grpc_service": SERVICE_NAME, "grpc_method": method, **more}.items()
+    )
 
 
 def handled(samples: Samples, method: str, code: str) -> float:
@@ -72,8 +85,9 @@ def family(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], floa
 
 def test_metrics_listen_on_an_ipv6_address_too(start_server) -> None:
     running = start_server(metrics_addr="[::1]:0")
-    with urllib.request.urlopen(f"http://[::1]:{running.app.metrics_port}/metrics",
-                                timeout=5) as response:
+    with urllib.request.urlopen(
+        f"http://[::1]:{running.app.metrics_port}/metrics", timeout=5
+    ) as response:
         assert "grpc_server_handled_total" in response.read().decode()
 
 
@@ -89,27 +103,33 @@ def test_every_method_and_code_is_registered_at_zero_before_any_call(start_serve
             assert handled(samples, method, code) == 0, (method, code)
 
 
-def test_handled_counts_every_outcome_with_its_real_code(start_server, tokens: Tokens, cp,
-                                                         tenant: Tenant) -> None:
+def test_handled_counts_every_outcome_with_its_real_code(
+    start_server, tokens: Tokens, cp, tenant: Tenant
+) -> None:
     running = start_server(metrics_addr="127.0.0.1:0", auth_tokens_file=str(tokens.path))
     env_id = tenant.environment(cp)
     # A corrupt row: Prisma never writes a NULL inside "runTags", but the
     # column allows it, and a repeated string cannot hold it. Mapping fails
     # with an exception nothing expected (servicer's catch-all: INTERNAL).
     broken = demo.new_cuid()
-    demo.insert_run(cp, id=broken, environment_id=env_id, project_id=tenant.project_id,
-                    run_tags=["ok", None])
+    demo.insert_run(
+        cp, id=broken, environment_id=env_id, project_id=tenant.project_id, run_tags=["ok", None]
+    )
     before = scrape(running)
-    with ResolverClient(running.address, token=ENGINE_TOKEN) as engine, \
-            ResolverClient(running.address, token=CONSOLE_TOKEN) as console, \
-            ResolverClient(running.address) as anonymous:
+    with (
+        ResolverClient(running.address, token=ENGINE_TOKEN) as engine,
+        ResolverClient(running.address, token=CONSOLE_TOKEN) as console,
+        ResolverClient(running.address) as anonymous,
+    ):
         assert engine.resolve_env(env_id).id == env_id  # OK
         assert engine.resolve_env(demo.new_cuid()) is None  # NOT_FOUND
         codes = []
-        for call in (lambda: engine.resolve_env("no such id!"),  # INVALID_ARGUMENT
-                     lambda: anonymous.resolve_env(env_id),  # UNAUTHENTICATED
-                     lambda: engine.resolve_authenticated_env(env_id),  # PERMISSION_DENIED
-                     lambda: engine.read_run(broken)):  # INTERNAL
+        for call in (
+            lambda: engine.resolve_env("no such id!"),  # INVALID_ARGUMENT
+            lambda: anonymous.resolve_env(env_id),  # UNAUTHENTICATED
+            lambda: engine.resolve_authenticated_env(env_id),  # PERMISSION_DENIED
+            lambda: engine.read_run(broken),
+        ):  # INTERNAL
             with pytest.raises(ResolverError) as failed:
                 call()
             codes.append(failed.value.code.name)
@@ -120,10 +140,15 @@ def test_handled_counts_every_outcome_with_its_real_code(start_server, tokens: T
     def delta(method: str, code: str) -> float:
         return handled(after, method, code) - handled(before, method, code)
 
-    expected = {("ResolveEnv", "OK"): 1, ("ResolveEnv", "NOT_FOUND"): 1,
-                ("ResolveEnv", "INVALID_ARGUMENT"): 1, ("ResolveEnv", "UNAUTHENTICATED"): 1,
-                ("ResolveAuthenticatedEnv", "PERMISSION_DENIED"): 1,
-                ("ReadRun", "INTERNAL"): 1, ("ResolveAuthenticatedEnv", "OK"): 1}
+    expected = {
+        ("ResolveEnv", "OK"): 1,
+        ("ResolveEnv", "NOT_FOUND"): 1,
+        ("ResolveEnv", "INVALID_ARGUMENT"): 1,
+        ("ResolveEnv", "UNAUTHENTICATED"): 1,
+        ("ResolveAuthenticatedEnv", "PERMISSION_DENIED"): 1,
+        ("ReadRun", "INTERNAL"): 1,
+        ("ResolveAuthenticatedEnv", "OK"): 1,
+    }
     moved = {(m, c): delta(m, c) for m in METHODS for c in CODES if delta(m, c)}
     assert moved == expected
     for method, calls in (("ResolveEnv", 4), ("ResolveAuthenticatedEnv", 2), ("ReadRun", 1)):
@@ -145,7 +170,8 @@ def invalidations(samples: Samples, cause: str) -> float:
 
 
 def test_cache_hits_misses_negative_hits_evictions_and_invalidations_are_counted(
-        start_server, cp, tenant: Tenant) -> None:
+    start_server, cp, tenant: Tenant
+) -> None:
     running = start_server(metrics_addr="127.0.0.1:0", control_plane_cache_max_entries=2)
     client = running.client
     a, b, c = (tenant.environment(cp) for _ in range(3))
@@ -159,8 +185,12 @@ def test_cache_hits_misses_negative_hits_evictions_and_invalidations_are_counted
     assert client.resolve_env(a) and client.resolve_env(a)
     assert client.resolve_env(absent) is None and client.resolve_env(absent) is None
     s = scrape(running)
-    assert (cache_counter(s, "misses"), cache_counter(s, "hits"),
-            cache_counter(s, "negative_hits"), cache_counter(s, "evictions")) == (2, 1, 1, 0)
+    assert (
+        cache_counter(s, "misses"),
+        cache_counter(s, "hits"),
+        cache_counter(s, "negative_hits"),
+        cache_counter(s, "evictions"),
+    ) == (2, 1, 1, 0)
     # Two entries is the bound: two more fills evict two.
     assert client.resolve_env(b) and client.resolve_env(c)
     s = scrape(running)
@@ -170,36 +200,52 @@ def test_cache_hits_misses_negative_hits_evictions_and_invalidations_are_counted
     # Invalidation by cause: over gRPC, and by NOTIFY through the listener.
     client.invalidate(environment_id=c)
     client.invalidate(organization_id=tenant.organization_id)
-    cp.execute("SELECT pg_notify('controlplane_resolver_invalidate', %s)",
-               (f"project:{tenant.project_id}",))
-    s = wait_until(lambda: (lambda s: invalidations(s, "project") == 1 and s)(scrape(running)),
-                   timeout=5)
-    assert (invalidations(s, "environment"), invalidations(s, "organization"),
-            invalidations(s, "all")) == (1, 1, 1)
+    cp.execute(
+        "SELECT pg_notify('controlplane_resolver_invalidate', %s)",
+        (f"project:{tenant.project_id}",),
+    )
+    s = wait_until(
+        lambda: (lambda s: invalidations(s, "project") == 1 and s)(scrape(running)), timeout=5
+    )
+    assert (
+        invalidations(s, "environment"),
+        invalidations(s, "organization"),
+        invalidations(s, "all"),
+    ) == (1, 1, 1)
     assert labelled(s, "resolver_listener_notifications_total") == 1
     # The invalidated answer is a miss again.
     assert client.resolve_env(c)
     assert cache_counter(scrape(running), "misses") == 5
 
 
-def test_stale_serves_and_single_flight_joins_are_counted(start_server, cp,
-                                                          tenant: Tenant) -> None:
-    running = start_server(metrics_addr="127.0.0.1:0", control_plane_cache_ttl_ms=100,
-                           control_plane_cache_hard_ttl_ms=60_000)
+def test_stale_serves_and_single_flight_joins_are_counted(start_server, cp, tenant: Tenant) -> None:
+    running = start_server(
+        metrics_addr="127.0.0.1:0",
+        control_plane_cache_ttl_ms=100,
+        control_plane_cache_hard_ttl_ms=60_000,
+    )
     client = running.client
     stale_env, cold_env = tenant.environment(cp), tenant.environment(cp)
     assert client.resolve_env(stale_env)
     # Past the soft TTL the cached answer is served and refreshed behind.
-    wait_until(lambda: client.resolve_env(stale_env)
-               and cache_counter(scrape(running), "stale_serves") >= 1, timeout=5)
+    wait_until(
+        lambda: (
+            client.resolve_env(stale_env) and cache_counter(scrape(running), "stale_serves") >= 1
+        ),
+        timeout=5,
+    )
     wait_until(lambda: cache_counter(scrape(running), "refreshes") >= 1, timeout=5)
 
     # Two cold calls while the table is locked: one loads, one joins it.
     answers: list[str] = []
     with psycopg.connect(running.app.settings.control_plane_database_url) as locker:
         locker.execute('LOCK TABLE "RuntimeEnvironment" IN ACCESS EXCLUSIVE MODE')
-        callers = [threading.Thread(target=lambda: answers.append(
-            client.resolve_env(cold_env, timeout=10).id)) for _ in range(2)]
+        callers = [
+            threading.Thread(
+                target=lambda: answers.append(client.resolve_env(cold_env, timeout=10).id)
+            )
+            for _ in range(2)
+        ]
         for caller in callers:
             caller.start()
         wait_until(lambda: cache_counter(scrape(running), "joins") == 1, timeout=5)
@@ -226,37 +272,53 @@ def test_pool_split_sentinel_and_listener_state_are_exposed(start_server) -> Non
     assert family(s, "resolver_sentinel_verdict") == {frozenset({("verdict", verdict)}): 1}
     assert labelled(s, "resolver_listener_listening") == 1
 
-    unsplit = start_server(metrics_addr="127.0.0.1:0", run_ops_split_enabled=False,
-                           listen_enabled=False)
+    unsplit = start_server(
+        metrics_addr="127.0.0.1:0", run_ops_split_enabled=False, listen_enabled=False
+    )
     s = scrape(unsplit)
-    assert set(family(s, "resolver_pool_connections")) == \
-        {frozenset({("database", "control-plane")})}
+    assert set(family(s, "resolver_pool_connections")) == {
+        frozenset({("database", "control-plane")})
+    }
     assert labelled(s, "resolver_split_mode") == 0
     assert family(s, "resolver_sentinel_verdict") == {frozenset({("verdict", "NOT_RUN")}): 1}
     assert not family(s, "resolver_listener_listening")
 
 
-def test_pool_waiting_gauge_counts_callers_waiting_for_a_connection(start_server, cp,
-                                                                   tenant: Tenant) -> None:
-    running = start_server(metrics_addr="127.0.0.1:0", pool_max_size=1, db_timeout_ms=10_000,
-                           listen_enabled=False)
+def test_pool_waiting_gauge_counts_callers_waiting_for_a_connection(
+    start_server, cp, tenant: Tenant
+) -> None:
+    running = start_server(
+        metrics_addr="127.0.0.1:0", pool_max_size=1, db_timeout_ms=10_000, listen_enabled=False
+    )
     envs = [tenant.environment(cp) for _ in range(3)]
     answers: list[str] = []
     with psycopg.connect(running.app.settings.control_plane_database_url) as locker:
         locker.execute('LOCK TABLE "RuntimeEnvironment" IN ACCESS EXCLUSIVE MODE')
-        callers = [threading.Thread(target=lambda e=e: answers.append(
-            running.client.resolve_env(e, timeout=20).id)) for e in envs]
+        callers = [
+            threading.Thread(
+                target=lambda e=e: answers.append(running.client.resolve_env(e, timeout=20).id)
+            )
+            for e in envs
+        ]
         for caller in callers:
             caller.start()
         # One call holds the only connection (blocked on the lock); two wait.
-        wait_until(lambda: labelled(scrape(running), "resolver_pool_requests_waiting",
-                                    database="control-plane") == 2, timeout=5)
+        wait_until(
+            lambda: (
+                labelled(
+                    scrape(running), "resolver_pool_requests_waiting", database="control-plane"
+                )
+                == 2
+            ),
+            timeout=5,
+        )
         locker.rollback()
     for caller in callers:
         caller.join(20)
     assert sorted(answers) == sorted(envs)
-    assert labelled(scrape(running), "resolver_pool_requests_waiting",
-                    database="control-plane") == 0
+    assert (
+        labelled(scrape(running), "resolver_pool_requests_waiting", database="control-plane") == 0
+    )
 
 
 # ------------------------------------------------------------------ call log
@@ -281,20 +343,31 @@ def call_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
 
 
 def test_one_json_line_per_call_with_outcome_cache_database_peer_and_request_id(
-        start_server, tokens: Tokens, cp, ro, tenant: Tenant,
-        call_lines: Callable[[], list[dict[str, Any]]]) -> None:
+    start_server,
+    tokens: Tokens,
+    cp,
+    ro,
+    tenant: Tenant,
+    call_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
     running = start_server(auth_tokens_file=str(tokens.path))
     env_id = tenant.environment(cp)
     absent = demo.new_cuid()
-    new_run = demo.insert_run(ro, id=demo.new_ksuid(), environment_id=env_id,
-                              project_id=tenant.project_id)
-    legacy_run = demo.insert_run(cp, id=demo.new_cuid(), environment_id=env_id,
-                                 project_id=tenant.project_id)
+    new_run = demo.insert_run(
+        ro, id=demo.new_ksuid(), environment_id=env_id, project_id=tenant.project_id
+    )
+    legacy_run = demo.insert_run(
+        cp, id=demo.new_cuid(), environment_id=env_id, project_id=tenant.project_id
+    )
     channel = grpc.insecure_channel(running.address)
     stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
 
-    def call(rpc: Callable[..., Any], request: Any, token: str | None = ENGINE_TOKEN,
-             request_id: str | None = None) -> str:
+    def call(
+        rpc: Callable[..., Any],
+        request: Any,
+        token: str | None = ENGINE_TOKEN,
+        request_id: str | None = None,
+    ) -> str:
         metadata = []
         if token:
             metadata.append(("authorization", f"Bearer {token}"))
@@ -316,17 +389,31 @@ def test_one_json_line_per_call_with_outcome_cache_database_peer_and_request_id(
         call(stub.ReadRun, pb.ReadRunRequest(run_id=legacy_run)),
         call(resolve, pb.ResolveEnvRequest(environment_id="bad id!")),
         call(resolve, pb.ResolveEnvRequest(environment_id=env_id), token=None),
-        call(stub.AssertEnvExists, pb.AssertEnvExistsRequest(environment_id=env_id),
-             token=CONSOLE_TOKEN, request_id="req-0002"),
+        call(
+            stub.AssertEnvExists,
+            pb.AssertEnvExistsRequest(environment_id=env_id),
+            token=CONSOLE_TOKEN,
+            request_id="req-0002",
+        ),
     ]
     channel.close()
-    assert outcomes == ["OK", "OK", "NOT_FOUND", "NOT_FOUND", "OK", "OK", "INVALID_ARGUMENT",
-                        "UNAUTHENTICATED", "PERMISSION_DENIED"]
+    assert outcomes == [
+        "OK",
+        "OK",
+        "NOT_FOUND",
+        "NOT_FOUND",
+        "OK",
+        "OK",
+        "INVALID_ARGUMENT",
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+    ]
     lines = call_lines()
     assert len(lines) == len(outcomes)  # one line per call, no more
     assert [line["code"] for line in lines] == outcomes
-    assert [line["method"] for line in lines] == ["ResolveEnv"] * 4 + ["ReadRun"] * 2 + \
-        ["ResolveEnv"] * 2 + ["AssertEnvExists"]
+    assert [line["method"] for line in lines] == ["ResolveEnv"] * 4 + ["ReadRun"] * 2 + [
+        "ResolveEnv"
+    ] * 2 + ["AssertEnvExists"]
     # Successes and absences at debug; errors at warning.
     assert [line["level"] for line in lines] == ["debug"] * 6 + ["warning"] * 3
     assert [line.get("cache") for line in lines[:4]] == ["miss", "hit", "miss", "negative_hit"]
@@ -346,18 +433,18 @@ def test_one_json_line_per_call_with_outcome_cache_database_peer_and_request_id(
 
 
 def test_call_log_names_the_client_certificate_under_mutual_tls(
-        start_server, pki: Pki, call_lines: Callable[[], list[dict[str, Any]]]) -> None:
+    start_server, pki: Pki, call_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
     running = start_server(**pki.settings(mutual=True))
-    with ResolverClient(running.address, tls_ca=pki.server_ca.pem, tls_cert=pki.client.cert,
-                        tls_key=pki.client.key) as member:
+    with ResolverClient(
+        running.address, tls_ca=pki.server_ca.pem, tls_cert=pki.client.cert, tls_key=pki.client.key
+    ) as member:
         assert classify(member)
     [line] = call_lines()
-    assert (line["method"], line["code"], line["peer"]) == ("ClassifyRunId", "OK",
-                                                           "engine-node-1")
+    assert (line["method"], line["code"], line["peer"]) == ("ClassifyRunId", "OK", "engine-node-1")
 
 
-def test_text_call_log_says_what_happened(start_server,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_text_call_log_says_what_happened(start_server, caplog: pytest.LogCaptureFixture) -> None:
     running = start_server()
     caplog.set_level(logging.DEBUG, logger="controlplane_resolver.calls")
     assert classify(running.client)
@@ -365,10 +452,12 @@ def test_text_call_log_says_what_happened(start_server,
     assert re.fullmatch(r"ClassifyRunId OK \d+\.\d+ms ipv4:127\.0\.0\.1:\d+", record.getMessage())
 
 
-def test_pool_errors_count_callers_that_got_no_connection_in_time(start_server, cp,
-                                                                 tenant: Tenant) -> None:
-    running = start_server(metrics_addr="127.0.0.1:0", pool_max_size=1, db_timeout_ms=300,
-                           listen_enabled=False)
+def test_pool_errors_count_callers_that_got_no_connection_in_time(
+    start_server, cp, tenant: Tenant
+) -> None:
+    running = start_server(
+        metrics_addr="127.0.0.1:0", pool_max_size=1, db_timeout_ms=300, listen_enabled=False
+    )
     envs = [tenant.environment(cp) for _ in range(3)]
     before = labelled(scrape(running), "resolver_pool_errors_total", database="control-plane")
     codes: list[str] = []
@@ -422,16 +511,25 @@ def test_process_metrics_label_each_childs_samples_and_report_who_answered():
     merged = CollectorRegistry(auto_describe=False)
     merged.register(ChildrenCollector(ports, timeout_s=1))
     try:
-        families = {f.name: f for f in text_string_to_metric_families(
-            generate_latest(merged).decode())}
+        families = {
+            f.name: f for f in text_string_to_metric_families(generate_latest(merged).decode())
+        }
     finally:
         for httpd in servers:
             httpd.shutdown()
             httpd.server_close()
-    calls = {s.labels["process"]: s.value for s in families["calls"].samples
-             if s.name == "calls_total"}
+    calls = {
+        s.labels["process"]: s.value for s in families["calls"].samples if s.name == "calls_total"
+    }
     assert calls == {"0": 3, "1": 5}
-    assert {s.labels["process"] for s in families["seconds"].samples
-            if s.name == "seconds_bucket" and s.labels["le"] == "0.1"} == {"0", "1"}
-    assert {s.labels["process"]: s.value for s in families["resolver_process_up"].samples} == \
-        {"0": 1, "1": 1, "2": 0, "3": 0}
+    assert {
+        s.labels["process"]
+        for s in families["seconds"].samples
+        if s.name == "seconds_bucket" and s.labels["le"] == "0.1"
+    } == {"0", "1"}
+    assert {s.labels["process"]: s.value for s in families["resolver_process_up"].samples} == {
+        "0": 1,
+        "1": 1,
+        "2": 0,
+        "3": 0,
+    }

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import psycopg
 import pytest
+from conftest import Running, Tenant
+from credentials import classify
+from polling import wait_until
+from test_observability import handled, scrape
 
 from controlplane_resolver.cache import Slot
 from controlplane_resolver_client import ResolverError, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
-
-from conftest import Running, Tenant
-from test_observability import handled, scrape
-from polling import wait_until
-from credentials import classify
 
 LOCK = 'LOCK TABLE "RuntimeEnvironment" IN ACCESS EXCLUSIVE MODE'
 
@@ -75,11 +75,11 @@ class Background:
 
 
 def test_each_callers_deadline_bounds_its_own_wait_and_fails_no_other(
-        start_server, cp, tenant: Tenant) -> None:
+    start_server, cp, tenant: Tenant
+) -> None:
     # The database timeout is long: only the callers' deadlines can end
     # the waits below while the table is locked.
-    running = start_server(metrics_addr="127.0.0.1:0", db_timeout_ms=10_000,
-                           listen_enabled=False)
+    running = start_server(metrics_addr="127.0.0.1:0", db_timeout_ms=10_000, listen_enabled=False)
     client = running.client
     env_id = tenant.environment(cp)
     stats = running.app.cache.stats(Slot.ENVIRONMENT)
@@ -94,8 +94,9 @@ def test_each_callers_deadline_bounds_its_own_wait_and_fails_no_other(
         assert stats.joins == 1
         # The server itself gave up on the joiner at its deadline (not just
         # the client), while the table is still locked.
-        wait_until(lambda: handled(scrape(running), "ResolveEnv", "DEADLINE_EXCEEDED") >= 1,
-                   timeout=2)
+        wait_until(
+            lambda: handled(scrape(running), "ResolveEnv", "DEADLINE_EXCEEDED") >= 1, timeout=2
+        )
         # A third caller with time to spare joins the same load.
         patient = Background(lambda: client.resolve_env(env_id, timeout=20))
         wait_until(lambda: stats.joins == 2, timeout=5)
@@ -108,12 +109,12 @@ def test_each_callers_deadline_bounds_its_own_wait_and_fails_no_other(
     s = scrape(running)
     assert handled(s, "ResolveEnv", "OK") == 2
     # Leader and joiner: the server knows neither got an answer.
-    wait_until(lambda: handled(scrape(running), "ResolveEnv", "DEADLINE_EXCEEDED") == 2,
-               timeout=5)
+    wait_until(lambda: handled(scrape(running), "ResolveEnv", "DEADLINE_EXCEEDED") == 2, timeout=5)
 
 
 def test_call_whose_deadline_passed_before_it_was_served_never_touches_the_database(
-        start_server, cp, tenant: Tenant) -> None:
+    start_server, cp, tenant: Tenant
+) -> None:
     # One worker thread: a second call waits in the server's queue.
     running = start_server(max_workers=1, db_timeout_ms=10_000, listen_enabled=False)
     client = running.client
@@ -134,8 +135,9 @@ def test_call_whose_deadline_passed_before_it_was_served_never_touches_the_datab
 
 
 def test_overload_is_refused_at_once_and_recovers(start_server, cp, tenant: Tenant) -> None:
-    running = start_server(max_concurrent_rpcs=4, max_workers=4, db_timeout_ms=10_000,
-                           listen_enabled=False)
+    running = start_server(
+        max_concurrent_rpcs=4, max_workers=4, db_timeout_ms=10_000, listen_enabled=False
+    )
     client = running.client
     envs = [tenant.environment(cp) for _ in range(4)]
     stats = running.app.cache.stats(Slot.ENVIRONMENT)
@@ -143,8 +145,9 @@ def test_overload_is_refused_at_once_and_recovers(start_server, cp, tenant: Tena
         blocked = [Background(lambda e=e: client.resolve_env(e, timeout=30).id) for e in envs]
         # Four calls in progress, each waiting on the locked table.
         wait_until(lambda: stats.loads == 4, timeout=5)
-        refusals = [timed_failure(lambda: client.resolve_env(envs[0], timeout=10))
-                    for _ in range(6)]
+        refusals = [
+            timed_failure(lambda: client.resolve_env(envs[0], timeout=10)) for _ in range(6)
+        ]
         # Other methods too, even those that need no database.
         refusals.append(timed_failure(lambda: classify(client, timeout=10)))
         assert {code for code, _ in refusals} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -157,17 +160,18 @@ def test_overload_is_refused_at_once_and_recovers(start_server, cp, tenant: Tena
     assert classify(client)
 
 
-def test_call_cancelled_by_its_caller_is_counted_as_cancelled(start_server, cp,
-                                                              tenant: Tenant) -> None:
-    running = start_server(metrics_addr="127.0.0.1:0", db_timeout_ms=10_000,
-                           listen_enabled=False)
+def test_call_cancelled_by_its_caller_is_counted_as_cancelled(
+    start_server, cp, tenant: Tenant
+) -> None:
+    running = start_server(metrics_addr="127.0.0.1:0", db_timeout_ms=10_000, listen_enabled=False)
     env_id = tenant.environment(cp)
     stats = running.app.cache.stats(Slot.ENVIRONMENT)
     with grpc.insecure_channel(running.address) as channel:
         stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
         with environments_locked(running):
-            pending = stub.ResolveEnv.future(pb.ResolveEnvRequest(environment_id=env_id),
-                                             timeout=20)
+            pending = stub.ResolveEnv.future(
+                pb.ResolveEnvRequest(environment_id=env_id), timeout=20
+            )
             wait_until(lambda: stats.loads == 1, timeout=5)
             assert pending.cancel()
     # The handler finished after its caller left: not an OK nobody received.

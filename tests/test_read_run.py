@@ -21,21 +21,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import psycopg
 import pytest
+from conftest import serving
 
 from controlplane_resolver.dev import demo
-from controlplane_resolver.storage import queries
 from controlplane_resolver.domain.values import TaskRun
+from controlplane_resolver.storage import queries
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.client import ResolverError
-
-from conftest import serving
 
 Conn = psycopg.Connection[Any]
 
@@ -104,8 +104,15 @@ class WrittenRun:
         assert run.updated_at.ToDatetime() == UPDATED_AT
 
 
-def write_run(conn: Conn, run_id: str, tenant: Any, environment_id: str, *,
-              status: str = "EXECUTING", friendly_id: str | None = None) -> WrittenRun:
+def write_run(
+    conn: Conn,
+    run_id: str,
+    tenant: Any,
+    environment_id: str,
+    *,
+    status: str = "EXECUTING",
+    friendly_id: str | None = None,
+) -> WrittenRun:
     """Insert a run with every field the answer reports set to a known value."""
     written = WrittenRun(
         id=run_id,
@@ -119,13 +126,22 @@ def write_run(conn: Conn, run_id: str, tenant: Any, environment_id: str, *,
         locked_to_version_id=demo.new_cuid(),
         run_tags=["user:1234", "tier:gold"],
     )
-    demo.insert_run(conn, id=run_id, friendly_id=written.friendly_id,
-                    environment_id=environment_id, project_id=tenant.project_id,
-                    organization_id=tenant.organization_id, status=status,
-                    task_identifier=written.task_identifier, environment_type="PRODUCTION",
-                    locked_by_id=written.locked_by_id,
-                    locked_to_version_id=written.locked_to_version_id,
-                    run_tags=written.run_tags, created_at=CREATED_AT, updated_at=UPDATED_AT)
+    demo.insert_run(
+        conn,
+        id=run_id,
+        friendly_id=written.friendly_id,
+        environment_id=environment_id,
+        project_id=tenant.project_id,
+        organization_id=tenant.organization_id,
+        status=status,
+        task_identifier=written.task_identifier,
+        environment_type="PRODUCTION",
+        locked_by_id=written.locked_by_id,
+        locked_to_version_id=written.locked_to_version_id,
+        run_tags=written.run_tags,
+        created_at=CREATED_AT,
+        updated_at=UPDATED_AT,
+    )
     return written
 
 
@@ -134,8 +150,12 @@ def old_friendly_id() -> str:
     return "run_" + "".join(secrets.choice(NANOID_ALPHABET) for _ in range(21))
 
 
-def assert_read(read: pb.ReadRunResponse | None, written: WrittenRun,
-                source: pb.RunSource.ValueType, residency: pb.Residency.ValueType) -> None:
+def assert_read(
+    read: pb.ReadRunResponse | None,
+    written: WrittenRun,
+    source: pb.RunSource.ValueType,
+    residency: pb.Residency.ValueType,
+) -> None:
     assert read is not None, f"{written.id} was not found"
     assert read.source == source, pb.RunSource.Name(read.source)
     assert read.residency == residency, pb.Residency.Name(read.residency)
@@ -148,30 +168,35 @@ def assert_read(read: pb.ReadRunResponse | None, written: WrittenRun,
 # ------------------------------------------------------------------ split off
 
 
-def test_split_off_reads_only_the_control_plane(split_off_client: ResolverClient, cp: Conn,
-                                                ro: Conn, tenant: Any, env_id: str) -> None:
+def test_split_off_reads_only_the_control_plane(
+    split_off_client: ResolverClient, cp: Conn, ro: Conn, tenant: Any, env_id: str
+) -> None:
     """Split off: every run is read from the control-plane database, whatever
     its shape, and reported as CONTROL_PLANE; run-ops is never consulted."""
     client = split_off_client
     legacy = write_run(cp, demo.new_cuid(), tenant, env_id)
     new_shape = write_run(cp, demo.new_ksuid(), tenant, env_id)
     for lookup in (legacy.id, legacy.friendly_id):
-        assert_read(client.read_run(lookup), legacy, pb.RUN_SOURCE_CONTROL_PLANE,
-                    pb.RESIDENCY_LEGACY)
+        assert_read(
+            client.read_run(lookup), legacy, pb.RUN_SOURCE_CONTROL_PLANE, pb.RESIDENCY_LEGACY
+        )
     for lookup in (new_shape.id, new_shape.friendly_id):
-        assert_read(client.read_run(lookup), new_shape, pb.RUN_SOURCE_CONTROL_PLANE,
-                    pb.RESIDENCY_NEW)
+        assert_read(
+            client.read_run(lookup), new_shape, pb.RUN_SOURCE_CONTROL_PLANE, pb.RESIDENCY_NEW
+        )
 
-    only_in_run_ops = [write_run(ro, demo.new_ksuid(), tenant, env_id),
-                       write_run(ro, demo.new_cuid(), tenant, env_id)]
+    only_in_run_ops = [
+        write_run(ro, demo.new_ksuid(), tenant, env_id),
+        write_run(ro, demo.new_cuid(), tenant, env_id),
+    ]
     for written in only_in_run_ops:
         assert client.read_run(written.id) is None
         assert client.read_run(written.friendly_id) is None
 
 
-def test_split_off_ignores_a_run_ops_row_with_the_same_id(split_off_client: ResolverClient,
-                                                          cp: Conn, ro: Conn, tenant: Any,
-                                                          env_id: str) -> None:
+def test_split_off_ignores_a_run_ops_row_with_the_same_id(
+    split_off_client: ResolverClient, cp: Conn, ro: Conn, tenant: Any, env_id: str
+) -> None:
     """Split off, an id held by both databases: the control-plane row answers
     (under split the run-ops row would win, see below)."""
     client = split_off_client
@@ -184,16 +209,18 @@ def test_split_off_ignores_a_run_ops_row_with_the_same_id(split_off_client: Reso
 # --------------------------------------------------------------- split on: NEW
 
 
-def test_new_id_is_read_from_run_ops(client: ResolverClient, ro: Conn, tenant: Any,
-                                     env_id: str) -> None:
+def test_new_id_is_read_from_run_ops(
+    client: ResolverClient, ro: Conn, tenant: Any, env_id: str
+) -> None:
     written = write_run(ro, demo.new_ksuid(), tenant, env_id)
     assert len(written.id) == 27
     for lookup in (written.id, written.friendly_id):
         assert_read(client.read_run(lookup), written, pb.RUN_SOURCE_RUN_OPS, pb.RESIDENCY_NEW)
 
 
-def test_new_id_only_in_the_control_plane_is_not_found(client: ResolverClient, cp: Conn,
-                                                       tenant: Any, env_id: str) -> None:
+def test_new_id_only_in_the_control_plane_is_not_found(
+    client: ResolverClient, cp: Conn, tenant: Any, env_id: str
+) -> None:
     """A NEW id is read from run-ops only: a row in the control-plane database
     with that id is never looked at."""
     written = write_run(cp, demo.new_ksuid(), tenant, env_id)
@@ -204,39 +231,42 @@ def test_new_id_only_in_the_control_plane_is_not_found(client: ResolverClient, c
 # ------------------------------------------------------------ split on: LEGACY
 
 
-def test_legacy_id_in_the_control_plane_is_read_from_legacy(client: ResolverClient, cp: Conn,
-                                                            tenant: Any, env_id: str) -> None:
+def test_legacy_id_in_the_control_plane_is_read_from_legacy(
+    client: ResolverClient, cp: Conn, tenant: Any, env_id: str
+) -> None:
     written = write_run(cp, demo.new_cuid(), tenant, env_id, status="COMPLETED_SUCCESSFULLY")
     assert len(written.id) == 25
     for lookup in (written.id, written.friendly_id):
         assert_read(client.read_run(lookup), written, pb.RUN_SOURCE_LEGACY, pb.RESIDENCY_LEGACY)
 
 
-def test_legacy_shaped_run_in_run_ops_is_read_from_run_ops(client: ResolverClient, ro: Conn,
-                                                           tenant: Any, env_id: str) -> None:
+def test_legacy_shaped_run_in_run_ops_is_read_from_run_ops(
+    client: ResolverClient, ro: Conn, tenant: Any, env_id: str
+) -> None:
     """A cuid-shaped run that lives in run-ops is found there (run-ops is read first)."""
     written = write_run(ro, demo.new_cuid(), tenant, env_id, status="PENDING")
     for lookup in (written.id, written.friendly_id):
         assert_read(client.read_run(lookup), written, pb.RUN_SOURCE_RUN_OPS, pb.RESIDENCY_LEGACY)
 
 
-def test_run_ops_wins_when_both_databases_hold_the_id(client: ResolverClient, cp: Conn, ro: Conn,
-                                                      tenant: Any, env_id: str) -> None:
+def test_run_ops_wins_when_both_databases_hold_the_id(
+    client: ResolverClient, cp: Conn, ro: Conn, tenant: Any, env_id: str
+) -> None:
     """Same LEGACY id in both databases: the run-ops row answers, because it is
     read first (the statuses differ so the test can tell the rows apart)."""
     run_id = demo.new_cuid()
     write_run(cp, run_id, tenant, env_id, status="COMPLETED_SUCCESSFULLY")
     in_run_ops = write_run(ro, run_id, tenant, env_id, status="EXECUTING")
     for lookup in (run_id, "run_" + run_id):
-        assert_read(client.read_run(lookup), in_run_ops, pb.RUN_SOURCE_RUN_OPS,
-                    pb.RESIDENCY_LEGACY)
+        assert_read(client.read_run(lookup), in_run_ops, pb.RUN_SOURCE_RUN_OPS, pb.RESIDENCY_LEGACY)
 
 
 # ---------------------------------------------------- split on: unclassifiable
 
 
-def test_old_run_with_short_friendly_id(client: ResolverClient, cp: Conn, tenant: Any,
-                                        env_id: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_old_run_with_short_friendly_id(
+    client: ResolverClient, cp: Conn, tenant: Any, env_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """An old run: 25-character internal id, 21-character friendly-id body.
 
     By friendly id the body is unclassifiable: routed (and reported) LEGACY,
@@ -247,29 +277,36 @@ def test_old_run_with_short_friendly_id(client: ResolverClient, cp: Conn, tenant
     with caplog.at_level(logging.WARNING, logger="controlplane_resolver"):
         read = client.read_run(written.friendly_id)
     assert_read(read, written, pb.RUN_SOURCE_LEGACY, pb.RESIDENCY_LEGACY)
-    assert any("21" in r.getMessage() and "unclassifiable" in r.getMessage()
-               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert any(
+        "21" in r.getMessage() and "unclassifiable" in r.getMessage() for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
     assert_read(client.read_run(written.id), written, pb.RUN_SOURCE_LEGACY, pb.RESIDENCY_LEGACY)
 
 
-def test_unclassifiable_id_in_run_ops_is_found_there(client: ResolverClient, ro: Conn,
-                                                     tenant: Any, env_id: str) -> None:
+def test_unclassifiable_id_in_run_ops_is_found_there(
+    client: ResolverClient, ro: Conn, tenant: Any, env_id: str
+) -> None:
     """The LEGACY route of an unclassifiable id still reads run-ops first."""
     written = write_run(ro, demo.new_cuid(), tenant, env_id, friendly_id=old_friendly_id())
-    assert_read(client.read_run(written.friendly_id), written, pb.RUN_SOURCE_RUN_OPS,
-                pb.RESIDENCY_LEGACY)
+    assert_read(
+        client.read_run(written.friendly_id), written, pb.RUN_SOURCE_RUN_OPS, pb.RESIDENCY_LEGACY
+    )
 
 
 # ------------------------------------------------------------------- not found
 
 
-@pytest.mark.parametrize("make_id", [
-    demo.new_cuid,
-    demo.new_ksuid,
-    lambda: "run_" + demo.new_cuid(),
-    lambda: "run_" + demo.new_ksuid(),
-    old_friendly_id,
-], ids=["cuid", "ksuid", "friendly-cuid", "friendly-ksuid", "friendly-unclassifiable"])
+@pytest.mark.parametrize(
+    "make_id",
+    [
+        demo.new_cuid,
+        demo.new_ksuid,
+        lambda: "run_" + demo.new_cuid(),
+        lambda: "run_" + demo.new_ksuid(),
+        old_friendly_id,
+    ],
+    ids=["cuid", "ksuid", "friendly-cuid", "friendly-ksuid", "friendly-unclassifiable"],
+)
 def test_absent_everywhere_is_not_found(client: ResolverClient, make_id: Callable[[], str]) -> None:
     """Every database of the plan answered "absent": NOT_FOUND with reason
     RUN_NOT_FOUND (the typed client returns None)."""
@@ -285,15 +322,17 @@ def test_absent_everywhere_is_not_found(client: ResolverClient, make_id: Callabl
 # -------------------------------------------------------- include_environment
 
 
-def test_include_environment_returns_the_resolve_env_shape(client: ResolverClient, cp: Conn,
-                                                           ro: Conn, tenant: Any,
-                                                           env_id: str) -> None:
+def test_include_environment_returns_the_resolve_env_shape(
+    client: ResolverClient, cp: Conn, ro: Conn, tenant: Any, env_id: str
+) -> None:
     """A run from either database comes with its environment, exactly as
     ResolveEnv answers it."""
     expected = client.resolve_env(env_id)
     assert expected is not None
-    for conn, run_id, source in ((ro, demo.new_ksuid(), pb.RUN_SOURCE_RUN_OPS),
-                                 (cp, demo.new_cuid(), pb.RUN_SOURCE_LEGACY)):
+    for conn, run_id, source in (
+        (ro, demo.new_ksuid(), pb.RUN_SOURCE_RUN_OPS),
+        (cp, demo.new_cuid(), pb.RUN_SOURCE_LEGACY),
+    ):
         written = write_run(conn, run_id, tenant, env_id)
         read = client.read_run(written.friendly_id, include_environment=True)
         assert read is not None and read.source == source
@@ -306,7 +345,8 @@ def test_include_environment_returns_the_resolve_env_shape(client: ResolverClien
 
 
 def test_run_whose_environment_is_missing_is_environment_unresolved(
-        client: ResolverClient, ro: Conn, tenant: Any) -> None:
+    client: ResolverClient, ro: Conn, tenant: Any
+) -> None:
     """Run-ops has no foreign keys: a run can name an environment that does
     not exist. The run is still returned, flagged, without an environment."""
     missing_env = demo.new_cuid()
@@ -322,7 +362,8 @@ def test_run_whose_environment_is_missing_is_environment_unresolved(
 
 
 def test_run_whose_environment_id_is_malformed_is_environment_unresolved(
-        client: ResolverClient, ro: Conn, tenant: Any) -> None:
+    client: ResolverClient, ro: Conn, tenant: Any
+) -> None:
     """A stored environment id that could never name a row (run-ops has no
     foreign keys) is an unresolvable environment, not a bad request: the
     caller's run id was fine."""

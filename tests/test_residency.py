@@ -86,8 +86,11 @@ def test_is_friendly_means_a_prefix_was_given() -> None:
     assert classify("_" + "c" * 25).is_friendly is True
 
 
-@given(st.integers(min_value=0, max_value=60).flatmap(
-    lambda n: st.text(alphabet=ALPHANUMERIC, min_size=n, max_size=n)))
+@given(
+    st.integers(min_value=0, max_value=60).flatmap(
+        lambda n: st.text(alphabet=ALPHANUMERIC, min_size=n, max_size=n)
+    )
+)
 def test_alphanumeric_bodies_classify_by_length_only(body: str) -> None:
     c = classify("run_" + body)
     expected = {CUID_LENGTH: Residency.LEGACY, KSUID_LENGTH: Residency.NEW}.get(len(body))
@@ -122,8 +125,21 @@ def test_validate_id_rejects_256_characters_naming_the_field() -> None:
     assert "256" in message and "255" in message
 
 
-@pytest.mark.parametrize("value", ["run cm4", "run/../x", "ru\u00e9n", "a.b", "a;DROP", "tab\there",
-                                   "new\nline", "x'", "é" * 3, "\x00"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "run cm4",
+        "run/../x",
+        "ru\u00e9n",
+        "a.b",
+        "a;DROP",
+        "tab\there",
+        "new\nline",
+        "x'",
+        "é" * 3,
+        "\x00",
+    ],
+)
 def test_validate_id_rejects_disallowed_characters_naming_the_field(value: str) -> None:
     with pytest.raises(InvalidId) as info:
         validate_id(value, field="waitpoint_id")
@@ -133,6 +149,5 @@ def test_validate_id_rejects_disallowed_characters_naming_the_field(value: str) 
 
 
 def test_validate_id_default_field_name_is_id() -> None:
-    with pytest.raises(InvalidId, match="^id is empty"):
+    with pytest.raises(InvalidId, match=r"^id is empty"):
         validate_id("")
-

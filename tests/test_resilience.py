@@ -8,34 +8,37 @@ import threading
 
 import grpc
 import psycopg
-
-from controlplane_resolver.dev import demo
-from controlplane_resolver.cache import Slot
-from controlplane_resolver_client import ResolverError
-
 from conftest import count_queries
 from polling import wait_until
 
+from controlplane_resolver.cache import Slot
+from controlplane_resolver.dev import demo
+from controlplane_resolver_client import ResolverError
 
-def test_stale_while_down_then_unavailable_after_hard_ttl_then_recovery(own_clusters,
-                                                                         start_server):
+
+def test_stale_while_down_then_unavailable_after_hard_ttl_then_recovery(own_clusters, start_server):
     cp_cluster, ro_cluster = own_clusters
     with psycopg.connect(cp_cluster.dsn(), autocommit=True) as cp:
         org = demo.insert_organization(cp)
         project = demo.insert_project(cp, organization_id=org)
         env_id = demo.insert_environment(cp, project_id=project, organization_id=org)
-    running = start_server(control_plane_database_url=cp_cluster.dsn(),
-                           run_ops_database_url=ro_cluster.dsn(),
-                           control_plane_cache_ttl_ms=200, control_plane_cache_hard_ttl_ms=3000,
-                           listen_enabled=False, db_timeout_ms=500)
+    running = start_server(
+        control_plane_database_url=cp_cluster.dsn(),
+        run_ops_database_url=ro_cluster.dsn(),
+        control_plane_cache_ttl_ms=200,
+        control_plane_cache_hard_ttl_ms=3000,
+        listen_enabled=False,
+        db_timeout_ms=500,
+    )
     client = running.client
     stats = running.app.cache.stats(Slot.ENVIRONMENT)
     assert client.resolve_env(env_id).id == env_id
     cp_cluster.stop()
 
     # Past the soft TTL the cached answer is served while refreshes fail.
-    wait_until(lambda: client.resolve_env(env_id).id == env_id and stats.refresh_failures > 0,
-               timeout=5)
+    wait_until(
+        lambda: client.resolve_env(env_id).id == env_id and stats.refresh_failures > 0, timeout=5
+    )
     assert stats.stale_serves > 0
 
     # Past the hard TTL: UNAVAILABLE, never NOT_FOUND (None).

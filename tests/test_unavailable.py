@@ -15,15 +15,14 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from polling import wait_until
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from controlplane_resolver.dev import demo
-from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver.config import Settings
+from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.clusters import LocalCluster
+from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
-
-from polling import wait_until
 
 # The clusters trust local connections, so a password in the DSN is ignored
 # by the server but still travels through the resolver: it must never leak.
@@ -69,17 +68,22 @@ class Outage:
 @pytest.fixture
 def outage(own_clusters: tuple[LocalCluster, LocalCluster]) -> Iterator[Outage]:
     control_plane, run_ops = own_clusters
-    with psycopg.connect(control_plane.dsn(), autocommit=True) as cp, \
-            psycopg.connect(run_ops.dsn(), autocommit=True) as ro:
+    with (
+        psycopg.connect(control_plane.dsn(), autocommit=True) as cp,
+        psycopg.connect(run_ops.dsn(), autocommit=True) as ro,
+    ):
         org = demo.insert_organization(cp)
         project = demo.insert_project(cp, organization_id=org)
         env = demo.insert_environment(cp, project_id=project, organization_id=org)
-        other_env = demo.insert_environment(cp, project_id=project, organization_id=org,
-                                            type="STAGING")
-        new_run = demo.insert_run(ro, id=demo.new_ksuid(), environment_id=env,
-                                  project_id=project, organization_id=org)
-        legacy_run = demo.insert_run(cp, id=demo.new_cuid(), environment_id=env,
-                                     project_id=project, organization_id=org)
+        other_env = demo.insert_environment(
+            cp, project_id=project, organization_id=org, type="STAGING"
+        )
+        new_run = demo.insert_run(
+            ro, id=demo.new_ksuid(), environment_id=env, project_id=project, organization_id=org
+        )
+        legacy_run = demo.insert_run(
+            cp, id=demo.new_cuid(), environment_id=env, project_id=project, organization_id=org
+        )
     settings = Settings(
         control_plane_database_url=with_password(control_plane.dsn()),
         run_ops_database_url=with_password(run_ops.dsn()),
@@ -95,8 +99,7 @@ def outage(own_clusters: tuple[LocalCluster, LocalCluster]) -> Iterator[Outage]:
     # so the status we assert is the server's first answer.
     client = ResolverClient(channel=grpc.insecure_channel(f"127.0.0.1:{app.port}"), timeout=10)
     try:
-        yield Outage(control_plane, run_ops, client, env, other_env, "run_" + new_run,
-                     legacy_run)
+        yield Outage(control_plane, run_ops, client, env, other_env, "run_" + new_run, legacy_run)
     finally:
         client.close()
         app.stop(grace=0)
@@ -135,8 +138,11 @@ def test_run_ops_outage_is_unavailable_never_not_found(outage: Outage) -> None:
     assert client.resolve_env(outage.other_environment_id).id == outage.other_environment_id
 
     outage.run_ops.start()
-    read = retry_until(lambda: client.read_run(outage.new_run_friendly_id), timeout_s=30,
-                       what="ReadRun after the run-ops database restarted")
+    read = retry_until(
+        lambda: client.read_run(outage.new_run_friendly_id),
+        timeout_s=30,
+        what="ReadRun after the run-ops database restarted",
+    )
     assert read.source == pb.RUN_SOURCE_RUN_OPS
     assert client.read_run(outage.legacy_run_id).source == pb.RUN_SOURCE_LEGACY
 
@@ -164,7 +170,10 @@ def test_control_plane_outage_is_unavailable_for_uncached_answers(outage: Outage
 
     outage.control_plane.start()
     # The failure was not cached as absence: the environment resolves.
-    env = retry_until(lambda: client.resolve_env(outage.other_environment_id), timeout_s=30,
-                      what="ResolveEnv after the control-plane database restarted")
+    env = retry_until(
+        lambda: client.resolve_env(outage.other_environment_id),
+        timeout_s=30,
+        what="ResolveEnv after the control-plane database restarted",
+    )
     assert env is not None and env.id == outage.other_environment_id
     assert client.read_run(outage.legacy_run_id).source == pb.RUN_SOURCE_LEGACY

@@ -10,11 +10,18 @@ import grpc
 import pytest
 
 from controlplane_resolver.dev import demo
+from controlplane_resolver.domain.residency import Residency
+from controlplane_resolver.domain.waitpoints import (
+    CATALOGUE,
+    PinReason,
+    RouteKind,
+    Store,
+    route_kind_named,
+    select_store,
+    site_of,
+)
 from controlplane_resolver.errors import InvalidArgument
 from controlplane_resolver.serving.rendering import enum_prefix
-from controlplane_resolver.domain.residency import Residency
-from controlplane_resolver.domain.waitpoints import (CATALOGUE, PinReason, RouteKind, Store,
-                                              route_kind_named, select_store, site_of)
 from controlplane_resolver_client import ResolverError, pb
 
 LEGACY_WAITPOINT = "waitpoint_" + demo.new_cuid()
@@ -22,8 +29,13 @@ NEW_WAITPOINT = "waitpoint_" + demo.new_ksuid()
 WAITPOINTS = {Residency.LEGACY: LEGACY_WAITPOINT, Residency.NEW: NEW_WAITPOINT}
 
 
-def expected_route(kind: RouteKind, waitpoint: Residency, owner: Residency | None,
-                   cross_tree: bool, legacy_parent: bool) -> tuple[Store, PinReason | None]:
+def expected_route(
+    kind: RouteKind,
+    waitpoint: Residency,
+    owner: Residency | None,
+    cross_tree: bool,
+    legacy_parent: bool,
+) -> tuple[Store, PinReason | None]:
     """The spec's rule, written out: the first pin that holds, in order."""
     pins = [
         (owner is Residency.LEGACY, PinReason.NON_TREE_OWNED),
@@ -36,9 +48,15 @@ def expected_route(kind: RouteKind, waitpoint: Residency, owner: Residency | Non
     return (Store.RUN_OPS if waitpoint is Residency.NEW else Store.LEGACY), None
 
 
-COMBINATIONS = list(itertools.product(list(RouteKind), [Residency.LEGACY, Residency.NEW],
-                                      [None, Residency.LEGACY, Residency.NEW],
-                                      [False, True], [False, True]))
+COMBINATIONS = list(
+    itertools.product(
+        list(RouteKind),
+        [Residency.LEGACY, Residency.NEW],
+        [None, Residency.LEGACY, Residency.NEW],
+        [False, True],
+        [False, True],
+    )
+)
 
 
 # ------------------------------------------------------------ the catalogue
@@ -46,8 +64,9 @@ COMBINATIONS = list(itertools.product(list(RouteKind), [Residency.LEGACY, Reside
 
 def test_catalogue_and_proto_enum_agree():
     prefix = enum_prefix(pb.UnblockRouteKind.DESCRIPTOR)
-    proto_kinds = [v.name[len(prefix):] for v in pb.UnblockRouteKind.DESCRIPTOR.values
-                   if v.number != 0]
+    proto_kinds = [
+        v.name[len(prefix) :] for v in pb.UnblockRouteKind.DESCRIPTOR.values if v.number != 0
+    ]
     catalogue_kinds = [site.route_kind.name for site in CATALOGUE]
     # Every proto value has exactly one row, and every row a proto value.
     assert sorted(catalogue_kinds) == sorted(proto_kinds)
@@ -73,22 +92,35 @@ def test_route_kind_names_and_rejections():
 
 @pytest.mark.parametrize("kind, waitpoint, owner, cross_tree, legacy_parent", COMBINATIONS)
 def test_truth_table_split_on(kind, waitpoint, owner, cross_tree, legacy_parent):
-    selection = select_store(split_enabled=True, waitpoint_id=WAITPOINTS[waitpoint],
-                             route_kind=kind, tree_owner_residency=owner,
-                             cross_tree_idempotency=cross_tree, has_legacy_parent=legacy_parent)
+    selection = select_store(
+        split_enabled=True,
+        waitpoint_id=WAITPOINTS[waitpoint],
+        route_kind=kind,
+        tree_owner_residency=owner,
+        cross_tree_idempotency=cross_tree,
+        has_legacy_parent=legacy_parent,
+    )
     assert (selection.store, selection.pin_reason) == expected_route(
-        kind, waitpoint, owner, cross_tree, legacy_parent)
+        kind, waitpoint, owner, cross_tree, legacy_parent
+    )
     assert selection.residency is waitpoint  # always the waitpoint's own
 
 
 @pytest.mark.parametrize("kind, waitpoint, owner, cross_tree, legacy_parent", COMBINATIONS)
-def test_truth_table_split_off_is_always_legacy(kind, waitpoint, owner, cross_tree,
-                                                legacy_parent):
-    selection = select_store(split_enabled=False, waitpoint_id=WAITPOINTS[waitpoint],
-                             route_kind=kind, tree_owner_residency=owner,
-                             cross_tree_idempotency=cross_tree, has_legacy_parent=legacy_parent)
+def test_truth_table_split_off_is_always_legacy(kind, waitpoint, owner, cross_tree, legacy_parent):
+    selection = select_store(
+        split_enabled=False,
+        waitpoint_id=WAITPOINTS[waitpoint],
+        route_kind=kind,
+        tree_owner_residency=owner,
+        cross_tree_idempotency=cross_tree,
+        has_legacy_parent=legacy_parent,
+    )
     assert (selection.store, selection.residency, selection.pin_reason) == (
-        Store.LEGACY, Residency.LEGACY, None)
+        Store.LEGACY,
+        Residency.LEGACY,
+        None,
+    )
 
 
 def test_named_rows_of_the_table():
@@ -98,27 +130,46 @@ def test_named_rows_of_the_table():
 
     # No pin: the waitpoint's own residency decides.
     assert route(waitpoint_id=NEW_WAITPOINT, route_kind=RouteKind.RUN) == (
-        Store.RUN_OPS, Residency.NEW, None)
+        Store.RUN_OPS,
+        Residency.NEW,
+        None,
+    )
     assert route(waitpoint_id=LEGACY_WAITPOINT, route_kind=RouteKind.DATETIME) == (
-        Store.LEGACY, Residency.LEGACY, None)
+        Store.LEGACY,
+        Residency.LEGACY,
+        None,
+    )
     # Every pin sends a new waitpoint to the legacy store, first one reported.
-    assert route(waitpoint_id=NEW_WAITPOINT, route_kind=RouteKind.IDEMPOTENCY_REUSE,
-                 tree_owner_residency=Residency.LEGACY, cross_tree_idempotency=True,
-                 has_legacy_parent=True) == (Store.LEGACY, Residency.NEW,
-                                             PinReason.NON_TREE_OWNED)
-    assert route(waitpoint_id=NEW_WAITPOINT, route_kind=RouteKind.IDEMPOTENCY_REUSE,
-                 tree_owner_residency=Residency.NEW, cross_tree_idempotency=True,
-                 has_legacy_parent=True) == (Store.LEGACY, Residency.NEW,
-                                             PinReason.CROSS_TREE_IDEMPOTENCY)
-    assert route(waitpoint_id=NEW_WAITPOINT, route_kind=RouteKind.MANUAL,
-                 cross_tree_idempotency=True, has_legacy_parent=True) == (
-        Store.LEGACY, Residency.NEW, PinReason.LEGACY_PARENT_DESCENDANT)
+    assert route(
+        waitpoint_id=NEW_WAITPOINT,
+        route_kind=RouteKind.IDEMPOTENCY_REUSE,
+        tree_owner_residency=Residency.LEGACY,
+        cross_tree_idempotency=True,
+        has_legacy_parent=True,
+    ) == (Store.LEGACY, Residency.NEW, PinReason.NON_TREE_OWNED)
+    assert route(
+        waitpoint_id=NEW_WAITPOINT,
+        route_kind=RouteKind.IDEMPOTENCY_REUSE,
+        tree_owner_residency=Residency.NEW,
+        cross_tree_idempotency=True,
+        has_legacy_parent=True,
+    ) == (Store.LEGACY, Residency.NEW, PinReason.CROSS_TREE_IDEMPOTENCY)
+    assert route(
+        waitpoint_id=NEW_WAITPOINT,
+        route_kind=RouteKind.MANUAL,
+        cross_tree_idempotency=True,
+        has_legacy_parent=True,
+    ) == (Store.LEGACY, Residency.NEW, PinReason.LEGACY_PARENT_DESCENDANT)
     # Cross-tree idempotency means nothing for another route kind.
-    assert route(waitpoint_id=NEW_WAITPOINT, route_kind=RouteKind.RESUME_TOKEN,
-                 cross_tree_idempotency=True) == (Store.RUN_OPS, Residency.NEW, None)
+    assert route(
+        waitpoint_id=NEW_WAITPOINT, route_kind=RouteKind.RESUME_TOKEN, cross_tree_idempotency=True
+    ) == (Store.RUN_OPS, Residency.NEW, None)
     # Internal ids (no prefix) classify the same way.
     assert route(waitpoint_id=NEW_WAITPOINT.partition("_")[2], route_kind=RouteKind.RUN) == (
-        Store.RUN_OPS, Residency.NEW, None)
+        Store.RUN_OPS,
+        Residency.NEW,
+        None,
+    )
 
 
 def test_unclassifiable_waitpoint_id_is_an_error_under_split_only():
@@ -127,17 +178,22 @@ def test_unclassifiable_waitpoint_id_is_an_error_under_split_only():
         select_store(split_enabled=True, waitpoint_id=short, route_kind=RouteKind.MANUAL)
     assert short in str(caught.value) and caught.value.reason == "UNCLASSIFIABLE_WAITPOINT_ID"
     # Split off: one store, nothing to classify.
-    assert select_store(split_enabled=False, waitpoint_id=short,
-                        route_kind=RouteKind.MANUAL).store is Store.LEGACY
+    assert (
+        select_store(split_enabled=False, waitpoint_id=short, route_kind=RouteKind.MANUAL).store
+        is Store.LEGACY
+    )
 
 
 # ---------------------------------------------------------- through gRPC
 
 _RESIDENCY = {None: None, Residency.LEGACY: pb.RESIDENCY_LEGACY, Residency.NEW: pb.RESIDENCY_NEW}
 _STORE = {Store.LEGACY: pb.STORE_LEGACY, Store.RUN_OPS: pb.STORE_RUN_OPS}
-_PIN = {None: pb.PIN_REASON_UNSPECIFIED, PinReason.NON_TREE_OWNED: pb.PIN_REASON_NON_TREE_OWNED,
-        PinReason.CROSS_TREE_IDEMPOTENCY: pb.PIN_REASON_CROSS_TREE_IDEMPOTENCY,
-        PinReason.LEGACY_PARENT_DESCENDANT: pb.PIN_REASON_LEGACY_PARENT_DESCENDANT}
+_PIN = {
+    None: pb.PIN_REASON_UNSPECIFIED,
+    PinReason.NON_TREE_OWNED: pb.PIN_REASON_NON_TREE_OWNED,
+    PinReason.CROSS_TREE_IDEMPOTENCY: pb.PIN_REASON_CROSS_TREE_IDEMPOTENCY,
+    PinReason.LEGACY_PARENT_DESCENDANT: pb.PIN_REASON_LEGACY_PARENT_DESCENDANT,
+}
 
 
 def _route_kind(kind: RouteKind) -> int:
@@ -149,18 +205,26 @@ def test_truth_table_over_grpc(start_server):
     split_off = start_server(run_ops_split_enabled=False).client
     for kind, waitpoint, owner, cross_tree, legacy_parent in COMBINATIONS:
         case = (kind, waitpoint, owner, cross_tree, legacy_parent)
-        kwargs = dict(tree_owner_residency=_RESIDENCY[owner], cross_tree_idempotency=cross_tree,
-                      has_legacy_parent=legacy_parent)
-        answer = split_on.select_store_for_waitpoint(WAITPOINTS[waitpoint], _route_kind(kind),
-                                                     **kwargs)
+        kwargs = dict(
+            tree_owner_residency=_RESIDENCY[owner],
+            cross_tree_idempotency=cross_tree,
+            has_legacy_parent=legacy_parent,
+        )
+        answer = split_on.select_store_for_waitpoint(
+            WAITPOINTS[waitpoint], _route_kind(kind), **kwargs
+        )
         store, pin = expected_route(*case)
         assert answer.store == _STORE[store], case
         assert answer.residency == _RESIDENCY[waitpoint], case
         assert answer.pin_reason == _PIN[pin], case
-        single = split_off.select_store_for_waitpoint(WAITPOINTS[waitpoint], _route_kind(kind),
-                                                      **kwargs)
+        single = split_off.select_store_for_waitpoint(
+            WAITPOINTS[waitpoint], _route_kind(kind), **kwargs
+        )
         assert (single.store, single.residency, single.pin_reason) == (
-            pb.STORE_LEGACY, pb.RESIDENCY_LEGACY, pb.PIN_REASON_UNSPECIFIED), case
+            pb.STORE_LEGACY,
+            pb.RESIDENCY_LEGACY,
+            pb.PIN_REASON_UNSPECIFIED,
+        ), case
 
 
 def _rejection(client, *args, **kwargs) -> ResolverError:
@@ -192,6 +256,7 @@ def test_rejections_over_grpc(start_server):
         assert error.reason == "UNCLASSIFIABLE_WAITPOINT_ID" and short in error.message
         assert split_off.select_store_for_waitpoint(short, manual).store == pb.STORE_LEGACY
     # An explicitly unspecified tree owner is no owner.
-    answer = split_on.select_store_for_waitpoint(NEW_WAITPOINT, manual,
-                                                 tree_owner_residency=pb.RESIDENCY_UNSPECIFIED)
+    answer = split_on.select_store_for_waitpoint(
+        NEW_WAITPOINT, manual, tree_owner_residency=pb.RESIDENCY_UNSPECIFIED
+    )
     assert answer.store == pb.STORE_RUN_OPS and answer.pin_reason == pb.PIN_REASON_UNSPECIFIED

@@ -11,16 +11,17 @@ in spec section 5, and how soon a promotion shows.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
+from conftest import serving
 from google.protobuf import json_format
 
 from controlplane_resolver.dev import demo
-from conftest import serving
 from controlplane_resolver_client import ResolverClient, pb
 
 Conn = psycopg.Connection[Any]
@@ -49,35 +50,67 @@ class Worker:
     queue_ids: tuple[str, ...]
 
 
-def add_worker(cp: Conn, tenant: Any, environment_id: str, *, created_at: datetime = T0,
-               id: str | None = None, slugs: tuple[str, ...] = ("send-email",)) -> Worker:
+def add_worker(
+    cp: Conn,
+    tenant: Any,
+    environment_id: str,
+    *,
+    created_at: datetime = T0,
+    id: str | None = None,
+    slugs: tuple[str, ...] = ("send-email",),
+) -> Worker:
     """A worker with one task and one linked queue per slug."""
-    worker_id = demo.insert_worker(cp, project_id=tenant.project_id,
-                                   environment_id=environment_id, created_at=created_at,
-                                   **({"id": id} if id else {}))
+    worker_id = demo.insert_worker(
+        cp,
+        project_id=tenant.project_id,
+        environment_id=environment_id,
+        created_at=created_at,
+        **({"id": id} if id else {}),
+    )
     task_ids, queue_ids = [], []
     for slug in slugs:
-        queue_id = demo.insert_queue(cp, environment_id=environment_id,
-                                     project_id=tenant.project_id)
-        task_ids.append(demo.insert_task(cp, worker_id=worker_id, slug=slug, queue_id=queue_id,
-                                         environment_id=environment_id,
-                                         project_id=tenant.project_id))
+        queue_id = demo.insert_queue(
+            cp, environment_id=environment_id, project_id=tenant.project_id
+        )
+        task_ids.append(
+            demo.insert_task(
+                cp,
+                worker_id=worker_id,
+                slug=slug,
+                queue_id=queue_id,
+                environment_id=environment_id,
+                project_id=tenant.project_id,
+            )
+        )
         demo.link_worker_queue(cp, worker_id, queue_id)
         queue_ids.append(queue_id)
     return Worker(worker_id, environment_id, tuple(task_ids), tuple(queue_ids))
 
 
-def add_deployment(cp: Conn, tenant: Any, environment_id: str, worker: Worker | None, *,
-                   type: str = "MANAGED", created_at: datetime = T0,
-                   id: str | None = None) -> str:
-    return demo.insert_deployment(cp, project_id=tenant.project_id,
-                                  environment_id=environment_id,
-                                  worker_id=worker.id if worker else None, type=type,
-                                  created_at=created_at, **({"id": id} if id else {}))
+def add_deployment(
+    cp: Conn,
+    tenant: Any,
+    environment_id: str,
+    worker: Worker | None,
+    *,
+    type: str = "MANAGED",
+    created_at: datetime = T0,
+    id: str | None = None,
+) -> str:
+    return demo.insert_deployment(
+        cp,
+        project_id=tenant.project_id,
+        environment_id=environment_id,
+        worker_id=worker.id if worker else None,
+        type=type,
+        created_at=created_at,
+        **({"id": id} if id else {}),
+    )
 
 
-def assert_version(answer: pb.ResolveWorkerVersionResponse | None, worker: Worker, *,
-                   deployment_id: str | None) -> None:
+def assert_version(
+    answer: pb.ResolveWorkerVersionResponse | None, worker: Worker, *, deployment_id: str | None
+) -> None:
     """The answer is ``worker`` with exactly its tasks and linked queues, and
     the given deployment (or none)."""
     assert answer is not None, "no worker version"
@@ -97,8 +130,9 @@ def assert_version(answer: pb.ResolveWorkerVersionResponse | None, worker: Worke
 # ------------------------------------------------------------------ DEVELOPMENT
 
 
-def test_development_newest_worker_by_created_at_then_id(client: ResolverClient, cp: Conn,
-                                                         tenant: Any) -> None:
+def test_development_newest_worker_by_created_at_then_id(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """Newest is ``createdAt DESC, id DESC``: of two workers created at the same
     instant the larger id wins, and an older worker loses even with the largest id."""
     env_id = tenant.environment(cp, "DEVELOPMENT")
@@ -145,17 +179,20 @@ def test_development_with_worker_id(client: ResolverClient, cp: Conn, tenant: An
     env_id = tenant.environment(cp, "DEVELOPMENT")
     older = add_worker(cp, tenant, env_id, created_at=T0 - timedelta(days=1))
     add_worker(cp, tenant, env_id, created_at=T0)
-    assert_version(client.resolve_worker_version(env_id, worker_id=older.id), older,
-                   deployment_id=None)
+    assert_version(
+        client.resolve_worker_version(env_id, worker_id=older.id), older, deployment_id=None
+    )
 
 
-def test_development_without_workers_is_absent(client: ResolverClient, cp: Conn,
-                                               tenant: Any) -> None:
+def test_development_without_workers_is_absent(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     assert client.resolve_worker_version(tenant.environment(cp, "DEVELOPMENT")) is None
 
 
-def test_worker_of_another_environment_is_absent(client: ResolverClient, cp: Conn,
-                                                 tenant: Any) -> None:
+def test_worker_of_another_environment_is_absent(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """A worker id must belong to the environment asked about, on both paths."""
     dev = tenant.environment(cp, "DEVELOPMENT")
     other_dev = tenant.environment(cp, "DEVELOPMENT")
@@ -174,25 +211,29 @@ def test_worker_of_another_environment_is_absent(client: ResolverClient, cp: Con
 # ------------------------------------------------------- non-dev with worker id
 
 
-def test_non_development_with_worker_id_returns_its_deployment(client: ResolverClient,
-                                                               cp: Conn, tenant: Any) -> None:
+def test_non_development_with_worker_id_returns_its_deployment(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """That worker, with its own deployment, whatever is promoted."""
     env_id = tenant.environment(cp, "STAGING")
     pinned = add_worker(cp, tenant, env_id, created_at=T0 - timedelta(days=1))
-    pinned_deployment = add_deployment(cp, tenant, env_id, pinned,
-                                       created_at=T0 - timedelta(days=1))
+    pinned_deployment = add_deployment(
+        cp, tenant, env_id, pinned, created_at=T0 - timedelta(days=1)
+    )
     current = add_worker(cp, tenant, env_id)
     demo.promote(cp, add_deployment(cp, tenant, env_id, current), env_id)
     answer = client.resolve_worker_version(env_id, worker_id=pinned.id)
     assert_version(answer, pinned, deployment_id=pinned_deployment)
 
 
-def test_non_development_worker_without_deployment(client: ResolverClient, cp: Conn,
-                                                   tenant: Any) -> None:
+def test_non_development_worker_without_deployment(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     env_id = tenant.environment(cp, "PRODUCTION")
     worker = add_worker(cp, tenant, env_id)
-    assert_version(client.resolve_worker_version(env_id, worker_id=worker.id), worker,
-                   deployment_id=None)
+    assert_version(
+        client.resolve_worker_version(env_id, worker_id=worker.id), worker, deployment_id=None
+    )
 
 
 # --------------------------------------------------------------- promotion path
@@ -234,44 +275,54 @@ def test_no_promotion_is_absent(client: ResolverClient, cp: Conn, tenant: Any) -
     assert client.resolve_worker_version(env_id) is None
 
 
-def test_promoted_deployment_without_worker_is_absent(client: ResolverClient, cp: Conn,
-                                                      tenant: Any) -> None:
+def test_promoted_deployment_without_worker_is_absent(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     env_id = tenant.environment(cp, "PRODUCTION")
     # An older MANAGED deployment with a worker does not stand in for it.
-    add_deployment(cp, tenant, env_id, add_worker(cp, tenant, env_id),
-                   created_at=T0 - timedelta(days=1))
+    add_deployment(
+        cp, tenant, env_id, add_worker(cp, tenant, env_id), created_at=T0 - timedelta(days=1)
+    )
     demo.promote(cp, add_deployment(cp, tenant, env_id, None), env_id)
     assert client.resolve_worker_version(env_id) is None
 
 
 def test_promoted_unmanaged_falls_back_to_newest_managed_with_worker(
-        client: ResolverClient, cp: Conn, tenant: Any) -> None:
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """A promoted UNMANAGED deployment: the newest MANAGED deployment that has
     a worker answers, by ``createdAt DESC, id DESC`` (a newer MANAGED one
     without a worker is passed over; on a tie the larger id wins)."""
     env_id = tenant.environment(cp, "PRODUCTION")
     old = add_worker(cp, tenant, env_id, created_at=T0 - timedelta(days=2))
-    add_deployment(cp, tenant, env_id, old, created_at=T0 - timedelta(days=2),
-                   id="z" + demo.new_cuid()[1:])
+    add_deployment(
+        cp, tenant, env_id, old, created_at=T0 - timedelta(days=2), id="z" + demo.new_cuid()[1:]
+    )
     base = demo.new_cuid()[:-1]
     tie_small = add_worker(cp, tenant, env_id, created_at=T0 - timedelta(days=1))
-    add_deployment(cp, tenant, env_id, tie_small, created_at=T0 - timedelta(days=1),
-                   id=base + "0")
+    add_deployment(cp, tenant, env_id, tie_small, created_at=T0 - timedelta(days=1), id=base + "0")
     tie_large = add_worker(cp, tenant, env_id, created_at=T0 - timedelta(days=1))
-    tie_large_deployment = add_deployment(cp, tenant, env_id, tie_large,
-                                          created_at=T0 - timedelta(days=1), id=base + "z")
+    tie_large_deployment = add_deployment(
+        cp, tenant, env_id, tie_large, created_at=T0 - timedelta(days=1), id=base + "z"
+    )
     add_deployment(cp, tenant, env_id, None, created_at=T0)
     unmanaged = add_worker(cp, tenant, env_id, created_at=T0 + timedelta(hours=1))
-    demo.promote(cp, add_deployment(cp, tenant, env_id, unmanaged, type="UNMANAGED",
-                                    created_at=T0 + timedelta(hours=1)), env_id)
+    demo.promote(
+        cp,
+        add_deployment(
+            cp, tenant, env_id, unmanaged, type="UNMANAGED", created_at=T0 + timedelta(hours=1)
+        ),
+        env_id,
+    )
 
     answer = client.resolve_worker_version(env_id)
     assert_version(answer, tie_large, deployment_id=tie_large_deployment)
     assert answer is not None and answer.deployment.type == "MANAGED"
 
 
-def test_promoted_unmanaged_without_managed_is_absent(client: ResolverClient, cp: Conn,
-                                                      tenant: Any) -> None:
+def test_promoted_unmanaged_without_managed_is_absent(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     env_id = tenant.environment(cp, "PRODUCTION")
     # Only non-MANAGED deployments, and a MANAGED one without a worker.
     add_deployment(cp, tenant, env_id, add_worker(cp, tenant, env_id), type="V1")
@@ -284,8 +335,9 @@ def test_promoted_unmanaged_without_managed_is_absent(client: ResolverClient, cp
 # ------------------------------------------------------------ environment type
 
 
-def test_omitted_type_is_the_environments_own(client: ResolverClient, cp: Conn,
-                                              tenant: Any) -> None:
+def test_omitted_type_is_the_environments_own(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     dev = tenant.environment(cp, "DEVELOPMENT")
     dev_worker = add_worker(cp, tenant, dev)
     assert_version(client.resolve_worker_version(dev), dev_worker, deployment_id=None)
@@ -302,8 +354,9 @@ def test_omitted_type_of_absent_environment_is_absent(client: ResolverClient) ->
     assert client.resolve_worker_version(demo.new_cuid()) is None
 
 
-def test_explicit_type_overrides_the_environments_own(client: ResolverClient, cp: Conn,
-                                                      tenant: Any) -> None:
+def test_explicit_type_overrides_the_environments_own(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """A PRODUCTION environment asked as DEVELOPMENT answers its newest worker
     (not the promoted one) without deployment; a DEVELOPMENT environment asked
     as PRODUCTION follows the promotion."""
@@ -312,27 +365,35 @@ def test_explicit_type_overrides_the_environments_own(client: ResolverClient, cp
     deployment_id = add_deployment(cp, tenant, prod, promoted)
     demo.promote(cp, deployment_id, prod)
     newest = add_worker(cp, tenant, prod, created_at=T0)
-    assert_version(client.resolve_worker_version(
-        prod, environment_type=pb.ENVIRONMENT_TYPE_DEVELOPMENT), newest, deployment_id=None)
-    assert_version(client.resolve_worker_version(
-        prod, environment_type=pb.ENVIRONMENT_TYPE_PRODUCTION), promoted,
-        deployment_id=deployment_id)
+    assert_version(
+        client.resolve_worker_version(prod, environment_type=pb.ENVIRONMENT_TYPE_DEVELOPMENT),
+        newest,
+        deployment_id=None,
+    )
+    assert_version(
+        client.resolve_worker_version(prod, environment_type=pb.ENVIRONMENT_TYPE_PRODUCTION),
+        promoted,
+        deployment_id=deployment_id,
+    )
 
     dev = tenant.environment(cp, "DEVELOPMENT")
     dev_promoted = add_worker(cp, tenant, dev, created_at=T0 - timedelta(days=1))
     dev_deployment = add_deployment(cp, tenant, dev, dev_promoted)
     demo.promote(cp, dev_deployment, dev)
     add_worker(cp, tenant, dev, created_at=T0)
-    assert_version(client.resolve_worker_version(
-        dev, environment_type=pb.ENVIRONMENT_TYPE_STAGING), dev_promoted,
-        deployment_id=dev_deployment)
+    assert_version(
+        client.resolve_worker_version(dev, environment_type=pb.ENVIRONMENT_TYPE_STAGING),
+        dev_promoted,
+        deployment_id=dev_deployment,
+    )
 
 
 # ---------------------------------------------------------- promotion visibility
 
 
-def wait_for_worker(client: ResolverClient, environment_id: str, worker_id: str,
-                    deadline_s: float) -> float | None:
+def wait_for_worker(
+    client: ResolverClient, environment_id: str, worker_id: str, deadline_s: float
+) -> float | None:
     """Poll until the answer's worker is ``worker_id``; the seconds it took,
     or None if it did not happen within ``deadline_s``."""
     start = time.monotonic()
@@ -343,8 +404,9 @@ def wait_for_worker(client: ResolverClient, environment_id: str, worker_id: str,
     return None
 
 
-def test_promotion_shows_within_the_worker_version_ttl(start_server: Callable[..., Any],
-                                                       cp: Conn, tenant: Any) -> None:
+def test_promotion_shows_within_the_worker_version_ttl(
+    start_server: Callable[..., Any], cp: Conn, tenant: Any
+) -> None:
     """A cached worker version does not outlive a promotion by more than the
     worker-version TTL (300 ms here; the spec's bound is one second)."""
     client = start_server(worker_version_cache_ttl_ms=300).client
@@ -361,8 +423,9 @@ def test_promotion_shows_within_the_worker_version_ttl(start_server: Callable[..
     assert took < 1.0, f"the promotion took {took:.3f}s to show"
 
 
-def test_invalidating_worker_versions_shows_a_promotion_at_once(client: ResolverClient,
-                                                                cp: Conn, tenant: Any) -> None:
+def test_invalidating_worker_versions_shows_a_promotion_at_once(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
     """A cached worker version is served after a promotion until the writer
     invalidates the environment's worker versions; then the new one shows."""
     env_id = tenant.environment(cp, "PRODUCTION")
@@ -375,5 +438,4 @@ def test_invalidating_worker_versions_shows_a_promotion_at_once(client: Resolver
     demo.promote(cp, second_deployment, env_id)
     assert_version(client.resolve_worker_version(env_id), first, deployment_id=first_deployment)
     client.invalidate(worker_versions_environment_id=env_id)
-    assert_version(client.resolve_worker_version(env_id), second,
-                   deployment_id=second_deployment)
+    assert_version(client.resolve_worker_version(env_id), second, deployment_id=second_deployment)

@@ -1,9 +1,9 @@
 """Typed client for the control-plane resolver.
 
-    from controlplane_resolver_client import ResolverClient
+from controlplane_resolver_client import ResolverClient
 
-    with ResolverClient("127.0.0.1:50051") as client:
-        env = client.resolve_env("cm4…")        # None when the environment is absent
+with ResolverClient("127.0.0.1:50051") as client:
+    env = client.resolve_env("cm4…")        # None when the environment is absent
 """
 
 from ._gen.controlplane.resolver.v1 import resolver_pb2 as pb

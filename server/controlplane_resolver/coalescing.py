@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Hashable, Mapping, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -93,8 +94,13 @@ class ReadCoalescer(Generic[K, V]):
     At most ``max_batch`` keys go into one query; the rest wait for the next.
     """
 
-    def __init__(self, load_many: Callable[[Sequence[K]], Mapping[K, V]], *,
-                 max_batch: int = 128, gather_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        load_many: Callable[[Sequence[K]], Mapping[K, V]],
+        *,
+        max_batch: int = 128,
+        gather_s: float = 0.0,
+    ) -> None:
         self._load_many = load_many
         self._max_batch = max_batch
         self._gather_s = gather_s
@@ -137,7 +143,7 @@ class ReadCoalescer(Generic[K, V]):
     def _run_batch(self) -> None:
         with self._lock:
             self._gather()
-            batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
         keys = list(dict.fromkeys(w.key for w in batch))
         self._last_batch = len(batch)
         stats = self.stats

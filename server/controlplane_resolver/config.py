@@ -9,8 +9,9 @@ A flag given on the command line wins over the environment variable.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
@@ -81,85 +82,264 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("control_plane_database_url", "CONTROL_PLANE_DATABASE_URL", parse_dsn, None,
-           "control-plane primary (required)", secret=True),
-    Option("control_plane_database_read_replica_url", "CONTROL_PLANE_DATABASE_READ_REPLICA_URL",
-           parse_dsn, None, "control-plane read replica (default: the primary)", secret=True),
-    Option("run_ops_database_url", "RUN_OPS_DATABASE_URL", parse_dsn, None,
-           "run-ops database, where new runs live", secret=True),
-    Option("run_ops_database_read_replica_url", "RUN_OPS_DATABASE_READ_REPLICA_URL", parse_dsn,
-           None, "run-ops read replica (default: the run-ops database)", secret=True),
-    Option("run_ops_legacy_database_url", "RUN_OPS_LEGACY_DATABASE_URL", parse_dsn, None,
-           "where legacy runs are read under split (default: the control-plane replica)",
-           secret=True),
-    Option("run_ops_split_enabled", "RUN_OPS_SPLIT_ENABLED", parse_bool, False,
-           "1/true turns the run-ops split on"),
-    Option("realtime_backend_native_enabled", "REALTIME_BACKEND_NATIVE_ENABLED", parse_bool,
-           False, "1/true when the realtime feed reads runs natively (required for split)"),
-    Option("sentinel_strict", "RESOLVER_SENTINEL_STRICT", parse_bool, False,
-           "also refuse split when run-ops and legacy are two databases of one cluster"),
-    Option("control_plane_cache_ttl_ms", "CONTROL_PLANE_CACHE_TTL_MS", parse_ms, 30_000,
-           "soft TTL of cached control-plane answers; 0 disables caching"),
-    Option("control_plane_cache_hard_ttl_ms", "CONTROL_PLANE_CACHE_HARD_TTL_MS", parse_ms,
-           300_000, "hard TTL: a stale answer is served while refreshes fail, until this age"),
-    Option("control_plane_cache_negative_ttl_ms", "CONTROL_PLANE_CACHE_NEGATIVE_TTL_MS",
-           parse_ms, 5_000, "lifetime of a cached confirmed absence"),
-    Option("control_plane_cache_max_entries", "CONTROL_PLANE_CACHE_MAX_ENTRIES", parse_positive,
-           10_000, "bound on entries per cache slot"),
-    Option("worker_version_cache_ttl_ms", "WORKER_VERSION_CACHE_TTL_MS", parse_ms, 1_000,
-           "worker-version cache lifetime (bounds how long a promotion takes to show)"),
-    Option("run_ops_mint_ksuid_enabled", "RUN_OPS_MINT_KSUID_ENABLED", parse_bool, False,
-           "master switch for minting new-shape (ksuid) ids"),
-    Option("listen_enabled", "RESOLVER_LISTEN_ENABLED", parse_bool, True,
-           "LISTEN for invalidations on the control-plane primary (see `triggers install`)"),
+    Option(
+        "control_plane_database_url",
+        "CONTROL_PLANE_DATABASE_URL",
+        parse_dsn,
+        None,
+        "control-plane primary (required)",
+        secret=True,
+    ),
+    Option(
+        "control_plane_database_read_replica_url",
+        "CONTROL_PLANE_DATABASE_READ_REPLICA_URL",
+        parse_dsn,
+        None,
+        "control-plane read replica (default: the primary)",
+        secret=True,
+    ),
+    Option(
+        "run_ops_database_url",
+        "RUN_OPS_DATABASE_URL",
+        parse_dsn,
+        None,
+        "run-ops database, where new runs live",
+        secret=True,
+    ),
+    Option(
+        "run_ops_database_read_replica_url",
+        "RUN_OPS_DATABASE_READ_REPLICA_URL",
+        parse_dsn,
+        None,
+        "run-ops read replica (default: the run-ops database)",
+        secret=True,
+    ),
+    Option(
+        "run_ops_legacy_database_url",
+        "RUN_OPS_LEGACY_DATABASE_URL",
+        parse_dsn,
+        None,
+        "where legacy runs are read under split (default: the control-plane replica)",
+        secret=True,
+    ),
+    Option(
+        "run_ops_split_enabled",
+        "RUN_OPS_SPLIT_ENABLED",
+        parse_bool,
+        False,
+        "1/true turns the run-ops split on",
+    ),
+    Option(
+        "realtime_backend_native_enabled",
+        "REALTIME_BACKEND_NATIVE_ENABLED",
+        parse_bool,
+        False,
+        "1/true when the realtime feed reads runs natively (required for split)",
+    ),
+    Option(
+        "sentinel_strict",
+        "RESOLVER_SENTINEL_STRICT",
+        parse_bool,
+        False,
+        "also refuse split when run-ops and legacy are two databases of one cluster",
+    ),
+    Option(
+        "control_plane_cache_ttl_ms",
+        "CONTROL_PLANE_CACHE_TTL_MS",
+        parse_ms,
+        30_000,
+        "soft TTL of cached control-plane answers; 0 disables caching",
+    ),
+    Option(
+        "control_plane_cache_hard_ttl_ms",
+        "CONTROL_PLANE_CACHE_HARD_TTL_MS",
+        parse_ms,
+        300_000,
+        "hard TTL: a stale answer is served while refreshes fail, until this age",
+    ),
+    Option(
+        "control_plane_cache_negative_ttl_ms",
+        "CONTROL_PLANE_CACHE_NEGATIVE_TTL_MS",
+        parse_ms,
+        5_000,
+        "lifetime of a cached confirmed absence",
+    ),
+    Option(
+        "control_plane_cache_max_entries",
+        "CONTROL_PLANE_CACHE_MAX_ENTRIES",
+        parse_positive,
+        10_000,
+        "bound on entries per cache slot",
+    ),
+    Option(
+        "worker_version_cache_ttl_ms",
+        "WORKER_VERSION_CACHE_TTL_MS",
+        parse_ms,
+        1_000,
+        "worker-version cache lifetime (bounds how long a promotion takes to show)",
+    ),
+    Option(
+        "run_ops_mint_ksuid_enabled",
+        "RUN_OPS_MINT_KSUID_ENABLED",
+        parse_bool,
+        False,
+        "master switch for minting new-shape (ksuid) ids",
+    ),
+    Option(
+        "listen_enabled",
+        "RESOLVER_LISTEN_ENABLED",
+        parse_bool,
+        True,
+        "LISTEN for invalidations on the control-plane primary (see `triggers install`)",
+    ),
     Option("addr", "RESOLVER_ADDR", parse_str, "127.0.0.1:50051", "address to listen on"),
-    Option("tls_cert", "RESOLVER_TLS_CERT", parse_str, None,
-           "PEM certificate chain: serve TLS (re-read when the file changes)"),
+    Option(
+        "tls_cert",
+        "RESOLVER_TLS_CERT",
+        parse_str,
+        None,
+        "PEM certificate chain: serve TLS (re-read when the file changes)",
+    ),
     Option("tls_key", "RESOLVER_TLS_KEY", parse_str, None, "PEM private key for --tls-cert"),
-    Option("tls_client_ca", "RESOLVER_TLS_CLIENT_CA", parse_str, None,
-           "PEM CA bundle: require client certificates signed by it (mutual TLS)"),
-    Option("auth_tokens_file", "RESOLVER_AUTH_TOKENS_FILE", parse_str, None,
-           "bearer tokens, one client a line: NAME TOKEN [METHOD ...] (re-read on change)"),
-    Option("allow_unauthenticated", "RESOLVER_ALLOW_UNAUTHENTICATED", parse_bool, False,
-           "serve without tokens or client certificates on a non-loopback address"),
-    Option("open_health", "RESOLVER_OPEN_HEALTH", parse_bool, True,
-           "health checks need no token (Kubernetes probes cannot send one)"),
-    Option("open_reflection", "RESOLVER_OPEN_REFLECTION", parse_bool, False,
-           "server reflection needs no token"),
-    Option("metrics_addr", "RESOLVER_METRICS_ADDR", parse_str, None,
-           "serve Prometheus /metrics on this host:port (off when unset; with --processes N, "
-           "every process's samples, labelled process=\"i\")"),
-    Option("health_addr", "RESOLVER_HEALTH_ADDR", parse_str, None,
-           "also serve grpc.health.v1 alone, in plaintext, on this host:port (for probes "
-           "that cannot speak TLS; not subject to the concurrency limit)"),
+    Option(
+        "tls_client_ca",
+        "RESOLVER_TLS_CLIENT_CA",
+        parse_str,
+        None,
+        "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    ),
+    Option(
+        "auth_tokens_file",
+        "RESOLVER_AUTH_TOKENS_FILE",
+        parse_str,
+        None,
+        "bearer tokens, one client a line: NAME TOKEN [METHOD ...] (re-read on change)",
+    ),
+    Option(
+        "allow_unauthenticated",
+        "RESOLVER_ALLOW_UNAUTHENTICATED",
+        parse_bool,
+        False,
+        "serve without tokens or client certificates on a non-loopback address",
+    ),
+    Option(
+        "open_health",
+        "RESOLVER_OPEN_HEALTH",
+        parse_bool,
+        True,
+        "health checks need no token (Kubernetes probes cannot send one)",
+    ),
+    Option(
+        "open_reflection",
+        "RESOLVER_OPEN_REFLECTION",
+        parse_bool,
+        False,
+        "server reflection needs no token",
+    ),
+    Option(
+        "metrics_addr",
+        "RESOLVER_METRICS_ADDR",
+        parse_str,
+        None,
+        "serve Prometheus /metrics on this host:port (off when unset; with --processes N, "
+        'every process\'s samples, labelled process="i")',
+    ),
+    Option(
+        "health_addr",
+        "RESOLVER_HEALTH_ADDR",
+        parse_str,
+        None,
+        "also serve grpc.health.v1 alone, in plaintext, on this host:port (for probes "
+        "that cannot speak TLS; not subject to the concurrency limit)",
+    ),
     Option("log_format", "RESOLVER_LOG_FORMAT", parse_str, "text", "text or json"),
-    Option("max_concurrent_rpcs", "RESOLVER_MAX_CONCURRENT_RPCS", parse_positive, 256,
-           "calls in progress or queued beyond this get RESOURCE_EXHAUSTED at once"),
-    Option("startup_timeout_ms", "RESOLVER_STARTUP_TIMEOUT_MS", parse_positive, 30_000,
-           "how long start-up waits for each database and the listener before giving up"),
-    Option("shutdown_pause_ms", "RESOLVER_SHUTDOWN_PAUSE_MS", parse_ms, 0,
-           "on SIGTERM, report NOT_SERVING this long before draining (load balancers)"),
-    Option("shutdown_grace_ms", "RESOLVER_SHUTDOWN_GRACE_MS", parse_ms, 5_000,
-           "on SIGTERM, in-flight calls get this long to finish"),
-    Option("stuck_after_ms", "RESOLVER_STUCK_AFTER_MS", parse_ms, 60_000,
-           "report NOT_SERVING (so the liveness probe restarts the process) when calls are "
-           "in flight and none has finished for this long (0: never)"),
-    Option("keepalive_time_ms", "RESOLVER_KEEPALIVE_TIME_MS", parse_ms, 60_000,
-           "HTTP/2 keepalive ping interval"),
-    Option("max_connection_age_ms", "RESOLVER_MAX_CONNECTION_AGE_MS", parse_ms, 300_000,
-           "close client connections after this age so channels rebalance across replicas"),
-    Option("processes", "RESOLVER_PROCESSES", parse_positive, 1,
-           "worker processes sharing the port (SO_REUSEPORT), each with its own cache"),
-    Option("max_workers", "RESOLVER_MAX_WORKERS", parse_positive, 12,
-           "threads serving calls: they share one GIL, so more threads add contention (on 2 "
-           "cores 12 served 8-17 % more cache hits/s than 16; 64 was slower than 16)"),
-    Option("run_read_gather_us", "RESOLVER_RUN_READ_GATHER_US", parse_microseconds, 500,
-           "under concurrent ReadRun load, wait up to this many microseconds for more reads "
-           "to share a query (0: never wait)"),
-    Option("pool_max_size", "RESOLVER_POOL_MAX_SIZE", parse_positive, 8,
-           "connections per database pool"),
-    Option("db_timeout_ms", "RESOLVER_DB_TIMEOUT_MS", parse_positive, 5_000,
-           "longest wait for a pooled connection, and the statement timeout"),
+    Option(
+        "max_concurrent_rpcs",
+        "RESOLVER_MAX_CONCURRENT_RPCS",
+        parse_positive,
+        256,
+        "calls in progress or queued beyond this get RESOURCE_EXHAUSTED at once",
+    ),
+    Option(
+        "startup_timeout_ms",
+        "RESOLVER_STARTUP_TIMEOUT_MS",
+        parse_positive,
+        30_000,
+        "how long start-up waits for each database and the listener before giving up",
+    ),
+    Option(
+        "shutdown_pause_ms",
+        "RESOLVER_SHUTDOWN_PAUSE_MS",
+        parse_ms,
+        0,
+        "on SIGTERM, report NOT_SERVING this long before draining (load balancers)",
+    ),
+    Option(
+        "shutdown_grace_ms",
+        "RESOLVER_SHUTDOWN_GRACE_MS",
+        parse_ms,
+        5_000,
+        "on SIGTERM, in-flight calls get this long to finish",
+    ),
+    Option(
+        "stuck_after_ms",
+        "RESOLVER_STUCK_AFTER_MS",
+        parse_ms,
+        60_000,
+        "report NOT_SERVING (so the liveness probe restarts the process) when calls are "
+        "in flight and none has finished for this long (0: never)",
+    ),
+    Option(
+        "keepalive_time_ms",
+        "RESOLVER_KEEPALIVE_TIME_MS",
+        parse_ms,
+        60_000,
+        "HTTP/2 keepalive ping interval",
+    ),
+    Option(
+        "max_connection_age_ms",
+        "RESOLVER_MAX_CONNECTION_AGE_MS",
+        parse_ms,
+        300_000,
+        "close client connections after this age so channels rebalance across replicas",
+    ),
+    Option(
+        "processes",
+        "RESOLVER_PROCESSES",
+        parse_positive,
+        1,
+        "worker processes sharing the port (SO_REUSEPORT), each with its own cache",
+    ),
+    Option(
+        "max_workers",
+        "RESOLVER_MAX_WORKERS",
+        parse_positive,
+        12,
+        "threads serving calls: they share one GIL, so more threads add contention (on 2 "
+        "cores 12 served 8-17 % more cache hits/s than 16; 64 was slower than 16)",
+    ),
+    Option(
+        "run_read_gather_us",
+        "RESOLVER_RUN_READ_GATHER_US",
+        parse_microseconds,
+        500,
+        "under concurrent ReadRun load, wait up to this many microseconds for more reads "
+        "to share a query (0: never wait)",
+    ),
+    Option(
+        "pool_max_size",
+        "RESOLVER_POOL_MAX_SIZE",
+        parse_positive,
+        8,
+        "connections per database pool",
+    ),
+    Option(
+        "db_timeout_ms",
+        "RESOLVER_DB_TIMEOUT_MS",
+        parse_positive,
+        5_000,
+        "longest wait for a pooled connection, and the statement timeout",
+    ),
 )
 
 
@@ -207,7 +387,7 @@ class Settings:
     db_timeout_ms: int = 5_000
 
     @classmethod
-    def load(cls, environ: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> "Settings":
+    def load(cls, environ: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Settings:
         """Build settings from environment variables, overridden by ``flags``
         (argparse values keyed by field name; ``None`` means "not given").
 
@@ -242,7 +422,8 @@ class Settings:
         ):
             raise ConfigError(
                 "CONTROL_PLANE_CACHE_HARD_TTL_MS must be at least CONTROL_PLANE_CACHE_TTL_MS "
-                f"({settings.control_plane_cache_hard_ttl_ms} < {settings.control_plane_cache_ttl_ms})"
+                f"({settings.control_plane_cache_hard_ttl_ms} < "
+                f"{settings.control_plane_cache_ttl_ms})"
             )
         return settings
 
@@ -261,8 +442,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     """Add one flag per option to ``parser`` (values default to ``None`` so
     :meth:`Settings.load` can tell "not given" from a value)."""
     for opt in OPTIONS:
-        parser.add_argument(opt.flag, dest=opt.field, default=None, metavar=opt.env,
-                            help=f"{opt.help} [env {opt.env}]")
+        parser.add_argument(
+            opt.flag,
+            dest=opt.field,
+            default=None,
+            metavar=opt.env,
+            help=f"{opt.help} [env {opt.env}]",
+        )
 
 
 def redact_dsn(dsn: str) -> str:

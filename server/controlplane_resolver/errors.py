@@ -14,8 +14,9 @@ class ResolverError(Exception):
 
     reason = "INTERNAL"
 
-    def __init__(self, message: str, *, reason: str | None = None,
-                 metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         if reason is not None:
             self.reason = reason

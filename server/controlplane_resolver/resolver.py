@@ -7,26 +7,50 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import psycopg
 
 from controlplane_resolver import callinfo
-from controlplane_resolver.domain import minting, waitpoints
-from controlplane_resolver.storage import queries
-from controlplane_resolver.cache import (ABSENT, MISSING, Cache, FlightTimeout, Slot, SlotPolicy, env_scope,
-                    org_scope, project_scope, worker_versions_scope)
+from controlplane_resolver.cache import (
+    ABSENT,
+    MISSING,
+    Cache,
+    FlightTimeout,
+    Slot,
+    SlotPolicy,
+    env_scope,
+    org_scope,
+    project_scope,
+    worker_versions_scope,
+)
 from controlplane_resolver.coalescing import CoalescerStats, ReadCoalescer, WaitTimeout
 from controlplane_resolver.config import Settings
-from controlplane_resolver.storage.database import Database, PinnedConnection
-from controlplane_resolver.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from controlplane_resolver.domain import minting, waitpoints
 from controlplane_resolver.domain.minting import FlagLookup, IdKind, MintKindDecision
-from controlplane_resolver.domain.values import (AuthenticatedEnvironment, Environment, MintedId, RunLockedWorker, RunRead,
-                    TaskRun, WorkerVersion)
-from controlplane_resolver.domain.residency import Classification, InvalidId, Residency, classify, validate_id
-from controlplane_resolver.storage.topology import RunSource, Topology
+from controlplane_resolver.domain.residency import (
+    Classification,
+    InvalidId,
+    Residency,
+    classify,
+    validate_id,
+)
+from controlplane_resolver.domain.values import (
+    AuthenticatedEnvironment,
+    Environment,
+    MintedId,
+    RunLockedWorker,
+    RunRead,
+    TaskRun,
+    WorkerVersion,
+)
 from controlplane_resolver.domain.waitpoints import StoreSelection
+from controlplane_resolver.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from controlplane_resolver.storage import queries
+from controlplane_resolver.storage.database import Database, PinnedConnection
+from controlplane_resolver.storage.topology import RunSource, Topology
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +67,9 @@ def cache_policies(settings: Settings) -> dict[Slot, SlotPolicy]:
     hard = settings.control_plane_cache_hard_ttl_ms * ms
     negative = settings.control_plane_cache_negative_ttl_ms * ms
     size = settings.control_plane_cache_max_entries
-    control_plane = SlotPolicy(soft_ttl=soft, hard_ttl=hard, negative_ttl=negative,
-                               max_entries=size)
+    control_plane = SlotPolicy(
+        soft_ttl=soft, hard_ttl=hard, negative_ttl=negative, max_entries=size
+    )
     wv = settings.worker_version_cache_ttl_ms * ms
     return {
         Slot.ENVIRONMENT: control_plane,
@@ -53,11 +78,16 @@ def cache_policies(settings: Settings) -> dict[Slot, SlotPolicy]:
         Slot.LOCKED_WORKER: control_plane,
         # A promotion must show within the worker-version TTL: never serve a
         # worker version past it (soft == hard), whatever the other slots do.
-        Slot.WORKER_VERSION: SlotPolicy(soft_ttl=wv if soft else 0, hard_ttl=wv,
-                                        negative_ttl=min(negative, wv), max_entries=size),
+        Slot.WORKER_VERSION: SlotPolicy(
+            soft_ttl=wv if soft else 0,
+            hard_ttl=wv,
+            negative_ttl=min(negative, wv),
+            max_entries=size,
+        ),
         # A feature-flag flip takes effect within the TTL: no stale serving.
-        Slot.MINT_KIND: SlotPolicy(soft_ttl=soft, hard_ttl=soft, negative_ttl=negative,
-                                   max_entries=size),
+        Slot.MINT_KIND: SlotPolicy(
+            soft_ttl=soft, hard_ttl=soft, negative_ttl=negative, max_entries=size
+        ),
     }
 
 
@@ -79,17 +109,26 @@ class IdClassification:
 class Resolver:
     """The resolver's operations over one :class:`Topology` and one :class:`Cache`."""
 
-    def __init__(self, topology: Topology, cache: Cache, *, fill_wait_s: float = 5.0,
-                 mint_ksuid_enabled: bool = False, run_read_gather_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        cache: Cache,
+        *,
+        fill_wait_s: float = 5.0,
+        mint_ksuid_enabled: bool = False,
+        run_read_gather_s: float = 0.0,
+    ) -> None:
         self.topology = topology
         self.cache = cache
         self._fill_wait_s = fill_wait_s
         # Concurrent run reads against one database share queries.
         self._pinned = {db: PinnedConnection(db) for db in topology.databases}
         self._run_readers = {
-            db: ReadCoalescer(functools.partial(_load_runs, self._pinned[db]),
-                              gather_s=run_read_gather_s)
-            for db in topology.databases}
+            db: ReadCoalescer(
+                functools.partial(_load_runs, self._pinned[db]), gather_s=run_read_gather_s
+            )
+            for db in topology.databases
+        }
         #: RUN_OPS_MINT_KSUID_ENABLED: the master switch of ksuid minting.
         self.mint_ksuid_enabled = mint_ksuid_enabled
 
@@ -116,19 +155,25 @@ class Resolver:
         """
         left = callinfo.remaining()
         if left is not None and left <= 0:
-            raise DeadlineExceeded("the caller's deadline passed before the resolver could "
-                                   "answer")
+            raise DeadlineExceeded("the caller's deadline passed before the resolver could answer")
         if left is not None and left < self._fill_wait_s:
             return left, True
         return self._fill_wait_s, False
 
-    def _cached(self, slot: Slot, key: Any, load: Callable[[], Any], *,
-                scopes: tuple[str, ...], scopes_of: Callable[[Any], tuple[str, ...]] | None = None
-                ) -> Any:
+    def _cached(
+        self,
+        slot: Slot,
+        key: Any,
+        load: Callable[[], Any],
+        *,
+        scopes: tuple[str, ...],
+        scopes_of: Callable[[Any], tuple[str, ...]] | None = None,
+    ) -> Any:
         wait_s, by_deadline = self._wait_budget()
         try:
-            return self.cache.get(slot, key, load, scopes=scopes, scopes_of=scopes_of,
-                                  wait_s=wait_s)
+            return self.cache.get(
+                slot, key, load, scopes=scopes, scopes_of=scopes_of, wait_s=wait_s
+            )
         except FlightTimeout as exc:
             if by_deadline:
                 raise DeadlineExceeded(f"{exc}; the caller's deadline passed") from None
@@ -136,9 +181,13 @@ class Resolver:
 
     # --------------------------------------------------------- environments
 
-    def _environment_answer(self, slot: Slot, environment_id: str,
-                            query: Callable[[Database, str], Any],
-                            scopes_of: Callable[[Any], tuple[str, ...]] | None = None) -> Any:
+    def _environment_answer(
+        self,
+        slot: Slot,
+        environment_id: str,
+        query: Callable[[Database, str], Any],
+        scopes_of: Callable[[Any], tuple[str, ...]] | None = None,
+    ) -> Any:
         """``slot``'s cached answer for an environment; on a miss, loaded by
         ``query(control_plane, id)`` (falsy = absent). Raises NotFound when
         absent.
@@ -149,9 +198,13 @@ class Resolver:
         value = self.cache.fresh(slot, environment_id)
         if value is MISSING:
             env_id = checked_id(environment_id, "environment_id")
-            value = self._cached(slot, env_id,
-                                 lambda: query(self.control_plane, env_id) or ABSENT,
-                                 scopes=(env_scope(env_id),), scopes_of=scopes_of)
+            value = self._cached(
+                slot,
+                env_id,
+                lambda: query(self.control_plane, env_id) or ABSENT,
+                scopes=(env_scope(env_id),),
+                scopes_of=scopes_of,
+            )
         if value is ABSENT:
             raise _env_not_found(environment_id)
         return value
@@ -159,22 +212,28 @@ class Resolver:
     def resolve_env(self, environment_id: str) -> Environment:
         """The environment's ResolveEnv shape. Raises NotFound when absent."""
         env: Environment = self._environment_answer(
-            Slot.ENVIRONMENT, environment_id, queries.environment, _environment_scopes)
+            Slot.ENVIRONMENT, environment_id, queries.environment, _environment_scopes
+        )
         return env
 
     def resolve_authenticated_env(self, environment_id: str) -> AuthenticatedEnvironment:
         """The environment with secrets and relations. NotFound when absent or
         when its project is soft-deleted."""
         env: AuthenticatedEnvironment = self._environment_answer(
-            Slot.AUTHENTICATED_ENVIRONMENT, environment_id, queries.authenticated_environment,
-            _authenticated_scopes)
+            Slot.AUTHENTICATED_ENVIRONMENT,
+            environment_id,
+            queries.authenticated_environment,
+            _authenticated_scopes,
+        )
         return env
 
     def assert_env_exists(self, environment_id: str) -> None:
         """Return when the environment exists; raise NotFound otherwise."""
         self._environment_answer(Slot.ENV_EXISTS, environment_id, queries.environment_exists)
 
-    def batch_resolve_envs(self, environment_ids: Sequence[str]) -> list[tuple[str, Environment | None]]:
+    def batch_resolve_envs(
+        self, environment_ids: Sequence[str]
+    ) -> list[tuple[str, Environment | None]]:
         """ResolveEnv for many ids: ``(id, environment or None)`` in request
         order. Cache hits are served from the cache; all misses are loaded
         with one query."""
@@ -193,14 +252,17 @@ class Resolver:
             for env_id in missing:
                 value = loaded.get(env_id, ABSENT)
                 found[env_id] = value
-                scopes = (env_scope(env_id),) + (_environment_scopes(value) if value is not ABSENT else ())
+                scopes = (env_scope(env_id),) + (
+                    _environment_scopes(value) if value is not ABSENT else ()
+                )
                 self.cache.put(Slot.ENVIRONMENT, env_id, value, stamp=stamp, scopes=scopes)
         return [(env_id, None if found[env_id] is ABSENT else found[env_id]) for env_id in ids]
 
     # ------------------------------------------------------- worker versions
 
-    def resolve_worker_version(self, environment_id: str, environment_type: str | None = None,
-                               worker_id: str | None = None) -> WorkerVersion:
+    def resolve_worker_version(
+        self, environment_id: str, environment_type: str | None = None, worker_id: str | None = None
+    ) -> WorkerVersion:
         """The worker version for an environment (spec section 5). When
         ``environment_type`` is None the environment's own type is used.
         Raises NotFound when any step of the dispatch finds nothing."""
@@ -210,18 +272,26 @@ class Resolver:
         if environment_type is None:
             environment_type = self.resolve_env(env_id).type
         elif environment_type not in ENVIRONMENT_TYPES:
-            raise InvalidArgument(f"environment_type {environment_type!r} is not one of "
-                                  f"{', '.join(ENVIRONMENT_TYPES)}", reason="INVALID_ENUM")
+            raise InvalidArgument(
+                f"environment_type {environment_type!r} is not one of "
+                f"{', '.join(ENVIRONMENT_TYPES)}",
+                reason="INVALID_ENUM",
+            )
         env_type = environment_type
         value = self._cached(
-            Slot.WORKER_VERSION, (env_id, env_type, worker_id),
-            lambda: queries.worker_version(self.control_plane, env_id, env_type, worker_id)
-            or ABSENT,
-            scopes=(env_scope(env_id), worker_versions_scope(env_id)))
+            Slot.WORKER_VERSION,
+            (env_id, env_type, worker_id),
+            lambda: (
+                queries.worker_version(self.control_plane, env_id, env_type, worker_id) or ABSENT
+            ),
+            scopes=(env_scope(env_id), worker_versions_scope(env_id)),
+        )
         if value is ABSENT:
             what = f"worker {worker_id}" if worker_id else "a current worker version"
-            raise NotFound(f"environment {env_id} has no {what} ({env_type})",
-                           reason="WORKER_VERSION_NOT_FOUND")
+            raise NotFound(
+                f"environment {env_id} has no {what} ({env_type})",
+                reason="WORKER_VERSION_NOT_FOUND",
+            )
         return value
 
     # ------------------------------------------------------------------ runs
@@ -238,8 +308,9 @@ class Resolver:
         soon as one could not answer (an unknown is never reported as absent)."""
         c = classify(checked_id(run_id, "run_id"))
         if self.topology.split and not c.classifiable:
-            log.warning("run id body of %d characters is unclassifiable; reading it as legacy",
-                        len(c.body))
+            log.warning(
+                "run id body of %d characters is unclassifiable; reading it as legacy", len(c.body)
+            )
         for source, db in self.topology.read_plan(c.route):
             wait_s, by_deadline = self._wait_budget()
             try:
@@ -247,14 +318,18 @@ class Resolver:
             except WaitTimeout as exc:
                 if by_deadline:
                     raise DeadlineExceeded(f"{exc}; the caller's deadline passed") from None
-                raise Unavailable(f"{exc}; the {source.value} database is slow to answer, "
-                                  "retry later") from None
+                raise Unavailable(
+                    f"{exc}; the {source.value} database is slow to answer, retry later"
+                ) from None
             if row is not None:
                 callinfo.note("database", source.value)
-                return self._with_environment(RunRead(run=row, source=source, residency=c.route),
-                                              include_environment)
-        raise NotFound(f"run {run_id} was not found in {_plan_names(self.topology, c.route)}",
-                       reason="RUN_NOT_FOUND")
+                return self._with_environment(
+                    RunRead(run=row, source=source, residency=c.route), include_environment
+                )
+        raise NotFound(
+            f"run {run_id} was not found in {_plan_names(self.topology, c.route)}",
+            reason="RUN_NOT_FOUND",
+        )
 
     def batch_read_runs(self, run_ids: Sequence[str]) -> list[tuple[str, RunRead | None]]:
         """ReadRun for many ids: ``(id, read or None)`` in request order, with
@@ -291,29 +366,49 @@ class Resolver:
             # Run-ops rows reference the control plane without foreign keys:
             # a stored id may be malformed. That is the run's problem, not
             # the caller's: report the environment as unresolved.
-            log.warning("run %s has a malformed environment id; environment unresolved",
-                        read.run.id)
-            return RunRead(run=read.run, source=read.source, residency=read.residency,
-                           environment_unresolved=True)
+            log.warning(
+                "run %s has a malformed environment id; environment unresolved", read.run.id
+            )
+            return RunRead(
+                run=read.run,
+                source=read.source,
+                residency=read.residency,
+                environment_unresolved=True,
+            )
         except NotFound:
-            return RunRead(run=read.run, source=read.source, residency=read.residency,
-                           environment_unresolved=True)
-        return RunRead(run=read.run, source=read.source, residency=read.residency,
-                       environment=env)
+            return RunRead(
+                run=read.run,
+                source=read.source,
+                residency=read.residency,
+                environment_unresolved=True,
+            )
+        return RunRead(run=read.run, source=read.source, residency=read.residency, environment=env)
 
     # ---------------------------------------------------------- invalidation
 
-    def invalidate(self, *, environment_id: str | None = None,
-                   organization_id: str | None = None,
-                   worker_versions_environment_id: str | None = None) -> None:
+    def invalidate(
+        self,
+        *,
+        environment_id: str | None = None,
+        organization_id: str | None = None,
+        worker_versions_environment_id: str | None = None,
+    ) -> None:
         """Drop cached answers: exactly one target must be given."""
-        given = [(n, v) for n, v in (("environment_id", environment_id),
-                                     ("organization_id", organization_id),
-                                     ("worker_versions_environment_id",
-                                      worker_versions_environment_id)) if v is not None]
+        given = [
+            (n, v)
+            for n, v in (
+                ("environment_id", environment_id),
+                ("organization_id", organization_id),
+                ("worker_versions_environment_id", worker_versions_environment_id),
+            )
+            if v is not None
+        ]
         if len(given) != 1:
-            raise InvalidArgument("give exactly one of environment_id, organization_id, "
-                                  "worker_versions_environment_id", reason="INVALID_TARGET")
+            raise InvalidArgument(
+                "give exactly one of environment_id, organization_id, "
+                "worker_versions_environment_id",
+                reason="INVALID_TARGET",
+            )
         name, value = given[0]
         checked_id(value, name)
         if name == "environment_id":
@@ -325,8 +420,9 @@ class Resolver:
 
     # --------------------------------------------------------- locked worker
 
-    def resolve_run_locked_worker(self, locked_by_id: str | None = None,
-                                  locked_to_version_id: str | None = None) -> RunLockedWorker:
+    def resolve_run_locked_worker(
+        self, locked_by_id: str | None = None, locked_to_version_id: str | None = None
+    ) -> RunLockedWorker:
         """The task a run is locked by and the version it is locked to (spec
         section 5). Each part is ``None`` when its id is ``None`` or names no
         row; neither id given → both ``None`` (not an error).
@@ -337,55 +433,77 @@ class Resolver:
         linked to a worker later shows within the TTL.
         """
         task_id = checked_id(locked_by_id, "locked_by_id") if locked_by_id is not None else None
-        worker_id = (checked_id(locked_to_version_id, "locked_to_version_id")
-                     if locked_to_version_id is not None else None)
+        worker_id = (
+            checked_id(locked_to_version_id, "locked_to_version_id")
+            if locked_to_version_id is not None
+            else None
+        )
         task = version = None
         if task_id is not None:
             task = self._cached(
-                Slot.LOCKED_WORKER, ("locked_by", task_id),
-                lambda: queries.locked_task(self.control_plane, task_id) or ABSENT, scopes=())
+                Slot.LOCKED_WORKER,
+                ("locked_by", task_id),
+                lambda: queries.locked_task(self.control_plane, task_id) or ABSENT,
+                scopes=(),
+            )
         if worker_id is not None:
             version = self._cached(
-                Slot.LOCKED_WORKER, ("locked_to_version", worker_id),
+                Slot.LOCKED_WORKER,
+                ("locked_to_version", worker_id),
                 lambda: queries.locked_version(self.control_plane, worker_id) or ABSENT,
-                scopes=())
-        return RunLockedWorker(locked_by=None if task is None or task is ABSENT else task,
-                               locked_to_version=None if version is None or version is ABSENT
-                               else version)
+                scopes=(),
+            )
+        return RunLockedWorker(
+            locked_by=None if task is None or task is ABSENT else task,
+            locked_to_version=None if version is None or version is ABSENT else version,
+        )
 
     # --------------------------------------------------------------- minting
 
-    def resolve_mint_kind(self, organization_id: str,
-                          parent_id: str | None = None) -> MintKindDecision:
+    def resolve_mint_kind(
+        self, organization_id: str, parent_id: str | None = None
+    ) -> MintKindDecision:
         """Which kind of id a new run of the organization gets (spec section 8;
         the gate order is :func:`minting.decide_mint_kind`'s). Never fails for
         a database error: the flag read falls back to cuid, uncached."""
         org_id = checked_id(organization_id, "organization_id")
         parent = classify(checked_id(parent_id, "parent_id")) if parent_id is not None else None
         return minting.decide_mint_kind(
-            master_switch_enabled=self.mint_ksuid_enabled, split_enabled=self.topology.split,
-            parent=parent, read_org_flag=lambda: self._org_mint_flag(org_id))
+            master_switch_enabled=self.mint_ksuid_enabled,
+            split_enabled=self.topology.split,
+            parent=parent,
+            read_org_flag=lambda: self._org_mint_flag(org_id),
+        )
 
-    def _org_mint_flag(self, org_id: str) -> str | None | FlagLookup:
+    def _org_mint_flag(self, org_id: str) -> str | FlagLookup | None:
         """The organization's ``runOpsMintKsuid`` flag through the ``MINT_KIND``
         slot (org-scoped: invalidating the organization drops it)."""
         try:
             flag = self._cached(
-                Slot.MINT_KIND, org_id,
-                lambda: queries.organization_feature_flag(self.control_plane, org_id,
-                                                          minting.MINT_FLAG) or ABSENT,
-                scopes=(org_scope(org_id),))
+                Slot.MINT_KIND,
+                org_id,
+                lambda: (
+                    queries.organization_feature_flag(self.control_plane, org_id, minting.MINT_FLAG)
+                    or ABSENT
+                ),
+                scopes=(org_scope(org_id),),
+            )
         except (Unavailable, psycopg.Error) as exc:
             # Errors are never cached, so the next call reads again.
-            log.warning("could not read the %s flag of organization %s (%s): minting cuid",
-                        minting.MINT_FLAG, org_id, type(exc).__name__)
+            log.warning(
+                "could not read the %s flag of organization %s (%s): minting cuid",
+                minting.MINT_FLAG,
+                org_id,
+                type(exc).__name__,
+            )
             return FlagLookup.READ_FAILED
         if flag is ABSENT:
             return FlagLookup.ORGANIZATION_NOT_FOUND
         return flag.value
 
-    def mint_id(self, kind: str | None, organization_id: str,
-                parent_id: str | None = None) -> MintedId:
+    def mint_id(
+        self, kind: str | None, organization_id: str, parent_id: str | None = None
+    ) -> MintedId:
         """A new run or batch id (``kind`` ``"RUN"``/``"BATCH"``) of the kind
         :meth:`resolve_mint_kind` decides, with its friendly id."""
         try:
@@ -394,19 +512,28 @@ class Resolver:
             id_kind = None
         if id_kind is None:
             shown = "UNSPECIFIED" if kind is None else kind
-            raise InvalidArgument(f"kind {shown!r} is not one of RUN, BATCH",
-                                  reason="INVALID_ENUM", metadata={"field": "kind"})
+            raise InvalidArgument(
+                f"kind {shown!r} is not one of RUN, BATCH",
+                reason="INVALID_ENUM",
+                metadata={"field": "kind"},
+            )
         decision = self.resolve_mint_kind(organization_id, parent_id)
         new = minting.new_id(decision.kind)
-        return MintedId(id=new, friendly_id=minting.friendly_id(id_kind, new),
-                        mint_kind=decision.kind)
+        return MintedId(
+            id=new, friendly_id=minting.friendly_id(id_kind, new), mint_kind=decision.kind
+        )
 
     # ------------------------------------------------------------- waitpoints
 
-    def select_store_for_waitpoint(self, waitpoint_id: str, route_kind: str | None, *,
-                                   tree_owner_residency: str | None = None,
-                                   cross_tree_idempotency: bool = False,
-                                   has_legacy_parent: bool = False) -> StoreSelection:
+    def select_store_for_waitpoint(
+        self,
+        waitpoint_id: str,
+        route_kind: str | None,
+        *,
+        tree_owner_residency: str | None = None,
+        cross_tree_idempotency: bool = False,
+        has_legacy_parent: bool = False,
+    ) -> StoreSelection:
         """Which store a waitpoint completion is written to (spec section 9;
         the rules are :func:`waitpoints.select_store`'s). ``route_kind`` and
         ``tree_owner_residency`` are enum names (``"MANUAL"``, ``"LEGACY"``)."""
@@ -418,11 +545,17 @@ class Resolver:
             except KeyError:
                 raise InvalidArgument(
                     f"tree_owner_residency {tree_owner_residency!r} is not one of LEGACY, NEW",
-                    reason="INVALID_ENUM", metadata={"field": "tree_owner_residency"}) from None
+                    reason="INVALID_ENUM",
+                    metadata={"field": "tree_owner_residency"},
+                ) from None
         return waitpoints.select_store(
-            split_enabled=self.topology.split, waitpoint_id=waitpoint_id, route_kind=kind,
-            tree_owner_residency=owner, cross_tree_idempotency=cross_tree_idempotency,
-            has_legacy_parent=has_legacy_parent)
+            split_enabled=self.topology.split,
+            waitpoint_id=waitpoint_id,
+            route_kind=kind,
+            tree_owner_residency=owner,
+            cross_tree_idempotency=cross_tree_idempotency,
+            has_legacy_parent=has_legacy_parent,
+        )
 
 
 def _environment_scopes(env: Environment) -> tuple[str, ...]:
@@ -438,11 +571,13 @@ def _authenticated_scopes(env: AuthenticatedEnvironment) -> tuple[str, ...]:
     return scopes
 
 
-def _load_runs(db: Database | PinnedConnection, keys: Sequence[tuple[str, bool]]
-               ) -> dict[tuple[str, bool], TaskRun]:
+def _load_runs(
+    db: Database | PinnedConnection, keys: Sequence[tuple[str, bool]]
+) -> dict[tuple[str, bool], TaskRun]:
     """Runs for ``(identifier, is_friendly_id)`` keys, in one query."""
-    rows = queries.runs(db, [k for k, friendly in keys if not friendly],
-                        [k for k, friendly in keys if friendly])
+    rows = queries.runs(
+        db, [k for k, friendly in keys if not friendly], [k for k, friendly in keys if friendly]
+    )
     found: dict[tuple[str, bool], TaskRun] = {}
     for row in rows:
         found[(row.id, False)] = row
@@ -451,14 +586,19 @@ def _load_runs(db: Database | PinnedConnection, keys: Sequence[tuple[str, bool]]
 
 
 def _env_not_found(env_id: str) -> NotFound:
-    return NotFound(f"environment {env_id} was not found", reason="ENVIRONMENT_NOT_FOUND",
-                    metadata={"environment_id": env_id})
+    return NotFound(
+        f"environment {env_id} was not found",
+        reason="ENVIRONMENT_NOT_FOUND",
+        metadata={"environment_id": env_id},
+    )
 
 
 def _checked_batch(ids: Sequence[str], field: str) -> list[str]:
     if len(ids) > MAX_BATCH_IDS:
-        raise InvalidArgument(f"{field} has {len(ids)} ids; at most {MAX_BATCH_IDS} per call",
-                              reason="BATCH_TOO_LARGE")
+        raise InvalidArgument(
+            f"{field} has {len(ids)} ids; at most {MAX_BATCH_IDS} per call",
+            reason="BATCH_TOO_LARGE",
+        )
     return [checked_id(v, f"{field}[{i}]") for i, v in enumerate(ids)]
 
 

@@ -41,16 +41,17 @@ Safety
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psycopg
 
-from controlplane_resolver.storage import queries
 from controlplane_resolver.config import ConfigError, Settings, redact_dsn
-from controlplane_resolver.errors import Unavailable
 from controlplane_resolver.domain.values import EnvironmentLifecycle
+from controlplane_resolver.errors import Unavailable
+from controlplane_resolver.storage import queries
 from controlplane_resolver.storage.interlocks import DatabaseIdentity, Refusal, probe_identity
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,7 @@ class TableKey:
 
 #: Run data, children before parents: a table whose rows reference another's
 #: must come before it. Add tables here as the schema subset grows.
-RUN_DATA_TABLES: tuple[TableKey, ...] = (
-    TableKey("TaskRun", "runtimeEnvironmentId"),
-)
+RUN_DATA_TABLES: tuple[TableKey, ...] = (TableKey("TaskRun", "runtimeEnvironmentId"),)
 
 
 class CleanupError(Exception):
@@ -105,21 +104,24 @@ class CleanupReport:
     def lines(self) -> list[str]:
         """The report printed to stdout: one line per location and table."""
         verb = "would delete" if self.dry_run else "deleted"
-        head = (f"cleanup of {self.target}: {len(self.environment_ids)} environment(s)"
-                + (" (dry run: nothing was deleted)" if self.dry_run else ""))
+        head = f"cleanup of {self.target}: {len(self.environment_ids)} environment(s)" + (
+            " (dry run: nothing was deleted)" if self.dry_run else ""
+        )
         out = [head]
         for location in self.locations:
             for t in RUN_DATA_TABLES:
                 n = self.counts.get((location.name, t.table), 0)
-                out.append(f"  {location.label}: \"{t.table}\" {verb} {n}")
+                out.append(f'  {location.label}: "{t.table}" {verb} {n}')
         return out
 
 
 def run_locations(settings: Settings) -> list[tuple[str, str]]:
     """``(role, dsn)`` of every run location, before de-duplication."""
     if settings.run_ops_split_enabled and not settings.run_ops_database_url:
-        raise ConfigError("RUN_OPS_SPLIT_ENABLED is on but RUN_OPS_DATABASE_URL is not set: set "
-                          "it to the run-ops database")
+        raise ConfigError(
+            "RUN_OPS_SPLIT_ENABLED is on but RUN_OPS_DATABASE_URL is not set: set "
+            "it to the run-ops database"
+        )
     roles: list[tuple[str, str]] = []
     if settings.run_ops_database_url:
         roles.append(("run-ops", settings.run_ops_database_url))
@@ -128,9 +130,9 @@ def run_locations(settings: Settings) -> list[tuple[str, str]]:
     return roles
 
 
-def distinct_locations(roles: list[tuple[str, str]],
-                       probe: Callable[[str], DatabaseIdentity] = probe_identity
-                       ) -> list[Location]:
+def distinct_locations(
+    roles: list[tuple[str, str]], probe: Callable[[str], DatabaseIdentity] = probe_identity
+) -> list[Location]:
     """Merge roles that are one physical database (never by comparing DSNs).
     A probe that fails raises :class:`Unavailable` naming the role."""
     merged: dict[DatabaseIdentity, tuple[list[str], str]] = {}
@@ -138,15 +140,17 @@ def distinct_locations(roles: list[tuple[str, str]],
         try:
             identity = probe(dsn)
         except psycopg.Error as exc:
-            raise Unavailable(f"could not reach the {role} database ({redact_dsn(dsn)}): "
-                              f"{type(exc).__name__}") from None
+            raise Unavailable(
+                f"could not reach the {role} database ({redact_dsn(dsn)}): {type(exc).__name__}"
+            ) from None
         names, _ = merged.setdefault(identity, ([], dsn))
         names.append(role)
     return [Location(" = ".join(names), dsn) for names, dsn in merged.values()]
 
 
-def target_environments(conn: psycopg.Connection[Any], *, environment_id: str | None,
-                        project_id: str | None) -> tuple[str, list[str]]:
+def target_environments(
+    conn: psycopg.Connection[Any], *, environment_id: str | None, project_id: str | None
+) -> tuple[str, list[str]]:
     """``(description, environment ids)`` of the target, after the safety check.
 
     Raises :class:`Refusal` naming every live environment, and
@@ -158,16 +162,20 @@ def target_environments(conn: psycopg.Connection[Any], *, environment_id: str | 
         env = queries.cleanup_environment(conn, environment_id)
         _refuse_live([env] if env else [])
         if env is None:
-            log.info("environment %s is not in the control-plane database: cleaning its "
-                     "remaining run data", environment_id)
+            log.info(
+                "environment %s is not in the control-plane database: cleaning its "
+                "remaining run data",
+                environment_id,
+            )
         return f"environment {environment_id}", [environment_id]
     assert project_id is not None
     project = queries.cleanup_project(conn, project_id)
     if project is None:
         raise CleanupError(
             f"project {project_id} is not in the control-plane database, so its environment "
-            "ids cannot be found (deletes are never keyed on \"TaskRun\".\"projectId\", which "
-            "has no index): run cleanup --environment for each of its environment ids")
+            'ids cannot be found (deletes are never keyed on "TaskRun"."projectId", which '
+            "has no index): run cleanup --environment for each of its environment ids"
+        )
     envs = queries.cleanup_project_environments(conn, project_id)
     _refuse_live(envs)
     return f"project {project_id}", [e.id for e in envs]
@@ -180,24 +188,32 @@ def _refuse_live(envs: list[EnvironmentLifecycle]) -> None:
             "CLEANUP_TARGET_LIVE",
             f"environment(s) {', '.join(live)} still exist and are neither archived nor in a "
             "soft-deleted project: their runs are in use. Archive the environment or delete "
-            "the project first, then run cleanup again.")
+            "the project first, then run cleanup again.",
+        )
 
 
-def _batches(conn: psycopg.Connection[Any], t: TableKey, environment_id: str,
-             batch_size: int) -> Iterator[int]:
+def _batches(
+    conn: psycopg.Connection[Any], t: TableKey, environment_id: str, batch_size: int
+) -> Iterator[int]:
     """Delete in bounded batches until none is left; yields each batch's count."""
     while True:
         with conn.transaction():
-            deleted = queries.delete_batch(conn, t.table, t.key_column, t.id_column,
-                                           environment_id, batch_size)
+            deleted = queries.delete_batch(
+                conn, t.table, t.key_column, t.id_column, environment_id, batch_size
+            )
         yield deleted
         if deleted < batch_size:
             return
 
 
-def run_cleanup(settings: Settings, *, environment_id: str | None = None,
-                project_id: str | None = None, dry_run: bool = False,
-                batch_size: int = DEFAULT_BATCH_SIZE) -> CleanupReport:
+def run_cleanup(
+    settings: Settings,
+    *,
+    environment_id: str | None = None,
+    project_id: str | None = None,
+    dry_run: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> CleanupReport:
     """Check the target, then delete (or count) its run data everywhere.
 
     Raises :class:`Refusal` for a live target, :class:`CleanupError` for an
@@ -208,11 +224,13 @@ def run_cleanup(settings: Settings, *, environment_id: str | None = None,
         raise ValueError("batch_size must be 1 or more")
     roles = run_locations(settings)
     with _connect("control-plane", settings.control_plane_database_url) as cp:
-        target, env_ids = target_environments(cp, environment_id=environment_id,
-                                              project_id=project_id)
+        target, env_ids = target_environments(
+            cp, environment_id=environment_id, project_id=project_id
+        )
     locations = distinct_locations(roles)
-    report = CleanupReport(target=target, environment_ids=env_ids, locations=locations,
-                           dry_run=dry_run)
+    report = CleanupReport(
+        target=target, environment_ids=env_ids, locations=locations, dry_run=dry_run
+    )
     for location in locations:
         with _connect(location.name, location.dsn) as conn:
             for t in RUN_DATA_TABLES:
@@ -220,14 +238,22 @@ def run_cleanup(settings: Settings, *, environment_id: str | None = None,
                 report.counts[key] = 0
                 for env_id in env_ids:
                     if dry_run:
-                        report.counts[key] += queries.count_rows(conn, t.table, t.key_column,
-                                                                 env_id)
+                        report.counts[key] += queries.count_rows(
+                            conn, t.table, t.key_column, env_id
+                        )
                         continue
                     for batch, deleted in enumerate(_batches(conn, t, env_id, batch_size), 1):
                         report.counts[key] += deleted
-                        log.info("%s: deleted %d row(s) from \"%s\" of environment %s "
-                                 "(batch %d, %d so far)", location.label, deleted, t.table,
-                                 env_id, batch, report.counts[key])
+                        log.info(
+                            '%s: deleted %d row(s) from "%s" of environment %s '
+                            "(batch %d, %d so far)",
+                            location.label,
+                            deleted,
+                            t.table,
+                            env_id,
+                            batch,
+                            report.counts[key],
+                        )
     return report
 
 
@@ -236,15 +262,22 @@ def _connect(role: str, dsn: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection (each batch opens its own transaction);
     driver failures become :class:`Unavailable` naming the role, never the DSN."""
     try:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10,
-                               application_name="controlplane-resolver:cleanup")
+        conn = psycopg.connect(
+            dsn,
+            autocommit=True,
+            connect_timeout=10,
+            application_name="controlplane-resolver:cleanup",
+        )
     except psycopg.OperationalError as exc:
-        raise Unavailable(f"could not connect to the {role} database ({redact_dsn(dsn)}): "
-                          f"{type(exc).__name__}") from None
+        raise Unavailable(
+            f"could not connect to the {role} database ({redact_dsn(dsn)}): {type(exc).__name__}"
+        ) from None
     try:
         yield conn
     except psycopg.OperationalError as exc:
-        raise Unavailable(f"lost the {role} database ({redact_dsn(dsn)}): {type(exc).__name__}; "
-                          "committed batches stay deleted, re-run to finish") from None
+        raise Unavailable(
+            f"lost the {role} database ({redact_dsn(dsn)}): {type(exc).__name__}; "
+            "committed batches stay deleted, re-run to finish"
+        ) from None
     finally:
         conn.close()

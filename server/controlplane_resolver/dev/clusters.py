@@ -57,14 +57,17 @@ def find_bindir() -> Path:
     pg_config = shutil.which("pg_config")
     if pg_config:
         try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True,
-                                 check=True).stdout.strip()
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True
+            ).stdout.strip()
             candidates.append(Path(out))
         except (OSError, subprocess.CalledProcessError):
             pass
-    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
-                    key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
-                    reverse=True)
+    debian = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+        reverse=True,
+    )
     candidates.extend(Path(p) for p in debian)
     for directory in candidates:
         if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
@@ -82,8 +85,13 @@ class LocalCluster:
     """One throwaway cluster. ``start()`` → ``dsn(db)`` … ``stop()`` /
     ``start()`` again (same data, same port) … ``destroy()``."""
 
-    def __init__(self, name: str = "resolver", *, port: int | None = None,
-                 settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "resolver",
+        *,
+        port: int | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         """``settings`` are extra server settings (``-c name=value``), e.g.
         ``{"shared_preload_libraries": "pg_stat_statements"}``."""
         self.bindir = find_bindir()
@@ -107,21 +115,45 @@ class LocalCluster:
     def _run(self, *args: str) -> None:
         result = subprocess.run(self._cmd(*args), capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"{Path(args[0]).name} failed (exit {result.returncode}): "
-                               f"{result.stderr.strip() or result.stdout.strip()}\n"
-                               f"log: {self.logfile}")
+            raise RuntimeError(
+                f"{Path(args[0]).name} failed (exit {result.returncode}): "
+                f"{result.stderr.strip() or result.stdout.strip()}\n"
+                f"log: {self.logfile}"
+            )
 
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         """Initialise on first start, then start the server and wait until it
         accepts connections."""
         if not self._initialised:
-            self._run(str(self.bindir / "initdb"), "-D", str(self.datadir), "-A", "trust",
-                      "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C")
+            self._run(
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            )
             self._initialised = True
         options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
         options += f" -p {self.port} -k {self.root}"
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
-                  "-o", options, "-w", "-t", "60", "start")
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.logfile),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -147,13 +179,14 @@ class LocalCluster:
     def create_database(self, dbname: str) -> str:
         """Create ``dbname`` (if missing) and return its DSN."""
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                  (dbname,)).fetchone()
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)
+            ).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{dbname}"')
         return self.dsn(dbname)
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

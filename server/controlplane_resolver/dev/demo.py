@@ -29,9 +29,10 @@ from __future__ import annotations
 import itertools
 import secrets
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any
 
 from psycopg import Connection, sql
 from psycopg.rows import tuple_row
@@ -105,7 +106,9 @@ def _insert(conn: Connection[Any], table: str, row: Mapping[str, Any]) -> None:
     """``INSERT INTO "table" ("col", ...) VALUES (...)`` for one row of
     camelCase column -> value; JSONB columns are adapted with :class:`Jsonb`."""
     values = [
-        Jsonb(value) if column in _JSON_COLUMNS and value is not None and not isinstance(value, Jsonb) else value
+        Jsonb(value)
+        if column in _JSON_COLUMNS and value is not None and not isinstance(value, Jsonb)
+        else value
         for column, value in row.items()
     ]
     query = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
@@ -163,9 +166,13 @@ def insert_organization(conn: Connection[Any], **overrides: Any) -> str:
     return str(row["id"])
 
 
-def insert_org_member(conn: Connection[Any], *, user_id: str, organization_id: str, **overrides: Any) -> str:
+def insert_org_member(
+    conn: Connection[Any], *, user_id: str, organization_id: str, **overrides: Any
+) -> str:
     """Insert an ``"OrgMember"`` linking a user to an organization; returns its id."""
-    row = _columns({"id": new_cuid(), "userId": user_id, "organizationId": organization_id}, overrides)
+    row = _columns(
+        {"id": new_cuid(), "userId": user_id, "organizationId": organization_id}, overrides
+    )
     _insert(conn, "OrgMember", row)
     return str(row["id"])
 
@@ -224,7 +231,9 @@ def insert_environment(
     return str(row["id"])
 
 
-def insert_worker(conn: Connection[Any], *, project_id: str, environment_id: str, **overrides: Any) -> str:
+def insert_worker(
+    conn: Connection[Any], *, project_id: str, environment_id: str, **overrides: Any
+) -> str:
     """Insert a ``"BackgroundWorker"`` (``friendlyId`` ``worker_…``); returns its id.
 
     ``version`` defaults to today's date plus a process-wide counter
@@ -356,7 +365,9 @@ def insert_deployment(
     if "version" in overrides:
         version = overrides.pop("version")
     elif worker_id is not None:
-        (version,) = _fetch_one(conn, 'SELECT "version" FROM "BackgroundWorker" WHERE "id" = %s', (worker_id,))
+        (version,) = _fetch_one(
+            conn, 'SELECT "version" FROM "BackgroundWorker" WHERE "id" = %s', (worker_id,)
+        )
     else:
         version = f"{_utcnow():%Y%m%d}.{next(_worker_version_counter)}"
     row = _columns(
@@ -379,7 +390,9 @@ def insert_deployment(
     return str(row["id"])
 
 
-def promote(conn: Connection[Any], deployment_id: str, environment_id: str, label: str = "current") -> str:
+def promote(
+    conn: Connection[Any], deployment_id: str, environment_id: str, label: str = "current"
+) -> str:
     """Promote a deployment in an environment under ``label`` (``current`` or
     ``current-unmanaged``): an upsert on ``("environmentId", "label")``, so a
     later promotion replaces the earlier one. Returns the promotion's id (the
@@ -388,7 +401,8 @@ def promote(conn: Connection[Any], deployment_id: str, environment_id: str, labe
         conn,
         'INSERT INTO "WorkerDeploymentPromotion" ("id", "label", "deploymentId", "environmentId") '
         "VALUES (%s, %s, %s, %s) "
-        'ON CONFLICT ("environmentId", "label") DO UPDATE SET "deploymentId" = EXCLUDED."deploymentId" '
+        'ON CONFLICT ("environmentId", "label") '
+        'DO UPDATE SET "deploymentId" = EXCLUDED."deploymentId" '
         'RETURNING "id"',
         (new_cuid(), label, deployment_id, environment_id),
     )
@@ -489,18 +503,28 @@ def _seed_worker(
 ) -> tuple[str, list[str]]:
     """A worker with one task per ``queue_ids`` entry, linked to each queue."""
     worker_id = insert_worker(
-        conn, project_id=project_id, environment_id=environment_id, version=version, created_at=created_at
+        conn,
+        project_id=project_id,
+        environment_id=environment_id,
+        version=version,
+        created_at=created_at,
     )
     task_ids = []
     for slug, queue_id in queue_ids.items():
-        task_ids.append(insert_task(conn, worker_id=worker_id, slug=slug, queue_id=queue_id, created_at=created_at))
+        task_ids.append(
+            insert_task(
+                conn, worker_id=worker_id, slug=slug, queue_id=queue_id, created_at=created_at
+            )
+        )
         link_worker_queue(conn, worker_id, queue_id)
     return worker_id, task_ids
 
 
 def _seed_queues(conn: Connection[Any], *, project_id: str, environment_id: str) -> dict[str, str]:
     return {
-        slug: insert_queue(conn, environment_id=environment_id, project_id=project_id, name=f"task/{slug}")
+        slug: insert_queue(
+            conn, environment_id=environment_id, project_id=project_id, name=f"task/{slug}"
+        )
         for slug in _DEMO_TASKS
     }
 
@@ -543,10 +567,14 @@ def _seed(cp: Connection[Any], ro: Connection[Any]) -> DemoIds:
     day = _utcnow().strftime("%Y%m%d")
 
     user_id = insert_user(cp, display_name="Ada", name="Ada Lovelace")
-    organization_id = insert_organization(cp, title="Acme Inc.", feature_flags={"runOpsMintKsuid": "ksuid"})
+    organization_id = insert_organization(
+        cp, title="Acme Inc.", feature_flags={"runOpsMintKsuid": "ksuid"}
+    )
     member_id = insert_org_member(cp, user_id=user_id, organization_id=organization_id)
     project_ref = "proj_" + _random_string(_ALNUM, 20)
-    project_id = insert_project(cp, organization_id=organization_id, name="Acme App", external_ref=project_ref)
+    project_id = insert_project(
+        cp, organization_id=organization_id, name="Acme App", external_ref=project_ref
+    )
 
     env = {"project_id": project_id, "organization_id": organization_id}
     production_id = insert_environment(cp, type="PRODUCTION", maximum_concurrency_limit=50, **env)

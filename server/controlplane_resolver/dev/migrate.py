@@ -37,7 +37,8 @@ def migrate(dsn: str, schema: str) -> str:
         row = conn.execute(
             "SELECT to_regclass(%s) IS NOT NULL, to_regclass('\"RuntimeEnvironment\"') IS NOT NULL"
             " OR to_regclass('\"TaskRun\"') IS NOT NULL",
-            (f'"{MARKER_TABLE}"',)).fetchone()
+            (f'"{MARKER_TABLE}"',),
+        ).fetchone()
         assert row is not None
         marked, platform_tables = row
         if marked:
@@ -46,9 +47,12 @@ def migrate(dsn: str, schema: str) -> str:
             raise MigrationRefused(
                 "this database already holds the platform's tables and was not created by "
                 "`controlplane-resolver migrate`: it is left untouched. Point the resolver at it "
-                "directly; migrate is only for empty dev/test databases.")
+                "directly; migrate is only for empty dev/test databases."
+            )
         conn.execute(schema_sql(schema))
-        conn.execute(f'CREATE TABLE "{MARKER_TABLE}" (schema TEXT NOT NULL, '
-                     'applied_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP)')
+        conn.execute(
+            f'CREATE TABLE "{MARKER_TABLE}" (schema TEXT NOT NULL, '
+            "applied_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        )
         conn.execute(f'INSERT INTO "{MARKER_TABLE}" (schema) VALUES (%s)', (schema,))
     return "created"

@@ -53,10 +53,15 @@ import socket
 import string
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from controlplane_resolver.domain.residency import CUID_LENGTH, KSUID_LENGTH, Classification, Residency
+from controlplane_resolver.domain.residency import (
+    CUID_LENGTH,
+    KSUID_LENGTH,
+    Classification,
+    Residency,
+)
 
 # ----------------------------------------------------------------- the values
 
@@ -96,9 +101,13 @@ MINT_FLAG = "runOpsMintKsuid"
 _FLAG_KINDS = {"ksuid": MintKind.KSUID, "cuid": MintKind.CUID}
 
 
-def decide_mint_kind(*, master_switch_enabled: bool, split_enabled: bool,
-                     parent: Classification | None,
-                     read_org_flag: Callable[[], str | None | FlagLookup]) -> MintKindDecision:
+def decide_mint_kind(
+    *,
+    master_switch_enabled: bool,
+    split_enabled: bool,
+    parent: Classification | None,
+    read_org_flag: Callable[[], str | FlagLookup | None],
+) -> MintKindDecision:
     """Decide the kind of a new id (see the module docstring for the order).
 
     ``read_org_flag`` returns the flag's text value, ``None`` when the
@@ -221,7 +230,12 @@ def new_cuid(*, now_ms: int | None = None, counter: int | None = None) -> str:
     if counter is None:
         with _cuid_lock:
             counter = next(_cuid_counter)
-    cuid = ("c" + _base36(ms, 8) + _base36(counter, _BLOCK) + _fingerprint()
-            + _base36(secrets.randbelow(36**8), 8))
+    cuid = (
+        "c"
+        + _base36(ms, 8)
+        + _base36(counter, _BLOCK)
+        + _fingerprint()
+        + _base36(secrets.randbelow(36**8), 8)
+    )
     assert len(cuid) == CUID_LENGTH
     return cuid

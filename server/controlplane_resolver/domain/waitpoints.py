@@ -38,8 +38,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from controlplane_resolver.domain.residency import (
+    CUID_LENGTH,
+    KSUID_LENGTH,
+    InvalidId,
+    Residency,
+    classify,
+    validate_id,
+)
 from controlplane_resolver.errors import InvalidArgument
-from controlplane_resolver.domain.residency import CUID_LENGTH, KSUID_LENGTH, InvalidId, Residency, classify, validate_id
 
 
 class RouteKind(enum.Enum):
@@ -80,8 +87,10 @@ class CompletionSite:
 CATALOGUE: tuple[CompletionSite, ...] = (
     CompletionSite(
         RouteKind.MANUAL,
-        ("engine.completeWaitpoint (a manual waitpoint completed or failed by id)",
-         "worker job finishWaitpoint (a manual waitpoint's timeout fails it)"),
+        (
+            "engine.completeWaitpoint (a manual waitpoint completed or failed by id)",
+            "worker job finishWaitpoint (a manual waitpoint's timeout fails it)",
+        ),
         "A MANUAL waitpoint is completed by id alone: the caller knows nothing of "
         "the run that waits on it.",
     ),
@@ -97,18 +106,21 @@ CATALOGUE: tuple[CompletionSite, ...] = (
     ),
     CompletionSite(
         RouteKind.IDEMPOTENCY_REUSE,
-        ("trigger with an idempotency key that matches an existing run "
-         "(the waiting parent is blocked by that run's waitpoint)",),
+        (
+            "trigger with an idempotency key that matches an existing run "
+            "(the waiting parent is blocked by that run's waitpoint)",
+        ),
         "triggerAndWait reused an existing run; that run may belong to another tree.",
     ),
     CompletionSite(
         RouteKind.RUN,
-        ("run attempt succeeded or failed (the run's own waitpoint completes)",
-         "run cancelled or expired (the run's own waitpoint completes with an error)"),
+        (
+            "run attempt succeeded or failed (the run's own waitpoint completes)",
+            "run cancelled or expired (the run's own waitpoint completes with an error)",
+        ),
         "A child run finished: the waitpoint its parent waits on completes.",
     ),
 )
-
 
 
 def site_of(route_kind: RouteKind) -> CompletionSite:
@@ -127,8 +139,11 @@ def route_kind_named(name: str | None) -> RouteKind:
         pass
     known = ", ".join(kind.name for kind in RouteKind)
     shown = "UNSPECIFIED" if name is None else name
-    raise InvalidArgument(f"route_kind {shown!r} is not one of {known}",
-                          reason="INVALID_ENUM", metadata={"field": "route_kind", "value": shown})
+    raise InvalidArgument(
+        f"route_kind {shown!r} is not one of {known}",
+        reason="INVALID_ENUM",
+        metadata={"field": "route_kind", "value": shown},
+    )
 
 
 @dataclass(frozen=True)
@@ -145,10 +160,15 @@ class StoreSelection:
 _STORE_OF = {Residency.NEW: Store.RUN_OPS, Residency.LEGACY: Store.LEGACY}
 
 
-def select_store(*, split_enabled: bool, waitpoint_id: str, route_kind: RouteKind,
-                 tree_owner_residency: Residency | None = None,
-                 cross_tree_idempotency: bool = False,
-                 has_legacy_parent: bool = False) -> StoreSelection:
+def select_store(
+    *,
+    split_enabled: bool,
+    waitpoint_id: str,
+    route_kind: RouteKind,
+    tree_owner_residency: Residency | None = None,
+    cross_tree_idempotency: bool = False,
+    has_legacy_parent: bool = False,
+) -> StoreSelection:
     """Decide the store for one completion (see the module docstring).
 
     Raises :class:`InvalidArgument` for an id that is not an identifier, or,
@@ -157,8 +177,9 @@ def select_store(*, split_enabled: bool, waitpoint_id: str, route_kind: RouteKin
     try:
         validate_id(waitpoint_id, field="waitpoint_id")
     except InvalidId as exc:
-        raise InvalidArgument(str(exc), reason="INVALID_ID",
-                              metadata={"field": "waitpoint_id"}) from None
+        raise InvalidArgument(
+            str(exc), reason="INVALID_ID", metadata={"field": "waitpoint_id"}
+        ) from None
     if not split_enabled:
         return StoreSelection(Store.LEGACY, Residency.LEGACY, None)
     c = classify(waitpoint_id)
@@ -168,7 +189,8 @@ def select_store(*, split_enabled: bool, waitpoint_id: str, route_kind: RouteKin
             f"{CUID_LENGTH} (cuid) nor {KSUID_LENGTH} (ksuid): its store cannot be known, "
             "and a completion is never routed by a guess",
             reason="UNCLASSIFIABLE_WAITPOINT_ID",
-            metadata={"field": "waitpoint_id", "value": waitpoint_id})
+            metadata={"field": "waitpoint_id", "value": waitpoint_id},
+        )
     pin: PinReason | None = None
     if tree_owner_residency is Residency.LEGACY:
         pin = PinReason.NON_TREE_OWNED

@@ -18,7 +18,7 @@ import enum
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import psycopg
 
@@ -66,10 +66,17 @@ class InvalidationListener:
     exponential backoff (``min_backoff_s`` doubling up to ``max_backoff_s``).
     """
 
-    def __init__(self, dsn: str, cache: Cache, *,
-                 on_state: Callable[[ListenerState], None] = lambda _s: None,
-                 min_backoff_s: float = 0.1, max_backoff_s: float = 5.0,
-                 poll_s: float = 0.1, ping_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        cache: Cache,
+        *,
+        on_state: Callable[[ListenerState], None] = lambda _s: None,
+        min_backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+        poll_s: float = 0.1,
+        ping_s: float = 5.0,
+    ) -> None:
         self._dsn = dsn
         self._cache = cache
         self._on_state = on_state
@@ -85,8 +92,7 @@ class InvalidationListener:
         self.state = ListenerState.STARTING
         self.connects = 0
         self.notifications = 0
-        self._thread = threading.Thread(target=self._run, name="invalidation-listener",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="invalidation-listener", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -109,16 +115,23 @@ class InvalidationListener:
         backoff = self._min_backoff_s
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5,
-                                     application_name="controlplane-resolver:listener") as conn:
+                with psycopg.connect(
+                    self._dsn,
+                    autocommit=True,
+                    connect_timeout=5,
+                    application_name="controlplane-resolver:listener",
+                ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     # Anything sent while we were not listening is lost:
                     # start from a clean cache.
                     self._cache.invalidate_all()
                     self.connects += 1
                     backoff = self._min_backoff_s
-                    log.info("invalidation listener listening on %s (connect #%d; cache "
-                             "invalidated)", redact_dsn(self._dsn), self.connects)
+                    log.info(
+                        "invalidation listener listening on %s (connect #%d; cache invalidated)",
+                        redact_dsn(self._dsn),
+                        self.connects,
+                    )
                     self._set_state(ListenerState.LISTENING)
                     self._listening.set()
                     last_ping = time.monotonic()
@@ -134,8 +147,12 @@ class InvalidationListener:
                 if self._stop.is_set():
                     break
                 self._set_state(ListenerState.DISCONNECTED)
-                log.warning("invalidation listener lost its connection to %s (%s); "
-                            "reconnecting in %.1fs — cached answers fall back to their TTLs",
-                            redact_dsn(self._dsn), type(exc).__name__, backoff)
+                log.warning(
+                    "invalidation listener lost its connection to %s (%s); "
+                    "reconnecting in %.1fs — cached answers fall back to their TTLs",
+                    redact_dsn(self._dsn),
+                    type(exc).__name__,
+                    backoff,
+                )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)

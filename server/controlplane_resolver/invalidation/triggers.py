@@ -69,7 +69,8 @@ def install(dsn: str) -> list[str]:
             conn.execute(f'DROP TRIGGER IF EXISTS {name} ON "{table}"')
             conn.execute(
                 f'CREATE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE ON "{table}" '
-                f"FOR EACH ROW EXECUTE FUNCTION {FUNCTION}('{kind}', '{column}')")
+                f"FOR EACH ROW EXECUTE FUNCTION {FUNCTION}('{kind}', '{column}')"
+            )
             names.append(name)
     return names
 

@@ -34,9 +34,12 @@ def serve_metrics(addr: str, registry: CollectorRegistry) -> MetricsEndpoint:
     host, _, port = addr.rpartition(":")
     try:
         # "[::1]" is how an address names an IPv6 host; the socket wants "::1".
-        httpd, _thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0",
-                                           registry=registry)
+        httpd, _thread = start_http_server(
+            int(port), host.strip("[]") or "0.0.0.0", registry=registry
+        )
     except OSError as exc:
-        raise OSError(f"could not serve metrics on {addr} (RESOLVER_METRICS_ADDR): "
-                      f"{exc.strerror or exc}; is the port in use?") from None
+        raise OSError(
+            f"could not serve metrics on {addr} (RESOLVER_METRICS_ADDR): "
+            f"{exc.strerror or exc}; is the port in use?"
+        ) from None
     return MetricsEndpoint(httpd)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -65,9 +65,11 @@ class ChildrenCollector:
         self._timeout_s = timeout_s
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("resolver_process_up",
-                               "1 when the serving process answered this scrape, else 0",
-                               labels=["process"])
+        up = GaugeMetricFamily(
+            "resolver_process_up",
+            "1 when the serving process answered this scrape, else 0",
+            labels=["process"],
+        )
         merged: dict[str, Metric] = {}
         for slot in range(len(self._ports)):
             text = self._scrape(slot)
@@ -77,11 +79,13 @@ class ChildrenCollector:
             for family in text_string_to_metric_families(text):
                 into = merged.get(family.name)
                 if into is None:
-                    into = merged[family.name] = Metric(family.name, family.documentation,
-                                                        family.type, family.unit)
+                    into = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
                 label = {"process": str(slot)}
-                into.samples.extend(s._replace(labels={**s.labels, **label})
-                                    for s in family.samples)
+                into.samples.extend(
+                    s._replace(labels={**s.labels, **label}) for s in family.samples
+                )
         yield from merged.values()
         yield up
 
@@ -90,8 +94,9 @@ class ChildrenCollector:
         if not port:
             return None
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
-                                        timeout=self._timeout_s) as response:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/metrics", timeout=self._timeout_s
+            ) as response:
                 return str(response.read().decode())
         except OSError as exc:
             log.debug("process %d's /metrics (port %d) did not answer: %s", slot, port, exc)
@@ -109,8 +114,13 @@ class ProcessMetrics:
         registry.register(ChildrenCollector(self.ports))
         self._endpoint = serve_metrics(addr, registry)
         self.port = self._endpoint.port
-        log.info("metrics of %d processes on http://%s:%d/metrics (label process=0..%d)",
-                 processes, addr.rpartition(":")[0] or "0.0.0.0", self.port, processes - 1)
+        log.info(
+            "metrics of %d processes on http://%s:%d/metrics (label process=0..%d)",
+            processes,
+            addr.rpartition(":")[0] or "0.0.0.0",
+            self.port,
+            processes - 1,
+        )
 
     def close_inherited(self) -> None:
         """In a child: close the copy of the parent's listening socket."""

@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,9 @@ def supervise(processes: int, serve_child: Callable[[int], int]) -> int:
             worst = code
             forward(signal.SIGTERM, None)
             continue
-        log.warning("worker process %d (pid %d) exited %d unexpectedly; restarting", slot, pid,
-                    code)
+        log.warning(
+            "worker process %d (pid %d) exited %d unexpectedly; restarting", slot, pid, code
+        )
         wait = 1.0 - (time.monotonic() - last_spawn.get(slot, 0.0))
         if wait > 0:
             time.sleep(wait)  # restart at most once a second per slot

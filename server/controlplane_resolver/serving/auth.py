@@ -26,8 +26,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -80,10 +81,15 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[Client]:
             raise TokenFileError(f"{source} line {number}: expected 'NAME TOKEN [METHOD …]'")
         name, token, methods = parts[0], parts[1], parts[2:] or ["*"]
         if len(token) < 16:
-            raise TokenFileError(f"{source} line {number}: the token of {name!r} is shorter "
-                                 "than 16 characters; use a long random token")
-        clients.append(Client(name, token_digest(token.encode()),
-                              frozenset(m.rsplit("/", 1)[-1] for m in methods)))
+            raise TokenFileError(
+                f"{source} line {number}: the token of {name!r} is shorter "
+                "than 16 characters; use a long random token"
+            )
+        clients.append(
+            Client(
+                name, token_digest(token.encode()), frozenset(m.rsplit("/", 1)[-1] for m in methods)
+            )
+        )
     if not clients:
         # An empty file is far likelier a truncated rewrite (or a mistake)
         # than a wish to refuse every caller.
@@ -99,8 +105,13 @@ class TokenFile:
     file by renaming a complete new one over it: a reader can catch an
     in-place rewrite half-written."""
 
-    def __init__(self, path: str, *, check_interval_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        check_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
         self._interval = check_interval_s
         self._clock = clock
@@ -184,8 +195,9 @@ def _as_client(handler: Any, name: str) -> Any:
     return handler._replace(unary_unary=as_client)
 
 
-def _deny(handler: Any, code: grpc.StatusCode, message: str,
-          client: str | None = None) -> grpc.RpcMethodHandler:
+def _deny(
+    handler: Any, code: grpc.StatusCode, message: str, client: str | None = None
+) -> grpc.RpcMethodHandler:
     """A handler that ends the call with ``code`` at once, of the same kind
     as the one it stands in for. A unary handler in place of a streaming
     one would wait for a request message the caller may never send (a
@@ -217,34 +229,44 @@ class AuthInterceptor(grpc.ServerInterceptor):
     without a token (Kubernetes gRPC probes cannot send one).
     """
 
-    def __init__(self, tokens: TokenFile, *, open_health: bool = True,
-                 open_reflection: bool = False) -> None:
+    def __init__(
+        self, tokens: TokenFile, *, open_health: bool = True, open_reflection: bool = False
+    ) -> None:
         self.tokens = tokens
-        self._open = tuple(p for p, is_open in ((HEALTH_PREFIX, open_health),
-                                                (REFLECTION_PREFIX, open_reflection)) if is_open)
+        self._open = tuple(
+            p
+            for p, is_open in ((HEALTH_PREFIX, open_health), (REFLECTION_PREFIX, open_reflection))
+            if is_open
+        )
 
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
-                          details: grpc.HandlerCallDetails) -> Any:
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
         method = details.method
         if method.startswith(self._open):
             return continuation(details)
         presented = None
         for key, value in details.invocation_metadata or ():
-            if key == "authorization" and isinstance(value, str) and \
-                    value[:7].lower() == "bearer ":
+            if key == "authorization" and isinstance(value, str) and value[:7].lower() == "bearer ":
                 presented = value[7:].strip().encode()
         client = self.tokens.authenticate(presented) if presented else None
         # Looking the handler up reveals nothing to the caller: it only
         # tells which kind of handler the refusal must be.
         handler = continuation(details)
         if client is None:
-            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
-                         "missing or invalid credentials")
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
         short = method.rsplit("/", 1)[-1]
-        if not (method.startswith(SERVICE_PREFIX) and client.may_call(short)) and \
-                not (not method.startswith(SERVICE_PREFIX) and "*" in client.methods):
-            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED,
-                         f"client {client.name!r} may not call {short}", client.name)
+        if not (method.startswith(SERVICE_PREFIX) and client.may_call(short)) and not (
+            not method.startswith(SERVICE_PREFIX) and "*" in client.methods
+        ):
+            return _deny(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"client {client.name!r} may not call {short}",
+                client.name,
+            )
         return _as_client(handler, client.name)
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -37,25 +38,59 @@ if TYPE_CHECKING:
 call_log = logging.getLogger("controlplane_resolver.calls")
 
 #: Codes pre-registered at zero for every method.
-EXPECTED_CODES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "DEADLINE_EXCEEDED",
-                  "CANCELLED", "UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                  "INTERNAL", "UNKNOWN")
+EXPECTED_CODES = (
+    "OK",
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "CANCELLED",
+    "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "INTERNAL",
+    "UNKNOWN",
+)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ("grpc_type", "grpc_service", "grpc_method")
-        self.started = Counter("grpc_server_started_total", "RPCs started on the server.",
-                               labels, registry=self.registry)
-        self.handled = Counter("grpc_server_handled_total",
-                               "RPCs completed on the server, by status code.",
-                               (*labels, "grpc_code"), registry=self.registry)
-        self.seconds = Histogram("grpc_server_handling_seconds",
-                                 "Response latency of RPCs handled by the server.", labels,
-                                 registry=self.registry,
-                                 buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25,
-                                          .5, 1, 2.5, 5, 10))
+        self.started = Counter(
+            "grpc_server_started_total",
+            "RPCs started on the server.",
+            labels,
+            registry=self.registry,
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by status code.",
+            (*labels, "grpc_code"),
+            registry=self.registry,
+        )
+        self.seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Response latency of RPCs handled by the server.",
+            labels,
+            registry=self.registry,
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+            ),
+        )
         self._series: dict[str, MethodSeries] = {}
         self._endpoint: MetricsEndpoint | None = None
 
@@ -63,7 +98,7 @@ class Metrics:
         """(calls started, calls finished) over every method (for watchdog.py)."""
         return _total(self.started), _total(self.handled)
 
-    def series(self, full_method: str) -> "MethodSeries":
+    def series(self, full_method: str) -> MethodSeries:
         """The label children of one method (``/pkg.Service/Method``),
         created once: splitting the name and ``labels()`` (which takes a lock
         and builds a key) are not for every call."""
@@ -74,7 +109,8 @@ class Metrics:
                 method=method,
                 started=self.started.labels("unary", service, method),
                 seconds=self.seconds.labels("unary", service, method),
-                handled=lambda code: self.handled.labels("unary", service, method, code))
+                handled=lambda code: self.handled.labels("unary", service, method, code),
+            )
         return found
 
     def preregister(self, methods: Iterable[str]) -> None:
@@ -110,8 +146,12 @@ class MethodSeries:
 
 
 def _total(counter: Counter) -> float:
-    return sum(sample.value for family in counter.collect() for sample in family.samples
-               if sample.name.endswith("_total"))
+    return sum(
+        sample.value
+        for family in counter.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
 
 
 def split_method(full: str) -> tuple[str, str]:
@@ -127,8 +167,11 @@ class CallInterceptor(grpc.ServerInterceptor):
     def __init__(self, metrics: Metrics | None) -> None:
         self.metrics = metrics
 
-    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
-                          details: grpc.HandlerCallDetails) -> Any:
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -166,11 +209,24 @@ class CallInterceptor(grpc.ServerInterceptor):
                     peer = notes.pop("client", None) or _peer(context)
                     # The message repeats the essentials for the text format,
                     # which shows only the message.
-                    call_log.log(level, "%s %s %.1fms %s", method, code, latency_ms, peer,
-                                 extra={"call": {
-                                     "method": method, "code": code, "latency_ms": latency_ms,
-                                     "request_id": request_id or uuid.uuid4().hex,
-                                     "peer": peer, **notes}})
+                    call_log.log(
+                        level,
+                        "%s %s %.1fms %s",
+                        method,
+                        code,
+                        latency_ms,
+                        peer,
+                        extra={
+                            "call": {
+                                "method": method,
+                                "code": code,
+                                "latency_ms": latency_ms,
+                                "request_id": request_id or uuid.uuid4().hex,
+                                "peer": peer,
+                                **notes,
+                            }
+                        },
+                    )
 
         return handler._replace(unary_unary=observed)
 
@@ -200,7 +256,7 @@ def _peer(context: grpc.ServicerContext) -> str:
 class StateCollector:
     """Scrape-time gauges and counters from the app's components."""
 
-    def __init__(self, app: "ResolverApp") -> None:
+    def __init__(self, app: ResolverApp) -> None:
         self.app = app
 
     def describe(self) -> list[Any]:
@@ -213,66 +269,94 @@ class StateCollector:
         yield ready
         cache = app.cache
         if cache is not None:
-            fields = ("hits", "negative_hits", "misses", "stale_serves", "joins", "loads",
-                      "load_errors", "refreshes", "refresh_failures", "evictions",
-                      "discarded_fills")
-            families = {f: CounterMetricFamily(f"resolver_cache_{f}", f"Cache {f.replace('_', ' ')}.",
-                                               labels=["slot"]) for f in fields}
+            fields = (
+                "hits",
+                "negative_hits",
+                "misses",
+                "stale_serves",
+                "joins",
+                "loads",
+                "load_errors",
+                "refreshes",
+                "refresh_failures",
+                "evictions",
+                "discarded_fills",
+            )
+            families = {
+                f: CounterMetricFamily(
+                    f"resolver_cache_{f}", f"Cache {f.replace('_', ' ')}.", labels=["slot"]
+                )
+                for f in fields
+            }
             for slot in cache.slots():
                 stats = cache.stats(slot)
                 for f in fields:
                     families[f].add_metric([slot.value], getattr(stats, f))
             yield from families.values()
-            inv = CounterMetricFamily("resolver_cache_invalidations",
-                                      "Cache invalidations by cause.", labels=["cause"])
+            inv = CounterMetricFamily(
+                "resolver_cache_invalidations", "Cache invalidations by cause.", labels=["cause"]
+            )
             for cause, count in cache.versions.invalidations.items():
                 inv.add_metric([cause], count)
             yield inv
         topology = app.topology
         if topology is not None:
-            size = GaugeMetricFamily("resolver_pool_connections", "Open pool connections.",
-                                     labels=["database"])
-            waiting = GaugeMetricFamily("resolver_pool_requests_waiting",
-                                        "Callers waiting for a pool connection.",
-                                        labels=["database"])
-            errors = CounterMetricFamily("resolver_pool_errors",
-                                         "Pool connection errors and timeouts.",
-                                         labels=["database"])
+            size = GaugeMetricFamily(
+                "resolver_pool_connections", "Open pool connections.", labels=["database"]
+            )
+            waiting = GaugeMetricFamily(
+                "resolver_pool_requests_waiting",
+                "Callers waiting for a pool connection.",
+                labels=["database"],
+            )
+            errors = CounterMetricFamily(
+                "resolver_pool_errors", "Pool connection errors and timeouts.", labels=["database"]
+            )
             for db in topology.databases:
                 pool_stats = db.pool.get_stats()
                 size.add_metric([db.role], pool_stats.get("pool_size", 0))
                 waiting.add_metric([db.role], pool_stats.get("requests_waiting", 0))
-                errors.add_metric([db.role], pool_stats.get("connections_errors", 0)
-                                  + pool_stats.get("requests_errors", 0))
+                errors.add_metric(
+                    [db.role],
+                    pool_stats.get("connections_errors", 0) + pool_stats.get("requests_errors", 0),
+                )
             yield from (size, waiting, errors)
             split = GaugeMetricFamily("resolver_split_mode", "1 when the run-ops split is on.")
             split.add_metric([], 1 if topology.split else 0)
             yield split
             sentinel = topology.decision.sentinel
-            verdict = GaugeMetricFamily("resolver_sentinel_verdict",
-                                        "The distinct-database sentinel's verdict (1 = this one).",
-                                        labels=["verdict"])
+            verdict = GaugeMetricFamily(
+                "resolver_sentinel_verdict",
+                "The distinct-database sentinel's verdict (1 = this one).",
+                labels=["verdict"],
+            )
             verdict.add_metric([sentinel.verdict.name if sentinel else "NOT_RUN"], 1)
             yield verdict
         resolver = app.servicer.resolver
         if resolver is not None:
-            batches = CounterMetricFamily("resolver_run_read_batches",
-                                          "Queries run for coalesced run reads.",
-                                          labels=["database"])
-            keys = CounterMetricFamily("resolver_run_read_keys",
-                                       "Run ids read by coalesced queries (keys / batches is "
-                                       "the mean batch size).", labels=["database"])
+            batches = CounterMetricFamily(
+                "resolver_run_read_batches",
+                "Queries run for coalesced run reads.",
+                labels=["database"],
+            )
+            keys = CounterMetricFamily(
+                "resolver_run_read_keys",
+                "Run ids read by coalesced queries (keys / batches is the mean batch size).",
+                labels=["database"],
+            )
             for role, reads in resolver.run_read_stats().items():
                 batches.add_metric([role], reads.batches)
                 keys.add_metric([role], reads.keys)
             yield from (batches, keys)
         listener = app.listener
         if listener is not None:
-            state = GaugeMetricFamily("resolver_listener_listening",
-                                      "1 while the invalidation listener is connected.")
+            state = GaugeMetricFamily(
+                "resolver_listener_listening", "1 while the invalidation listener is connected."
+            )
             state.add_metric([], 1 if listener.state.value == "listening" else 0)
             yield state
-            n = CounterMetricFamily("resolver_listener_notifications",
-                                    "Invalidation notifications received.")
+            n = CounterMetricFamily(
+                "resolver_listener_notifications", "Invalidation notifications received."
+            )
             n.add_metric([], listener.notifications)
             yield n

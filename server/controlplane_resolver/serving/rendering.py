@@ -13,14 +13,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
-from functools import lru_cache
-from typing import Any, Callable, TypeVar
+from functools import cache
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
-from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.timestamp_pb2 import Timestamp
 
 M = TypeVar("M", bound=Message)
@@ -30,7 +31,7 @@ _VALUE = "google.protobuf.Value"
 _STRUCT = "google.protobuf.Struct"
 
 
-@lru_cache(maxsize=None)
+@cache
 def enum_prefix(enum_type: EnumDescriptor) -> str:
     """``EnvironmentType`` → ``ENVIRONMENT_TYPE_``."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", enum_type.name).upper() + "_"
@@ -49,7 +50,7 @@ def enum_name(enum_type: EnumDescriptor, number: int) -> str | None:
         raise UnknownEnumValue(f"{number} is not a value of {enum_type.name}")
     if number == 0:
         return None
-    return found.name[len(enum_prefix(enum_type)):]
+    return found.name[len(enum_prefix(enum_type)) :]
 
 
 def fill(message: M, value: Any) -> M:
@@ -89,8 +90,16 @@ def render(message_type: type[M], value: Any) -> M:
     return message_type(**kwargs)
 
 
-_SCALAR, _ENUM, _TIMESTAMP_KIND, _MESSAGE, _REPEATED_MESSAGE, _REPEATED_SCALAR, \
-    _REPEATED_ENUM, _JSON = (object() for _ in range(8))
+(
+    _SCALAR,
+    _ENUM,
+    _TIMESTAMP_KIND,
+    _MESSAGE,
+    _REPEATED_MESSAGE,
+    _REPEATED_SCALAR,
+    _REPEATED_ENUM,
+    _JSON,
+) = (object() for _ in range(8))
 
 _EPOCH = datetime(1970, 1, 1)
 
@@ -102,7 +111,7 @@ def _timestamp(v: datetime) -> Timestamp:
     return Timestamp(seconds=d.days * 86_400 + d.seconds, nanos=d.microseconds * 1000)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _plan(value_type: type, message_type: type) -> tuple[tuple[str, object, Any], ...]:
     """(field name, kind, aux) for every dataclass field the message has."""
     fields_by_name = message_type.DESCRIPTOR.fields_by_name  # type: ignore[attr-defined]
@@ -124,8 +133,11 @@ def _plan(value_type: type, message_type: type) -> tuple[tuple[str, object, Any]
         elif fd.enum_type is not None:
             kind = _REPEATED_ENUM if fd.is_repeated else _ENUM
             prefix = enum_prefix(fd.enum_type)
-            aux = {v.name[len(prefix):]: v.number for v in fd.enum_type.values
-                   if v.name.startswith(prefix)}
+            aux = {
+                v.name[len(prefix) :]: v.number
+                for v in fd.enum_type.values
+                if v.name.startswith(prefix)
+            }
         else:
             kind = _REPEATED_SCALAR if fd.is_repeated else _SCALAR
         plan.append((f.name, kind, aux))

@@ -22,20 +22,22 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2, resolver_pb2_grpc
-
-from controlplane_resolver.serving.auth import AuthInterceptor, TokenFile, is_loopback
 from controlplane_resolver.cache import Cache
 from controlplane_resolver.config import ConfigError, Settings
-from controlplane_resolver.storage.database import StartCancelled
 from controlplane_resolver.errors import Unavailable
 from controlplane_resolver.invalidation.listener import InvalidationListener, ListenerState
-from controlplane_resolver.serving.observability import CallInterceptor, Metrics, StateCollector
 from controlplane_resolver.resolver import Resolver, cache_policies
+from controlplane_resolver.serving.auth import AuthInterceptor, TokenFile, is_loopback
+from controlplane_resolver.serving.observability import CallInterceptor, Metrics, StateCollector
 from controlplane_resolver.serving.servicer import ResolverServicer
 from controlplane_resolver.serving.tls import RotatingCertificates, TlsFiles, server_credentials
-from controlplane_resolver.storage.topology import SplitDecision, Topology, decide_split
 from controlplane_resolver.serving.watchdog import ProgressWatchdog
+from controlplane_resolver.storage.database import StartCancelled
+from controlplane_resolver.storage.topology import SplitDecision, Topology, decide_split
+from controlplane_resolver_client._gen.controlplane.resolver.v1 import (
+    resolver_pb2,
+    resolver_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +95,26 @@ class ResolverApp:
         self.health = health.HealthServicer()
         interceptors: list[grpc.ServerInterceptor] = [CallInterceptor(self.metrics)]
         if self.tokens is not None:
-            interceptors.append(AuthInterceptor(self.tokens, open_health=settings.open_health,
-                                                open_reflection=settings.open_reflection))
+            interceptors.append(
+                AuthInterceptor(
+                    self.tokens,
+                    open_health=settings.open_health,
+                    open_reflection=settings.open_reflection,
+                )
+            )
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.max_workers,
-                                       thread_name_prefix="grpc-worker"),
+            futures.ThreadPoolExecutor(
+                max_workers=settings.max_workers, thread_name_prefix="grpc-worker"
+            ),
             interceptors=interceptors,
             options=server_options(settings),
             # Beyond this many calls in progress or queued, grpcio answers
             # RESOURCE_EXHAUSTED at once instead of growing a queue.
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
-        resolver_pb2_grpc.add_ControlPlaneResolverServiceServicer_to_server(self.servicer,
-                                                                             self.server)
+        resolver_pb2_grpc.add_ControlPlaneResolverServiceServicer_to_server(
+            self.servicer, self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         # Probes that cannot speak TLS or send tokens get the health service
         # alone on a plaintext port of its own, outside the call limit.
@@ -113,10 +122,12 @@ class ResolverApp:
         if settings.health_addr:
             self.health_server = grpc.server(
                 futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health"),
-                options=server_options(settings))
+                options=server_options(settings),
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
         self.metrics.preregister(f"/{SERVICE_NAME}/{m.name}" for m in _SERVICE.methods)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -128,9 +139,13 @@ class ResolverApp:
                 raise ConfigError(
                     f"refusing to serve {settings.addr} without authentication: set "
                     "RESOLVER_AUTH_TOKENS_FILE (bearer tokens) or RESOLVER_TLS_CLIENT_CA (mutual "
-                    "TLS), listen on a loopback address, or pass --allow-unauthenticated")
-            log.warning("serving %s WITHOUT authentication: any caller that reaches it can "
-                        "read API keys with ResolveAuthenticatedEnv", settings.addr)
+                    "TLS), listen on a loopback address, or pass --allow-unauthenticated"
+                )
+            log.warning(
+                "serving %s WITHOUT authentication: any caller that reaches it can "
+                "read API keys with ResolveAuthenticatedEnv",
+                settings.addr,
+            )
         return tokens
 
     def _set_health(self, status: int) -> None:
@@ -138,16 +153,20 @@ class ResolverApp:
             self.health.set(name, status)
 
     def _on_listener_state(self, state: ListenerState) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if state is ListenerState.LISTENING
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if state is ListenerState.LISTENING
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         self.health.set(LISTENER_HEALTH_NAME, status)
 
     def _bind(self) -> int:
         s = self.settings
         try:
             if s.tls_cert and s.tls_key:
-                creds, self.certificates = server_credentials(TlsFiles(s.tls_cert, s.tls_key,
-                                                                       s.tls_client_ca))
+                creds, self.certificates = server_credentials(
+                    TlsFiles(s.tls_cert, s.tls_key, s.tls_client_ca)
+                )
                 port = self.server.add_secure_port(s.addr, creds)
             else:
                 port = self.server.add_insecure_port(s.addr)
@@ -161,13 +180,19 @@ class ResolverApp:
             except RuntimeError:
                 self.health_port = 0
             if self.health_port == 0:
-                raise OSError(f"could not listen on {s.health_addr} (RESOLVER_HEALTH_ADDR): "
-                              "is the port in use?")
+                raise OSError(
+                    f"could not listen on {s.health_addr} (RESOLVER_HEALTH_ADDR): "
+                    "is the port in use?"
+                )
         return port
 
-    def start(self, *, pool_wait_s: float | None = None,
-              cancel: threading.Event | None = None,
-              decision: SplitDecision | None = None) -> None:
+    def start(
+        self,
+        *,
+        pool_wait_s: float | None = None,
+        cancel: threading.Event | None = None,
+        decision: SplitDecision | None = None,
+    ) -> None:
         """Check, bind, open pools and the listener, then report SERVING.
 
         Raises :class:`~controlplane_resolver.storage.interlocks.Refusal` (before binding)
@@ -200,19 +225,26 @@ class ResolverApp:
             self.cache = Cache(cache_policies(self.settings))
             if self.settings.listen_enabled:
                 self.health.set(LISTENER_HEALTH_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-                self.listener = InvalidationListener(self.settings.control_plane_database_url,
-                                                     self.cache, on_state=self._on_listener_state)
+                self.listener = InvalidationListener(
+                    self.settings.control_plane_database_url,
+                    self.cache,
+                    on_state=self._on_listener_state,
+                )
                 self.listener.start()
                 # Never answer from a cache that may have missed invalidations.
                 if not self._wait_listening(pool_wait_s, cancel):
                     raise Unavailable(
                         "the invalidation listener could not LISTEN on the control-plane "
                         f"primary within {pool_wait_s:g}s: check the primary is reachable, or "
-                        "set RESOLVER_LISTEN_ENABLED=0 to rely on TTLs alone")
+                        "set RESOLVER_LISTEN_ENABLED=0 to rely on TTLs alone"
+                    )
             self.servicer.resolver = Resolver(
-                self.topology, self.cache, fill_wait_s=self.settings.db_timeout_ms / 1000,
+                self.topology,
+                self.cache,
+                fill_wait_s=self.settings.db_timeout_ms / 1000,
                 mint_ksuid_enabled=self.settings.run_ops_mint_ksuid_enabled,
-                run_read_gather_s=self.settings.run_read_gather_us / 1e6)
+                run_read_gather_s=self.settings.run_read_gather_us / 1e6,
+            )
             if not bind_early:
                 self._serve_ports()
         except BaseException:
@@ -229,18 +261,24 @@ class ResolverApp:
         if not s.stuck_after_ms:
             return
         if s.stuck_after_ms < 6 * s.db_timeout_ms:
-            log.warning("RESOLVER_STUCK_AFTER_MS (%d) is under 6 x RESOLVER_DB_TIMEOUT_MS (%d): "
-                        "calls waiting on a slow database may be taken for stuck ones and the "
-                        "process restarted; raise it", s.stuck_after_ms, s.db_timeout_ms)
+            log.warning(
+                "RESOLVER_STUCK_AFTER_MS (%d) is under 6 x RESOLVER_DB_TIMEOUT_MS (%d): "
+                "calls waiting on a slow database may be taken for stuck ones and the "
+                "process restarted; raise it",
+                s.stuck_after_ms,
+                s.db_timeout_ms,
+            )
 
         def on_change(stuck: bool) -> None:
             with self._health_lock:
                 if self.ready:  # never undo stop()'s NOT_SERVING
-                    self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING if stuck
-                                     else health_pb2.HealthCheckResponse.SERVING)
+                    self._set_health(
+                        health_pb2.HealthCheckResponse.NOT_SERVING
+                        if stuck
+                        else health_pb2.HealthCheckResponse.SERVING
+                    )
 
-        self.watchdog = ProgressWatchdog(self.metrics.progress, s.stuck_after_ms / 1000,
-                                         on_change)
+        self.watchdog = ProgressWatchdog(self.metrics.progress, s.stuck_after_ms / 1000, on_change)
         self.watchdog.start()
 
     def _serve_ports(self) -> None:

@@ -8,19 +8,31 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from controlplane_resolver.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResolverError,
+    Unavailable,
+)
+from controlplane_resolver.resolver import Resolver
+from controlplane_resolver.serving.rendering import (
+    RenderedCache,
+    UnknownEnumValue,
+    enum_name,
+    fill,
+    render,
+)
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2 as pb
 from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
-
-from controlplane_resolver.errors import DeadlineExceeded, InvalidArgument, NotFound, ResolverError, Unavailable
-from controlplane_resolver.serving.rendering import RenderedCache, UnknownEnumValue, enum_name, fill, render
-from controlplane_resolver.resolver import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +46,15 @@ _STATUS: dict[type[ResolverError], grpc.StatusCode] = {
 }
 
 
-def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str, reason: str,
-          metadata: dict[str, str] | None = None) -> None:
+def abort(
+    context: grpc.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """End the call with ``code``, ``message`` and an ErrorInfo detail."""
-    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN,
-                                       metadata=metadata or {})
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
     detail = any_pb2.Any()
     detail.Pack(info)
     status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
@@ -49,23 +65,35 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
     """Translate domain errors into statuses; anything unexpected is INTERNAL."""
 
     @functools.wraps(method)
-    def wrapper(self: "ResolverServicer", request: Any, context: grpc.ServicerContext) -> Any:
+    def wrapper(self: ResolverServicer, request: Any, context: grpc.ServicerContext) -> Any:
         resolver = self.resolver
         if resolver is None:
-            abort(context, grpc.StatusCode.UNAVAILABLE,
-                  "the resolver is starting: start-up checks and pools are not ready yet",
-                  "NOT_READY")
+            abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "the resolver is starting: start-up checks and pools are not ready yet",
+                "NOT_READY",
+            )
         try:
             return method(self, resolver, request, context)
         except ResolverError as exc:
-            abort(context, _STATUS.get(type(exc), grpc.StatusCode.INTERNAL), str(exc),
-                  exc.reason, exc.metadata)
+            abort(
+                context,
+                _STATUS.get(type(exc), grpc.StatusCode.INTERNAL),
+                str(exc),
+                exc.reason,
+                exc.metadata,
+            )
         except UnknownEnumValue as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), "INVALID_ENUM")
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
-            abort(context, grpc.StatusCode.INTERNAL,
-                  "internal error; the server log has the details", "INTERNAL")
+            abort(
+                context,
+                grpc.StatusCode.INTERNAL,
+                "internal error; the server log has the details",
+                "INTERNAL",
+            )
         raise AssertionError("unreachable")  # abort() raises
 
     return wrapper
@@ -84,19 +112,25 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         self._rendered = RenderedCache()
 
     @_edge
-    def ResolveEnv(self, r: Resolver, request: pb.ResolveEnvRequest, context: Any) -> pb.ResolveEnvResponse:
+    def ResolveEnv(
+        self, r: Resolver, request: pb.ResolveEnvRequest, context: Any
+    ) -> pb.ResolveEnvResponse:
         env = r.resolve_env(request.environment_id)
         return self._rendered.get(env, _env_response)
 
     @_edge
-    def ResolveAuthenticatedEnv(self, r: Resolver, request: pb.ResolveAuthenticatedEnvRequest,
-                                context: Any) -> pb.ResolveAuthenticatedEnvResponse:
+    def ResolveAuthenticatedEnv(
+        self, r: Resolver, request: pb.ResolveAuthenticatedEnvRequest, context: Any
+    ) -> pb.ResolveAuthenticatedEnvResponse:
         env = r.resolve_authenticated_env(request.environment_id)
-        return pb.ResolveAuthenticatedEnvResponse(environment=render(pb.AuthenticatedEnvironment, env))
+        return pb.ResolveAuthenticatedEnvResponse(
+            environment=render(pb.AuthenticatedEnvironment, env)
+        )
 
     @_edge
-    def ResolveWorkerVersion(self, r: Resolver, request: pb.ResolveWorkerVersionRequest,
-                             context: Any) -> pb.ResolveWorkerVersionResponse:
+    def ResolveWorkerVersion(
+        self, r: Resolver, request: pb.ResolveWorkerVersionRequest, context: Any
+    ) -> pb.ResolveWorkerVersionResponse:
         env_type = None
         if request.HasField("environment_type"):
             env_type = enum_name(pb.EnvironmentType.DESCRIPTOR, request.environment_type)
@@ -110,33 +144,39 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         return render(pb.ReadRunResponse, read)
 
     @_edge
-    def AssertEnvExists(self, r: Resolver, request: pb.AssertEnvExistsRequest,
-                        context: Any) -> pb.AssertEnvExistsResponse:
+    def AssertEnvExists(
+        self, r: Resolver, request: pb.AssertEnvExistsRequest, context: Any
+    ) -> pb.AssertEnvExistsResponse:
         r.assert_env_exists(request.environment_id)
         return pb.AssertEnvExistsResponse()
 
     @_edge
-    def ClassifyRunId(self, r: Resolver, request: pb.ClassifyRunIdRequest,
-                      context: Any) -> pb.ClassifyRunIdResponse:
+    def ClassifyRunId(
+        self, r: Resolver, request: pb.ClassifyRunIdRequest, context: Any
+    ) -> pb.ClassifyRunIdResponse:
         result = r.classify_run_id(request.id)
         c = result.classification
-        response = pb.ClassifyRunIdResponse(body=c.body, body_length=len(c.body),
-                                            classifiable=c.classifiable, reason=c.reason)
+        response = pb.ClassifyRunIdResponse(
+            body=c.body, body_length=len(c.body), classifiable=c.classifiable, reason=c.reason
+        )
         response.residency = pb.Residency.Value("RESIDENCY_" + c.route.name)
-        response.read_order.extend(pb.RunSource.Value("RUN_SOURCE_" + s.name)
-                                   for s in result.read_order)
+        response.read_order.extend(
+            pb.RunSource.Value("RUN_SOURCE_" + s.name) for s in result.read_order
+        )
         return response
 
     @_edge
-    def Invalidate(self, r: Resolver, request: pb.InvalidateRequest,
-                   context: Any) -> pb.InvalidateResponse:
+    def Invalidate(
+        self, r: Resolver, request: pb.InvalidateRequest, context: Any
+    ) -> pb.InvalidateResponse:
         target = request.WhichOneof("target")
         r.invalidate(**({target: getattr(request, target)} if target else {}))
         return pb.InvalidateResponse()
 
     @_edge
-    def BatchResolveEnvs(self, r: Resolver, request: pb.BatchResolveEnvsRequest,
-                         context: Any) -> pb.BatchResolveEnvsResponse:
+    def BatchResolveEnvs(
+        self, r: Resolver, request: pb.BatchResolveEnvsRequest, context: Any
+    ) -> pb.BatchResolveEnvsResponse:
         response = pb.BatchResolveEnvsResponse()
         for env_id, env in r.batch_resolve_envs(list(request.environment_ids)):
             result = response.results.add(environment_id=env_id)
@@ -147,8 +187,9 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         return response
 
     @_edge
-    def BatchReadRuns(self, r: Resolver, request: pb.BatchReadRunsRequest,
-                      context: Any) -> pb.BatchReadRunsResponse:
+    def BatchReadRuns(
+        self, r: Resolver, request: pb.BatchReadRunsRequest, context: Any
+    ) -> pb.BatchReadRunsResponse:
         response = pb.BatchReadRunsResponse()
         for run_id, read in r.batch_read_runs(list(request.run_ids)):
             result = response.results.add(run_id=run_id)
@@ -159,34 +200,45 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         return response
 
     @_edge
-    def ResolveRunLockedWorker(self, r: Resolver, request: pb.ResolveRunLockedWorkerRequest,
-                               context: Any) -> pb.ResolveRunLockedWorkerResponse:
+    def ResolveRunLockedWorker(
+        self, r: Resolver, request: pb.ResolveRunLockedWorkerRequest, context: Any
+    ) -> pb.ResolveRunLockedWorkerResponse:
         locked = r.resolve_run_locked_worker(
             request.locked_by_id if request.HasField("locked_by_id") else None,
-            request.locked_to_version_id if request.HasField("locked_to_version_id") else None)
+            request.locked_to_version_id if request.HasField("locked_to_version_id") else None,
+        )
         return render(pb.ResolveRunLockedWorkerResponse, locked)
 
     @_edge
-    def ResolveMintKind(self, r: Resolver, request: pb.ResolveMintKindRequest,
-                        context: Any) -> pb.ResolveMintKindResponse:
+    def ResolveMintKind(
+        self, r: Resolver, request: pb.ResolveMintKindRequest, context: Any
+    ) -> pb.ResolveMintKindResponse:
         decision = r.resolve_mint_kind(
-            request.organization_id, request.parent_id if request.HasField("parent_id") else None)
+            request.organization_id, request.parent_id if request.HasField("parent_id") else None
+        )
         return render(pb.ResolveMintKindResponse, decision)
 
     @_edge
     def MintId(self, r: Resolver, request: pb.MintIdRequest, context: Any) -> pb.MintIdResponse:
-        minted = r.mint_id(enum_name(pb.IdKind.DESCRIPTOR, request.kind), request.organization_id,
-                           request.parent_id if request.HasField("parent_id") else None)
+        minted = r.mint_id(
+            enum_name(pb.IdKind.DESCRIPTOR, request.kind),
+            request.organization_id,
+            request.parent_id if request.HasField("parent_id") else None,
+        )
         return render(pb.MintIdResponse, minted)
 
     @_edge
-    def SelectStoreForWaitpoint(self, r: Resolver, request: pb.SelectStoreForWaitpointRequest,
-                                context: Any) -> pb.SelectStoreForWaitpointResponse:
+    def SelectStoreForWaitpoint(
+        self, r: Resolver, request: pb.SelectStoreForWaitpointRequest, context: Any
+    ) -> pb.SelectStoreForWaitpointResponse:
         owner = None
         if request.HasField("tree_owner_residency"):
             owner = enum_name(pb.Residency.DESCRIPTOR, request.tree_owner_residency)
         selection = r.select_store_for_waitpoint(
-            request.waitpoint_id, enum_name(pb.UnblockRouteKind.DESCRIPTOR, request.route_kind),
-            tree_owner_residency=owner, cross_tree_idempotency=request.cross_tree_idempotency,
-            has_legacy_parent=request.has_legacy_parent)
+            request.waitpoint_id,
+            enum_name(pb.UnblockRouteKind.DESCRIPTOR, request.route_kind),
+            tree_owner_residency=owner,
+            cross_tree_idempotency=request.cross_tree_idempotency,
+            has_legacy_parent=request.has_legacy_parent,
+        )
         return render(pb.SelectStoreForWaitpointResponse, selection)

@@ -60,8 +60,9 @@ def _check(files: TlsFiles) -> None:
 def _configuration(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
     _check(files)
     root = _read(files.client_ca) if files.client_ca else None
-    return grpc.ssl_server_certificate_configuration([(_read(files.key), _read(files.cert))],
-                                                     root_certificates=root)
+    return grpc.ssl_server_certificate_configuration(
+        [(_read(files.key), _read(files.cert))], root_certificates=root
+    )
 
 
 class RotatingCertificates:
@@ -78,7 +79,8 @@ class RotatingCertificates:
             raise ConfigError(
                 f"the TLS files ({files.cert}, {files.key}"
                 + (f", {files.client_ca}" if files.client_ca else "")
-                + f") are not a usable certificate and matching key: {exc}") from None
+                + f") are not a usable certificate and matching key: {exc}"
+            ) from None
         self.reloads = 0
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
@@ -97,8 +99,11 @@ class RotatingCertificates:
                 config = _configuration(self.files)
                 changed_while_reading = self.files.signature() != signature
             except OSError as exc:
-                log.warning("TLS rotation not applied (%s); keeping the current certificate "
-                            "until the files change again", exc)
+                log.warning(
+                    "TLS rotation not applied (%s); keeping the current certificate "
+                    "until the files change again",
+                    exc,
+                )
                 return None
             if changed_while_reading:
                 # Still being written: the next handshake reads it again.
@@ -114,5 +119,6 @@ def server_credentials(files: TlsFiles) -> tuple[grpc.ServerCredentials, Rotatin
     Raises :class:`ConfigError` when the files are not a usable pair."""
     rotating = RotatingCertificates(files)
     creds = grpc.dynamic_ssl_server_credentials(
-        rotating.initial, rotating, require_client_authentication=bool(files.client_ca))
+        rotating.initial, rotating, require_client_authentication=bool(files.client_ca)
+    )
     return creds, rotating

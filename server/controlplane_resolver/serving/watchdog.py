@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,13 @@ class ProgressWatchdog:
     from the thread that called :meth:`check` (the watchdog's own, once
     :meth:`start`\\ ed)."""
 
-    def __init__(self, progress: Callable[[], tuple[float, float]], stuck_after_s: float,
-                 on_change: Callable[[bool], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        progress: Callable[[], tuple[float, float]],
+        stuck_after_s: float,
+        on_change: Callable[[bool], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._progress = progress
         self._stuck_after_s = stuck_after_s
         self._on_change = on_change
@@ -62,7 +66,10 @@ class ProgressWatchdog:
                     "no call has finished for %.1fs while %d were in flight: the server's "
                     "worker threads are stuck; reporting NOT_SERVING so that the liveness probe "
                     "restarts this process. Thread stacks:\n%s",
-                    now - self._since, started - finished, _thread_stacks())
+                    now - self._since,
+                    started - finished,
+                    _thread_stacks(),
+                )
             else:
                 log.warning("calls finish again; reporting SERVING")
             self._on_change(stuck)
@@ -88,5 +95,7 @@ class ProgressWatchdog:
 def _thread_stacks() -> str:
     """Every thread's stack (code locations only, no values: nothing secret)."""
     names = {t.ident: t.name for t in threading.enumerate()}
-    return "\n".join(f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
-                     for ident, frame in sys._current_frames().items())
+    return "\n".join(
+        f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
+        for ident, frame in sys._current_frames().items()
+    )

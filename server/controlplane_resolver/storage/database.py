@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row, tuple_row
@@ -82,8 +83,9 @@ class Database:
                 return
             except PoolTimeout:
                 if cancel is not None and cancel.is_set():
-                    raise StartCancelled(f"start-up cancelled while waiting for the {self.role} "
-                                         "database") from None
+                    raise StartCancelled(
+                        f"start-up cancelled while waiting for the {self.role} database"
+                    ) from None
                 if left <= 0.25:
                     raise Unavailable(
                         f"the {self.role} database ({self.label}) did not accept a connection "
@@ -96,9 +98,11 @@ class Database:
     @contextmanager
     def connection(self, timeout_s: float | None = None) -> Iterator[psycopg.Connection[Row]]:
         """A pooled connection; driver and pool failures become :class:`Unavailable`."""
-        with self.translated_errors():
-            with self.pool.connection(timeout=timeout_s or self.timeout_s) as conn:
-                yield conn
+        with (
+            self.translated_errors(),
+            self.pool.connection(timeout=timeout_s or self.timeout_s) as conn,
+        ):
+            yield conn
 
     @contextmanager
     def translated_errors(self) -> Iterator[None]:

@@ -81,8 +81,9 @@ def probe_identity(dsn: str, timeout_s: float = 5.0) -> DatabaseIdentity:
     return DatabaseIdentity(system_identifier=int(row[0]), database=str(row[1]))
 
 
-def run_sentinel(run_ops_dsn: str, legacy_dsn: str, *, strict: bool = False,
-                 timeout_s: float = 5.0) -> SentinelResult:
+def run_sentinel(
+    run_ops_dsn: str, legacy_dsn: str, *, strict: bool = False, timeout_s: float = 5.0
+) -> SentinelResult:
     """Decide whether the run-ops and legacy locations are distinct databases.
 
     Same identifier and same database name → refuse. Same cluster, other
@@ -94,24 +95,36 @@ def run_sentinel(run_ops_dsn: str, legacy_dsn: str, *, strict: bool = False,
         try:
             identities.append(probe_identity(dsn, timeout_s))
         except psycopg.errors.InsufficientPrivilege:
-            return SentinelResult(Verdict.PROBE_FAILED, False,
-                                  f"cannot read pg_control_system() on the {role} database "
-                                  f"({redact_dsn(dsn)}): grant the pg_monitor role to the "
-                                  "resolver's user")
+            return SentinelResult(
+                Verdict.PROBE_FAILED,
+                False,
+                f"cannot read pg_control_system() on the {role} database "
+                f"({redact_dsn(dsn)}): grant the pg_monitor role to the "
+                "resolver's user",
+            )
         except Exception as exc:  # fail closed on anything
-            return SentinelResult(Verdict.PROBE_FAILED, False,
-                                  f"could not probe the {role} database ({redact_dsn(dsn)}): "
-                                  f"{type(exc).__name__}; split mode stays refused until both "
-                                  "databases answer")
+            return SentinelResult(
+                Verdict.PROBE_FAILED,
+                False,
+                f"could not probe the {role} database ({redact_dsn(dsn)}): "
+                f"{type(exc).__name__}; split mode stays refused until both "
+                "databases answer",
+            )
     verdict = compare_identities(identities[0], identities[1])
     if verdict is Verdict.SAME_DATABASE:
-        return SentinelResult(verdict, False,
-                              "RUN_OPS_DATABASE_URL and the legacy location are the same physical "
-                              f"database (system_identifier {identities[0].system_identifier}, "
-                              f"database {identities[0].database!r}): point RUN_OPS_DATABASE_URL "
-                              "at the dedicated run-ops database")
+        return SentinelResult(
+            verdict,
+            False,
+            "RUN_OPS_DATABASE_URL and the legacy location are the same physical "
+            f"database (system_identifier {identities[0].system_identifier}, "
+            f"database {identities[0].database!r}): point RUN_OPS_DATABASE_URL "
+            "at the dedicated run-ops database",
+        )
     if verdict is Verdict.SAME_CLUSTER_OTHER_DATABASE and strict:
-        return SentinelResult(verdict, False,
-                              "the run-ops and legacy databases share one cluster, which strict "
-                              "mode refuses: move run-ops to its own cluster")
+        return SentinelResult(
+            verdict,
+            False,
+            "the run-ops and legacy databases share one cluster, which strict "
+            "mode refuses: move run-ops to its own cluster",
+        )
     return SentinelResult(verdict, True, f"run-ops and legacy locations are {verdict.value}")

@@ -11,29 +11,35 @@ some hold large JSON payloads). "Newest" is always ``"createdAt" DESC,
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql as psycopg_sql
 
-from controlplane_resolver.storage.database import Database, PinnedConnection, Row
 from controlplane_resolver.domain.values import (
     AuthenticatedEnvironment,
     BackgroundWorker,
     BackgroundWorkerTask,
     Environment,
+    EnvironmentLifecycle,
+    LockedDeployment,
+    LockedTask,
+    LockedTaskWorker,
+    LockedVersion,
     Organization,
+    OrganizationFeatureFlag,
     OrgMember,
     ParentEnvironment,
     Project,
+    ProjectLifecycle,
     TaskQueue,
     TaskRun,
     User,
     WorkerDeployment,
     WorkerVersion,
 )
-from controlplane_resolver.domain.values import (EnvironmentLifecycle, LockedDeployment, LockedTask, LockedTaskWorker,
-                    LockedVersion, OrganizationFeatureFlag, ProjectLifecycle)
+from controlplane_resolver.storage.database import Database, PinnedConnection, Row
 
 log = logging.getLogger(__name__)
 
@@ -125,37 +131,58 @@ def authenticated_environment(db: Database, environment_id: str) -> Authenticate
         return None
     member = None
     if r["orgMemberId"] is not None and r["userId"] is not None:
-        member = OrgMember(id=r["orgMemberId"], user_id=r["userId"],
-                           user=User(id=r["userId"], display_name=r["displayName"],
-                                     name=r["userName"]))
+        member = OrgMember(
+            id=r["orgMemberId"],
+            user_id=r["userId"],
+            user=User(id=r["userId"], display_name=r["displayName"], name=r["userName"]),
+        )
     parent = None
     if r["parentEnvironmentId"] is not None and r["parentApiKey"] is not None:
         parent = ParentEnvironment(id=r["parentEnvironmentId"], api_key=r["parentApiKey"])
     return AuthenticatedEnvironment(
-        id=r["id"], slug=r["slug"], type=r["type"], api_key=r["apiKey"],
-        organization_id=r["organizationId"], project_id=r["projectId"],
-        org_member_id=r["orgMemberId"], parent_environment_id=r["parentEnvironmentId"],
-        branch_name=r["branchName"], archived_at=r["archivedAt"], paused=r["paused"],
-        shortcode=r["shortcode"], maximum_concurrency_limit=r["maximumConcurrencyLimit"],
+        id=r["id"],
+        slug=r["slug"],
+        type=r["type"],
+        api_key=r["apiKey"],
+        organization_id=r["organizationId"],
+        project_id=r["projectId"],
+        org_member_id=r["orgMemberId"],
+        parent_environment_id=r["parentEnvironmentId"],
+        branch_name=r["branchName"],
+        archived_at=r["archivedAt"],
+        paused=r["paused"],
+        shortcode=r["shortcode"],
+        maximum_concurrency_limit=r["maximumConcurrencyLimit"],
         concurrency_limit_burst_factor=r["burstFactor"],
         built_in_environment_variable_overrides=r["builtInEnvironmentVariableOverrides"],
-        created_at=r["createdAt"], updated_at=r["updatedAt"],
-        is_branchable_environment=r["isBranchableEnvironment"], pause_source=r["pauseSource"],
-        project=Project(id=r["projectId"], slug=r["projectSlug"], name=r["projectName"],
-                        external_ref=r["externalRef"],
-                        organization_id=r["projectOrganizationId"], engine=r["projectEngine"],
-                        builder_project_id=r["builderProjectId"],
-                        default_worker_group_id=r["defaultWorkerGroupId"]),
+        created_at=r["createdAt"],
+        updated_at=r["updatedAt"],
+        is_branchable_environment=r["isBranchableEnvironment"],
+        pause_source=r["pauseSource"],
+        project=Project(
+            id=r["projectId"],
+            slug=r["projectSlug"],
+            name=r["projectName"],
+            external_ref=r["externalRef"],
+            organization_id=r["projectOrganizationId"],
+            engine=r["projectEngine"],
+            builder_project_id=r["builderProjectId"],
+            default_worker_group_id=r["defaultWorkerGroupId"],
+        ),
         organization=Organization(
-            id=r["organizationId"], slug=r["orgSlug"], title=r["orgTitle"],
+            id=r["organizationId"],
+            slug=r["orgSlug"],
+            title=r["orgTitle"],
             maximum_concurrency_limit=r["orgMaximumConcurrencyLimit"],
             maximum_dev_queue_size=r["maximumDevQueueSize"],
             maximum_deployed_queue_size=r["maximumDeployedQueueSize"],
-            runs_enabled=r["runsEnabled"], feature_flags=r["featureFlags"],
+            runs_enabled=r["runsEnabled"],
+            feature_flags=r["featureFlags"],
             api_rate_limiter_config=r["apiRateLimiterConfig"],
             batch_rate_limit_config=r["batchRateLimitConfig"],
             batch_queue_concurrency_config=r["batchQueueConcurrencyConfig"],
-            stream_basin_name=r["streamBasinName"]),
+            stream_basin_name=r["streamBasinName"],
+        ),
         org_member=member,
         parent_environment=parent,
         git=_git_object(r),
@@ -169,8 +196,11 @@ def _git_object(r: Row) -> dict[str, Any] | None:
     git = r["git"]
     if git is None or isinstance(git, dict):
         return git
-    log.warning("environment %s has git metadata that is not a JSON object (%s); "
-                "answering without it", r["id"], type(git).__name__)
+    log.warning(
+        "environment %s has git metadata that is not a JSON object (%s); answering without it",
+        r["id"],
+        type(git).__name__,
+    )
     return None
 
 
@@ -196,7 +226,9 @@ SELECT {_WORKER_COLUMNS} FROM "BackgroundWorker" w
  ORDER BY w."createdAt" DESC, w."id" DESC
  LIMIT 1
 """
-DEPLOYMENT_OF_WORKER = f'SELECT {_DEPLOYMENT_COLUMNS} FROM "WorkerDeployment" d WHERE d."workerId" = %s'
+DEPLOYMENT_OF_WORKER = (
+    f'SELECT {_DEPLOYMENT_COLUMNS} FROM "WorkerDeployment" d WHERE d."workerId" = %s'
+)
 PROMOTED_DEPLOYMENT = f"""
 SELECT {_DEPLOYMENT_COLUMNS} FROM "WorkerDeploymentPromotion" pr
   JOIN "WorkerDeployment" d ON d."id" = pr."deploymentId"
@@ -229,23 +261,41 @@ PROMOTION_LABEL = "current"
 
 def worker_from_row(r: Row) -> BackgroundWorker:
     return BackgroundWorker(
-        id=r["id"], friendly_id=r["friendlyId"], engine=r["engine"], content_hash=r["contentHash"],
-        sdk_version=r["sdkVersion"], cli_version=r["cliVersion"], version=r["version"],
-        runtime=r["runtime"], runtime_version=r["runtimeVersion"],
-        supports_lazy_attempts=r["supportsLazyAttempts"], project_id=r["projectId"],
-        runtime_environment_id=r["runtimeEnvironmentId"], worker_group_id=r["workerGroupId"],
-        created_at=r["createdAt"])
+        id=r["id"],
+        friendly_id=r["friendlyId"],
+        engine=r["engine"],
+        content_hash=r["contentHash"],
+        sdk_version=r["sdkVersion"],
+        cli_version=r["cliVersion"],
+        version=r["version"],
+        runtime=r["runtime"],
+        runtime_version=r["runtimeVersion"],
+        supports_lazy_attempts=r["supportsLazyAttempts"],
+        project_id=r["projectId"],
+        runtime_environment_id=r["runtimeEnvironmentId"],
+        worker_group_id=r["workerGroupId"],
+        created_at=r["createdAt"],
+    )
 
 
 def deployment_from_row(r: Row) -> WorkerDeployment:
     return WorkerDeployment(
-        id=r["id"], friendly_id=r["friendlyId"], short_code=r["shortCode"], version=r["version"],
-        runtime=r["runtime"], runtime_version=r["runtimeVersion"], status=r["status"],
-        type=r["type"], worker_id=r["workerId"], created_at=r["createdAt"])
+        id=r["id"],
+        friendly_id=r["friendlyId"],
+        short_code=r["shortCode"],
+        version=r["version"],
+        runtime=r["runtime"],
+        runtime_version=r["runtimeVersion"],
+        status=r["status"],
+        type=r["type"],
+        worker_id=r["workerId"],
+        created_at=r["createdAt"],
+    )
 
 
-def worker_version(db: Database, environment_id: str, environment_type: str,
-                   worker_id: str | None) -> WorkerVersion | None:
+def worker_version(
+    db: Database, environment_id: str, environment_type: str, worker_id: str | None
+) -> WorkerVersion | None:
     """The worker version runs of an environment execute on (spec section 5).
 
     * ``DEVELOPMENT``: the given worker, else the environment's newest; no deployment.
@@ -256,13 +306,17 @@ def worker_version(db: Database, environment_id: str, environment_type: str,
     Returns ``None`` when any step finds nothing. All reads use one connection.
     """
     with db.connection() as conn:
+
         def one(sql: str, *params: Any) -> Row | None:
             return conn.execute(sql, params).fetchone()
 
         deployment_row: Row | None = None
         if environment_type == "DEVELOPMENT":
-            worker_row = (one(WORKER_OF_ENVIRONMENT, worker_id, environment_id) if worker_id
-                          else one(NEWEST_WORKER_OF_ENVIRONMENT, environment_id))
+            worker_row = (
+                one(WORKER_OF_ENVIRONMENT, worker_id, environment_id)
+                if worker_id
+                else one(NEWEST_WORKER_OF_ENVIRONMENT, environment_id)
+            )
         elif worker_id:
             worker_row = one(WORKER_OF_ENVIRONMENT, worker_id, environment_id)
             if worker_row is not None:
@@ -282,14 +336,31 @@ def worker_version(db: Database, environment_id: str, environment_type: str,
         queues = conn.execute(QUEUES_OF_WORKER, (worker_row["id"],)).fetchall()
     return WorkerVersion(
         worker=worker_from_row(worker_row),
-        tasks=tuple(BackgroundWorkerTask(
-            id=t["id"], slug=t["slug"], file_path=t["filePath"], export_name=t["exportName"],
-            worker_id=t["workerId"], machine_config=t["machineConfig"],
-            retry_config=t["retryConfig"], queue_config=t["queueConfig"], queue_id=t["queueId"])
-            for t in tasks),
-        queues=tuple(TaskQueue(
-            id=q["id"], friendly_id=q["friendlyId"], name=q["name"], type=q["type"],
-            concurrency_limit=q["concurrencyLimit"], paused=q["paused"]) for q in queues),
+        tasks=tuple(
+            BackgroundWorkerTask(
+                id=t["id"],
+                slug=t["slug"],
+                file_path=t["filePath"],
+                export_name=t["exportName"],
+                worker_id=t["workerId"],
+                machine_config=t["machineConfig"],
+                retry_config=t["retryConfig"],
+                queue_config=t["queueConfig"],
+                queue_id=t["queueId"],
+            )
+            for t in tasks
+        ),
+        queues=tuple(
+            TaskQueue(
+                id=q["id"],
+                friendly_id=q["friendlyId"],
+                name=q["name"],
+                type=q["type"],
+                concurrency_limit=q["concurrencyLimit"],
+                paused=q["paused"],
+            )
+            for q in queues
+        ),
         deployment=deployment_from_row(deployment_row) if deployment_row else None,
     )
 
@@ -301,15 +372,25 @@ def worker_version(db: Database, environment_id: str, environment_type: str,
 #: and a kept cursor cost about two thirds of dict rows on a new cursor per
 #: query; ReadRun runs this statement more than any other).
 RUN_FIELDS: tuple[tuple[str, str], ...] = (
-    ("id", '"id"'), ("friendly_id", '"friendlyId"'), ("status", '"status"::text'),
-    ("task_identifier", '"taskIdentifier"'), ("runtime_environment_id", '"runtimeEnvironmentId"'),
-    ("environment_type", '"environmentType"::text'), ("project_id", '"projectId"'),
-    ("organization_id", '"organizationId"'), ("queue", '"queue"'),
-    ("locked_by_id", '"lockedById"'), ("locked_to_version_id", '"lockedToVersionId"'),
-    ("run_tags", '"runTags"'), ("batch_id", '"batchId"'),
-    ("parent_task_run_id", '"parentTaskRunId"'), ("root_task_run_id", '"rootTaskRunId"'),
-    ("idempotency_key", '"idempotencyKey"'), ("engine", '"engine"::text'),
-    ("created_at", '"createdAt"'), ("updated_at", '"updatedAt"'),
+    ("id", '"id"'),
+    ("friendly_id", '"friendlyId"'),
+    ("status", '"status"::text'),
+    ("task_identifier", '"taskIdentifier"'),
+    ("runtime_environment_id", '"runtimeEnvironmentId"'),
+    ("environment_type", '"environmentType"::text'),
+    ("project_id", '"projectId"'),
+    ("organization_id", '"organizationId"'),
+    ("queue", '"queue"'),
+    ("locked_by_id", '"lockedById"'),
+    ("locked_to_version_id", '"lockedToVersionId"'),
+    ("run_tags", '"runTags"'),
+    ("batch_id", '"batchId"'),
+    ("parent_task_run_id", '"parentTaskRunId"'),
+    ("root_task_run_id", '"rootTaskRunId"'),
+    ("idempotency_key", '"idempotencyKey"'),
+    ("engine", '"engine"::text'),
+    ("created_at", '"createdAt"'),
+    ("updated_at", '"updatedAt"'),
 )
 _RUN_COLUMNS = ", ".join(expr for _field, expr in RUN_FIELDS)
 _RUN_TAGS = [f for f, _ in RUN_FIELDS].index("run_tags")
@@ -323,18 +404,23 @@ def run_from_tuple(t: tuple[Any, ...]) -> TaskRun:
     # text[] arrives as a list; TaskRun is immutable, so its tags are a tuple.
     # Positional by RUN_FIELDS, which a test keeps in TaskRun's field order
     # (mypy cannot count starred arguments).
-    return TaskRun(*t[:_RUN_TAGS], tuple(t[_RUN_TAGS] or ()),  # type: ignore[call-arg]
-                   *t[_RUN_TAGS + 1:])
+    return TaskRun(
+        *t[:_RUN_TAGS],
+        tuple(t[_RUN_TAGS] or ()),  # type: ignore[call-arg]
+        *t[_RUN_TAGS + 1 :],
+    )
 
 
-def runs(db: Database | PinnedConnection, ids: Sequence[str],
-         friendly_ids: Sequence[str]) -> list[TaskRun]:
+def runs(
+    db: Database | PinnedConnection, ids: Sequence[str], friendly_ids: Sequence[str]
+) -> list[TaskRun]:
     """Runs matching any of ``ids`` (by ``"id"``) or ``friendly_ids`` (one query)."""
     if ids and friendly_ids:
         rows = db.fetch_tuples(RUNS_BY_EITHER, (list(ids), list(friendly_ids)))
     elif ids or friendly_ids:
-        rows = db.fetch_tuples(RUNS_BY_IDS if ids else RUNS_BY_FRIENDLY_IDS,
-                               (list(ids or friendly_ids),))
+        rows = db.fetch_tuples(
+            RUNS_BY_IDS if ids else RUNS_BY_FRIENDLY_IDS, (list(ids or friendly_ids),)
+        )
     else:
         return []
     return [run_from_tuple(r) for r in rows]
@@ -371,16 +457,27 @@ def locked_task(db: Database, task_id: str) -> LockedTask | None:
     # "WorkerDeployment"."workerId" is unique: at most one row joins.
     if r["deploymentFriendlyId"] is not None:
         deployment = LockedDeployment(
-            friendly_id=r["deploymentFriendlyId"], short_code=r["deploymentShortCode"],
-            version=r["deploymentVersion"], runtime=r["deploymentRuntime"],
-            runtime_version=r["deploymentRuntimeVersion"])
+            friendly_id=r["deploymentFriendlyId"],
+            short_code=r["deploymentShortCode"],
+            version=r["deploymentVersion"],
+            runtime=r["deploymentRuntime"],
+            runtime_version=r["deploymentRuntimeVersion"],
+        )
     return LockedTask(
-        id=r["id"], slug=r["slug"], file_path=r["filePath"], export_name=r["exportName"],
+        id=r["id"],
+        slug=r["slug"],
+        file_path=r["filePath"],
+        export_name=r["exportName"],
         machine_config=r["machineConfig"],
-        worker=LockedTaskWorker(id=r["workerId"], version=r["workerVersion"],
-                                sdk_version=r["sdkVersion"], cli_version=r["cliVersion"],
-                                supports_lazy_attempts=r["supportsLazyAttempts"]),
-        deployment=deployment)
+        worker=LockedTaskWorker(
+            id=r["workerId"],
+            version=r["workerVersion"],
+            sdk_version=r["sdkVersion"],
+            cli_version=r["cliVersion"],
+            supports_lazy_attempts=r["supportsLazyAttempts"],
+        ),
+        deployment=deployment,
+    )
 
 
 def locked_version(db: Database, worker_id: str) -> LockedVersion | None:
@@ -388,9 +485,13 @@ def locked_version(db: Database, worker_id: str) -> LockedVersion | None:
     r = db.fetch_one(LOCKED_VERSION, (worker_id,))
     if r is None:
         return None
-    return LockedVersion(version=r["version"], sdk_version=r["sdkVersion"], runtime=r["runtime"],
-                         runtime_version=r["runtimeVersion"],
-                         supports_lazy_attempts=r["supportsLazyAttempts"])
+    return LockedVersion(
+        version=r["version"],
+        sdk_version=r["sdkVersion"],
+        runtime=r["runtime"],
+        runtime_version=r["runtimeVersion"],
+        supports_lazy_attempts=r["supportsLazyAttempts"],
+    )
 
 
 # ----------------------------------------------------- organization feature flags
@@ -401,8 +502,9 @@ SELECT "featureFlags" ->> %s AS "value" FROM "Organization" WHERE "id" = %s
 """
 
 
-def organization_feature_flag(db: Database, organization_id: str,
-                              name: str) -> OrganizationFeatureFlag | None:
+def organization_feature_flag(
+    db: Database, organization_id: str, name: str
+) -> OrganizationFeatureFlag | None:
     """The organization's feature flag ``name`` as text (value ``None`` when
     unset or when "featureFlags" is NULL); ``None`` when the organization
     does not exist."""
@@ -437,12 +539,12 @@ SELECT e."id", e."projectId", e."archivedAt", p."deletedAt" AS "projectDeletedAt
 
 
 def _lifecycle(r: Any) -> EnvironmentLifecycle:
-    return EnvironmentLifecycle(id=r[0], project_id=r[1], archived_at=r[2],
-                                project_deleted_at=r[3])
+    return EnvironmentLifecycle(id=r[0], project_id=r[1], archived_at=r[2], project_deleted_at=r[3])
 
 
-def cleanup_environment(conn: psycopg.Connection[Any],
-                        environment_id: str) -> EnvironmentLifecycle | None:
+def cleanup_environment(
+    conn: psycopg.Connection[Any], environment_id: str
+) -> EnvironmentLifecycle | None:
     """The environment's lifecycle, or ``None`` when it no longer exists."""
     row = conn.execute(CLEANUP_ENVIRONMENT, (environment_id,)).fetchone()
     return _lifecycle(row) if row else None
@@ -453,8 +555,9 @@ def cleanup_project(conn: psycopg.Connection[Any], project_id: str) -> ProjectLi
     return ProjectLifecycle(id=row[0], deleted_at=row[1]) if row else None
 
 
-def cleanup_project_environments(conn: psycopg.Connection[Any],
-                                 project_id: str) -> list[EnvironmentLifecycle]:
+def cleanup_project_environments(
+    conn: psycopg.Connection[Any], project_id: str
+) -> list[EnvironmentLifecycle]:
     """Every environment of the project (soft-deleted project included), by id."""
     return [_lifecycle(r) for r in conn.execute(CLEANUP_PROJECT_ENVIRONMENTS, (project_id,))]
 
@@ -462,18 +565,22 @@ def cleanup_project_environments(conn: psycopg.Connection[Any],
 def count_rows(conn: psycopg.Connection[Any], table: str, key_column: str, key: str) -> int:
     """``count(*)`` of ``table`` rows whose ``key_column`` is ``key``."""
     statement = psycopg_sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
-        psycopg_sql.Identifier(table), psycopg_sql.Identifier(key_column))
+        psycopg_sql.Identifier(table), psycopg_sql.Identifier(key_column)
+    )
     row = conn.execute(statement, (key,)).fetchone()
     return int(row[0]) if row else 0
 
 
-def delete_batch(conn: psycopg.Connection[Any], table: str, key_column: str, id_column: str,
-                 key: str, limit: int) -> int:
+def delete_batch(
+    conn: psycopg.Connection[Any], table: str, key_column: str, id_column: str, key: str, limit: int
+) -> int:
     """Delete at most ``limit`` rows of ``table`` whose ``key_column`` is
     ``key``; returns how many went. The caller owns the transaction."""
     statement = psycopg_sql.SQL(
-        "DELETE FROM {table} WHERE {id} IN "
-        "(SELECT {id} FROM {table} WHERE {key} = %s LIMIT %s)").format(
-        table=psycopg_sql.Identifier(table), id=psycopg_sql.Identifier(id_column),
-        key=psycopg_sql.Identifier(key_column))
+        "DELETE FROM {table} WHERE {id} IN (SELECT {id} FROM {table} WHERE {key} = %s LIMIT %s)"
+    ).format(
+        table=psycopg_sql.Identifier(table),
+        id=psycopg_sql.Identifier(id_column),
+        key=psycopg_sql.Identifier(key_column),
+    )
     return conn.execute(statement, (key, limit)).rowcount

@@ -13,9 +13,14 @@ import threading
 from dataclasses import dataclass
 
 from controlplane_resolver.config import Settings, redact_dsn
-from controlplane_resolver.storage.database import Database
 from controlplane_resolver.domain.residency import Residency
-from controlplane_resolver.storage.interlocks import Refusal, SentinelResult, check_realtime_interlock, run_sentinel
+from controlplane_resolver.storage.database import Database
+from controlplane_resolver.storage.interlocks import (
+    Refusal,
+    SentinelResult,
+    check_realtime_interlock,
+    run_sentinel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,23 +56,32 @@ def decide_split(settings: Settings, *, probe_timeout_s: float = 5.0) -> SplitDe
     Raises :class:`Refusal` when split is asked for and any check fails; the
     realtime interlock runs first and makes no network call.
     """
-    cp_read = settings.control_plane_database_read_replica_url or settings.control_plane_database_url
+    cp_read = (
+        settings.control_plane_database_read_replica_url or settings.control_plane_database_url
+    )
     dsns = {"control-plane": settings.control_plane_database_url}
     if cp_read != settings.control_plane_database_url:
         dsns["control-plane replica"] = cp_read
     if not settings.run_ops_split_enabled:
         return SplitDecision(split=False, sentinel=None, dsns=dsns)
 
-    check_realtime_interlock(split_enabled=True,
-                             realtime_native_enabled=settings.realtime_backend_native_enabled)
+    check_realtime_interlock(
+        split_enabled=True, realtime_native_enabled=settings.realtime_backend_native_enabled
+    )
     if not settings.run_ops_database_url:
-        raise Refusal("RUN_OPS_NOT_CONFIGURED",
-                      "RUN_OPS_SPLIT_ENABLED is on but RUN_OPS_DATABASE_URL is not set: set it to "
-                      "the run-ops database or turn the split off")
+        raise Refusal(
+            "RUN_OPS_NOT_CONFIGURED",
+            "RUN_OPS_SPLIT_ENABLED is on but RUN_OPS_DATABASE_URL is not set: set it to "
+            "the run-ops database or turn the split off",
+        )
     run_ops_read = settings.run_ops_database_read_replica_url or settings.run_ops_database_url
     legacy = settings.run_ops_legacy_database_url or cp_read
-    sentinel = run_sentinel(settings.run_ops_database_url, legacy, timeout_s=probe_timeout_s,
-                            strict=settings.sentinel_strict)
+    sentinel = run_sentinel(
+        settings.run_ops_database_url,
+        legacy,
+        timeout_s=probe_timeout_s,
+        strict=settings.sentinel_strict,
+    )
     if not sentinel.allowed:
         raise Refusal("SENTINEL_" + sentinel.verdict.name, sentinel.reason)
     dsns["run-ops"] = run_ops_read
@@ -92,14 +106,16 @@ class Topology:
             # One pool per DSN: the legacy location usually *is* the
             # control-plane replica, and two pools would double connections.
             if dsn not in by_dsn:
-                by_dsn[dsn] = Database(role, dsn, max_size=settings.pool_max_size,
-                                       timeout_s=timeout_s)
+                by_dsn[dsn] = Database(
+                    role, dsn, max_size=settings.pool_max_size, timeout_s=timeout_s
+                )
             return by_dsn[dsn]
 
         self.control_plane_primary = pool_for("control-plane", settings.control_plane_database_url)
-        self.control_plane = pool_for("control-plane replica",
-                                      decision.dsns.get("control-plane replica",
-                                                        settings.control_plane_database_url))
+        self.control_plane = pool_for(
+            "control-plane replica",
+            decision.dsns.get("control-plane replica", settings.control_plane_database_url),
+        )
         self.run_ops: Database | None = None
         self.legacy: Database | None = None
         if self.split:
