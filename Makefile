@@ -13,12 +13,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install postgres dev test proto proto-check lint format typecheck bench bench-instructions clean
+.PHONY: help install postgres dev test test-unit proto proto-check lint format typecheck bench bench-instructions clean
 
 help:
 	@echo "make dev          throwaway PostgreSQL clusters with demo data, split on, serve on"
 	@echo "                  127.0.0.1:50051 (override with ADDR=host:port); Ctrl-C removes them"
 	@echo "make test         run the tests (PYTEST_ARGS='...' to pass pytest arguments)"
+	@echo "make test-unit    only tests/unit: no database, a few seconds"
 	@echo "make proto        regenerate client/controlplane_resolver_client/_gen from protos/"
 	@echo "make proto-check  fail if the generated code is stale"
 	@echo "make lint         buf lint the protos; ruff check and ruff format --check the Python"
@@ -49,6 +50,9 @@ dev: $(STAMP) postgres
 	$(BIN)/controlplane-resolver dev $(if $(ADDR),--addr $(ADDR))
 
 # pytest's exit code is make's verdict; 5 ("no tests collected") fails too.
+test-unit: $(STAMP)
+	@$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
 test: $(STAMP) postgres
 	@$(BIN)/pytest -q $(PYTEST_ARGS); status=$$?; \
 		if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \

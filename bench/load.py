@@ -27,7 +27,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane_resolver_client import pb
-from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
+from controlplane_resolver_client.v1 import resolver_pb2_grpc
 
 
 def make_call(

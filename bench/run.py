@@ -60,7 +60,7 @@ from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.clusters import LocalCluster, free_port
 from controlplane_resolver.dev.migrate import migrate
 from controlplane_resolver_client import pb
-from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
+from controlplane_resolver_client.v1 import resolver_pb2_grpc
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent

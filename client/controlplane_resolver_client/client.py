@@ -27,8 +27,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from ._gen.controlplane.resolver.v1 import resolver_pb2 as pb
-from ._gen.controlplane.resolver.v1 import resolver_pb2_grpc
+from .v1 import resolver_pb2 as pb
+from .v1 import resolver_pb2_grpc
 
 T = TypeVar("T")
 

@@ -19,16 +19,19 @@ from typing import Any
 
 import psycopg
 
-from controlplane_resolver.config import ConfigError, Settings, add_flags
-from controlplane_resolver.errors import Unavailable
+from controlplane_resolver.config import (
+    DEFAULT_ADDR,
+    Settings,
+    add_flags,
+    argparse_type,
+    parse_positive,
+)
+from controlplane_resolver.errors import ConfigError, Refusal, StartCancelled, Unavailable
 from controlplane_resolver.runtime.logs import configure_logging
-from controlplane_resolver.storage.database import StartCancelled
-from controlplane_resolver.storage.interlocks import Refusal
 
 log = logging.getLogger("controlplane_resolver")
 
 EXIT_RUNTIME, EXIT_CONFIG, EXIT_REFUSED = 1, 2, 3
-SERVICE = "controlplane.resolver.v1.ControlPlaneResolverService"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -118,7 +121,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     addr = (
         args.addr
         or os.environ.get("RESOLVER_HEALTH_ADDR")
-        or os.environ.get("RESOLVER_ADDR", "127.0.0.1:50051")
+        or os.environ.get("RESOLVER_ADDR", DEFAULT_ADDR)
     )
     host, _, port = addr.rpartition(":")
     # A wildcard listen address is reached through loopback.
@@ -218,7 +221,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 "run_ops_split_enabled": "1",
                 "realtime_backend_native_enabled": "1",
                 "run_ops_mint_ksuid_enabled": "1",
-                "addr": args.addr or os.environ.get("RESOLVER_ADDR") or "127.0.0.1:50051",
+                "addr": args.addr or os.environ.get("RESOLVER_ADDR") or DEFAULT_ADDR,
             },
         )
         settings = replace(settings, shutdown_grace_ms=1000)
@@ -231,6 +234,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _print_examples(app: Any, ids: Any) -> None:
+    from controlplane_resolver_client.v1 import SERVICE_NAME  # imports gRPC: not before a fork
+
     addr = f"127.0.0.1:{app.port}"
     calls = [
         ("ResolveEnv", {"environmentId": ids.production_environment_id}),
@@ -280,7 +285,7 @@ def _print_examples(app: Any, ids: Any) -> None:
     )
     print("Try (grpcurl is installed in .venv/bin by `make dev`):\n")
     for method, body in calls:
-        print(f"  grpcurl -plaintext -d '{json.dumps(body)}' {addr} {SERVICE}/{method}")
+        print(f"  grpcurl -plaintext -d '{json.dumps(body)}' {addr} {SERVICE_NAME}/{method}")
     print(f"\n  grpcurl -plaintext {addr} list")
     print(f"  grpcurl -plaintext {addr} grpc.health.v1.Health/Check\n", flush=True)
 
@@ -313,16 +318,6 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     for line in report.lines():
         print(line)
     return 0
-
-
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{raw!r} must be 1 or more")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=cmd_migrate)
 
     dev = sub.add_parser("dev", help="throwaway databases with demo data, split on, serve")
-    dev.add_argument("--addr", default=None, help="listen address (default 127.0.0.1:50051)")
+    dev.add_argument("--addr", default=None, help=f"listen address (default {DEFAULT_ADDR})")
     dev.set_defaults(func=cmd_dev)
 
     cleanup = sub.add_parser(
@@ -400,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cleanup.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=argparse_type(parse_positive, "--batch-size"),
         default=None,
         metavar="N",
         help="rows per delete transaction (default 500)",

@@ -1,8 +1,10 @@
 """Settings: environment variables and command-line flags → one immutable
 object. No I/O happens here.
 
-Every option is declared once in :data:`OPTIONS`; the CLI derives its flags
-from that table, so an environment variable and its flag cannot drift apart.
+Every option is declared once, as a field of :class:`Settings` with its
+environment variable, parser, default and help; :data:`OPTIONS` and the
+CLI's flags derive from those declarations, so an environment variable, its
+flag and its default cannot drift apart.
 A flag given on the command line wins over the environment variable.
 """
 
@@ -10,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
+from controlplane_resolver.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names it and the fix."""
+#: Where the server listens unless told otherwise (``RESOLVER_ADDR``).
+DEFAULT_ADDR = "127.0.0.1:50051"
 
 
 def parse_bool(name: str, raw: str) -> bool:
@@ -51,6 +54,19 @@ parse_microseconds = whole_number("microseconds")
 parse_positive = whole_number(minimum=1)
 
 
+def argparse_type(parse: Callable[[str, str], Any], what: str) -> Callable[[str], Any]:
+    """``parse`` as an argparse ``type=``: its :class:`ConfigError` becomes
+    argparse's usage error, naming ``what``."""
+
+    def convert(raw: str) -> Any:
+        try:
+            return parse(what, raw)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
 def parse_dsn(name: str, raw: str) -> str:
     try:
         conninfo_to_dict(raw)
@@ -69,6 +85,9 @@ def parse_str(name: str, raw: str) -> str:
 
 @dataclass(frozen=True)
 class Option:
+    """One setting: its field of :class:`Settings`, environment variable,
+    parser, default and help. The flag is derived from the field name."""
+
     field: str
     env: str
     parse: Callable[[str, str], Any]
@@ -81,310 +100,255 @@ class Option:
         return "--" + self.field.replace("_", "-")
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "control_plane_database_url",
+def setting(
+    env: str,
+    parse: Callable[[str, str], Any],
+    default: Any,
+    help: str,
+    *,
+    secret: bool = False,
+) -> Any:
+    """Declare a field of :class:`Settings` as a setting: the dataclass
+    default is ``default``; the rest of the :class:`Option` (filled in with
+    the field's name) rides in the field's metadata."""
+    option = Option(field="", env=env, parse=parse, default=default, help=help, secret=secret)
+    return field(default=default, metadata={"option": option})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration, validated. Construct with :meth:`load`.
+
+    Each field is declared once, here, with its environment variable,
+    parser, default and help (:func:`setting`); :data:`OPTIONS`, the CLI's
+    flags and the docs' table are derived from these declarations.
+    """
+
+    control_plane_database_url: str = setting(
         "CONTROL_PLANE_DATABASE_URL",
         parse_dsn,
         None,
         "control-plane primary (required)",
         secret=True,
-    ),
-    Option(
-        "control_plane_database_read_replica_url",
+    )
+    control_plane_database_read_replica_url: str | None = setting(
         "CONTROL_PLANE_DATABASE_READ_REPLICA_URL",
         parse_dsn,
         None,
         "control-plane read replica (default: the primary)",
         secret=True,
-    ),
-    Option(
-        "run_ops_database_url",
+    )
+    run_ops_database_url: str | None = setting(
         "RUN_OPS_DATABASE_URL",
         parse_dsn,
         None,
         "run-ops database, where new runs live",
         secret=True,
-    ),
-    Option(
-        "run_ops_database_read_replica_url",
+    )
+    run_ops_database_read_replica_url: str | None = setting(
         "RUN_OPS_DATABASE_READ_REPLICA_URL",
         parse_dsn,
         None,
         "run-ops read replica (default: the run-ops database)",
         secret=True,
-    ),
-    Option(
-        "run_ops_legacy_database_url",
+    )
+    run_ops_legacy_database_url: str | None = setting(
         "RUN_OPS_LEGACY_DATABASE_URL",
         parse_dsn,
         None,
         "where legacy runs are read under split (default: the control-plane replica)",
         secret=True,
-    ),
-    Option(
-        "run_ops_split_enabled",
+    )
+    run_ops_split_enabled: bool = setting(
         "RUN_OPS_SPLIT_ENABLED",
         parse_bool,
         False,
         "1/true turns the run-ops split on",
-    ),
-    Option(
-        "realtime_backend_native_enabled",
+    )
+    realtime_backend_native_enabled: bool = setting(
         "REALTIME_BACKEND_NATIVE_ENABLED",
         parse_bool,
         False,
         "1/true when the realtime feed reads runs natively (required for split)",
-    ),
-    Option(
-        "sentinel_strict",
+    )
+    sentinel_strict: bool = setting(
         "RESOLVER_SENTINEL_STRICT",
         parse_bool,
         False,
         "also refuse split when run-ops and legacy are two databases of one cluster",
-    ),
-    Option(
-        "control_plane_cache_ttl_ms",
+    )
+    control_plane_cache_ttl_ms: int = setting(
         "CONTROL_PLANE_CACHE_TTL_MS",
         parse_ms,
         30_000,
         "soft TTL of cached control-plane answers; 0 disables caching",
-    ),
-    Option(
-        "control_plane_cache_hard_ttl_ms",
+    )
+    control_plane_cache_hard_ttl_ms: int = setting(
         "CONTROL_PLANE_CACHE_HARD_TTL_MS",
         parse_ms,
         300_000,
         "hard TTL: a stale answer is served while refreshes fail, until this age",
-    ),
-    Option(
-        "control_plane_cache_negative_ttl_ms",
+    )
+    control_plane_cache_negative_ttl_ms: int = setting(
         "CONTROL_PLANE_CACHE_NEGATIVE_TTL_MS",
         parse_ms,
         5_000,
         "lifetime of a cached confirmed absence",
-    ),
-    Option(
-        "control_plane_cache_max_entries",
+    )
+    control_plane_cache_max_entries: int = setting(
         "CONTROL_PLANE_CACHE_MAX_ENTRIES",
         parse_positive,
         10_000,
         "bound on entries per cache slot",
-    ),
-    Option(
-        "worker_version_cache_ttl_ms",
+    )
+    worker_version_cache_ttl_ms: int = setting(
         "WORKER_VERSION_CACHE_TTL_MS",
         parse_ms,
         1_000,
         "worker-version cache lifetime (bounds how long a promotion takes to show)",
-    ),
-    Option(
-        "run_ops_mint_ksuid_enabled",
+    )
+    run_ops_mint_ksuid_enabled: bool = setting(
         "RUN_OPS_MINT_KSUID_ENABLED",
         parse_bool,
         False,
         "master switch for minting new-shape (ksuid) ids",
-    ),
-    Option(
-        "listen_enabled",
+    )
+    listen_enabled: bool = setting(
         "RESOLVER_LISTEN_ENABLED",
         parse_bool,
         True,
         "LISTEN for invalidations on the control-plane primary (see `triggers install`)",
-    ),
-    Option("addr", "RESOLVER_ADDR", parse_str, "127.0.0.1:50051", "address to listen on"),
-    Option(
-        "tls_cert",
+    )
+    addr: str = setting("RESOLVER_ADDR", parse_str, DEFAULT_ADDR, "address to listen on")
+    tls_cert: str | None = setting(
         "RESOLVER_TLS_CERT",
         parse_str,
         None,
         "PEM certificate chain: serve TLS (re-read when the file changes)",
-    ),
-    Option("tls_key", "RESOLVER_TLS_KEY", parse_str, None, "PEM private key for --tls-cert"),
-    Option(
-        "tls_client_ca",
+    )
+    tls_key: str | None = setting(
+        "RESOLVER_TLS_KEY", parse_str, None, "PEM private key for --tls-cert"
+    )
+    tls_client_ca: str | None = setting(
         "RESOLVER_TLS_CLIENT_CA",
         parse_str,
         None,
         "PEM CA bundle: require client certificates signed by it (mutual TLS)",
-    ),
-    Option(
-        "auth_tokens_file",
+    )
+    auth_tokens_file: str | None = setting(
         "RESOLVER_AUTH_TOKENS_FILE",
         parse_str,
         None,
         "bearer tokens, one client a line: NAME TOKEN [METHOD ...] (re-read on change)",
-    ),
-    Option(
-        "allow_unauthenticated",
+    )
+    allow_unauthenticated: bool = setting(
         "RESOLVER_ALLOW_UNAUTHENTICATED",
         parse_bool,
         False,
         "serve without tokens or client certificates on a non-loopback address",
-    ),
-    Option(
-        "open_health",
+    )
+    open_health: bool = setting(
         "RESOLVER_OPEN_HEALTH",
         parse_bool,
         True,
         "health checks need no token (Kubernetes probes cannot send one)",
-    ),
-    Option(
-        "open_reflection",
+    )
+    open_reflection: bool = setting(
         "RESOLVER_OPEN_REFLECTION",
         parse_bool,
         False,
         "server reflection needs no token",
-    ),
-    Option(
-        "metrics_addr",
+    )
+    metrics_addr: str | None = setting(
         "RESOLVER_METRICS_ADDR",
         parse_str,
         None,
         "serve Prometheus /metrics on this host:port (off when unset; with --processes N, "
         'every process\'s samples, labelled process="i")',
-    ),
-    Option(
-        "health_addr",
+    )
+    health_addr: str | None = setting(
         "RESOLVER_HEALTH_ADDR",
         parse_str,
         None,
         "also serve grpc.health.v1 alone, in plaintext, on this host:port (for probes "
         "that cannot speak TLS; not subject to the concurrency limit)",
-    ),
-    Option("log_format", "RESOLVER_LOG_FORMAT", parse_str, "text", "text or json"),
-    Option(
-        "max_concurrent_rpcs",
+    )
+    log_format: str = setting("RESOLVER_LOG_FORMAT", parse_str, "text", "text or json")
+    max_concurrent_rpcs: int = setting(
         "RESOLVER_MAX_CONCURRENT_RPCS",
         parse_positive,
         256,
         "calls in progress or queued beyond this get RESOURCE_EXHAUSTED at once",
-    ),
-    Option(
-        "startup_timeout_ms",
+    )
+    startup_timeout_ms: int = setting(
         "RESOLVER_STARTUP_TIMEOUT_MS",
         parse_positive,
         30_000,
         "how long start-up waits for each database and the listener before giving up",
-    ),
-    Option(
-        "shutdown_pause_ms",
+    )
+    shutdown_pause_ms: int = setting(
         "RESOLVER_SHUTDOWN_PAUSE_MS",
         parse_ms,
         0,
         "on SIGTERM, report NOT_SERVING this long before draining (load balancers)",
-    ),
-    Option(
-        "shutdown_grace_ms",
+    )
+    shutdown_grace_ms: int = setting(
         "RESOLVER_SHUTDOWN_GRACE_MS",
         parse_ms,
         5_000,
         "on SIGTERM, in-flight calls get this long to finish",
-    ),
-    Option(
-        "stuck_after_ms",
+    )
+    stuck_after_ms: int = setting(
         "RESOLVER_STUCK_AFTER_MS",
         parse_ms,
         60_000,
         "report NOT_SERVING (so the liveness probe restarts the process) when calls are "
         "in flight and none has finished for this long (0: never)",
-    ),
-    Option(
-        "keepalive_time_ms",
+    )
+    keepalive_time_ms: int = setting(
         "RESOLVER_KEEPALIVE_TIME_MS",
         parse_ms,
         60_000,
         "HTTP/2 keepalive ping interval",
-    ),
-    Option(
-        "max_connection_age_ms",
+    )
+    max_connection_age_ms: int = setting(
         "RESOLVER_MAX_CONNECTION_AGE_MS",
         parse_ms,
         300_000,
         "close client connections after this age so channels rebalance across replicas",
-    ),
-    Option(
-        "processes",
+    )
+    processes: int = setting(
         "RESOLVER_PROCESSES",
         parse_positive,
         1,
         "worker processes sharing the port (SO_REUSEPORT), each with its own cache",
-    ),
-    Option(
-        "max_workers",
+    )
+    max_workers: int = setting(
         "RESOLVER_MAX_WORKERS",
         parse_positive,
         12,
-        "threads serving calls: they share one GIL, so more threads add contention (on 2 "
-        "cores 12 served 8-17 % more cache hits/s than 16; 64 was slower than 16)",
-    ),
-    Option(
-        "run_read_gather_us",
+        "threads serving calls (they share one interpreter lock: more threads add "
+        "contention; docs/benchmarks.md has the measurements behind the default)",
+    )
+    run_read_gather_us: int = setting(
         "RESOLVER_RUN_READ_GATHER_US",
         parse_microseconds,
         500,
         "under concurrent ReadRun load, wait up to this many microseconds for more reads "
         "to share a query (0: never wait)",
-    ),
-    Option(
-        "pool_max_size",
+    )
+    pool_max_size: int = setting(
         "RESOLVER_POOL_MAX_SIZE",
         parse_positive,
         8,
         "connections per database pool",
-    ),
-    Option(
-        "db_timeout_ms",
+    )
+    db_timeout_ms: int = setting(
         "RESOLVER_DB_TIMEOUT_MS",
         parse_positive,
         5_000,
         "longest wait for a pooled connection, and the statement timeout",
-    ),
-)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The whole configuration, validated. Construct with :meth:`load`."""
-
-    control_plane_database_url: str
-    control_plane_database_read_replica_url: str | None = None
-    run_ops_database_url: str | None = None
-    run_ops_database_read_replica_url: str | None = None
-    run_ops_legacy_database_url: str | None = None
-    run_ops_split_enabled: bool = False
-    realtime_backend_native_enabled: bool = False
-    sentinel_strict: bool = False
-    control_plane_cache_ttl_ms: int = 30_000
-    control_plane_cache_hard_ttl_ms: int = 300_000
-    control_plane_cache_negative_ttl_ms: int = 5_000
-    control_plane_cache_max_entries: int = 10_000
-    worker_version_cache_ttl_ms: int = 1_000
-    run_ops_mint_ksuid_enabled: bool = False
-    listen_enabled: bool = True
-    addr: str = "127.0.0.1:50051"
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None
-    auth_tokens_file: str | None = None
-    allow_unauthenticated: bool = False
-    open_health: bool = True
-    open_reflection: bool = False
-    metrics_addr: str | None = None
-    health_addr: str | None = None
-    log_format: str = "text"
-    max_concurrent_rpcs: int = 256
-    startup_timeout_ms: int = 30_000
-    shutdown_pause_ms: int = 0
-    shutdown_grace_ms: int = 5_000
-    stuck_after_ms: int = 60_000
-    keepalive_time_ms: int = 60_000
-    max_connection_age_ms: int = 300_000
-    processes: int = 1
-    max_workers: int = 12
-    run_read_gather_us: int = 500
-    pool_max_size: int = 8
-    db_timeout_ms: int = 5_000
+    )
 
     @classmethod
     def load(cls, environ: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Settings:
@@ -436,6 +400,12 @@ class Settings:
                 value = redact_dsn(value) if value else "(unset)"
             out.append((f.name, str(value)))
         return out
+
+
+#: Every setting, in declaration order, derived from :class:`Settings`.
+OPTIONS: tuple[Option, ...] = tuple(
+    replace(f.metadata["option"], field=f.name) for f in fields(Settings)
+)
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

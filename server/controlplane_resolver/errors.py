@@ -1,15 +1,21 @@
-"""The resolver's own errors. The domain raises these; only the gRPC edge
-(servicer.py) knows which status each becomes.
+"""Every public error of the server, in one module.
 
-Each error carries a machine-readable ``reason`` (an ``ErrorInfo`` reason on
-the wire) and a message that names the cause and, where there is one, the
-fix. Messages never contain secrets (DSNs, API keys).
+* :class:`OperationError` and its kinds: what an operation of the resolver
+  raises (an id is malformed, a row is absent, a database cannot answer).
+  Only the gRPC edge (``serving/servicer.py``) knows which status each
+  becomes; docs/errors.md lists them.
+* :class:`ConfigError`: a setting is missing or malformed (exit 2).
+* :class:`Refusal`: a configuration that would lose or hide data (exit 3).
+* :class:`StartCancelled`: start-up was asked to stop while it waited.
+
+Every message names the cause and, where there is one, the fix. Messages
+never contain secrets (DSNs, API keys, tokens).
 """
 
 from __future__ import annotations
 
 
-class ResolverError(Exception):
+class OperationError(Exception):
     """Base class: ``reason`` is UPPER_SNAKE_CASE, stable, machine-readable."""
 
     reason = "INTERNAL"
@@ -23,24 +29,42 @@ class ResolverError(Exception):
         self.metadata = dict(metadata or {})
 
 
-class InvalidArgument(ResolverError):
+class InvalidArgument(OperationError):
     reason = "INVALID_ARGUMENT"
 
 
-class NotFound(ResolverError):
+class NotFound(OperationError):
     """Confirmed absent: the database answered and the row is not there."""
 
     reason = "NOT_FOUND"
 
 
-class Unavailable(ResolverError):
+class Unavailable(OperationError):
     """A database could not answer (down, pool exhausted, timed out). Never
     reported as absence: the caller should retry."""
 
     reason = "DATABASE_UNAVAILABLE"
 
 
-class DeadlineExceeded(ResolverError):
+class DeadlineExceeded(OperationError):
     """The caller's deadline passed before an answer was ready."""
 
     reason = "DEADLINE_EXCEEDED"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it and the fix."""
+
+
+class Refusal(Exception):
+    """A configuration that would lose or hide data. The message says why
+    and how to fix it; ``code`` is machine-readable (docs/design.md, "Split
+    mode and safety interlocks")."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StartCancelled(Exception):
+    """Start-up was cancelled (a signal arrived) while waiting for a database."""

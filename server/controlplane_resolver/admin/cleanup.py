@@ -48,11 +48,11 @@ from typing import Any
 
 import psycopg
 
-from controlplane_resolver.config import ConfigError, Settings, redact_dsn
+from controlplane_resolver.config import Settings, redact_dsn
 from controlplane_resolver.domain.values import EnvironmentLifecycle
-from controlplane_resolver.errors import Unavailable
+from controlplane_resolver.errors import ConfigError, Refusal, Unavailable
 from controlplane_resolver.storage import queries
-from controlplane_resolver.storage.interlocks import DatabaseIdentity, Refusal, probe_identity
+from controlplane_resolver.storage.interlocks import DatabaseIdentity, probe_identity
 
 log = logging.getLogger(__name__)
 

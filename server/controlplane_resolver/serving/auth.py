@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 
 from controlplane_resolver import callinfo
-from controlplane_resolver.config import ConfigError
+from controlplane_resolver.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane_resolver.cache import Cache
-from controlplane_resolver.config import ConfigError, Settings
-from controlplane_resolver.errors import Unavailable
+from controlplane_resolver.config import Settings
+from controlplane_resolver.errors import ConfigError, StartCancelled, Unavailable
 from controlplane_resolver.invalidation.listener import InvalidationListener, ListenerState
 from controlplane_resolver.resolver import Resolver, cache_policies
 from controlplane_resolver.serving.auth import AuthInterceptor, TokenFile, is_loopback
@@ -32,17 +32,11 @@ from controlplane_resolver.serving.observability import CallInterceptor, Metrics
 from controlplane_resolver.serving.servicer import ResolverServicer
 from controlplane_resolver.serving.tls import RotatingCertificates, TlsFiles, server_credentials
 from controlplane_resolver.serving.watchdog import ProgressWatchdog
-from controlplane_resolver.storage.database import StartCancelled
 from controlplane_resolver.storage.topology import SplitDecision, Topology, decide_split
-from controlplane_resolver_client._gen.controlplane.resolver.v1 import (
-    resolver_pb2,
-    resolver_pb2_grpc,
-)
+from controlplane_resolver_client.v1 import SERVICE, SERVICE_NAME, resolver_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-_SERVICE = resolver_pb2.DESCRIPTOR.services_by_name["ControlPlaneResolverService"]
-SERVICE_NAME = _SERVICE.full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 #: A health "service" that reports the invalidation listener alone: it goes
 #: NOT_SERVING while the listener reconnects, without taking the resolver out.
@@ -128,7 +122,7 @@ class ResolverApp:
         reflection.enable_server_reflection(
             (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.metrics.preregister(f"/{SERVICE_NAME}/{m.name}" for m in _SERVICE.methods)
+        self.metrics.preregister(f"/{SERVICE_NAME}/{m.name}" for m in SERVICE.methods)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     @staticmethod

@@ -20,7 +20,7 @@ from controlplane_resolver.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
-    ResolverError,
+    OperationError,
     Unavailable,
 )
 from controlplane_resolver.resolver import Resolver
@@ -31,14 +31,14 @@ from controlplane_resolver.serving.rendering import (
     fill,
     render,
 )
-from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2 as pb
-from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
+from controlplane_resolver_client.v1 import resolver_pb2 as pb
+from controlplane_resolver_client.v1 import resolver_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "controlplane-resolver"
 
-_STATUS: dict[type[ResolverError], grpc.StatusCode] = {
+_STATUS: dict[type[OperationError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
@@ -76,7 +76,7 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
             )
         try:
             return method(self, resolver, request, context)
-        except ResolverError as exc:
+        except OperationError as exc:
             abort(
                 context,
                 _STATUS.get(type(exc), grpc.StatusCode.INTERNAL),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from controlplane_resolver.config import ConfigError
+from controlplane_resolver.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -20,15 +20,11 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from controlplane_resolver.config import redact_dsn
-from controlplane_resolver.errors import Unavailable
+from controlplane_resolver.errors import StartCancelled, Unavailable
 
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
-
-
-class StartCancelled(Exception):
-    """A stop was asked for while start-up was still waiting."""
 
 
 class Database:

@@ -16,15 +16,7 @@ from dataclasses import dataclass
 import psycopg
 
 from controlplane_resolver.config import redact_dsn
-
-
-class Refusal(Exception):
-    """A configuration that would lose or hide data. The message says why
-    and how to fix it; ``code`` is machine-readable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+from controlplane_resolver.errors import Refusal
 
 
 def check_realtime_interlock(*, split_enabled: bool, realtime_native_enabled: bool) -> None:

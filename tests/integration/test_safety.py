@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from controlplane_resolver.errors import Refusal
 from controlplane_resolver.storage.interlocks import (
     DatabaseIdentity,
-    Refusal,
     Verdict,
     check_realtime_interlock,
     compare_identities,
@@ -174,7 +174,7 @@ def test_missing_privilege_is_refused_with_the_grant_to_make(
 
 def test_strict_setting_refuses_split_over_one_cluster(databases: Any) -> None:
     from controlplane_resolver.config import Settings
-    from controlplane_resolver.storage.interlocks import Refusal
+    from controlplane_resolver.errors import Refusal
     from controlplane_resolver.storage.topology import decide_split
 
     settings = Settings(

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from conftest import serving
+from support.servers import serving
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver_client import ResolverClient, pb

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from conftest import serving
+from support.servers import serving
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver.domain.values import TaskRun

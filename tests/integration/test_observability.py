@@ -18,18 +18,16 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from conftest import Running, Tenant
-from credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify
-from polling import wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from scraping import Samples
-from scraping import scrape as scrape_port
+from support.credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify
+from support.databases import Tenant
+from support.polling import wait_until
+from support.scraping import Samples, grpc_labels, handled, scrape_server
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver.runtime.logs import JsonFormatter
-from controlplane_resolver.serving.server import SERVICE_NAME
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
-from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
+from controlplane_resolver_client.v1 import resolver_pb2_grpc
 
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["ControlPlaneResolverService"].methods]
 #: Every code a call of ours can end with, and the ones the issue names.
@@ -46,22 +44,6 @@ CODES = (
     "INTERNAL",
     "UNKNOWN",
 )
-
-
-def scrape(running: Running) -> Samples:
-    """Every sample of the server's ``/metrics``, keyed by name and label set."""
-    assert running.app.metrics_port is not None
-    return scrape_port(running.app.metrics_port)
-
-
-def grpc_labels(method: str, **more: str) -> frozenset[tuple[str, str]]:
-    return frozenset(
-        {"grpc_type": "unary", "grpc_service": SERVICE_NAME, "grpc_method": method, **more}.items()
-    )
-
-
-def handled(samples: Samples, method: str, code: str) -> float:
-    return samples[("grpc_server_handled_total", grpc_labels(method, grpc_code=code))]
 
 
 def started(samples: Samples, method: str) -> float:
@@ -94,7 +76,7 @@ def test_metrics_listen_on_an_ipv6_address_too(start_server) -> None:
 def test_every_method_and_code_is_registered_at_zero_before_any_call(start_server) -> None:
     running = start_server(metrics_addr="127.0.0.1:0")
     assert running.app.metrics_port and running.app.metrics_port != running.app.port
-    samples = scrape(running)
+    samples = scrape_server(running)
     assert len(METHODS) == 13 and "ResolveAuthenticatedEnv" in METHODS
     for method in METHODS:
         assert started(samples, method) == 0
@@ -115,7 +97,7 @@ def test_handled_counts_every_outcome_with_its_real_code(
     demo.insert_run(
         cp, id=broken, environment_id=env_id, project_id=tenant.project_id, run_tags=["ok", None]
     )
-    before = scrape(running)
+    before = scrape_server(running)
     with (
         ResolverClient(running.address, token=ENGINE_TOKEN) as engine,
         ResolverClient(running.address, token=CONSOLE_TOKEN) as console,
@@ -135,7 +117,7 @@ def test_handled_counts_every_outcome_with_its_real_code(
             codes.append(failed.value.code.name)
         assert codes == ["INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "INTERNAL"]
         assert console.resolve_authenticated_env(env_id).id == env_id  # OK
-    after = scrape(running)
+    after = scrape_server(running)
 
     def delta(method: str, code: str) -> float:
         return handled(after, method, code) - handled(before, method, code)
@@ -176,7 +158,7 @@ def test_cache_hits_misses_negative_hits_evictions_and_invalidations_are_counted
     client = running.client
     a, b, c = (tenant.environment(cp) for _ in range(3))
     absent = demo.new_cuid()
-    zero = scrape(running)
+    zero = scrape_server(running)
     # The listener's connect invalidated everything once, at start-up.
     assert invalidations(zero, "all") == 1
     for field in ("hits", "misses", "negative_hits", "evictions", "stale_serves", "joins"):
@@ -184,7 +166,7 @@ def test_cache_hits_misses_negative_hits_evictions_and_invalidations_are_counted
 
     assert client.resolve_env(a) and client.resolve_env(a)
     assert client.resolve_env(absent) is None and client.resolve_env(absent) is None
-    s = scrape(running)
+    s = scrape_server(running)
     assert (
         cache_counter(s, "misses"),
         cache_counter(s, "hits"),
@@ -193,7 +175,7 @@ def test_cache_hits_misses_negative_hits_evictions_and_invalidations_are_counted
     ) == (2, 1, 1, 0)
     # Two entries is the bound: two more fills evict two.
     assert client.resolve_env(b) and client.resolve_env(c)
-    s = scrape(running)
+    s = scrape_server(running)
     assert (cache_counter(s, "misses"), cache_counter(s, "evictions")) == (4, 2)
     assert cache_counter(s, "loads") == 4
 
@@ -205,7 +187,8 @@ def test_cache_hits_misses_negative_hits_evictions_and_invalidations_are_counted
         (f"project:{tenant.project_id}",),
     )
     s = wait_until(
-        lambda: (lambda s: invalidations(s, "project") == 1 and s)(scrape(running)), timeout=5
+        lambda: (lambda s: invalidations(s, "project") == 1 and s)(scrape_server(running)),
+        timeout=5,
     )
     assert (
         invalidations(s, "environment"),
@@ -215,7 +198,7 @@ def test_cache_hits_misses_negative_hits_evictions_and_invalidations_are_counted
     assert labelled(s, "resolver_listener_notifications_total") == 1
     # The invalidated answer is a miss again.
     assert client.resolve_env(c)
-    assert cache_counter(scrape(running), "misses") == 5
+    assert cache_counter(scrape_server(running), "misses") == 5
 
 
 def test_stale_serves_and_single_flight_joins_are_counted(start_server, cp, tenant: Tenant) -> None:
@@ -230,11 +213,12 @@ def test_stale_serves_and_single_flight_joins_are_counted(start_server, cp, tena
     # Past the soft TTL the cached answer is served and refreshed behind.
     wait_until(
         lambda: (
-            client.resolve_env(stale_env) and cache_counter(scrape(running), "stale_serves") >= 1
+            client.resolve_env(stale_env)
+            and cache_counter(scrape_server(running), "stale_serves") >= 1
         ),
         timeout=5,
     )
-    wait_until(lambda: cache_counter(scrape(running), "refreshes") >= 1, timeout=5)
+    wait_until(lambda: cache_counter(scrape_server(running), "refreshes") >= 1, timeout=5)
 
     # Two cold calls while the table is locked: one loads, one joins it.
     answers: list[str] = []
@@ -248,7 +232,7 @@ def test_stale_serves_and_single_flight_joins_are_counted(start_server, cp, tena
         ]
         for caller in callers:
             caller.start()
-        wait_until(lambda: cache_counter(scrape(running), "joins") == 1, timeout=5)
+        wait_until(lambda: cache_counter(scrape_server(running), "joins") == 1, timeout=5)
         locker.rollback()
     for caller in callers:
         caller.join(10)
@@ -260,7 +244,7 @@ def test_stale_serves_and_single_flight_joins_are_counted(start_server, cp, tena
 
 def test_pool_split_sentinel_and_listener_state_are_exposed(start_server) -> None:
     split = start_server(metrics_addr="127.0.0.1:0")
-    s = scrape(split)
+    s = scrape_server(split)
     roles = {db.role for db in split.app.topology.databases}
     assert roles == {"control-plane", "run-ops"}  # legacy shares the control-plane pool
     for role in roles:
@@ -275,7 +259,7 @@ def test_pool_split_sentinel_and_listener_state_are_exposed(start_server) -> Non
     unsplit = start_server(
         metrics_addr="127.0.0.1:0", run_ops_split_enabled=False, listen_enabled=False
     )
-    s = scrape(unsplit)
+    s = scrape_server(unsplit)
     assert set(family(s, "resolver_pool_connections")) == {
         frozenset({("database", "control-plane")})
     }
@@ -306,7 +290,9 @@ def test_pool_waiting_gauge_counts_callers_waiting_for_a_connection(
         wait_until(
             lambda: (
                 labelled(
-                    scrape(running), "resolver_pool_requests_waiting", database="control-plane"
+                    scrape_server(running),
+                    "resolver_pool_requests_waiting",
+                    database="control-plane",
                 )
                 == 2
             ),
@@ -317,7 +303,8 @@ def test_pool_waiting_gauge_counts_callers_waiting_for_a_connection(
         caller.join(20)
     assert sorted(answers) == sorted(envs)
     assert (
-        labelled(scrape(running), "resolver_pool_requests_waiting", database="control-plane") == 0
+        labelled(scrape_server(running), "resolver_pool_requests_waiting", database="control-plane")
+        == 0
     )
 
 
@@ -459,7 +446,9 @@ def test_pool_errors_count_callers_that_got_no_connection_in_time(
         metrics_addr="127.0.0.1:0", pool_max_size=1, db_timeout_ms=300, listen_enabled=False
     )
     envs = [tenant.environment(cp) for _ in range(3)]
-    before = labelled(scrape(running), "resolver_pool_errors_total", database="control-plane")
+    before = labelled(
+        scrape_server(running), "resolver_pool_errors_total", database="control-plane"
+    )
     codes: list[str] = []
     # A plain channel: no client retries, one attempt per call.
     with grpc.insecure_channel(running.address) as channel:
@@ -485,7 +474,7 @@ def test_pool_errors_count_callers_that_got_no_connection_in_time(
     # times out), the next may just get it, and the last cannot: at least
     # one gives up waiting for a connection.
     assert codes == ["UNAVAILABLE"] * 3
-    after = labelled(scrape(running), "resolver_pool_errors_total", database="control-plane")
+    after = labelled(scrape_server(running), "resolver_pool_errors_total", database="control-plane")
     assert 1 <= after - before <= 2
 
 

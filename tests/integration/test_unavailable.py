@@ -15,8 +15,8 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from polling import wait_until
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from support.polling import wait_until
 
 from controlplane_resolver.config import Settings
 from controlplane_resolver.dev import demo

@@ -11,13 +11,13 @@ import time
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2
-from polling import wait_until
-from processes import ServerProcess, health_status
-from scraping import scrape
+from support.polling import wait_until
+from support.processes import ServerProcess, health_status
+from support.scraping import scrape
 
 from controlplane_resolver.dev.clusters import free_port
 from controlplane_resolver_client import ResolverClient, pb
-from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
+from controlplane_resolver_client.v1 import resolver_pb2_grpc
 
 
 def base_env(databases) -> dict[str, str]:
@@ -185,7 +185,7 @@ def test_sigterm_during_start_up_exits_promptly(databases):
 def test_health_command_reports_serving_and_fails_when_down(databases, start_server):
     import subprocess
 
-    from processes import CLI
+    from support.processes import CLI
 
     running = start_server(listen_enabled=False)
     ok = subprocess.run(

@@ -8,8 +8,8 @@ import threading
 
 import grpc
 import psycopg
-from conftest import count_queries
-from polling import wait_until
+from support.databases import count_queries
+from support.polling import wait_until
 
 from controlplane_resolver.cache import Slot
 from controlplane_resolver.dev import demo

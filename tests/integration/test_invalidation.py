@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2
-from polling import wait_until
-from processes import ServerProcess, health_status
+from support.polling import wait_until
+from support.processes import ServerProcess, health_status
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver.invalidation import triggers

@@ -15,14 +15,15 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from conftest import Running, Tenant
-from credentials import classify
-from polling import wait_until
-from test_observability import handled, scrape
+from support.credentials import classify
+from support.databases import Tenant
+from support.polling import wait_until
+from support.scraping import handled, scrape_server
+from support.servers import Running
 
 from controlplane_resolver.cache import Slot
 from controlplane_resolver_client import ResolverError, pb
-from controlplane_resolver_client._gen.controlplane.resolver.v1 import resolver_pb2_grpc
+from controlplane_resolver_client.v1 import resolver_pb2_grpc
 
 LOCK = 'LOCK TABLE "RuntimeEnvironment" IN ACCESS EXCLUSIVE MODE'
 
@@ -95,7 +96,8 @@ def test_each_callers_deadline_bounds_its_own_wait_and_fails_no_other(
         # The server itself gave up on the joiner at its deadline (not just
         # the client), while the table is still locked.
         wait_until(
-            lambda: handled(scrape(running), "ResolveEnv", "DEADLINE_EXCEEDED") >= 1, timeout=2
+            lambda: handled(scrape_server(running), "ResolveEnv", "DEADLINE_EXCEEDED") >= 1,
+            timeout=2,
         )
         # A third caller with time to spare joins the same load.
         patient = Background(lambda: client.resolve_env(env_id, timeout=20))
@@ -106,10 +108,12 @@ def test_each_callers_deadline_bounds_its_own_wait_and_fails_no_other(
     assert stats.loads == 1 and stats.load_errors == 0
     assert client.resolve_env(env_id).id == env_id  # now cached
     assert stats.hits == 1
-    s = scrape(running)
+    s = scrape_server(running)
     assert handled(s, "ResolveEnv", "OK") == 2
     # Leader and joiner: the server knows neither got an answer.
-    wait_until(lambda: handled(scrape(running), "ResolveEnv", "DEADLINE_EXCEEDED") == 2, timeout=5)
+    wait_until(
+        lambda: handled(scrape_server(running), "ResolveEnv", "DEADLINE_EXCEEDED") == 2, timeout=5
+    )
 
 
 def test_call_whose_deadline_passed_before_it_was_served_never_touches_the_database(
@@ -175,5 +179,5 @@ def test_call_cancelled_by_its_caller_is_counted_as_cancelled(
             wait_until(lambda: stats.loads == 1, timeout=5)
             assert pending.cancel()
     # The handler finished after its caller left: not an OK nobody received.
-    wait_until(lambda: handled(scrape(running), "ResolveEnv", "CANCELLED") == 1, timeout=5)
-    assert handled(scrape(running), "ResolveEnv", "OK") == 0
+    wait_until(lambda: handled(scrape_server(running), "ResolveEnv", "CANCELLED") == 1, timeout=5)
+    assert handled(scrape_server(running), "ResolveEnv", "OK") == 0

@@ -21,9 +21,9 @@ import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from polling import wait_until
-from processes import CLI
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from support.polling import wait_until
+from support.processes import CLI
 
 from controlplane_resolver.config import OPTIONS
 from controlplane_resolver.dev.clusters import free_port

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from polling import wait_until
+from support.polling import wait_until
 
 from controlplane_resolver.cache import (
     ABSENT,

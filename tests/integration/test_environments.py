@@ -14,9 +14,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import serving
 from google.protobuf import json_format
 from psycopg.conninfo import make_conninfo
+from support.environments import concurrency_limit, set_concurrency_limit
+from support.servers import serving
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.migrate import migrate
@@ -39,26 +40,11 @@ def client(databases: Any) -> Iterator[ResolverClient]:
         yield running.client
 
 
-def concurrency_limit(client: ResolverClient, environment_id: str) -> int:
-    """The environment's maximum concurrency limit as ResolveEnv answers it."""
-    env = client.resolve_env(environment_id)
-    assert env is not None, f"{environment_id} did not resolve"
-    return env.maximum_concurrency_limit
-
-
 def is_paused(client: ResolverClient, environment_id: str) -> bool:
     """``paused`` as ResolveAuthenticatedEnv answers it."""
     env = client.resolve_authenticated_env(environment_id)
     assert env is not None, f"{environment_id} did not resolve"
     return env.paused
-
-
-def set_concurrency_limit(cp: Conn, environment_id: str, limit: int) -> None:
-    """A writer changes the environment behind the resolver's back."""
-    cp.execute(
-        'UPDATE "RuntimeEnvironment" SET "maximumConcurrencyLimit" = %s WHERE "id" = %s',
-        (limit, environment_id),
-    )
 
 
 def env_row(cp: Conn, environment_id: str) -> dict[str, Any]:

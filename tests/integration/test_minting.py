@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from polling import wait_until
 from psycopg.types.json import Jsonb
+from support.polling import wait_until
 
 from controlplane_resolver.cache import Slot
 from controlplane_resolver.dev import demo

@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import serving
-from test_environments import concurrency_limit, set_concurrency_limit
+from support.environments import concurrency_limit, set_concurrency_limit
+from support.servers import serving
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver_client import ResolverClient, pb

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from polling import wait_until
+from support.polling import wait_until
 
 from controlplane_resolver.coalescing import ReadCoalescer
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from polling import wait_until
 
 from controlplane_resolver.dev.clusters import free_port
+from support.polling import wait_until
 
 CLI = str(Path(sys.executable).parent / "controlplane-resolver")
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import serving
 from google.protobuf import json_format
+from support.servers import serving
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver_client import ResolverClient, pb
