@@ -24,7 +24,7 @@ help:
 	@echo "make proto-check  fail if the generated code is stale"
 	@echo "make lint         buf lint the protos; ruff check and ruff format --check the Python"
 	@echo "make format       ruff: fix what can be fixed, format every Python file"
-	@echo "make typecheck    mypy over the server and the client"
+	@echo "make typecheck    mypy over the server, the client and scripts/"
 	@echo "make bench        run the benchmark (bench/run.py; BENCH_ARGS='...')"
 	@echo "make bench-instructions  instructions per call under callgrind (bench/instructions.py)"
 	@echo "make install      create .venv and install everything (the other targets do this)"
