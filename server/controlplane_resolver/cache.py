@@ -6,7 +6,7 @@ Pieces, each small and named:
   slots never meet because each slot has its own store.
 * :data:`ABSENT` — a confirmed absence, cached as such; a plain miss is
   "no entry". Errors are never stored.
-* :class:`Versions` — invalidation by epoch. One monotonic counter stamps
+* :class:`Epochs` — invalidation by epoch. One monotonic counter stamps
   every fill when it *starts* and every invalidation when it happens; an
   entry is valid while its stamp is at least the newest invalidation of
   every scope it belongs to (``env:ID``, ``org:ID``, ``project:ID``, ``wv:ID`` and the global
@@ -33,9 +33,9 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controlplane_resolver import callinfo
@@ -116,7 +116,17 @@ class SlotStats:
     discarded_fills: int = 0
 
 
-class Versions:
+@dataclass(frozen=True)
+class CacheStats:
+    """What :meth:`Cache.get_stats` returns: counters by slot name, and
+    invalidations by cause (``environment``, ``organization``, ``project``,
+    ``worker_versions``, ``all``)."""
+
+    slots: dict[str, SlotStats]
+    invalidations: dict[str, int]
+
+
+class Epochs:
     """Invalidation epochs (see module docstring). Thread-safe.
 
     Reads (:meth:`is_current`, on every cache hit) are plain dict lookups
@@ -298,7 +308,7 @@ def _hit(store: _SlotStore, entry: _Entry) -> Any:
 
 
 class Cache:
-    """The slots, their policies and the shared :class:`Versions`.
+    """The slots, their policies and the shared :class:`Epochs`.
 
     :meth:`get` is the one read path. ``refresher`` runs background
     refreshes; pass ``None`` to refresh in the calling thread (tests).
@@ -316,7 +326,7 @@ class Cache:
         longest = max(
             (max(p.hard_ttl, p.soft_ttl, p.negative_ttl) for p in policies.values()), default=0.0
         )
-        self.versions = Versions(retention_s=max(60.0, longest * 2 + 60.0), clock=clock)
+        self.epochs = Epochs(retention_s=max(60.0, longest * 2 + 60.0), clock=clock)
         self._slots = {slot: _SlotStore(slot, policy) for slot, policy in policies.items()}
         self._refresher = ThreadPoolExecutor(
             max_workers=refresh_workers, thread_name_prefix="cache-refresh"
@@ -368,7 +378,7 @@ class Cache:
             if (
                 entry is not None
                 and now < entry.hard_deadline
-                and self.versions.is_current(entry.stamp, entry.scopes)
+                and self.epochs.is_current(entry.stamp, entry.scopes)
             ):
                 if now < entry.soft_deadline:
                     return _hit(store, entry)
@@ -386,7 +396,7 @@ class Cache:
                 return entry.value
             store.stats.misses += 1
             in_flight = store.flights.get(key)
-            if in_flight is not None and in_flight.stamp == self.versions.stamp():
+            if in_flight is not None and in_flight.stamp == self.epochs.stamp():
                 flight = in_flight
                 store.stats.joins += 1
                 callinfo.note("cache", "join")
@@ -419,7 +429,7 @@ class Cache:
         if (
             entry is None
             or now >= entry.soft_deadline
-            or not self.versions.is_current(entry.stamp, entry.scopes)
+            or not self.epochs.is_current(entry.stamp, entry.scopes)
         ):
             return MISSING
         return _hit(store, entry)
@@ -444,27 +454,70 @@ class Cache:
         with store.lock:
             return self._store(store, key, value, stamp, scopes)
 
+    def get_many(
+        self,
+        slot: Slot,
+        keys: Iterable[Hashable],
+        load_many: Callable[[list[Any]], Mapping[Any, Any]],
+        *,
+        scopes_of_key: Callable[[Any], tuple[str, ...]],
+        scopes_of: Callable[[Any], tuple[str, ...]] | None = None,
+    ) -> dict[Any, Any]:
+        """Every key's value or :data:`ABSENT`: fresh entries from the cache
+        (counted as hits), the others from one ``load_many(missing_keys)``
+        call, which returns the values it found by key (a key it leaves out
+        is absent). Loaded answers are stored as :meth:`get` stores them —
+        under the epoch taken before the load, so one that raced an
+        invalidation is not kept. Batch loads do not single-flight; raises
+        what ``load_many`` raised."""
+        found: dict[Any, Any] = {}
+        missing: list[Any] = []
+        for key in keys:
+            hit, value = self.peek(slot, key)
+            if hit:
+                found[key] = value
+            else:
+                missing.append(key)
+        if missing:
+            stamp = self.epochs.stamp()
+            loaded = load_many(missing)
+            for key in missing:
+                value = loaded.get(key, ABSENT)
+                found[key] = value
+                scopes = scopes_of_key(key)
+                if scopes_of is not None and value is not ABSENT:
+                    scopes += scopes_of(value)
+                self.put(slot, key, value, stamp=stamp, scopes=scopes)
+        return found
+
+    def get_stats(self) -> CacheStats:
+        """A snapshot of every slot's counters and the invalidations by cause."""
+        return CacheStats(
+            slots={slot.value: replace(store.stats) for slot, store in self._slots.items()},
+            invalidations=dict(self.epochs.invalidations),
+        )
+
     # -------------------------------------------------------- invalidation
 
     def invalidate_environment(self, environment_id: str) -> None:
-        self.versions.bump(env_scope(environment_id), "environment")
+        self.epochs.bump(env_scope(environment_id), "environment")
 
     def invalidate_organization(self, organization_id: str) -> None:
-        self.versions.bump(org_scope(organization_id), "organization")
+        self.epochs.bump(org_scope(organization_id), "organization")
 
     def invalidate_project(self, project_id: str) -> None:
-        self.versions.bump(project_scope(project_id), "project")
+        self.epochs.bump(project_scope(project_id), "project")
 
     def invalidate_worker_versions(self, environment_id: str) -> None:
-        self.versions.bump(worker_versions_scope(environment_id), "worker_versions")
+        self.epochs.bump(worker_versions_scope(environment_id), "worker_versions")
 
     def invalidate_all(self) -> None:
-        self.versions.bump(GLOBAL_SCOPE, "all")
+        self.epochs.bump(GLOBAL_SCOPE, "all")
 
     # ------------------------------------------------------------ internals
 
     def _begin(self, store: _SlotStore, key: Hashable) -> _Flight:
-        flight = _Flight(stamp=self.versions.stamp())
+        flight = _Flight(stamp=self.epochs.stamp())
         store.flights[key] = flight
         return flight
 
@@ -533,7 +586,7 @@ class Cache:
         policy = store.policy
         if not policy.stores:
             return False
-        if not self.versions.is_current(stamp, scopes):
+        if not self.epochs.is_current(stamp, scopes):
             store.stats.discarded_fills += 1
             return False
         now = self._clock()

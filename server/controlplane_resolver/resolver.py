@@ -20,14 +20,12 @@ from controlplane_resolver.cache import (
     Cache,
     FlightTimeout,
     Slot,
-    SlotPolicy,
     env_scope,
     org_scope,
     project_scope,
     worker_versions_scope,
 )
 from controlplane_resolver.coalescing import CoalescerStats, ReadCoalescer, WaitTimeout
-from controlplane_resolver.config import Settings
 from controlplane_resolver.domain import minting, waitpoints
 from controlplane_resolver.domain.minting import FlagLookup, IdKind, MintKindDecision
 from controlplane_resolver.domain.residency import (
@@ -37,6 +35,7 @@ from controlplane_resolver.domain.residency import (
     classify,
     validate_id,
 )
+from controlplane_resolver.domain.roles import RunSource
 from controlplane_resolver.domain.values import (
     AuthenticatedEnvironment,
     Environment,
@@ -50,7 +49,7 @@ from controlplane_resolver.domain.waitpoints import StoreSelection
 from controlplane_resolver.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from controlplane_resolver.storage import queries
 from controlplane_resolver.storage.database import Database, PinnedConnection
-from controlplane_resolver.storage.topology import RunSource, Topology
+from controlplane_resolver.storage.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -58,37 +57,6 @@ log = logging.getLogger(__name__)
 MAX_BATCH_IDS = 1000
 
 ENVIRONMENT_TYPES = ("PRODUCTION", "STAGING", "DEVELOPMENT", "PREVIEW")
-
-
-def cache_policies(settings: Settings) -> dict[Slot, SlotPolicy]:
-    """Slot lifetimes from settings (see README "Caching")."""
-    ms = 1 / 1000
-    soft = settings.control_plane_cache_ttl_ms * ms
-    hard = settings.control_plane_cache_hard_ttl_ms * ms
-    negative = settings.control_plane_cache_negative_ttl_ms * ms
-    size = settings.control_plane_cache_max_entries
-    control_plane = SlotPolicy(
-        soft_ttl=soft, hard_ttl=hard, negative_ttl=negative, max_entries=size
-    )
-    wv = settings.worker_version_cache_ttl_ms * ms
-    return {
-        Slot.ENVIRONMENT: control_plane,
-        Slot.AUTHENTICATED_ENVIRONMENT: control_plane,
-        Slot.ENV_EXISTS: control_plane,
-        Slot.LOCKED_WORKER: control_plane,
-        # A promotion must show within the worker-version TTL: never serve a
-        # worker version past it (soft == hard), whatever the other slots do.
-        Slot.WORKER_VERSION: SlotPolicy(
-            soft_ttl=wv if soft else 0,
-            hard_ttl=wv,
-            negative_ttl=min(negative, wv),
-            max_entries=size,
-        ),
-        # A feature-flag flip takes effect within the TTL: no stale serving.
-        Slot.MINT_KIND: SlotPolicy(
-            soft_ttl=soft, hard_ttl=soft, negative_ttl=negative, max_entries=size
-        ),
-    }
 
 
 def checked_id(value: str, field: str) -> str:
@@ -139,11 +107,12 @@ class Resolver:
 
     def run_read_stats(self) -> dict[str, CoalescerStats]:
         """Coalesced run reads per database role (batches, keys, largest)."""
-        return {db.role: reader.stats for db, reader in self._run_readers.items()}
+        return {db.role.value: reader.stats for db, reader in self._run_readers.items()}
 
     @property
-    def control_plane(self) -> Database:
-        return self.topology.control_plane
+    def control_plane_replica(self) -> Database:
+        """Where control-plane reads go."""
+        return self.topology.control_plane_replica
 
     def _wait_budget(self) -> tuple[float, bool]:
         """How long this call may wait for a load led by another call, and
@@ -189,7 +158,7 @@ class Resolver:
         scopes_of: Callable[[Any], tuple[str, ...]] | None = None,
     ) -> Any:
         """``slot``'s cached answer for an environment; on a miss, loaded by
-        ``query(control_plane, id)`` (falsy = absent). Raises NotFound when
+        ``query(control_plane_replica, id)`` (falsy = absent). Raises NotFound when
         absent.
 
         A fresh hit returns before anything else is built or checked: this
@@ -201,7 +170,7 @@ class Resolver:
             value = self._cached(
                 slot,
                 env_id,
-                lambda: query(self.control_plane, env_id) or ABSENT,
+                lambda: query(self.control_plane_replica, env_id) or ABSENT,
                 scopes=(env_scope(env_id),),
                 scopes_of=scopes_of,
             )
@@ -238,24 +207,13 @@ class Resolver:
         order. Cache hits are served from the cache; all misses are loaded
         with one query."""
         ids = _checked_batch(environment_ids, "environment_ids")
-        found: dict[str, Any] = {}
-        missing: list[str] = []
-        for env_id in dict.fromkeys(ids):
-            hit, value = self.cache.peek(Slot.ENVIRONMENT, env_id)
-            if hit:
-                found[env_id] = value
-            else:
-                missing.append(env_id)
-        if missing:
-            stamp = self.cache.versions.stamp()
-            loaded = queries.environments(self.control_plane, missing)
-            for env_id in missing:
-                value = loaded.get(env_id, ABSENT)
-                found[env_id] = value
-                scopes = (env_scope(env_id),) + (
-                    _environment_scopes(value) if value is not ABSENT else ()
-                )
-                self.cache.put(Slot.ENVIRONMENT, env_id, value, stamp=stamp, scopes=scopes)
+        found = self.cache.get_many(
+            Slot.ENVIRONMENT,
+            dict.fromkeys(ids),
+            lambda missing: queries.environments(self.control_plane_replica, missing),
+            scopes_of_key=lambda env_id: (env_scope(env_id),),
+            scopes_of=_environment_scopes,
+        )
         return [(env_id, None if found[env_id] is ABSENT else found[env_id]) for env_id in ids]
 
     # ------------------------------------------------------- worker versions
@@ -282,7 +240,8 @@ class Resolver:
             Slot.WORKER_VERSION,
             (env_id, env_type, worker_id),
             lambda: (
-                queries.worker_version(self.control_plane, env_id, env_type, worker_id) or ABSENT
+                queries.worker_version(self.control_plane_replica, env_id, env_type, worker_id)
+                or ABSENT
             ),
             scopes=(env_scope(env_id), worker_versions_scope(env_id)),
         )
@@ -443,14 +402,14 @@ class Resolver:
             task = self._cached(
                 Slot.LOCKED_WORKER,
                 ("locked_by", task_id),
-                lambda: queries.locked_task(self.control_plane, task_id) or ABSENT,
+                lambda: queries.locked_task(self.control_plane_replica, task_id) or ABSENT,
                 scopes=(),
             )
         if worker_id is not None:
             version = self._cached(
                 Slot.LOCKED_WORKER,
                 ("locked_to_version", worker_id),
-                lambda: queries.locked_version(self.control_plane, worker_id) or ABSENT,
+                lambda: queries.locked_version(self.control_plane_replica, worker_id) or ABSENT,
                 scopes=(),
             )
         return RunLockedWorker(
@@ -483,7 +442,9 @@ class Resolver:
                 Slot.MINT_KIND,
                 org_id,
                 lambda: (
-                    queries.organization_feature_flag(self.control_plane, org_id, minting.MINT_FLAG)
+                    queries.organization_feature_flag(
+                        self.control_plane_replica, org_id, minting.MINT_FLAG
+                    )
                     or ABSENT
                 ),
                 scopes=(org_scope(org_id),),

@@ -15,7 +15,7 @@ from support.processes import ServerProcess, health_status
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver.invalidation import triggers
-from controlplane_resolver.invalidation.listener import CHANNEL
+from controlplane_resolver.invalidation.protocol import CHANNEL
 from controlplane_resolver.serving.server import LISTENER_HEALTH_NAME
 from controlplane_resolver_client import ResolverClient
 

@@ -9,7 +9,7 @@ threads never sleep to synchronise: they wait on a condition with a deadline
 Contracts covered: hits, misses and slot separation; confirmed absence
 (``ABSENT``) versus miss versus error; invalidation by scope and its race
 with fills in flight; the bound; soft/hard expiry with background refresh
-and jitter; single-flight; the epoch bookkeeping of :class:`Versions`.
+and jitter; single-flight; the epoch bookkeeping of :class:`Epochs`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from controlplane_resolver.cache import (
     FlightTimeout,
     Slot,
     SlotPolicy,
-    Versions,
+    Epochs,
     env_scope,
     org_scope,
     project_scope,
@@ -360,7 +360,7 @@ def test_invalidate_environment_drops_only_that_environment(cache: Cache) -> Non
     assert env_get(cache, "a", a) == "a2"
     assert env_get(cache, "b", b) == "b1"
     assert (a.calls, b.calls) == (2, 1)
-    assert cache.versions.invalidations["environment"] == 1
+    assert cache.epochs.invalidations["environment"] == 1
 
 
 def test_invalidate_environment_reaches_every_slot_scoped_to_it(cache: Cache) -> None:
@@ -505,12 +505,12 @@ def test_fill_raced_by_unrelated_invalidation_is_stored(cache: Cache) -> None:
 
 def test_put_refuses_a_fill_that_started_before_an_invalidation(cache: Cache) -> None:
     # The batch path: stamp taken before its query, value stored after.
-    stamp = cache.versions.stamp()
+    stamp = cache.epochs.stamp()
     cache.invalidate_environment("a")
     assert not cache.put(SLOT, "a", "old", stamp=stamp, scopes=(env_scope("a"),))
     assert cache.peek(SLOT, "a") == (False, None)
 
-    stamp = cache.versions.stamp()
+    stamp = cache.epochs.stamp()
     assert cache.put(SLOT, "a", "new", stamp=stamp, scopes=(env_scope("a"),))
     assert cache.peek(SLOT, "a") == (True, "new")
 
@@ -900,7 +900,7 @@ def test_concurrent_gets_and_invalidations_smoke(
     assert stats.hits > 0 and stats.loads > 0
 
 
-# ---------------------------------------------------------------- Versions
+# ---------------------------------------------------------------- Epochs
 
 
 def test_invalidation_holds_for_the_whole_life_of_the_entries_it_drops(
@@ -927,56 +927,56 @@ def test_invalidation_holds_for_the_whole_life_of_the_entries_it_drops(
 def test_epochs_forgotten_after_retention_are_harmless(cache: Cache, clock: FakeClock) -> None:
     load = CountingLoad("old", "new")
     env_get(cache, "a", load)
-    stamp_of_fill = cache.versions.stamp()
+    stamp_of_fill = cache.epochs.stamp()
     cache.invalidate_environment("a")
-    assert not cache.versions.is_current(stamp_of_fill, [env_scope("a")])
+    assert not cache.epochs.is_current(stamp_of_fill, [env_scope("a")])
 
     # Retention is longer than any entry lives: once the epoch is forgotten,
     # the entries it guarded are gone too, so none comes back as valid.
     clock.move_to(2 * HARD + 61)
     # Forgetting may be lazy (done by a later invalidation): give it one.
     cache.invalidate_environment("unrelated")
-    assert cache.versions.is_current(stamp_of_fill, [env_scope("a")]), "epoch forgotten"
+    assert cache.epochs.is_current(stamp_of_fill, [env_scope("a")]), "epoch forgotten"
     assert env_get(cache, "a", load) == "new"
     assert load.calls == 2
     assert env_get(cache, "a", load) == "new"  # and caching works as before
 
 
-def test_versions_overflowing_max_scopes_invalidates_everything(clock: FakeClock) -> None:
-    versions = Versions(retention_s=100.0, max_scopes=3, clock=clock)
-    before = versions.stamp()
+def test_epochs_overflowing_max_scopes_invalidates_everything(clock: FakeClock) -> None:
+    epochs = Epochs(retention_s=100.0, max_scopes=3, clock=clock)
+    before = epochs.stamp()
     for env_id in ("a", "b", "c"):
-        versions.bump(env_scope(env_id), "environment")
-    assert versions.is_current(before, [env_scope("x")]), "within max_scopes: exact"
-    assert not versions.is_current(before, [env_scope("a")])
+        epochs.bump(env_scope(env_id), "environment")
+    assert epochs.is_current(before, [env_scope("x")]), "within max_scopes: exact"
+    assert not epochs.is_current(before, [env_scope("a")])
 
-    versions.bump(env_scope("d"), "environment")  # one scope too many
+    epochs.bump(env_scope("d"), "environment")  # one scope too many
 
-    after = versions.stamp()
+    after = epochs.stamp()
     # Whichever epoch was dropped, nothing stamped before it can be trusted.
     for env_id in ("a", "b", "c", "d", "x"):
-        assert not versions.is_current(before, [env_scope(env_id)])
-        assert versions.is_current(after, [env_scope(env_id)])
+        assert not epochs.is_current(before, [env_scope(env_id)])
+        assert epochs.is_current(after, [env_scope(env_id)])
 
 
-def test_versions_epochs_expire_after_retention(clock: FakeClock) -> None:
-    versions = Versions(retention_s=100.0, max_scopes=3, clock=clock)
-    before = versions.stamp()
-    versions.bump(env_scope("a"), "environment")
+def test_epochs_expire_after_retention(clock: FakeClock) -> None:
+    epochs = Epochs(retention_s=100.0, max_scopes=3, clock=clock)
+    before = epochs.stamp()
+    epochs.bump(env_scope("a"), "environment")
     clock.advance(99.0)
-    versions.bump(env_scope("b"), "environment")
-    assert not versions.is_current(before, [env_scope("a")]), "within retention: kept"
+    epochs.bump(env_scope("b"), "environment")
+    assert not epochs.is_current(before, [env_scope("a")]), "within retention: kept"
     clock.advance(2.0)  # a's epoch is now past retention, b's is not
-    versions.bump(env_scope("c"), "environment")  # forgetting may be lazy
-    assert versions.is_current(before, [env_scope("a")]), "past retention: forgotten"
-    assert not versions.is_current(before, [env_scope("b")])
+    epochs.bump(env_scope("c"), "environment")  # forgetting may be lazy
+    assert epochs.is_current(before, [env_scope("a")]), "past retention: forgotten"
+    assert not epochs.is_current(before, [env_scope("b")])
     # The forgotten epoch freed its room: b, c and d fit without overflow.
-    versions.bump(env_scope("d"), "environment")
-    assert versions.is_current(before, [env_scope("x")])
+    epochs.bump(env_scope("d"), "environment")
+    assert epochs.is_current(before, [env_scope("x")])
 
 
 def test_many_invalidations_never_resurrect_a_stale_entry(cache: Cache) -> None:
-    # The cache's own Versions (default max_scopes): invalidate "a", then
+    # The cache's own Epochs (default max_scopes): invalidate "a", then
     # so many other environments within the retention window that a's
     # epoch cannot be kept. The stale entry of "a" must still not be served.
     load = CountingLoad("old", "new")
@@ -1022,20 +1022,20 @@ def test_failing_scopes_of_does_not_wedge_the_key(cache: Cache) -> None:
 
 
 def test_is_current_is_not_fooled_by_an_overflow_during_the_check(clock: FakeClock) -> None:
-    # FAILS until Versions.is_current re-reads the global epoch after the
+    # FAILS until Epochs.is_current re-reads the global epoch after the
     # scope lookups (``return stamp >= self._global`` instead of ``True``).
     # is_current reads the global epoch, then the scope epochs, without a
     # lock. An overflow in between (another thread) raises the global epoch
     # and clears the scope epochs: a check that saw the old global epoch and
     # the cleared scopes would call valid an entry invalidated long before.
     # The scopes iterable runs that other thread's bumps at exactly that point.
-    versions = Versions(retention_s=100.0, max_scopes=2, clock=clock)
-    stamp_of_fill = versions.stamp()
-    versions.bump(env_scope("a"), "environment")  # the entry is now invalid
+    epochs = Epochs(retention_s=100.0, max_scopes=2, clock=clock)
+    stamp_of_fill = epochs.stamp()
+    epochs.bump(env_scope("a"), "environment")  # the entry is now invalid
 
     def scopes_meanwhile_overflowing() -> Iterator[str]:
-        versions.bump(env_scope("b"), "environment")
-        versions.bump(env_scope("c"), "environment")  # one too many
+        epochs.bump(env_scope("b"), "environment")
+        epochs.bump(env_scope("c"), "environment")  # one too many
         yield env_scope("a")
 
-    assert not versions.is_current(stamp_of_fill, scopes_meanwhile_overflowing())
+    assert not epochs.is_current(stamp_of_fill, scopes_meanwhile_overflowing())

@@ -15,7 +15,7 @@ from typing import Any
 
 from controlplane_resolver.domain.minting import MintKind
 from controlplane_resolver.domain.residency import Residency
-from controlplane_resolver.storage.topology import RunSource
+from controlplane_resolver.domain.roles import RunSource
 
 
 @dataclass(frozen=True)

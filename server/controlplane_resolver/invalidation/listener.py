@@ -1,10 +1,8 @@
 """Cross-replica invalidation: ``LISTEN`` on the control-plane primary.
 
-Writers (the optional triggers of triggers.py, or any writer that knows what
-it changed) send ``NOTIFY controlplane_resolver_invalidate, '<kind>:<id>'``
-with kind one of ``environment``, ``organization``, ``project`` or
-``worker_versions``. Every resolver process listens on its own connection
-and thread and bumps the matching epoch in its cache.
+Every resolver process listens on its own connection and thread for the
+notifications of :mod:`~controlplane_resolver.invalidation.protocol` and
+applies each to its :class:`~.protocol.InvalidationTarget` (the cache).
 
 Notifications are not durable: one sent while this process was not
 listening is lost. So every (re)connect invalidates the whole cache before
@@ -19,15 +17,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import psycopg
 
-from controlplane_resolver.cache import Cache
 from controlplane_resolver.config import redact_dsn
+from controlplane_resolver.invalidation.protocol import (
+    CHANNEL,
+    InvalidationTarget,
+    apply_notification,
+)
 
 log = logging.getLogger(__name__)
-
-CHANNEL = "controlplane_resolver_invalidate"
 
 
 class ListenerState(enum.Enum):
@@ -37,25 +38,13 @@ class ListenerState(enum.Enum):
     STOPPED = "stopped"
 
 
-def apply_notification(cache: Cache, payload: str) -> bool:
-    """Bump the epoch a payload names. Returns False for a payload this
-    version does not understand (logged, ignored)."""
-    kind, _, ident = payload.partition(":")
-    if not ident:
-        log.warning("ignoring invalidation notification without an id: %r", payload[:100])
-        return False
-    if kind == "environment":
-        cache.invalidate_environment(ident)
-    elif kind == "organization":
-        cache.invalidate_organization(ident)
-    elif kind == "project":
-        cache.invalidate_project(ident)
-    elif kind == "worker_versions":
-        cache.invalidate_worker_versions(ident)
-    else:
-        log.warning("ignoring invalidation notification of unknown kind %r", kind[:50])
-        return False
-    return True
+@dataclass(frozen=True)
+class ListenerStats:
+    """What :meth:`InvalidationListener.get_stats` returns."""
+
+    state: ListenerState
+    connects: int
+    notifications: int
 
 
 class InvalidationListener:
@@ -69,7 +58,7 @@ class InvalidationListener:
     def __init__(
         self,
         dsn: str,
-        cache: Cache,
+        target: InvalidationTarget,
         *,
         on_state: Callable[[ListenerState], None] = lambda _s: None,
         min_backoff_s: float = 0.1,
@@ -78,7 +67,7 @@ class InvalidationListener:
         ping_s: float = 5.0,
     ) -> None:
         self._dsn = dsn
-        self._cache = cache
+        self._target = target
         self._on_state = on_state
         self._min_backoff_s = min_backoff_s
         self._max_backoff_s = max_backoff_s
@@ -93,6 +82,9 @@ class InvalidationListener:
         self.connects = 0
         self.notifications = 0
         self._thread = threading.Thread(target=self._run, name="invalidation-listener", daemon=True)
+
+    def get_stats(self) -> ListenerStats:
+        return ListenerStats(self.state, self.connects, self.notifications)
 
     def start(self) -> None:
         self._thread.start()
@@ -124,7 +116,7 @@ class InvalidationListener:
                     conn.execute(f"LISTEN {CHANNEL}")
                     # Anything sent while we were not listening is lost:
                     # start from a clean cache.
-                    self._cache.invalidate_all()
+                    self._target.invalidate_all()
                     self.connects += 1
                     backoff = self._min_backoff_s
                     log.info(
@@ -138,7 +130,7 @@ class InvalidationListener:
                     while not self._stop.is_set():
                         for notify in conn.notifies(timeout=self._poll_s):
                             self.notifications += 1
-                            apply_notification(self._cache, notify.payload)
+                            apply_notification(self._target, notify.payload)
                         if time.monotonic() - last_ping >= self._ping_s:
                             # A dead server is not always noticed by waiting alone.
                             conn.execute("SELECT 1")

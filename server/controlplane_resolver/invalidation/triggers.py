@@ -4,7 +4,7 @@ changes to every resolver (``controlplane-resolver triggers install``).
 They are never installed silently: installing triggers on a platform's
 database is an operator's decision. Each trigger sends
 ``NOTIFY controlplane_resolver_invalidate, '<kind>:<id>'`` (see
-listener.py) for the old and the new row, so moves between organizations
+protocol.py) for the old and the new row, so moves between organizations
 or environments invalidate both sides. ``uninstall`` removes exactly what
 ``install`` created; both are idempotent.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import psycopg
 
-from controlplane_resolver.invalidation.listener import CHANNEL
+from controlplane_resolver.invalidation.protocol import CHANNEL
 
 FUNCTION = "controlplane_resolver_notify"
 

@@ -18,22 +18,24 @@ and responses are not logged, and messages of our errors carry none.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from controlplane_resolver import callinfo
+from controlplane_resolver.cache import CacheStats, SlotStats
+from controlplane_resolver.coalescing import CoalescerStats
+from controlplane_resolver.invalidation.listener import ListenerState, ListenerStats
 from controlplane_resolver.runtime.metrics_http import MetricsEndpoint, serve_metrics
-
-if TYPE_CHECKING:
-    from controlplane_resolver.serving.server import ResolverApp
+from controlplane_resolver.storage.topology import SplitDecision
 
 call_log = logging.getLogger("controlplane_resolver.calls")
 
@@ -254,109 +256,135 @@ def _peer(context: grpc.ServicerContext) -> str:
 
 
 class StateCollector:
-    """Scrape-time gauges and counters from the app's components."""
+    """Scrape-time gauges and counters, read from the stats each component
+    exposes. The server hands it each source once the component exists
+    (:meth:`attach`); a source not attached yet exports nothing."""
 
-    def __init__(self, app: ResolverApp) -> None:
-        self.app = app
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        self._ready = ready
+        self._cache_stats: Callable[[], CacheStats] | None = None
+        self._pool_stats: Callable[[], dict[str, dict[str, int]]] | None = None
+        self._decision: SplitDecision | None = None
+        self._run_read_stats: Callable[[], dict[str, CoalescerStats]] | None = None
+        self._listener_stats: Callable[[], ListenerStats] | None = None
+
+    def attach(
+        self,
+        *,
+        cache_stats: Callable[[], CacheStats] | None = None,
+        pool_stats: Callable[[], dict[str, dict[str, int]]] | None = None,
+        decision: SplitDecision | None = None,
+        run_read_stats: Callable[[], dict[str, CoalescerStats]] | None = None,
+        listener_stats: Callable[[], ListenerStats] | None = None,
+    ) -> None:
+        """Start exporting the sources given (the others stay as they are)."""
+        self._cache_stats = cache_stats or self._cache_stats
+        self._pool_stats = pool_stats or self._pool_stats
+        self._decision = decision or self._decision
+        self._run_read_stats = run_read_stats or self._run_read_stats
+        self._listener_stats = listener_stats or self._listener_stats
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterable[Any]:
-        app = self.app
         ready = GaugeMetricFamily("resolver_ready", "1 while this process reports SERVING.")
-        ready.add_metric([], 1 if app.ready else 0)
+        ready.add_metric([], 1 if self._ready() else 0)
         yield ready
-        cache = app.cache
-        if cache is not None:
-            fields = (
-                "hits",
-                "negative_hits",
-                "misses",
-                "stale_serves",
-                "joins",
-                "loads",
-                "load_errors",
-                "refreshes",
-                "refresh_failures",
-                "evictions",
-                "discarded_fills",
-            )
-            families = {
-                f: CounterMetricFamily(
-                    f"resolver_cache_{f}", f"Cache {f.replace('_', ' ')}.", labels=["slot"]
-                )
-                for f in fields
-            }
-            for slot in cache.slots():
-                stats = cache.stats(slot)
-                for f in fields:
-                    families[f].add_metric([slot.value], getattr(stats, f))
-            yield from families.values()
-            inv = CounterMetricFamily(
-                "resolver_cache_invalidations", "Cache invalidations by cause.", labels=["cause"]
-            )
-            for cause, count in cache.versions.invalidations.items():
-                inv.add_metric([cause], count)
-            yield inv
-        topology = app.topology
-        if topology is not None:
-            size = GaugeMetricFamily(
-                "resolver_pool_connections", "Open pool connections.", labels=["database"]
-            )
-            waiting = GaugeMetricFamily(
-                "resolver_pool_requests_waiting",
-                "Callers waiting for a pool connection.",
-                labels=["database"],
-            )
-            errors = CounterMetricFamily(
-                "resolver_pool_errors", "Pool connection errors and timeouts.", labels=["database"]
-            )
-            for db in topology.databases:
-                pool_stats = db.pool.get_stats()
-                size.add_metric([db.role], pool_stats.get("pool_size", 0))
-                waiting.add_metric([db.role], pool_stats.get("requests_waiting", 0))
-                errors.add_metric(
-                    [db.role],
-                    pool_stats.get("connections_errors", 0) + pool_stats.get("requests_errors", 0),
-                )
-            yield from (size, waiting, errors)
-            split = GaugeMetricFamily("resolver_split_mode", "1 when the run-ops split is on.")
-            split.add_metric([], 1 if topology.split else 0)
-            yield split
-            sentinel = topology.decision.sentinel
-            verdict = GaugeMetricFamily(
-                "resolver_sentinel_verdict",
-                "The distinct-database sentinel's verdict (1 = this one).",
-                labels=["verdict"],
-            )
-            verdict.add_metric([sentinel.verdict.name if sentinel else "NOT_RUN"], 1)
-            yield verdict
-        resolver = app.servicer.resolver
-        if resolver is not None:
-            batches = CounterMetricFamily(
-                "resolver_run_read_batches",
-                "Queries run for coalesced run reads.",
-                labels=["database"],
-            )
-            keys = CounterMetricFamily(
-                "resolver_run_read_keys",
-                "Run ids read by coalesced queries (keys / batches is the mean batch size).",
-                labels=["database"],
-            )
-            for role, reads in resolver.run_read_stats().items():
-                batches.add_metric([role], reads.batches)
-                keys.add_metric([role], reads.keys)
-            yield from (batches, keys)
-        listener = app.listener
-        if listener is not None:
-            state = GaugeMetricFamily(
-                "resolver_listener_listening", "1 while the invalidation listener is connected."
-            )
-            state.add_metric([], 1 if listener.state.value == "listening" else 0)
-            yield state
-            n = CounterMetricFamily(
-                "resolver_listener_notifications", "Invalidation notifications received."
-            )
-            n.add_metric([], listener.notifications)
-            yield n
+        if self._cache_stats is not None:
+            yield from _cache_families(self._cache_stats())
+        if self._pool_stats is not None:
+            yield from _pool_families(self._pool_stats())
+        if self._decision is not None:
+            yield from _split_families(self._decision)
+        if self._run_read_stats is not None:
+            yield from _run_read_families(self._run_read_stats())
+        if self._listener_stats is not None:
+            yield from _listener_families(self._listener_stats())
+
+
+_CACHE_COUNTERS = tuple(f.name for f in dataclasses.fields(SlotStats))
+
+
+def _cache_families(stats: CacheStats) -> Iterator[Any]:
+    families = {
+        f: CounterMetricFamily(
+            f"resolver_cache_{f}", f"Cache {f.replace('_', ' ')}.", labels=["slot"]
+        )
+        for f in _CACHE_COUNTERS
+    }
+    for slot, counters in stats.slots.items():
+        for f in _CACHE_COUNTERS:
+            families[f].add_metric([slot], getattr(counters, f))
+    yield from families.values()
+    inv = CounterMetricFamily(
+        "resolver_cache_invalidations", "Cache invalidations by cause.", labels=["cause"]
+    )
+    for cause, count in stats.invalidations.items():
+        inv.add_metric([cause], count)
+    yield inv
+
+
+def _pool_families(pools: dict[str, dict[str, int]]) -> Iterator[Any]:
+    size = GaugeMetricFamily(
+        "resolver_pool_connections", "Open pool connections.", labels=["database"]
+    )
+    waiting = GaugeMetricFamily(
+        "resolver_pool_requests_waiting",
+        "Callers waiting for a pool connection.",
+        labels=["database"],
+    )
+    errors = CounterMetricFamily(
+        "resolver_pool_errors", "Pool connection errors and timeouts.", labels=["database"]
+    )
+    for role, pool in pools.items():
+        size.add_metric([role], pool.get("pool_size", 0))
+        waiting.add_metric([role], pool.get("requests_waiting", 0))
+        errors.add_metric(
+            [role], pool.get("connections_errors", 0) + pool.get("requests_errors", 0)
+        )
+    yield from (size, waiting, errors)
+
+
+def _split_families(decision: SplitDecision) -> Iterator[Any]:
+    split = GaugeMetricFamily("resolver_split_mode", "1 when the run-ops split is on.")
+    split.add_metric([], 1 if decision.split else 0)
+    yield split
+    verdict = GaugeMetricFamily(
+        "resolver_sentinel_verdict",
+        "The distinct-database sentinel's verdict (1 = this one).",
+        labels=["verdict"],
+    )
+    sentinel = decision.sentinel
+    verdict.add_metric([sentinel.verdict.name if sentinel else "NOT_RUN"], 1)
+    yield verdict
+
+
+def _run_read_families(reads_by_role: dict[str, CoalescerStats]) -> Iterator[Any]:
+    batches = CounterMetricFamily(
+        "resolver_run_read_batches",
+        "Queries run for coalesced run reads.",
+        labels=["database"],
+    )
+    keys = CounterMetricFamily(
+        "resolver_run_read_keys",
+        "Run ids read by coalesced queries (keys / batches is the mean batch size).",
+        labels=["database"],
+    )
+    for role, reads in reads_by_role.items():
+        batches.add_metric([role], reads.batches)
+        keys.add_metric([role], reads.keys)
+    yield from (batches, keys)
+
+
+def _listener_families(stats: ListenerStats) -> Iterator[Any]:
+    state = GaugeMetricFamily(
+        "resolver_listener_listening", "1 while the invalidation listener is connected."
+    )
+    state.add_metric([], 1 if stats.state is ListenerState.LISTENING else 0)
+    yield state
+    n = CounterMetricFamily(
+        "resolver_listener_notifications", "Invalidation notifications received."
+    )
+    n.add_metric([], stats.notifications)
+    yield n

@@ -22,11 +22,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane_resolver.cache import Cache
+from controlplane_resolver.cache import Cache, Slot, SlotPolicy
 from controlplane_resolver.config import Settings
 from controlplane_resolver.errors import ConfigError, StartCancelled, Unavailable
 from controlplane_resolver.invalidation.listener import InvalidationListener, ListenerState
-from controlplane_resolver.resolver import Resolver, cache_policies
+from controlplane_resolver.resolver import Resolver
 from controlplane_resolver.serving.auth import AuthInterceptor, TokenFile, is_loopback
 from controlplane_resolver.serving.observability import CallInterceptor, Metrics, StateCollector
 from controlplane_resolver.serving.servicer import ResolverServicer
@@ -61,6 +61,37 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def cache_policies(settings: Settings) -> dict[Slot, SlotPolicy]:
+    """Slot lifetimes from settings (docs/caching.md)."""
+    ms = 1 / 1000
+    soft = settings.control_plane_cache_ttl_ms * ms
+    hard = settings.control_plane_cache_hard_ttl_ms * ms
+    negative = settings.control_plane_cache_negative_ttl_ms * ms
+    size = settings.control_plane_cache_max_entries
+    control_plane = SlotPolicy(
+        soft_ttl=soft, hard_ttl=hard, negative_ttl=negative, max_entries=size
+    )
+    wv = settings.worker_version_cache_ttl_ms * ms
+    return {
+        Slot.ENVIRONMENT: control_plane,
+        Slot.AUTHENTICATED_ENVIRONMENT: control_plane,
+        Slot.ENV_EXISTS: control_plane,
+        Slot.LOCKED_WORKER: control_plane,
+        # A promotion must show within the worker-version TTL: never serve a
+        # worker version past it (soft == hard), whatever the other slots do.
+        Slot.WORKER_VERSION: SlotPolicy(
+            soft_ttl=wv if soft else 0,
+            hard_ttl=wv,
+            negative_ttl=min(negative, wv),
+            max_entries=size,
+        ),
+        # A feature-flag flip takes effect within the TTL: no stale serving.
+        Slot.MINT_KIND: SlotPolicy(
+            soft_ttl=soft, hard_ttl=soft, negative_ttl=negative, max_entries=size
+        ),
+    }
+
+
 class ResolverApp:
     """One serving process. ``start()`` returns once the server is SERVING;
     ``stop()`` drains it."""
@@ -84,7 +115,8 @@ class ResolverApp:
         self.watchdog: ProgressWatchdog | None = None
         self.tokens = self._check_authentication(settings)
         self.metrics = Metrics()
-        self.metrics.registry.register(StateCollector(self))
+        self.state_metrics = StateCollector(ready=lambda: self.ready)
+        self.metrics.registry.register(self.state_metrics)
         self.servicer = ResolverServicer()
         self.health = health.HealthServicer()
         interceptors: list[grpc.ServerInterceptor] = [CallInterceptor(self.metrics)]
@@ -215,8 +247,12 @@ class ResolverApp:
             log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
         try:
             self.topology = Topology(self.decision, self.settings)
+            self.state_metrics.attach(
+                pool_stats=self.topology.get_stats, decision=self.topology.decision
+            )
             self.topology.open(wait_s=pool_wait_s, cancel=cancel)
             self.cache = Cache(cache_policies(self.settings))
+            self.state_metrics.attach(cache_stats=self.cache.get_stats)
             if self.settings.listen_enabled:
                 self.health.set(LISTENER_HEALTH_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
                 self.listener = InvalidationListener(
@@ -224,6 +260,7 @@ class ResolverApp:
                     self.cache,
                     on_state=self._on_listener_state,
                 )
+                self.state_metrics.attach(listener_stats=self.listener.get_stats)
                 self.listener.start()
                 # Never answer from a cache that may have missed invalidations.
                 if not self._wait_listening(pool_wait_s, cancel):
@@ -239,6 +276,7 @@ class ResolverApp:
                 mint_ksuid_enabled=self.settings.run_ops_mint_ksuid_enabled,
                 run_read_gather_s=self.settings.run_read_gather_us / 1e6,
             )
+            self.state_metrics.attach(run_read_stats=self.servicer.resolver.run_read_stats)
             if not bind_early:
                 self._serve_ports()
         except BaseException:

@@ -1,9 +1,8 @@
 """One named database: a psycopg connection pool plus the translation of
 driver failures into :class:`~controlplane_resolver.errors.Unavailable`.
 
-Pools run in autocommit mode: every statement here is a single read, and
-skipping BEGIN/COMMIT measured ~1.6x faster on this machine
-(shared/notes/machine.md).
+Pools run in autocommit mode: every statement here is a single read, so a
+transaction around it would only add a BEGIN/COMMIT round trip.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from controlplane_resolver.config import redact_dsn
+from controlplane_resolver.domain.roles import DatabaseRole
 from controlplane_resolver.errors import StartCancelled, Unavailable
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,13 @@ Row = dict[str, Any]
 
 
 class Database:
-    """A pool to one database, named by its role (``control-plane``, …).
+    """A pool to one database, named by its :class:`DatabaseRole`.
 
     ``label`` (host:port/dbname, no credentials) appears in logs and errors
     so an operator can tell which database failed.
     """
 
-    def __init__(self, role: str, dsn: str, *, max_size: int, timeout_s: float) -> None:
+    def __init__(self, role: DatabaseRole, dsn: str, *, max_size: int, timeout_s: float) -> None:
         self.role = role
         self.label = redact_dsn(dsn)
         self.timeout_s = timeout_s
@@ -48,10 +48,10 @@ class Database:
                 "autocommit": True,
                 "row_factory": dict_row,
                 "connect_timeout": max(1, int(timeout_s)),
-                "application_name": f"controlplane-resolver:{role}",
+                "application_name": f"controlplane-resolver:{role.value}",
                 "options": f"-c statement_timeout={statement_timeout_ms}",
             },
-            name=f"controlplane-resolver-{role}",
+            name=f"controlplane-resolver-{role.value}",
             open=False,
             # No per-checkout check (ConnectionPool.check_connection): it
             # costs a round trip on every call. A connection that died
@@ -80,12 +80,13 @@ class Database:
             except PoolTimeout:
                 if cancel is not None and cancel.is_set():
                     raise StartCancelled(
-                        f"start-up cancelled while waiting for the {self.role} database"
+                        f"start-up cancelled while waiting for the {self.role.value} database"
                     ) from None
                 if left <= 0.25:
                     raise Unavailable(
-                        f"the {self.role} database ({self.label}) did not accept a connection "
-                        f"within {wait_s:g}s: check that it is running and the DSN is right"
+                        f"the {self.role.value} database ({self.label}) did not accept a "
+                        f"connection within {wait_s:g}s: check that it is running and the DSN "
+                        "is right"
                     ) from None
 
     def close(self) -> None:
@@ -126,10 +127,10 @@ class Database:
             return conn.cursor(row_factory=tuple_row).execute(sql, params).fetchall()
 
     def _unavailable(self, what: str) -> Unavailable:
-        log.warning("database %s (%s) unavailable: %s", self.role, self.label, what)
+        log.warning("database %s (%s) unavailable: %s", self.role.value, self.label, what)
         return Unavailable(
-            f"the {self.role} database ({self.label}) is unavailable: {what}; retry later",
-            metadata={"database": self.role},
+            f"the {self.role.value} database ({self.label}) is unavailable: {what}; retry later",
+            metadata={"database": self.role.value},
         )
 
 

@@ -7,13 +7,13 @@ flag. With split off no run-ops pool is opened and no probe runs.
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 from dataclasses import dataclass
 
 from controlplane_resolver.config import Settings, redact_dsn
 from controlplane_resolver.domain.residency import Residency
+from controlplane_resolver.domain.roles import DatabaseRole, RunSource
 from controlplane_resolver.errors import Refusal
 from controlplane_resolver.storage.database import Database
 from controlplane_resolver.storage.interlocks import (
@@ -25,33 +25,28 @@ from controlplane_resolver.storage.interlocks import (
 log = logging.getLogger(__name__)
 
 
-class RunSource(enum.Enum):
-    """The database that served a run, as reported to callers."""
-
-    CONTROL_PLANE = "control-plane"
-    RUN_OPS = "run-ops"
-    LEGACY = "legacy"
-
-
 @dataclass(frozen=True)
 class SplitDecision:
-    """The outcome of the start-up checks. ``dsns`` maps role → DSN."""
+    """The outcome of the start-up checks. ``dsns`` maps each role to its
+    DSN; a role absent from it has no database of its own (the control-plane
+    replica defaults to the primary; run-ops and legacy exist under split)."""
 
     split: bool
     sentinel: SentinelResult | None
-    dsns: dict[str, str]
+    dsns: dict[DatabaseRole, str]
 
     def describe(self) -> list[str]:
         lines = [f"split mode: {'ON' if self.split else 'off'}"]
         if self.sentinel is not None:
             lines.append(f"sentinel: {self.sentinel.verdict.value} ({self.sentinel.reason})")
         for role, dsn in self.dsns.items():
-            lines.append(f"{role}: {redact_dsn(dsn)}")
+            lines.append(f"{role.value}: {redact_dsn(dsn)}")
         return lines
 
 
 def decide_split(settings: Settings, *, probe_timeout_s: float = 5.0) -> SplitDecision:
-    """Run the start-up checks in the spec's order and decide the topology.
+    """Run the start-up checks in order (docs/design.md, "Split mode and
+    safety interlocks") and decide the topology.
 
     Raises :class:`Refusal` when split is asked for and any check fails; the
     realtime interlock runs first and makes no network call.
@@ -59,9 +54,9 @@ def decide_split(settings: Settings, *, probe_timeout_s: float = 5.0) -> SplitDe
     cp_read = (
         settings.control_plane_database_read_replica_url or settings.control_plane_database_url
     )
-    dsns = {"control-plane": settings.control_plane_database_url}
+    dsns = {DatabaseRole.CONTROL_PLANE: settings.control_plane_database_url}
     if cp_read != settings.control_plane_database_url:
-        dsns["control-plane replica"] = cp_read
+        dsns[DatabaseRole.CONTROL_PLANE_REPLICA] = cp_read
     if not settings.run_ops_split_enabled:
         return SplitDecision(split=False, sentinel=None, dsns=dsns)
 
@@ -84,16 +79,18 @@ def decide_split(settings: Settings, *, probe_timeout_s: float = 5.0) -> SplitDe
     )
     if not sentinel.allowed:
         raise Refusal("SENTINEL_" + sentinel.verdict.name, sentinel.reason)
-    dsns["run-ops"] = run_ops_read
-    dsns["legacy"] = legacy
+    dsns[DatabaseRole.RUN_OPS] = run_ops_read
+    dsns[DatabaseRole.LEGACY] = legacy
     return SplitDecision(split=True, sentinel=sentinel, dsns=dsns)
 
 
 class Topology:
     """The open pools, one per distinct DSN, by role.
 
-    Roles: ``control_plane`` (reads; the replica when configured),
-    ``control_plane_primary``, and under split ``run_ops`` and ``legacy``.
+    ``control_plane_primary`` and ``control_plane_replica`` (where
+    control-plane reads go: the primary itself when no replica is set), and
+    under split ``run_ops`` and ``legacy``. Roles that share a DSN share one
+    pool, named by the first of them.
     """
 
     def __init__(self, decision: SplitDecision, settings: Settings) -> None:
@@ -102,7 +99,7 @@ class Topology:
         timeout_s = settings.db_timeout_ms / 1000
         by_dsn: dict[str, Database] = {}
 
-        def pool_for(role: str, dsn: str) -> Database:
+        def pool_for(role: DatabaseRole, dsn: str) -> Database:
             # One pool per DSN: the legacy location usually *is* the
             # control-plane replica, and two pools would double connections.
             if dsn not in by_dsn:
@@ -111,16 +108,20 @@ class Topology:
                 )
             return by_dsn[dsn]
 
-        self.control_plane_primary = pool_for("control-plane", settings.control_plane_database_url)
-        self.control_plane = pool_for(
-            "control-plane replica",
-            decision.dsns.get("control-plane replica", settings.control_plane_database_url),
+        self.control_plane_primary = pool_for(
+            DatabaseRole.CONTROL_PLANE, settings.control_plane_database_url
+        )
+        self.control_plane_replica = pool_for(
+            DatabaseRole.CONTROL_PLANE_REPLICA,
+            decision.dsns.get(
+                DatabaseRole.CONTROL_PLANE_REPLICA, settings.control_plane_database_url
+            ),
         )
         self.run_ops: Database | None = None
         self.legacy: Database | None = None
         if self.split:
-            self.run_ops = pool_for("run-ops", decision.dsns["run-ops"])
-            self.legacy = pool_for("legacy", decision.dsns["legacy"])
+            self.run_ops = pool_for(DatabaseRole.RUN_OPS, decision.dsns[DatabaseRole.RUN_OPS])
+            self.legacy = pool_for(DatabaseRole.LEGACY, decision.dsns[DatabaseRole.LEGACY])
         self.databases = list(by_dsn.values())
 
     def open(self, wait_s: float, cancel: threading.Event | None = None) -> None:
@@ -128,7 +129,7 @@ class Topology:
 
         Raises :class:`~controlplane_resolver.errors.Unavailable` naming the
         database that did not answer, or
-        :class:`~controlplane_resolver.storage.database.StartCancelled` once ``cancel``
+        :class:`~controlplane_resolver.errors.StartCancelled` once ``cancel``
         is set.
         """
         for db in self.databases:
@@ -138,10 +139,15 @@ class Topology:
         for db in self.databases:
             db.close()
 
+    def get_stats(self) -> dict[str, dict[str, int]]:
+        """Each pool's counters (psycopg_pool's ``get_stats()``), by the
+        name of the pool's role."""
+        return {db.role.value: db.pool.get_stats() for db in self.databases}
+
     def read_plan(self, route: Residency) -> list[tuple[RunSource, Database]]:
         """The databases a run read tries, in order, for a route."""
         if not self.split:
-            return [(RunSource.CONTROL_PLANE, self.control_plane)]
+            return [(RunSource.CONTROL_PLANE, self.control_plane_replica)]
         assert self.run_ops is not None and self.legacy is not None
         if route is Residency.NEW:
             return [(RunSource.RUN_OPS, self.run_ops)]
