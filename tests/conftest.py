@@ -13,6 +13,9 @@ from typing import Any
 
 import psycopg
 import pytest
+
+from controlplane_resolver.dev.clusters import LocalCluster
+
 from support.credentials import pki, tokens  # noqa: F401  (fixtures for the security tests)
 from support.databases import (
     Databases,
@@ -22,8 +25,6 @@ from support.databases import (
     session_databases,
 )
 from support.servers import Running, serving
-
-from controlplane_resolver.dev.clusters import LocalCluster
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from support.environments import concurrency_limit, set_concurrency_limit
-from support.servers import serving
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.client import ResolverError
+
+from support.environments import concurrency_limit, set_concurrency_limit
+from support.servers import serving
 
 Conn = psycopg.Connection[Any]
 

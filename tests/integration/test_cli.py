@@ -22,11 +22,12 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from support.polling import wait_until
-from support.processes import CLI
 
 from controlplane_resolver.config import OPTIONS
 from controlplane_resolver.dev.clusters import free_port
+
+from support.polling import wait_until
+from support.processes import CLI
 
 PASSWORD = "s3cret"
 EXIT_RUNTIME, EXIT_CONFIG, EXIT_REFUSED = 1, 2, 3

@@ -16,12 +16,13 @@ import psycopg
 import pytest
 from google.protobuf import json_format
 from psycopg.conninfo import make_conninfo
-from support.environments import concurrency_limit, set_concurrency_limit
-from support.servers import serving
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.migrate import migrate
 from controlplane_resolver_client import ResolverClient, pb
+
+from support.environments import concurrency_limit, set_concurrency_limit
+from support.servers import serving
 
 Conn = psycopg.Connection[Any]
 

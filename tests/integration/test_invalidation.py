@@ -10,14 +10,15 @@ from datetime import datetime, timedelta
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2
-from support.polling import wait_until
-from support.processes import ServerProcess, health_status
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver.invalidation import triggers
 from controlplane_resolver.invalidation.protocol import CHANNEL
 from controlplane_resolver.serving.server import LISTENER_HEALTH_NAME
 from controlplane_resolver_client import ResolverClient
+
+from support.polling import wait_until
+from support.processes import ServerProcess, health_status
 
 
 @pytest.fixture

@@ -7,13 +7,14 @@ from __future__ import annotations
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2
-from support.polling import wait_until
-from support.processes import health_status
 
 from controlplane_resolver.dev.clusters import free_port
 from controlplane_resolver.serving.watchdog import ProgressWatchdog
 from controlplane_resolver_client import pb
 from controlplane_resolver_client.v1 import SERVICE_NAME, resolver_pb2_grpc
+
+from support.polling import wait_until
+from support.processes import health_status
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
-from support.polling import wait_until
 
 from controlplane_resolver.cache import Slot
 from controlplane_resolver.dev import demo
@@ -24,6 +23,8 @@ from controlplane_resolver.domain import minting
 from controlplane_resolver.domain.minting import FlagLookup, MintKind, decide_mint_kind
 from controlplane_resolver.domain.residency import Residency, classify
 from controlplane_resolver_client import ResolverError, pb
+
+from support.polling import wait_until
 
 BASE62 = set(string.digits + string.ascii_letters)
 BASE36 = set(string.digits + string.ascii_lowercase)

@@ -19,15 +19,16 @@ import grpc
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify
-from support.databases import Tenant
-from support.polling import wait_until
-from support.scraping import Samples, grpc_labels, handled, scrape_server
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver.runtime.logs import JsonFormatter
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from controlplane_resolver_client.v1 import resolver_pb2_grpc
+
+from support.credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify
+from support.databases import Tenant
+from support.polling import wait_until
+from support.scraping import Samples, grpc_labels, handled, scrape_server
 
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["ControlPlaneResolverService"].methods]
 #: Every code a call of ours can end with, and the ones the issue names.

@@ -15,15 +15,16 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+
+from controlplane_resolver.cache import Slot
+from controlplane_resolver_client import ResolverError, pb
+from controlplane_resolver_client.v1 import resolver_pb2_grpc
+
 from support.credentials import classify
 from support.databases import Tenant
 from support.polling import wait_until
 from support.scraping import handled, scrape_server
 from support.servers import Running
-
-from controlplane_resolver.cache import Slot
-from controlplane_resolver_client import ResolverError, pb
-from controlplane_resolver_client.v1 import resolver_pb2_grpc
 
 LOCK = 'LOCK TABLE "RuntimeEnvironment" IN ACCESS EXCLUSIVE MODE'
 

@@ -29,13 +29,14 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from support.servers import serving
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver.domain.values import TaskRun
 from controlplane_resolver.storage import queries
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.client import ResolverError
+
+from support.servers import serving
 
 Conn = psycopg.Connection[Any]
 

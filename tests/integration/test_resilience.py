@@ -8,12 +8,13 @@ import threading
 
 import grpc
 import psycopg
-from support.databases import count_queries
-from support.polling import wait_until
 
 from controlplane_resolver.cache import Slot
 from controlplane_resolver.dev import demo
 from controlplane_resolver_client import ResolverError
+
+from support.databases import count_queries
+from support.polling import wait_until
 
 
 def test_stale_while_down_then_unavailable_after_hard_ttl_then_recovery(own_clusters, start_server):

@@ -25,10 +25,6 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from psycopg.conninfo import conninfo_to_dict
-from support.credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify, write_atomically
-from support.databases import Databases, Tenant
-from support.polling import wait_until
-from support.servers import Running
 
 from controlplane_resolver.config import Settings
 from controlplane_resolver.dev import demo
@@ -37,6 +33,11 @@ from controlplane_resolver.runtime.logs import JsonFormatter
 from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from controlplane_resolver_client.v1 import SERVICE_NAME, resolver_pb2_grpc
+
+from support.credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify, write_atomically
+from support.databases import Databases, Tenant
+from support.polling import wait_until
+from support.servers import Running
 
 # ------------------------------------------------------------------ helpers
 

@@ -11,13 +11,14 @@ import time
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2
-from support.polling import wait_until
-from support.processes import ServerProcess, health_status
-from support.scraping import scrape
 
 from controlplane_resolver.dev.clusters import free_port
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.v1 import resolver_pb2_grpc
+
+from support.polling import wait_until
+from support.processes import ServerProcess, health_status
+from support.scraping import scrape
 
 
 def base_env(databases) -> dict[str, str]:

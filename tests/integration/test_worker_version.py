@@ -19,10 +19,11 @@ from typing import Any
 import psycopg
 import pytest
 from google.protobuf import json_format
-from support.servers import serving
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver_client import ResolverClient, pb
+
+from support.servers import serving
 
 Conn = psycopg.Connection[Any]
 

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controlplane_resolver.dev.clusters import free_port
+
 from support.polling import wait_until
 
 CLI = str(Path(sys.executable).parent / "controlplane-resolver")

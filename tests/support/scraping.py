@@ -7,6 +7,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane_resolver_client.v1 import SERVICE_NAME
+
 from support.servers import Running
 
 #: Every sample, keyed by sample name and label set.

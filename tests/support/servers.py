@@ -10,6 +10,7 @@ from typing import Any
 from controlplane_resolver.config import Settings
 from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver_client import ResolverClient
+
 from support.databases import Databases
 
 

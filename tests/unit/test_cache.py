@@ -22,21 +22,22 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from support.polling import wait_until
 
 from controlplane_resolver.cache import (
     ABSENT,
     MISSING,
     Cache,
+    Epochs,
     FlightTimeout,
     Slot,
     SlotPolicy,
-    Epochs,
     env_scope,
     org_scope,
     project_scope,
     worker_versions_scope,
 )
+
+from support.polling import wait_until
 
 # Lifetimes of the default test policy, in fake seconds. Negative < soft <
 # hard, as in production; no jitter so deadlines are exact.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from support.polling import wait_until
-
 from controlplane_resolver.coalescing import ReadCoalescer
+
+from support.polling import wait_until
 
 
 class GatedLoader:
