@@ -18,8 +18,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from controlplane_resolver.errors import Refusal
+from controlplane_resolver.storage.identity import DatabaseIdentity
 from controlplane_resolver.storage.interlocks import (
-    DatabaseIdentity,
     Verdict,
     check_realtime_interlock,
     compare_identities,

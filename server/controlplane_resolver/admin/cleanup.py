@@ -1,5 +1,5 @@
 """``controlplane-resolver cleanup``: delete a deleted environment's or
-project's run data, safely (spec section 10).
+project's run data, safely (docs/design.md, "Cleanup").
 
 What it deletes, and where
 --------------------------
@@ -16,7 +16,7 @@ environments, in every *run location*:
   replica, pass the primary's DSN with ``--run-ops-legacy-database-url``.
 
 Locations that are one physical database (same ``system_identifier`` and
-database name, :func:`~.safety.probe_identity`) are cleaned once.
+database name, :func:`~controlplane_resolver.storage.identity.probe_identity`) are cleaned once.
 
 ``--project`` finds the project's environments in the control-plane database
 (through the indexed ``"RuntimeEnvironment"."projectId"``; a soft-deleted
@@ -26,7 +26,7 @@ cross-database cascade was removed).
 
 Safety
 ------
-* Refuses (:class:`~.safety.Refusal`, exit 3) when a target environment
+* Refuses (:class:`~controlplane_resolver.errors.Refusal`, exit 3) when a target environment
   still exists and is neither archived nor in a soft-deleted project. An
   environment id the control-plane database no longer has is cleaned (its
   run-ops rows have no foreign key to disappear with it); a project id it
@@ -48,11 +48,11 @@ from typing import Any
 
 import psycopg
 
+from controlplane_resolver.admin import cleanup_queries
 from controlplane_resolver.config import Settings, redact_dsn
 from controlplane_resolver.domain.values import EnvironmentLifecycle
 from controlplane_resolver.errors import ConfigError, Refusal, Unavailable
-from controlplane_resolver.storage import queries
-from controlplane_resolver.storage.interlocks import DatabaseIdentity, probe_identity
+from controlplane_resolver.storage.identity import DatabaseIdentity, probe_identity
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def target_environments(
     if (environment_id is None) == (project_id is None):
         raise ValueError("give exactly one of environment_id, project_id")
     if environment_id is not None:
-        env = queries.cleanup_environment(conn, environment_id)
+        env = cleanup_queries.environment_lifecycle(conn, environment_id)
         _refuse_live([env] if env else [])
         if env is None:
             log.info(
@@ -169,14 +169,14 @@ def target_environments(
             )
         return f"environment {environment_id}", [environment_id]
     assert project_id is not None
-    project = queries.cleanup_project(conn, project_id)
+    project = cleanup_queries.project_lifecycle(conn, project_id)
     if project is None:
         raise CleanupError(
             f"project {project_id} is not in the control-plane database, so its environment "
             'ids cannot be found (deletes are never keyed on "TaskRun"."projectId", which '
             "has no index): run cleanup --environment for each of its environment ids"
         )
-    envs = queries.cleanup_project_environments(conn, project_id)
+    envs = cleanup_queries.project_environments(conn, project_id)
     _refuse_live(envs)
     return f"project {project_id}", [e.id for e in envs]
 
@@ -198,7 +198,7 @@ def _batches(
     """Delete in bounded batches until none is left; yields each batch's count."""
     while True:
         with conn.transaction():
-            deleted = queries.delete_batch(
+            deleted = cleanup_queries.delete_batch(
                 conn, t.table, t.key_column, t.id_column, environment_id, batch_size
             )
         yield deleted
@@ -238,7 +238,7 @@ def run_cleanup(
                 report.counts[key] = 0
                 for env_id in env_ids:
                     if dry_run:
-                        report.counts[key] += queries.count_rows(
+                        report.counts[key] += cleanup_queries.count_rows(
                             conn, t.table, t.key_column, env_id
                         )
                         continue

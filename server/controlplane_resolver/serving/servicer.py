@@ -24,8 +24,8 @@ from controlplane_resolver.errors import (
     Unavailable,
 )
 from controlplane_resolver.resolver import Resolver
+from controlplane_resolver.serving.rendered_cache import RenderedCache
 from controlplane_resolver.serving.rendering import (
-    RenderedCache,
     UnknownEnumValue,
     enum_name,
     fill,

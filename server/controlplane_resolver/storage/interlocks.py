@@ -17,6 +17,7 @@ import psycopg
 
 from controlplane_resolver.config import redact_dsn
 from controlplane_resolver.errors import Refusal
+from controlplane_resolver.storage.identity import DatabaseIdentity, probe_identity
 
 
 def check_realtime_interlock(*, split_enabled: bool, realtime_native_enabled: bool) -> None:
@@ -29,14 +30,6 @@ def check_realtime_interlock(*, split_enabled: bool, realtime_native_enabled: bo
             "run-ops database would be invisible to subscribers. Enable the native realtime "
             "backend (REALTIME_BACKEND_NATIVE_ENABLED=1) or turn the split off.",
         )
-
-
-@dataclass(frozen=True)
-class DatabaseIdentity:
-    """What makes a database physically itself."""
-
-    system_identifier: int
-    database: str
 
 
 class Verdict(enum.Enum):
@@ -60,17 +53,6 @@ def compare_identities(a: DatabaseIdentity, b: DatabaseIdentity) -> Verdict:
     if a.database != b.database:
         return Verdict.SAME_CLUSTER_OTHER_DATABASE
     return Verdict.SAME_DATABASE
-
-
-PROBE_SQL = "SELECT system_identifier, current_database() AS database FROM pg_control_system()"
-
-
-def probe_identity(dsn: str, timeout_s: float = 5.0) -> DatabaseIdentity:
-    """Connect once to ``dsn`` and read its identity. Raises psycopg errors."""
-    with psycopg.connect(dsn, connect_timeout=max(1, int(timeout_s)), autocommit=True) as conn:
-        row = conn.execute(PROBE_SQL).fetchone()
-    assert row is not None
-    return DatabaseIdentity(system_identifier=int(row[0]), database=str(row[1]))
 
 
 def run_sentinel(

@@ -1,5 +1,5 @@
-"""Every SQL statement the resolver runs, by name, and the row → value
-mapping.
+"""Every SQL statement of the serving path, by name, and the row → value
+mapping (``cleanup`` keeps its own, in ``admin/cleanup_queries.py``).
 
 The tables are the platform's, created by Prisma: quoted PascalCase table
 names and quoted camelCase columns. Statements name only the columns the
@@ -14,15 +14,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import psycopg
-from psycopg import sql as psycopg_sql
-
 from controlplane_resolver.domain.values import (
     AuthenticatedEnvironment,
     BackgroundWorker,
     BackgroundWorkerTask,
     Environment,
-    EnvironmentLifecycle,
     LockedDeployment,
     LockedTask,
     LockedTaskWorker,
@@ -32,7 +28,6 @@ from controlplane_resolver.domain.values import (
     OrgMember,
     ParentEnvironment,
     Project,
-    ProjectLifecycle,
     TaskQueue,
     TaskRun,
     User,
@@ -57,7 +52,6 @@ _ENVIRONMENT_COLUMNS = """
 ENVIRONMENT_BY_ID = f'SELECT {_ENVIRONMENT_COLUMNS} WHERE e."id" = %s'
 ENVIRONMENTS_BY_IDS = f'SELECT {_ENVIRONMENT_COLUMNS} WHERE e."id" = ANY(%s)'
 ENVIRONMENT_EXISTS = 'SELECT 1 AS "exists" FROM "RuntimeEnvironment" WHERE "id" = %s'
-ENVIRONMENT_TYPE = 'SELECT "type"::text AS "type" FROM "RuntimeEnvironment" WHERE "id" = %s'
 
 
 def environment_from_row(row: Row) -> Environment:
@@ -86,11 +80,6 @@ def environments(db: Database, environment_ids: Sequence[str]) -> dict[str, Envi
 
 def environment_exists(db: Database, environment_id: str) -> bool:
     return db.fetch_one(ENVIRONMENT_EXISTS, (environment_id,)) is not None
-
-
-def environment_type(db: Database, environment_id: str) -> str | None:
-    row = db.fetch_one(ENVIRONMENT_TYPE, (environment_id,))
-    return row["type"] if row else None
 
 
 # ----------------------------------------------------- authenticated environment
@@ -512,75 +501,3 @@ def organization_feature_flag(
     if r is None:
         return None
     return OrganizationFeatureFlag(organization_id=organization_id, name=name, value=r["value"])
-
-
-# -------------------------------------------------------------------- cleanup
-#
-# The cleanup command runs these over plain psycopg connections (one per
-# database, outside the serving pools). Deletes are keyed on an indexed
-# column and bounded: ``DELETE … WHERE "id" IN (SELECT "id" … LIMIT n)``.
-
-CLEANUP_ENVIRONMENT = """
-SELECT e."id", e."projectId", e."archivedAt", p."deletedAt" AS "projectDeletedAt"
-  FROM "RuntimeEnvironment" e
-  JOIN "Project" p ON p."id" = e."projectId"
- WHERE e."id" = %s
-"""
-CLEANUP_PROJECT = 'SELECT "id", "deletedAt" FROM "Project" WHERE "id" = %s'
-# "RuntimeEnvironment"("projectId", "shortcode") is a unique index: this is
-# an index scan, unlike anything keyed on "TaskRun"."projectId".
-CLEANUP_PROJECT_ENVIRONMENTS = """
-SELECT e."id", e."projectId", e."archivedAt", p."deletedAt" AS "projectDeletedAt"
-  FROM "RuntimeEnvironment" e
-  JOIN "Project" p ON p."id" = e."projectId"
- WHERE e."projectId" = %s
- ORDER BY e."id"
-"""
-
-
-def _lifecycle(r: Any) -> EnvironmentLifecycle:
-    return EnvironmentLifecycle(id=r[0], project_id=r[1], archived_at=r[2], project_deleted_at=r[3])
-
-
-def cleanup_environment(
-    conn: psycopg.Connection[Any], environment_id: str
-) -> EnvironmentLifecycle | None:
-    """The environment's lifecycle, or ``None`` when it no longer exists."""
-    row = conn.execute(CLEANUP_ENVIRONMENT, (environment_id,)).fetchone()
-    return _lifecycle(row) if row else None
-
-
-def cleanup_project(conn: psycopg.Connection[Any], project_id: str) -> ProjectLifecycle | None:
-    row = conn.execute(CLEANUP_PROJECT, (project_id,)).fetchone()
-    return ProjectLifecycle(id=row[0], deleted_at=row[1]) if row else None
-
-
-def cleanup_project_environments(
-    conn: psycopg.Connection[Any], project_id: str
-) -> list[EnvironmentLifecycle]:
-    """Every environment of the project (soft-deleted project included), by id."""
-    return [_lifecycle(r) for r in conn.execute(CLEANUP_PROJECT_ENVIRONMENTS, (project_id,))]
-
-
-def count_rows(conn: psycopg.Connection[Any], table: str, key_column: str, key: str) -> int:
-    """``count(*)`` of ``table`` rows whose ``key_column`` is ``key``."""
-    statement = psycopg_sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
-        psycopg_sql.Identifier(table), psycopg_sql.Identifier(key_column)
-    )
-    row = conn.execute(statement, (key,)).fetchone()
-    return int(row[0]) if row else 0
-
-
-def delete_batch(
-    conn: psycopg.Connection[Any], table: str, key_column: str, id_column: str, key: str, limit: int
-) -> int:
-    """Delete at most ``limit`` rows of ``table`` whose ``key_column`` is
-    ``key``; returns how many went. The caller owns the transaction."""
-    statement = psycopg_sql.SQL(
-        "DELETE FROM {table} WHERE {id} IN (SELECT {id} FROM {table} WHERE {key} = %s LIMIT %s)"
-    ).format(
-        table=psycopg_sql.Identifier(table),
-        id=psycopg_sql.Identifier(id_column),
-        key=psycopg_sql.Identifier(key_column),
-    )
-    return conn.execute(statement, (key, limit)).rowcount
