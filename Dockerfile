@@ -7,7 +7,7 @@
 #       -e CONTROL_PLANE_DATABASE_URL=postgresql://user:pass@db:5432/platform \
 #       controlplane-resolver
 #
-# Configuration is environment variables (see README "Configuration"); the
+# Configuration is environment variables (docs/configuration.md); the
 # default command serves on 0.0.0.0:50051, which the HEALTHCHECK probes.
 
 ARG PYTHON_IMAGE=python:3.11-slim

@@ -512,7 +512,7 @@ class ConsistencyCheck:
                 )
 
     def check_security(self, pod_spec: Document, container: Document) -> None:
-        """The security context the image and the issue require."""
+        """The security context the image requires (non-root user 10001, read-only root)."""
         security = container.get("securityContext", {})
         if not (
             security.get("runAsNonRoot") or pod_spec.get("securityContext", {}).get("runAsNonRoot")

@@ -1,4 +1,4 @@
-"""The per-process cache of control-plane answers (spec section 6).
+"""The per-process cache of control-plane answers (docs/caching.md).
 
 Pieces, each small and named:
 
@@ -248,12 +248,9 @@ class _Entries:
     first, and none kept long past its hard deadline.
 
     Reads are ``get``: the C ``dict.get`` of an OrderedDict, atomic under
-    the GIL, so a hit takes no lock and makes no Python-level call. (This
-    was cachetools' TLRUCache, whose ``get`` is a dozen Python-level calls —
-    it reorders its LRU list and reads a timer through a context manager —
-    and needs the lock since it writes; measured with bench/instructions.py,
-    a ResolveEnv hit then cost 1.06-1.07x a health check's instructions,
-    now 1.02-1.03x.)
+    the GIL, so a hit takes no lock and makes no Python-level call: a read
+    that reordered an LRU list would have to write, and so to lock, on the
+    service's hottest path.
 
     Writes (``put``) happen under the slot's lock. Storing a key moves it to
     the end, and every entry still read past its soft deadline is stored
@@ -421,8 +418,8 @@ class Cache:
         :meth:`get`, which counts it). Never loads and never waits.
 
         The hot path's first step: callers check here before they build what
-        a miss needs (a load, its scopes, the id check); in-process that took
-        a ResolveEnv hit from 2.7 to 2.1 µs."""
+        a miss needs (a load, its scopes, the id check), so a hit builds
+        nothing."""
         store = self._slots[slot]
         now = self._clock()
         entry = store.entries.get(key)  # no lock: see _Entries

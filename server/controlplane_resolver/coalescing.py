@@ -13,12 +13,11 @@ Under load a leader also *gathers*: when the previous batch carried more
 than one key (reads are arriving concurrently), it waits up to ``gather_s``
 for more to queue before querying, in the manner of PostgreSQL's
 ``commit_delay``. A read that arrives alone (the previous batch held one
-key) never waits, so light traffic sees no added latency. Measured here
-(bench/): 0.5 ms of gathering about doubled the ids per query and cut server
-CPU per ReadRun by ~10 %.
+key) never waits, so light traffic sees no added latency. Gathering trades
+a bounded wait for fewer, larger queries (docs/benchmarks.md measures it).
 
 Identical keys in one batch cost one row, so identical concurrent reads
-share one query (spec section 4).
+share one query (docs/design.md, "Reading runs").
 """
 
 from __future__ import annotations
@@ -43,10 +42,8 @@ class _Signal:
 
     Not :class:`threading.Event`: an Event's waiter, once woken, must retake
     the Event's condition lock, which the waker may still hold, so a
-    hand-off can cost an extra context switch. This is the hand-off of every
-    coalesced ReadRun; measured here, one to two fewer context switches per
-    ReadRun (the server threads' ``voluntary_ctxt_switches`` under
-    bench/load.py).
+    hand-off can cost an extra context switch, and this is the hand-off of
+    every coalesced ReadRun.
     """
 
     __slots__ = ("_lock",)

@@ -221,7 +221,7 @@ class Resolver:
     def resolve_worker_version(
         self, environment_id: str, environment_type: str | None = None, worker_id: str | None = None
     ) -> WorkerVersion:
-        """The worker version for an environment (spec section 5). When
+        """The worker version for an environment (docs/design.md, "Control-plane answers"). When
         ``environment_type`` is None the environment's own type is used.
         Raises NotFound when any step of the dispatch finds nothing."""
         env_id = checked_id(environment_id, "environment_id")
@@ -262,7 +262,7 @@ class Resolver:
         return IdClassification(classification=c, read_order=order)
 
     def read_run(self, run_id: str, *, include_environment: bool = False) -> RunRead:
-        """Read a run wherever it lives (spec section 4). Raises NotFound
+        """Read a run wherever it lives (docs/design.md, "Reading runs"). Raises NotFound
         when every database in the plan answered "absent"; Unavailable as
         soon as one could not answer (an unknown is never reported as absent)."""
         c = classify(checked_id(run_id, "run_id"))
@@ -382,8 +382,8 @@ class Resolver:
     def resolve_run_locked_worker(
         self, locked_by_id: str | None = None, locked_to_version_id: str | None = None
     ) -> RunLockedWorker:
-        """The task a run is locked by and the version it is locked to (spec
-        section 5). Each part is ``None`` when its id is ``None`` or names no
+        """The task a run is locked by and the version it is locked to (docs/design.md,
+        "Control-plane answers"). Each part is ``None`` when its id is ``None`` or names no
         row; neither id given → both ``None`` (not an error).
 
         Each part is cached on its own in the ``LOCKED_WORKER`` slot (many runs
@@ -422,7 +422,7 @@ class Resolver:
     def resolve_mint_kind(
         self, organization_id: str, parent_id: str | None = None
     ) -> MintKindDecision:
-        """Which kind of id a new run of the organization gets (spec section 8;
+        """Which kind of id a new run of the organization gets (docs/design.md, "Minting ids";
         the gate order is :func:`minting.decide_mint_kind`'s). Never fails for
         a database error: the flag read falls back to cuid, uncached."""
         org_id = checked_id(organization_id, "organization_id")
@@ -495,7 +495,7 @@ class Resolver:
         cross_tree_idempotency: bool = False,
         has_legacy_parent: bool = False,
     ) -> StoreSelection:
-        """Which store a waitpoint completion is written to (spec section 9;
+        """Which store a waitpoint completion is written to (docs/design.md, "Waitpoint routing";
         the rules are :func:`waitpoints.select_store`'s). ``route_kind`` and
         ``tree_owner_residency`` are enum names (``"MANUAL"``, ``"LEGACY"``)."""
         kind = waitpoints.route_kind_named(route_kind)

@@ -1,4 +1,4 @@
-"""Malformed requests to every RPC answer INVALID_ARGUMENT (spec section 7),
+"""Malformed requests to every RPC answer INVALID_ARGUMENT (docs/errors.md),
 with a machine-readable ``ErrorInfo`` reason, and the server keeps serving.
 
 An id is malformed when it is empty, longer than 255 characters, or holds a

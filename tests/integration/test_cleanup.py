@@ -1,4 +1,4 @@
-"""``controlplane-resolver cleanup`` (issue 3, spec section 10) as a real
+"""``controlplane-resolver cleanup`` (docs/design.md, "Cleanup") as a real
 process over the real databases: counts checked against the databases,
 other environments untouched, dry run, refusal of live environments,
 projects (soft-deleted included), one physical database cleaned once, and

@@ -1,4 +1,4 @@
-"""Environment answers through a real server (spec section 5, with the
+"""Environment answers through a real server (docs/design.md, "Control-plane answers", with the
 visible parts of section 6): ResolveEnv, ResolveAuthenticatedEnv and
 AssertEnvExists, their caching and invalidation, and reads from the
 control-plane read replica.

@@ -1,4 +1,4 @@
-"""Invalidation across replicas (issue 5): NOTIFY from the control-plane
+"""Invalidation across replicas: NOTIFY from the control-plane
 primary reaches every resolver process; a lost listener connection
 invalidates everything on reconnect; the Invalidate RPC; readiness."""
 

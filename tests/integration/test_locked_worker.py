@@ -1,4 +1,4 @@
-"""ResolveRunLockedWorker (spec section 5, issue 3) through a real server:
+"""ResolveRunLockedWorker (docs/design.md, "Control-plane answers") through a real server:
 every shape of the answer — both parts, one, neither, ids that name no row,
 a worker without a deployment — and the cache slot it lives in."""
 

@@ -1,4 +1,4 @@
-"""Minting (spec section 8, issue 3): the id generators and the mint-kind
+"""Minting (docs/design.md, "Minting ids"): the id generators and the mint-kind
 gates as pure functions, then ResolveMintKind, MintId and ClassifyRunId
 through real servers — gate order, the fallback when the control plane is
 down, a flag flip observed within the TTL, inheritance across a flip."""

@@ -1,4 +1,4 @@
-"""Observability of a real server (issue 4): Prometheus metrics scraped over
+"""Observability of a real server Prometheus metrics scraped over
 HTTP from ``--metrics-addr`` (gRPC counters per method and code, pre-registered
 at zero; cache, pool, split-mode, sentinel and listener state) and the
 structured call log (one JSON line per call with method, code, latency, cache

@@ -1,4 +1,4 @@
-"""Behaviour under pressure (issue 4), on a real server over a table held
+"""Behaviour under pressure , on a real server over a table held
 locked by the test (the database is slow, not down): each caller's deadline
 bounds its own wait without failing the others, a call that arrives too
 late never reaches the database, and overload is refused at once with

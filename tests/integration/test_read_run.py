@@ -1,4 +1,4 @@
-"""ReadRun through a real server over the two real databases (spec sections 3 and 4).
+"""ReadRun through a real server over the two real databases (docs/design.md, "Run residency"; docs/design.md, "Reading runs").
 
 Every residency case and every branch of the read-through:
 

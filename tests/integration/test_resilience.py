@@ -1,4 +1,4 @@
-"""The cache under outages and stampedes (issue 5), through a real server:
+"""The cache under outages and stampedes through a real server:
 stale answers while the control plane is down, UNAVAILABLE (never
 NOT_FOUND) after the hard TTL, recovery, and one query for a stampede."""
 

@@ -1,4 +1,4 @@
-"""The two interlocks that guard split mode (spec section 2).
+"""The two interlocks that guard split mode (docs/design.md, "Split mode and safety interlocks").
 
 The realtime interlock and identity comparison are pure. The sentinel is
 tested against real clusters: it must tell databases apart by what they

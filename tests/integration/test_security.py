@@ -1,4 +1,4 @@
-"""Security of a real server (issue 4): TLS and mutual TLS with throwaway
+"""Security of a real server TLS and mutual TLS with throwaway
 certificates made here with ``cryptography``, certificate rotation without a
 restart, bearer tokens (accepted, rejected, rotated), per-method
 authorisation decided before existence is revealed, which services stay

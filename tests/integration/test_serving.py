@@ -1,5 +1,5 @@
 """Serving as an operator runs it: several processes on one port, and a
-SIGTERM under load that fails no call in flight (issue 4)."""
+SIGTERM under load that fails no call in flight ."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Start-up order, health and reflection of a real server (spec section 2).
+"""Start-up order, health and reflection of a real server (docs/design.md, "Split mode and safety interlocks").
 
 Contract under test:
 

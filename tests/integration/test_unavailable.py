@@ -1,4 +1,4 @@
-"""Database outages (spec sections 4 and 7): a database that cannot answer
+"""Database outages (docs/design.md, "Reading runs"; docs/errors.md): a database that cannot answer
 is ``UNAVAILABLE`` with reason ``DATABASE_UNAVAILABLE`` — never
 ``NOT_FOUND`` — the message names the database but no credentials, the
 other database keeps serving, and the pools recover when it comes back.

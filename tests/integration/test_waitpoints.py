@@ -1,4 +1,4 @@
-"""Routing a waitpoint completion (spec section 9, issue 3): the catalogue
+"""Routing a waitpoint completion (docs/design.md, "Waitpoint routing"): the catalogue
 against the proto, the full truth table as a pure function and through
 real servers (split on and off), and the rejections."""
 
@@ -36,7 +36,7 @@ def expected_route(
     cross_tree: bool,
     legacy_parent: bool,
 ) -> tuple[Store, PinReason | None]:
-    """The spec's rule, written out: the first pin that holds, in order."""
+    """The documented rule (docs/design.md), written out: the first pin that holds, in order."""
     pins = [
         (owner is Residency.LEGACY, PinReason.NON_TREE_OWNED),
         (kind is RouteKind.IDEMPOTENCY_REUSE and cross_tree, PinReason.CROSS_TREE_IDEMPOTENCY),

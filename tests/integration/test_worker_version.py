@@ -1,5 +1,5 @@
 """ResolveWorkerVersion through a real server: every branch of the dispatch
-in spec section 5, and how soon a promotion shows.
+in docs/design.md, "Control-plane answers", and how soon a promotion shows.
 
 * ``DEVELOPMENT``: the given worker, else the newest of the environment by
   ``createdAt DESC, id DESC``; never a deployment.
@@ -409,7 +409,7 @@ def test_promotion_shows_within_the_worker_version_ttl(
     start_server: Callable[..., Any], cp: Conn, tenant: Any
 ) -> None:
     """A cached worker version does not outlive a promotion by more than the
-    worker-version TTL (300 ms here; the spec's bound is one second)."""
+    worker-version TTL (300 ms here; the documented bound is one second)."""
     client = start_server(worker_version_cache_ttl_ms=300).client
     env_id = tenant.environment(cp, "PRODUCTION")
     first = add_worker(cp, tenant, env_id, created_at=T0 - timedelta(days=1))

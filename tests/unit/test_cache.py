@@ -1,4 +1,4 @@
-"""The per-process cache of control-plane answers (spec section 6).
+"""The per-process cache of control-plane answers (docs/caching.md).
 
 Pure: no database, no gRPC. Time is a :class:`FakeClock` injected into
 ``Cache(policies, clock=...)``; a load is a plain callable standing in for a

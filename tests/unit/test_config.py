@@ -1,9 +1,9 @@
-"""Settings from environment variables and flags (spec section 1).
+"""Settings from environment variables and flags (docs/configuration.md).
 
 Pure: ``Settings.load`` does no I/O. Contract under test: every option is an
 environment variable and a flag, the flag wins, bad values raise
 ``ConfigError`` naming the setting and never echoing a DSN's password, and
-the defaults are the spec's.
+the defaults are the documented ones (docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def flags(*argv: str) -> dict[str, Any]:
 # -------------------------------------------------------------------- defaults
 
 
-def test_defaults_match_the_spec() -> None:
+def test_defaults_match_the_documented_ones() -> None:
     s = load()
     assert s.control_plane_cache_ttl_ms == 30_000
     assert s.control_plane_cache_max_entries == 10_000
@@ -56,8 +56,8 @@ def test_defaults_match_the_spec() -> None:
 
 
 def test_option_table_and_dataclass_defaults_agree() -> None:
-    # Two places state each default (OPTIONS and the Settings dataclass);
-    # a drift would make Settings(...) in code differ from the service.
+    # OPTIONS derives from the Settings fields: Settings(...) in code and
+    # the service read from the environment share every default.
     fields = Settings.__dataclass_fields__
     for opt in OPTIONS:
         if opt.field == "control_plane_database_url":
@@ -65,8 +65,8 @@ def test_option_table_and_dataclass_defaults_agree() -> None:
         assert fields[opt.field].default == opt.default, opt.field
 
 
-def test_every_spec_variable_is_an_option() -> None:
-    spec_variables = {
+def test_every_documented_variable_is_an_option() -> None:
+    documented_variables = {
         "CONTROL_PLANE_DATABASE_URL",
         "CONTROL_PLANE_DATABASE_READ_REPLICA_URL",
         "RUN_OPS_DATABASE_URL",
@@ -79,7 +79,7 @@ def test_every_spec_variable_is_an_option() -> None:
         "WORKER_VERSION_CACHE_TTL_MS",
         "RUN_OPS_MINT_KSUID_ENABLED",
     }
-    assert spec_variables <= {opt.env for opt in OPTIONS}
+    assert documented_variables <= {opt.env for opt in OPTIONS}
 
 
 # -------------------------------------------------------------------- booleans

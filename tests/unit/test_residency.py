@@ -1,4 +1,4 @@
-"""The id-shape rule (spec section 3) and id validation (spec section 7).
+"""The id-shape rule (docs/design.md, "Run residency") and id validation (docs/errors.md).
 
 Pure: no database, no server. ``classify`` decides residency by the length
 of the body after the first ``_`` and nothing else; ``validate_id`` rejects
@@ -51,7 +51,7 @@ def test_other_lengths_are_unclassifiable_and_routed_legacy(length: int) -> None
     assert c.residency is None
     assert not c.classifiable
     # Unclassifiable ids take the two-step legacy read, which finds them
-    # wherever they are (spec section 4).
+    # wherever they are (docs/design.md, "Reading runs").
     assert c.route is Residency.LEGACY
     assert len(c.body) == length
     assert "unclassifiable" in c.reason and str(length) in c.reason

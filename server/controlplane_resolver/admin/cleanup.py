@@ -21,8 +21,8 @@ database name, :func:`~controlplane_resolver.storage.identity.probe_identity`) a
 ``--project`` finds the project's environments in the control-plane database
 (through the indexed ``"RuntimeEnvironment"."projectId"``; a soft-deleted
 project's too) and deletes per environment: a delete is never keyed on
-``"TaskRun"."projectId"``, which has no index (the reason the platform's own
-cross-database cascade was removed).
+``"TaskRun"."projectId"``, which has no index: such a delete would scan the
+whole run table.
 
 Safety
 ------

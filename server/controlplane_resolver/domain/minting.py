@@ -1,4 +1,4 @@
-"""Minting new run and batch ids (spec section 8): which kind an id gets,
+"""Minting new run and batch ids (docs/design.md, "Minting ids"): which kind an id gets,
 and the two id generators. Pure: no I/O, no gRPC.
 
 Kinds and where they live

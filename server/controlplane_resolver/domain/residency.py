@@ -1,4 +1,4 @@
-"""Where a run lives, decided by the shape of its id (spec section 3).
+"""Where a run lives, decided by the shape of its id (docs/design.md, "Run residency").
 
 This module is the only place that knows the rule. It is pure: no I/O.
 

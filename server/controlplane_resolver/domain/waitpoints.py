@@ -1,4 +1,4 @@
-"""Routing a waitpoint completion to its store (spec section 9): the
+"""Routing a waitpoint completion to its store (docs/design.md, "Waitpoint routing"): the
 cross-seam guard. Pure: no I/O, no gRPC.
 
 A waitpoint completion arrives at an engine site with the waitpoint's id and

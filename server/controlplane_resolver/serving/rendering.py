@@ -62,8 +62,8 @@ def render(message_type: type[M], value: Any) -> M:
     """A new ``message_type`` message holding the dataclass ``value``.
 
     Runs a per-(value type, message type) plan computed once, and builds the
-    message with one constructor call: on the hot paths (runs, environments)
-    this is several times faster than setting fields one by one.
+    message with one constructor call, which on the hot paths (runs,
+    environments) costs much less than setting fields one by one.
     """
     kwargs: dict[str, Any] = {}
     for name, kind, aux in _plan(type(value), message_type):  # type: ignore[arg-type]

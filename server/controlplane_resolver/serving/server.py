@@ -1,7 +1,7 @@
 """Assembly: settings → safety → topology → resolver → gRPC server, with
 health, reflection, authentication, TLS, metrics and an orderly shutdown.
 
-Start-up order (spec section 2): the split decision and its interlocks run
+Start-up order (docs/design.md, "Split mode and safety interlocks"): the split decision and its interlocks run
 before the port is bound, so a refused configuration never serves. The
 server then starts with health ``NOT_SERVING`` while the pools open and the
 invalidation listener connects, and turns ``SERVING`` once both are ready.
@@ -44,7 +44,7 @@ LISTENER_HEALTH_NAME = "controlplane-resolver.invalidation-listener"
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """Channel arguments of the server (see README "Running in production")."""
+    """Channel arguments of the server (docs/operations.md, "Connections")."""
     return [
         # grpcio enables SO_REUSEPORT by default: a second server could
         # silently share our port. Only --processes N shares it on purpose.

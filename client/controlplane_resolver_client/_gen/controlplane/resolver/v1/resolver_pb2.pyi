@@ -4,7 +4,8 @@ isort:skip_file
 The control-plane resolver: the one service that knows which database
 holds a run and answers control-plane questions for engine nodes.
 
-Behaviour reference: shared/spec/resolver.md. Errors carry a
+Behaviour: docs/design.md, docs/caching.md and docs/errors.md in this
+repository. Errors carry a
 google.rpc.ErrorInfo (domain "controlplane-resolver") whose reason names
 the cause, e.g. INVALID_ID, ENVIRONMENT_NOT_FOUND, DATABASE_UNAVAILABLE.
 """

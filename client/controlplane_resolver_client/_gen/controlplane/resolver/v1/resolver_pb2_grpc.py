@@ -121,7 +121,7 @@ class ControlPlaneResolverServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResolveWorkerVersion(self, request, context):
-        """The worker version runs of an environment execute on (spec section 5).
+        """The worker version runs of an environment execute on (docs/design.md, "Control-plane answers").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -4,7 +4,8 @@ isort:skip_file
 The control-plane resolver: the one service that knows which database
 holds a run and answers control-plane questions for engine nodes.
 
-Behaviour reference: shared/spec/resolver.md. Errors carry a
+Behaviour: docs/design.md, docs/caching.md and docs/errors.md in this
+repository. Errors carry a
 google.rpc.ErrorInfo (domain "controlplane-resolver") whose reason names
 the cause, e.g. INVALID_ID, ENVIRONMENT_NOT_FOUND, DATABASE_UNAVAILABLE.
 """
@@ -46,7 +47,7 @@ class ControlPlaneResolverServiceStub:
     environment whose project is soft-deleted is NOT_FOUND.
     """
     ResolveWorkerVersion: _grpc.UnaryUnaryMultiCallable[_resolver_pb2.ResolveWorkerVersionRequest, _resolver_pb2.ResolveWorkerVersionResponse]
-    """The worker version runs of an environment execute on (spec section 5)."""
+    """The worker version runs of an environment execute on (docs/design.md, "Control-plane answers")."""
     ReadRun: _grpc.UnaryUnaryMultiCallable[_resolver_pb2.ReadRunRequest, _resolver_pb2.ReadRunResponse]
     """Reads a run wherever it lives; never cached."""
     AssertEnvExists: _grpc.UnaryUnaryMultiCallable[_resolver_pb2.AssertEnvExistsRequest, _resolver_pb2.AssertEnvExistsResponse]
@@ -80,7 +81,7 @@ class ControlPlaneResolverServiceAsyncStub(ControlPlaneResolverServiceStub):
     environment whose project is soft-deleted is NOT_FOUND.
     """
     ResolveWorkerVersion: _aio.UnaryUnaryMultiCallable[_resolver_pb2.ResolveWorkerVersionRequest, _resolver_pb2.ResolveWorkerVersionResponse]  # type: ignore[assignment]
-    """The worker version runs of an environment execute on (spec section 5)."""
+    """The worker version runs of an environment execute on (docs/design.md, "Control-plane answers")."""
     ReadRun: _aio.UnaryUnaryMultiCallable[_resolver_pb2.ReadRunRequest, _resolver_pb2.ReadRunResponse]  # type: ignore[assignment]
     """Reads a run wherever it lives; never cached."""
     AssertEnvExists: _aio.UnaryUnaryMultiCallable[_resolver_pb2.AssertEnvExistsRequest, _resolver_pb2.AssertEnvExistsResponse]  # type: ignore[assignment]
@@ -129,7 +130,7 @@ class ControlPlaneResolverServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _resolver_pb2.ResolveWorkerVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resolver_pb2.ResolveWorkerVersionResponse, _abc.Awaitable[_resolver_pb2.ResolveWorkerVersionResponse]]:
-        """The worker version runs of an environment execute on (spec section 5)."""
+        """The worker version runs of an environment execute on (docs/design.md, "Control-plane answers")."""
 
     @_abc_1.abstractmethod
     def ReadRun(
