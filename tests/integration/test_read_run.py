@@ -1,4 +1,5 @@
-"""ReadRun through a real server over the two real databases (docs/design.md, "Run residency"; docs/design.md, "Reading runs").
+"""ReadRun through a real server over the two real databases (docs/design.md,
+"Run residency" and "Reading runs").
 
 Every residency case and every branch of the read-through:
 

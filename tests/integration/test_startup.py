@@ -1,4 +1,5 @@
-"""Start-up order, health and reflection of a real server (docs/design.md, "Split mode and safety interlocks").
+"""Start-up order, health and reflection of a real server (docs/design.md,
+"Start-up and shutdown").
 
 Contract under test:
 

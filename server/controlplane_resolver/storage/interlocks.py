@@ -1,4 +1,5 @@
-"""The two safety interlocks that guard split mode (docs/design.md, "Split mode and safety interlocks").
+"""The two safety interlocks that guard split mode (docs/design.md, "Split
+mode and safety interlocks").
 
 * :func:`check_realtime_interlock` is pure and runs first, before any
   network call: split mode with the native realtime backend off would make

@@ -285,7 +285,8 @@ def deployment_from_row(r: Row) -> WorkerDeployment:
 def worker_version(
     db: Database, environment_id: str, environment_type: str, worker_id: str | None
 ) -> WorkerVersion | None:
-    """The worker version runs of an environment execute on (docs/design.md, "Control-plane answers").
+    """The worker version runs of an environment execute on (docs/design.md,
+    "Control-plane answers").
 
     * ``DEVELOPMENT``: the given worker, else the environment's newest; no deployment.
     * a worker id: that worker (it must belong to the environment) with its deployment.
