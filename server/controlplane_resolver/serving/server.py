@@ -3,8 +3,9 @@ health, reflection, authentication, TLS, metrics and an orderly shutdown.
 
 Start-up order (docs/design.md, "Start-up and shutdown"): the split
 decision and its interlocks run before the port is bound, so a refused
-configuration never serves. The server then starts with health ``NOT_SERVING`` while the pools open and the
-invalidation listener connects, and turns ``SERVING`` once both are ready.
+configuration never serves. The server then starts with health
+``NOT_SERVING`` while the pools open and the invalidation listener
+connects, and turns ``SERVING`` once both are ready.
 
 Shutdown: health turns ``NOT_SERVING``, an optional pause lets load
 balancers notice, ``server.stop(grace)`` drains in-flight calls, and only
