@@ -12,7 +12,8 @@ between two floor measurements, in a client process of its own. The report
 gives, per scenario, the median calls/s of each, B ÷ A, in how many rounds
 B served more, the ratios to each server's own floor and the server CPU per
 call (steadier than throughput, since time stolen by neighbours is not
-our CPU).
+our CPU). Answers are checked as in bench/run.py: a wrong one is flagged and
+makes the comparison exit 1 after its report.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from run import (
     Setup,
     client_channels,
     create_databases,
+    fail_on_wrong_answers,
     in_turn,
     load,
     measure_round,
@@ -102,6 +104,7 @@ def main() -> None:
             for s in in_turn(setups, round_no):
                 measure_round(s, run, cp_dsn)
         report(args, *setups)
+        fail_on_wrong_answers()
     finally:
         for s in setups:
             s.stop()

@@ -1,4 +1,4 @@
-"""The reference the issue calibrates ReadRun against: the same server, but
+"""The naive reference ReadRun is calibrated against: the same server, but
 every run read checks a connection out of a pool and runs its lookup in a
 transaction of its own (BEGIN, SELECT, COMMIT) — no pinned connection, no
 autocommit, no coalescing.
@@ -8,8 +8,8 @@ autocommit, no coalescing.
         python bench/naive_reference.py
 
 bench/run.py starts it (with RESOLVER_PROCESSES=1 and 2, as it runs the real
-server) to show what "naive" reaches on the machine at hand (the issue:
-"about 0.45 here"). Benchmark-only: the product never runs this.
+server) to show what "naive" reaches on the machine at hand
+(docs/benchmarks.md). Benchmark-only: the product never runs this.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from psycopg_pool import ConnectionPool
 from controlplane_resolver import cli
 from controlplane_resolver.config import Settings
 from controlplane_resolver.domain.residency import classify
-from controlplane_resolver.domain.values import RunRead, RunSource
+from controlplane_resolver.domain.roles import RunSource
+from controlplane_resolver.domain.values import RunRead
 from controlplane_resolver.errors import NotFound
 from controlplane_resolver.resolver import Resolver, checked_id
 from controlplane_resolver.runtime.logs import configure_logging

@@ -21,16 +21,33 @@ Each round measures, on the same server and back to back:
   reference for what any call with a payload costs on this stack;
 * ``resolve_env`` — ResolveEnv over 100 hot environments: cache hits, and the
   control-plane queries they cost per 1,000 calls (pg_stat_statements);
-* ``read_run`` — ReadRun of new-shape runs: never cached, database-bound, and
-  how many run ids each coalesced query carried (the server's /metrics);
-* ``batch_resolve_envs_100`` vs ``resolve_env_uncached_singles`` — ids
-  resolved per second by batches of 100 versus single calls, both starting
-  from a cold cache (one-process server only).
+* ``read_run`` — ReadRun of new-shape runs: never cached, one database
+  (run-ops), and how many run ids each coalesced query carried (/metrics);
+* ``read_run_legacy`` — ReadRun of legacy-shaped runs under split: run-ops
+  is read first (a miss), then the legacy location.
+
+Then, on the one-process server, BatchResolveEnvs(100) against single
+ResolveEnv calls, in ids resolved per second, on the same cache state for
+both, in each round:
+
+* warm — every id cached: all ``--environments`` are loaded (and checked)
+  just before each of the two runs, which draw from those ids only;
+* cold — no id cached: the organization's cached environments are dropped
+  (the Invalidate RPC) before each run, and each run takes ids in turn from
+  ``--fresh-environments`` never used twice, so no call finds its ids cached.
+
+The server's own cache counters (/metrics) give, per run, the share of ids
+that were served from the cache, so the report shows the state it claims.
+
+Every answer is checked (bench/load.py): only ids that came back resolved,
+and right, count; any wrong answer is flagged in the report and makes the
+run exit 1. Each run also checks the check: batches of ids that do not
+exist must come back flagged as wrong, every one.
 
 Then: the queries one stampede of 64 concurrent cold calls on one key costs;
-and ReadRun on bench/naive_reference.py (the issue's naive reference), with
-one and with two processes, each against its own server's floor. The report
-prints medians over rounds with interquartile ranges, and the command that
+and ReadRun on bench/naive_reference.py (a naive reference), with one and
+with two processes, each against its own server's floor. The report prints
+medians over rounds with interquartile ranges, and the command that
 reproduces it.
 """
 
@@ -59,49 +76,80 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.clusters import LocalCluster, free_port
 from controlplane_resolver.dev.migrate import migrate
-from controlplane_resolver_client import pb
+from controlplane_resolver_client.v1 import resolver_pb2 as pb
 from controlplane_resolver_client.v1 import resolver_pb2_grpc
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 STATS = {"shared_preload_libraries": "pg_stat_statements"}
 #: One round: every scenario between two measurements of the floor.
-ROUND = ("health", "classify", "health", "resolve_env", "health", "read_run", "health")
+ROUND = (
+    "health",
+    "classify",
+    "health",
+    "resolve_env",
+    "health",
+    "read_run",
+    "health",
+    "read_run_legacy",
+    "health",
+)
 SERVE = [str(BIN / "controlplane-resolver"), "serve"]
 #: Where the benchmarked servers write their logs.
 SERVER_LOG = Path(tempfile.gettempdir()) / "bench-server.log"
+#: Batch versus single: (cache state, batch scenario, single scenario).
+BATCH_VS_SINGLE = (
+    ("warm", "batch_resolve_envs_100_warm", "resolve_env_singles_warm"),
+    ("cold", "batch_resolve_envs_100_cold", "resolve_env_singles_cold"),
+)
+#: Wrong answers seen by :func:`load` (other than those it was told to
+#: expect), one line each; a run that saw any exits 1 after its report.
+WRONG_ANSWERS: list[str] = []
 
 
-def seed(cp_dsn: str, ro_dsn: str, environments: int, runs: int) -> dict[str, list[str]]:
+def seed(
+    cp_dsn: str, ro_dsn: str, environments: int, runs: int, fresh: int = 0
+) -> dict[str, list[str]]:
+    """Seed both databases; returns the ids bench/load.py draws from:
+
+    * ``all_environments`` (``environments`` of them; the first 100 are
+      ``hot_environments``) and, apart from them, ``fresh`` more,
+      ``fresh_environments``, for the cold batch-versus-single runs;
+    * ``stampede_environments``: 5 environments no scenario touches;
+    * ``unknown_environments``: 100 well-formed ids that do not exist;
+    * ``runs``: ``runs`` new-shape (ksuid) runs in the run-ops database, and
+      ``legacy_runs``: as many legacy-shaped (cuid) runs in the control-plane
+      database, the legacy location under split.
+    """
     with psycopg.connect(cp_dsn) as cp, psycopg.connect(ro_dsn) as ro:
         org = demo.insert_organization(cp)
         project = demo.insert_project(cp, organization_id=org)
-        env_ids = [
-            demo.insert_environment(cp, project_id=project, organization_id=org)
-            for _ in range(environments)
-        ]
-        # Environments no scenario touches: cold keys for the stampedes.
-        cold = [
-            demo.insert_environment(cp, project_id=project, organization_id=org) for _ in range(5)
-        ]
-        run_ids = []
+
+        def environment() -> str:
+            return demo.insert_environment(cp, project_id=project, organization_id=org)
+
+        env_ids = [environment() for _ in range(environments)]
+        fresh_ids = [environment() for _ in range(fresh)]
+        stampede_ids = [environment() for _ in range(5)]
+        run_ids, legacy_ids = [], []
         for i in range(runs):
-            run_id = demo.new_ksuid()
-            demo.insert_run(
-                ro,
-                id=run_id,
-                environment_id=env_ids[i % len(env_ids)],
-                project_id=project,
-                organization_id=org,
-            )
-            run_ids.append(run_id)
+            owner = {
+                "environment_id": env_ids[i % len(env_ids)],
+                "project_id": project,
+                "organization_id": org,
+            }
+            run_ids.append(demo.insert_run(ro, id=demo.new_ksuid(), **owner))
+            legacy_ids.append(demo.insert_run(cp, id=demo.new_cuid(), **owner))
         cp.commit()
         ro.commit()
     return {
         "hot_environments": env_ids[:100],
         "all_environments": env_ids,
+        "fresh_environments": fresh_ids,
+        "stampede_environments": stampede_ids,
+        "unknown_environments": [demo.new_cuid() for _ in range(100)],
         "runs": run_ids,
-        "cold_environments": cold,
+        "legacy_runs": legacy_ids,
     }
 
 
@@ -116,7 +164,7 @@ def create_databases(clusters: list[LocalCluster]) -> tuple[str, str]:
 
 
 def seeded(
-    cp_dsn: str, ro_dsn: str, environments: int, runs: int
+    cp_dsn: str, ro_dsn: str, environments: int, runs: int, fresh: int = 0
 ) -> tuple[dict[str, list[str]], str]:
     """Seed both databases (see :func:`seed`) with pg_stat_statements on
     (the clusters must preload it: ``STATS``); returns the ids and the path
@@ -124,8 +172,11 @@ def seeded(
     for dsn in (cp_dsn, ro_dsn):
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-    print(f"seeding {environments} environments and {runs} runs…", flush=True)
-    ids = seed(cp_dsn, ro_dsn, environments, runs)
+    print(
+        f"seeding {environments + fresh} environments and {runs} runs of each shape…",
+        flush=True,
+    )
+    ids = seed(cp_dsn, ro_dsn, environments, runs, fresh)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as ids_file:
         json.dump(ids, ids_file)
     return ids, ids_file.name
@@ -171,9 +222,12 @@ def load(
     concurrency: int,
     channels: int = 1,
     warmup: float = 0.5,
+    expect_wrong: bool = False,
 ) -> dict[str, Any]:
     """Run bench/load.py in its own process and return its JSON report.
-    Exits if any call failed: a throughput of errors measures nothing."""
+    Exits if any call failed: a throughput of errors measures nothing.
+    Wrong answers (unless ``expect_wrong``) are flagged at once and kept in
+    :data:`WRONG_ANSWERS`, which fails the run after its report."""
     out = subprocess.run(
         [
             sys.executable,
@@ -203,7 +257,26 @@ def load(
             f"{report['errors']} {scenario} calls to {address} failed; the "
             f"servers' log is {SERVER_LOG}"
         )
+    if report["wrong"] and not expect_wrong:
+        line = (
+            f"{scenario} on {address}: {report['wrong']} wrong answers, "
+            f"e.g. {report['wrong_example']}"
+        )
+        WRONG_ANSWERS.append(line)
+        print(f"  WRONG ANSWERS: {line}", flush=True)
     return report
+
+
+def fail_on_wrong_answers() -> None:
+    """End the run with exit status 1 if any answer was wrong."""
+    if WRONG_ANSWERS:
+        print(
+            "\nWRONG ANSWERS: the throughput above counts only right ones, and this run "
+            "fails because of these:"
+        )
+        for line in WRONG_ANSWERS:
+            print(f"  {line}")
+        raise SystemExit(1)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -227,6 +300,19 @@ def scrape(port: int) -> dict[str, float]:
 
 
 _PROCESS_LABEL = re.compile(r'process="\d+",?')
+
+
+def served_from_cache(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Of the environment lookups between two scrapes, the share the cache
+    served (fresh, negative or stale hits) rather than a load; None when the
+    server counted none."""
+    counts = {
+        f: after.get(f'resolver_cache_{f}_total{{slot="environment"}}', 0.0)
+        - before.get(f'resolver_cache_{f}_total{{slot="environment"}}', 0.0)
+        for f in ("hits", "negative_hits", "stale_serves", "misses")
+    }
+    total = sum(counts.values())
+    return (total - counts["misses"]) / total if total else None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -260,6 +346,23 @@ def invalidate_org(address: str, organization_id: str) -> None:
         )
 
 
+def prefill(address: str, environment_ids: list[str]) -> None:
+    """Load every one of ``environment_ids`` into the cache
+    (BatchResolveEnvs, 1,000 ids a call); exits unless each came back."""
+    with grpc.insecure_channel(address) as channel:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        for i in range(0, len(environment_ids), 1000):
+            chunk = environment_ids[i : i + 1000]
+            response = stub.BatchResolveEnvs(
+                pb.BatchResolveEnvsRequest(environment_ids=chunk), timeout=30
+            )
+            found = [r.environment.id for r in response.results if not r.not_found]
+            if found != chunk:
+                raise SystemExit(
+                    f"warming the cache: {len(found)} of {len(chunk)} environments came back"
+                )
+
+
 def statement_calls(dsn: str, fragment: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
@@ -270,7 +373,8 @@ def statement_calls(dsn: str, fragment: str) -> int:
 
 
 async def stampede(address: str, env_id: str, n: int = 64) -> int:
-    """Fire ``n`` concurrent ResolveEnv calls for one cold key; return failures."""
+    """Fire ``n`` concurrent ResolveEnv calls for one cold key; return how
+    many failed or answered another environment than ``env_id``."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
         await channel.channel_ready()
@@ -279,7 +383,9 @@ async def stampede(address: str, env_id: str, n: int = 64) -> int:
             for _ in range(n)
         ]
         results = await asyncio.gather(*calls, return_exceptions=True)
-    return sum(1 for r in results if isinstance(r, BaseException))
+    return sum(
+        1 for r in results if not isinstance(r, pb.ResolveEnvResponse) or r.environment.id != env_id
+    )
 
 
 def client_channels(processes: int) -> int:
@@ -289,9 +395,9 @@ def client_channels(processes: int) -> int:
     return 1 if processes == 1 else 8
 
 
-def in_turn(setups: list[Setup], round_no: int) -> list[Setup]:
-    """``setups`` in the order to measure them in round ``round_no``:
-    alternating, so that none always follows another."""
+def in_turn(setups: list[Any], round_no: int) -> list[Any]:
+    """``setups`` (or any list) in the order to measure them in round
+    ``round_no``: alternating, so that none always follows another."""
     return setups if round_no % 2 == 0 else setups[::-1]
 
 
@@ -397,13 +503,54 @@ def measure_round(setup: Setup, run: Any, cp_dsn: str) -> None:
     )
 
 
+def measure_batch_vs_single(
+    setup: Setup,
+    run: Any,
+    ids: dict[str, list[str]],
+    org: str,
+    round_no: int,
+    batches: dict[str, list[dict[str, Any]]],
+    batch_ratios: dict[str, list[float]],
+) -> None:
+    """One round of BatchResolveEnvs(100) against single ResolveEnv calls,
+    warm then cold, each pair back to back (alternating which goes first) on
+    the same cache state; records each run, with the share of ids the cache
+    served (``from_cache``), and the round's ratio of ids/s per state."""
+    line = []
+    for state, batch, single in BATCH_VS_SINGLE:
+        for scenario in in_turn([batch, single], round_no):
+            # Every run starts from nothing cached; warm ones then load
+            # every id they may draw, so none is older than this run.
+            invalidate_org(setup.address, org)
+            if state == "warm":
+                prefill(setup.address, ids["all_environments"])
+            before = scrape(setup.metrics_port)
+            r = run(setup.address, scenario)
+            r["from_cache"] = served_from_cache(before, scrape(setup.metrics_port))
+            batches.setdefault(scenario, []).append(r)
+        b, s = batches[batch][-1], batches[single][-1]
+        ratio = b["items_per_s"] / s["items_per_s"] if s["items_per_s"] else float("nan")
+        batch_ratios.setdefault(state, []).append(ratio)
+        line.append(
+            f"{state}: {b['items_per_s']:.0f} vs {s['items_per_s']:.0f} ids/s ({ratio:.1f}×, "
+            f"from cache {_share(b['from_cache'])} / {_share(s['from_cache'])})"
+        )
+    print(f"  round {round_no + 1}  batch vs single  " + "  ".join(line), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=1.5, help="seconds per scenario run")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--environments", type=int, default=5000)
-    parser.add_argument("--runs", type=int, default=5000)
+    parser.add_argument(
+        "--fresh-environments",
+        type=int,
+        default=100000,
+        help="environments for the cold batch-versus-single runs, none used twice in a run",
+    )
+    parser.add_argument("--runs", type=int, default=5000, help="runs of each shape")
     parser.add_argument(
         "--warmup",
         type=float,
@@ -423,7 +570,10 @@ def main() -> None:
     naive = [Setup(s.label, s.processes, s.channels) for s in setups]
     try:
         cp_dsn, ro_dsn = create_databases(clusters)
-        ids, ids_file = seeded(cp_dsn, ro_dsn, args.environments, args.runs)
+        ids, ids_file = seeded(
+            cp_dsn, ro_dsn, args.environments, args.runs, args.fresh_environments
+        )
+        org = _org_of(cp_dsn)
         env = server_env(cp_dsn, ro_dsn)
         log = open(SERVER_LOG, "w")
         for setup in setups:
@@ -437,33 +587,43 @@ def main() -> None:
             concurrency=args.concurrency,
             warmup=args.warmup,
         )
-        batch_ratios: list[float] = []
+        batch_ratios: dict[str, list[float]] = {}
         batches: dict[str, list[dict[str, Any]]] = {}
         for round_no in range(args.rounds):
             for setup in in_turn(setups, round_no):
                 measure_round(setup, run, cp_dsn)
-            for scenario in ("batch_resolve_envs_100", "resolve_env_uncached_singles"):
-                # Each starts cold, so both pay for their loads.
-                invalidate_org(main_setup.address, _org_of(cp_dsn))
-                batches.setdefault(scenario, []).append(run(main_setup.address, scenario))
-            batch_ratios.append(
-                batches["batch_resolve_envs_100"][-1]["items_per_s"]
-                / batches["resolve_env_uncached_singles"][-1]["items_per_s"]
+            measure_batch_vs_single(main_setup, run, ids, org, round_no, batches, batch_ratios)
+
+        # The check of the check: batches of ids that do not exist must be
+        # counted wrong, every item, and none resolved.
+        check = run(
+            main_setup.address,
+            "batch_resolve_envs_100_unknown",
+            duration=min(args.duration, 0.5),
+            expect_wrong=True,
+        )
+        asked = (check["calls"] + check["warmup_calls"]) * 100
+        check["asked"] = asked
+        check["flagged"] = asked > 0 and check["wrong"] == asked and check["items"] == 0
+        if not check["flagged"]:
+            WRONG_ANSWERS.append(
+                f"the content check is broken: of {asked} ids that do not exist, "
+                f"{check['wrong']} were flagged wrong and {check['items']} counted resolved"
             )
 
         # Stampedes: 64 concurrent calls on keys nobody asked for yet.
         stampede_queries = []
-        for env_id in ids["cold_environments"]:
+        for env_id in ids["stampede_environments"]:
             before = statement_calls(cp_dsn, 'FROM "RuntimeEnvironment" e')
             failures = asyncio.run(stampede(main_setup.address, env_id))
             stampede_queries.append(statement_calls(cp_dsn, 'FROM "RuntimeEnvironment" e') - before)
-            assert failures == 0, f"{failures} stampede calls failed"
+            assert failures == 0, f"{failures} stampede calls failed or answered wrongly"
         for setup in setups:
             setup.stop()
 
-        # The issue's calibration ("a naive pool with a transaction per lookup
-        # reaches about 0.45 here"): that ReadRun, on this machine, against
-        # its own server's floor (bench/naive_reference.py), in both set-ups.
+        # A naive calibration ("a naive pool with a transaction per lookup"):
+        # that ReadRun, on this machine, against its own server's floor
+        # (bench/naive_reference.py), in both set-ups.
         for setup in naive:
             setup.start([sys.executable, str(HERE / "naive_reference.py")], env, log)
         for round_no in range(max(3, args.rounds // 2)):
@@ -478,7 +638,8 @@ def main() -> None:
         for setup in naive:
             setup.stop()
 
-        report(args, setups, naive, batch_ratios, batches, stampede_queries)
+        report(args, setups, naive, batch_ratios, batches, check, stampede_queries)
+        fail_on_wrong_answers()
     finally:
         for setup in (*setups, *naive):
             setup.stop()
@@ -486,18 +647,32 @@ def main() -> None:
             c.destroy()
 
 
+#: The per-server table: (row label, scenario).
+ROWS = (
+    ("Health/Check (floor)", "health"),
+    ("ClassifyRunId (no I/O: our servicer's own floor)", "classify"),
+    ("ResolveEnv, cache hit", "resolve_env"),
+    ("ReadRun, uncached", "read_run"),
+    ("ReadRun, uncached, legacy id (run-ops miss, then the legacy database)", "read_run_legacy"),
+)
+#: Targets on a ratio to the floor, by scenario.
+FLOOR_TARGETS = {"resolve_env": 0.95, "read_run": 0.6}
+BATCH_TARGET = 20.0
+
+
 def report(
     args: argparse.Namespace,
     setups: list[Setup],
     naive: list[Setup],
-    batch_ratios: list[float],
+    batch_ratios: dict[str, list[float]],
     batches: dict[str, list[dict[str, Any]]],
+    check: dict[str, Any],
     stampede_queries: list[int],
 ) -> None:
     def med(rs: list[dict[str, Any]], key: str) -> float:
         return statistics.median(r[key] for r in rs)
 
-    targets = {"resolve_env": ">= 0.95", "read_run": ">= 0.6"}
+    verdicts: list[tuple[str, str, str]] = []
     for setup, reference in zip(setups, naive):
         print(
             f"\n{setup.label} (`serve --processes {setup.processes}`, "
@@ -505,89 +680,170 @@ def report(
         )
         print(
             "| scenario | calls/s | p50 ms | p99 ms | ratio to floor (median, IQR) "
-            "| server CPU per call | machine busy (cores) | target |"
+            "| server CPU per call | machine busy (cores) | wrong answers | target |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|---|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
         cpu = {s: statistics.median(v) for s, v in setup.cpu_per_call.items()}
-        for name, key in (
-            ("Health/Check (floor)", "health"),
-            ("ClassifyRunId (no I/O: our servicer's own floor)", "classify"),
-            ("ResolveEnv, cache hit", "resolve_env"),
-            ("ReadRun, uncached", "read_run"),
-        ):
+        for name, key in ROWS:
             rs = setup.results[key]
             ratio = (
                 f"{statistics.median(setup.ratios[key]):.2f}{_quartiles(setup.ratios[key])}"
                 if key in setup.ratios
                 else "1.00"
             )
+            target = f">= {FLOOR_TARGETS[key]:g}" if key in FLOOR_TARGETS else ""
             print(
                 f"| {name} | {med(rs, 'rps'):.0f} | {med(rs, 'p50_ms'):.2f} | "
                 f"{med(rs, 'p99_ms'):.2f} | {ratio} | {cpu[key]:.0f} µs "
                 f"({cpu[key] / cpu['health']:.2f}×) | "
-                f"{statistics.median(setup.busy_cores[key]):.2f} | {targets.get(key, '')} |"
+                f"{statistics.median(setup.busy_cores[key]):.2f} | "
+                f"{_wrong(rs)} | {target} |"
             )
+            if key in FLOOR_TARGETS:
+                verdicts.append(
+                    (
+                        f"{name} >= {FLOOR_TARGETS[key]:g} × floor, {setup.label}",
+                        f"{statistics.median(setup.ratios[key]):.2f}"
+                        f"{_quartiles(setup.ratios[key])}",
+                        _verdict(setup.ratios[key], FLOOR_TARGETS[key]),
+                    )
+                )
         naive_ratio = statistics.median(reference.ratios["read_run"])
         print(
             f"| ReadRun, naive pool + transaction per lookup (reference server) | "
             f"{med(reference.results['read_run'], 'rps'):.0f} | | | {naive_ratio:.2f}"
-            f"{_quartiles(reference.ratios['read_run'])} | | | the issue: ~0.45 |"
+            f"{_quartiles(reference.ratios['read_run'])} | | | "
+            f"{_wrong(reference.results['read_run'])} | |"
         )
         print(
             f"| ReadRun ratio ÷ the naive reference's ratio | | | | "
-            f"{statistics.median(setup.ratios['read_run']) / naive_ratio:.2f} | | | "
-            f"the issue: 0.6 / 0.45 = 1.33 |"
+            f"{statistics.median(setup.ratios['read_run']) / naive_ratio:.2f} | | | | |"
         )
+        legacy = med(setup.results["read_run_legacy"], "rps") / med(
+            setup.results["read_run"], "rps"
+        )
+        print(f"| ReadRun calls/s: legacy id ÷ new id | | | | {legacy:.2f} | | | | |")
         # A sum over rounds, not a median: the soft TTL's refreshes (each hot
         # key once per ~30 s, per process) fall into some rounds and not others.
         print(
             f"| control-plane queries per 1,000 cache-hit ResolveEnv (all rounds: "
             f"{setup.env_queries} queries, {setup.env_refreshes} of them refreshes, "
             f"/ {setup.env_calls} calls) | | | | "
-            f"{setup.env_queries * 1000 / max(1, setup.env_calls):.2f} | | | ~0 |"
+            f"{setup.env_queries * 1000 / max(1, setup.env_calls):.2f} | | | | ~0 |"
         )
         if setup.coalesced["batches"]:
             print(
                 f"| ReadRun: run ids per coalesced query | | | | "
-                f"{setup.coalesced['keys'] / setup.coalesced['batches']:.1f} | | | |"
+                f"{setup.coalesced['keys'] / setup.coalesced['batches']:.1f} | | | | |"
             )
 
+    print(f"\nBatch versus single, one process, {args.concurrency} calls in flight each\n")
+    print(
+        "| BatchResolveEnvs(100) ids/s ÷ single-call ids/s | cache state | ratio (median, IQR) "
+        "| batch ids/s | single ids/s | served from cache: batch / single "
+        "| fresh ids used per run: batch / single | wrong answers | target |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for state, batch, single in BATCH_VS_SINGLE:
+        b, s = batches[batch], batches[single]
+        ratios = batch_ratios[state]
+        described = "warm: every id cached" if state == "warm" else "cold: no id cached"
+        fresh = f"{_fresh(b)} / {_fresh(s)}" if state == "cold" else "— (ids drawn from the cached)"
+        print(
+            f"| BatchResolveEnvs(100) ids/s ÷ single-call ids/s | {described} | "
+            f"{statistics.median(ratios):.1f}{_quartiles(ratios, 1)} | "
+            f"{med(b, 'items_per_s'):.0f} | {med(s, 'items_per_s'):.0f} | "
+            f"{_share(_median_share(b))} / {_share(_median_share(s))} | {fresh} | "
+            f"{_wrong(b + s)} | >= {BATCH_TARGET:g} |"
+        )
+        verdicts.append(
+            (
+                f"BatchResolveEnvs(100) >= {BATCH_TARGET:g} × singles in ids/s, {state}",
+                f"{statistics.median(ratios):.1f}{_quartiles(ratios, 1)}",
+                _verdict(ratios, BATCH_TARGET),
+            )
+        )
+
     one, two = setups
-    batch = med(batches["batch_resolve_envs_100"], "items_per_s")
-    singles = med(batches["resolve_env_uncached_singles"], "items_per_s")
     print("\n| measure | value | target |\n|---|---:|---|")
     print(
-        f"| BatchResolveEnvs(100) ids/s ÷ single-call ids/s | "
-        f"{statistics.median(batch_ratios):.1f} ({batch:.0f} / {singles:.0f}) | >= 20 |"
+        f"| content check: BatchResolveEnvs(100) of ids that do not exist | "
+        f"{check['items']} of {check['asked']} ids counted resolved, {check['wrong']} "
+        f"flagged wrong: {'flagged' if check['flagged'] else 'NOT FLAGGED'} | "
+        f"every id flagged wrong |"
     )
     print(
         f"| queries for a stampede of 64 cold calls on one key (5 keys) | "
         f"{', '.join(map(str, stampede_queries))} | exactly 1 |"
     )
-    for s in ("health", "resolve_env", "read_run"):
-        print(
-            f"| calls/s, 2 processes ÷ 1 process: {s} | "
-            f"{med(two.results[s], 'rps') / med(one.results[s], 'rps'):.2f} | |"
+    verdicts.append(
+        (
+            "exactly 1 query for a stampede of 64 cold calls on one key",
+            ", ".join(map(str, stampede_queries)),
+            "yes" if all(q == 1 for q in stampede_queries) else "no",
         )
+    )
+    for scenario in ("health", "resolve_env", "read_run", "read_run_legacy"):
+        print(
+            f"| calls/s, 2 processes ÷ 1 process: {scenario} | "
+            f"{med(two.results[scenario], 'rps') / med(one.results[scenario], 'rps'):.2f} | |"
+        )
+    print("\n| target | this run (median, IQR) | met |\n|---|---:|---|")
+    for target, value, met in verdicts:
+        print(f"| {target} | {value} | {met} |")
     print(
         f"\n{args.rounds} rounds of {args.duration:g} s per scenario on each server, each "
         f"scenario between two floor measurements; ratios are medians of rounds "
         f"(interquartile range in brackets); {args.concurrency} calls in flight, client in "
-        f"its own process; machine: {os.cpu_count()} cores."
+        f"its own process; machine: {os.cpu_count()} cores. A target is met on the median; "
+        f"'within noise' when the interquartile range reaches the other side."
     )
     print(
         f"reproduce: .venv/bin/python bench/run.py --duration {args.duration:g} "
         f"--rounds {args.rounds} --concurrency {args.concurrency} --warmup {args.warmup:g} "
-        f"--environments {args.environments} --runs {args.runs}"
+        f"--environments {args.environments} --fresh-environments {args.fresh_environments} "
+        f"--runs {args.runs}"
     )
 
 
-def _quartiles(values: list[float] | None) -> str:
+def _quartiles(values: list[float] | None, digits: int = 2) -> str:
     """`` (q1–q3)`` of per-round ratios: how far one round can be trusted."""
     if not values or len(values) < 2:
         return ""
     q1, _, q3 = statistics.quantiles(values, n=4)
-    return f" ({q1:.2f}–{q3:.2f})"
+    return f" ({q1:.{digits}f}–{q3:.{digits}f})"
+
+
+def _verdict(values: list[float], target: float) -> str:
+    """Whether the median of ``values`` reaches ``target``, and whether the
+    interquartile range stays on the same side."""
+    met = statistics.median(values) >= target
+    if len(values) >= 2:
+        q1, _, q3 = statistics.quantiles(values, n=4)
+        if (met and q1 < target) or (not met and q3 >= target):
+            return f"{'yes' if met else 'no'}, within noise"
+    return "yes" if met else "no"
+
+
+def _wrong(results: list[dict[str, Any]]) -> str:
+    wrong = sum(r["wrong"] for r in results)
+    return "0" if not wrong else f"**{wrong} WRONG**"
+
+
+def _median_share(results: list[dict[str, Any]]) -> float | None:
+    shares = [r["from_cache"] for r in results if r.get("from_cache") is not None]
+    return statistics.median(shares) if shares else None
+
+
+def _share(share: float | None) -> str:
+    return "n/a" if share is None else f"{share:.0%}"
+
+
+def _fresh(results: list[dict[str, Any]]) -> str:
+    used = statistics.median(r["fresh_used"] for r in results)
+    out = f"{used:.0f} of {results[0]['fresh_pool']}"
+    exhausted = sum(1 for r in results if r["exhausted"])
+    return out + (f", **ran out in {exhausted} runs**" if exhausted else "")
 
 
 def _org_of(cp_dsn: str) -> str:
