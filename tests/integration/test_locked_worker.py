@@ -1,6 +1,7 @@
 """ResolveRunLockedWorker (docs/design.md, "Control-plane answers") through a real server:
 every shape of the answer — both parts, one, neither, ids that name no row,
-a worker without a deployment — and the cache slot it lives in."""
+a worker without a deployment, the deployment's git metadata — and the cache
+slot it lives in."""
 
 from __future__ import annotations
 
@@ -20,6 +21,15 @@ def _row(cp: psycopg.Connection[Any], sql: str, *params: Any) -> tuple[Any, ...]
     row = cp.execute(sql, params).fetchone()
     assert row is not None
     return row
+
+
+GIT = {
+    "commitSha": "0f3c1a2b",
+    "commitMessage": "resize faster",
+    "dirty": False,
+    "remoteUrl": "https://github.com/acme/app",
+    "pullRequestNumber": 42,
+}
 
 
 @pytest.fixture
@@ -46,6 +56,7 @@ def deployed(cp, tenant):
         worker_id=worker,
         runtime="node",
         runtime_version="22.12.0",
+        git=GIT,
     )
     dev_env = tenant.environment(cp, "DEVELOPMENT")
     dev_worker = demo.insert_worker(
@@ -115,6 +126,27 @@ def test_both_parts_carry_every_named_field(server, cp, deployed):
         "1.2.3",
         True,
     )
+
+
+def test_the_deployments_git_metadata(server, cp, tenant, deployed):
+    """The locked task's deployment carries its git metadata as the platform
+    returns it; unset when the deployment has none, or when the column holds
+    JSON that is not an object."""
+    answer = server.client.resolve_run_locked_worker(locked_by_id=deployed["task"])
+    git = answer.locked_by.deployment.git
+    assert answer.locked_by.deployment.HasField("git")
+    assert json_format.MessageToDict(git) == GIT
+
+    env = tenant.environment(cp, "PRODUCTION")
+    for stored in (None, ["not", "an", "object"]):
+        worker = demo.insert_worker(cp, project_id=tenant.project_id, environment_id=env)
+        task = demo.insert_task(cp, worker_id=worker)
+        demo.insert_deployment(
+            cp, project_id=tenant.project_id, environment_id=env, worker_id=worker, git=stored
+        )
+        d = server.client.resolve_run_locked_worker(locked_by_id=task).locked_by.deployment
+        assert d.friendly_id.startswith("deployment_")
+        assert not d.HasField("git"), stored
 
 
 def test_each_part_alone(server, deployed):

@@ -1,13 +1,15 @@
 """Minting (docs/design.md, "Minting ids"): the id generators and the mint-kind
 gates as pure functions, then ResolveMintKind, MintId and ClassifyRunId
-through real servers — gate order, the fallback when the control plane is
+through real servers — a parent's kind before every gate, gate order, the
+flag read as the platform's makeFlag reads it (organization, then the global
+"FeatureFlag" row, then the default), the fallback when the control plane is
 down, a flag flip observed within the TTL, inheritance across a flip."""
 
 from __future__ import annotations
 
 import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -20,8 +22,15 @@ from psycopg.types.json import Jsonb
 from controlplane_resolver.cache import Slot
 from controlplane_resolver.dev import demo
 from controlplane_resolver.domain import minting
-from controlplane_resolver.domain.minting import FlagLookup, MintKind, decide_mint_kind
+from controlplane_resolver.domain.minting import (
+    MINT_FLAG,
+    FlagLookup,
+    FlagValues,
+    MintKind,
+    decide_mint_kind,
+)
 from controlplane_resolver.domain.residency import Residency, classify
+from controlplane_resolver.errors import InvalidArgument
 from controlplane_resolver_client import ResolverError, pb
 
 from support.polling import wait_until
@@ -140,38 +149,54 @@ CUID_PARENT = classify("run_" + minting.new_cuid())
 SHORT_PARENT = classify("run_" + "a" * 21)
 
 
+def _flags(organization: str | None, global_value: str | None = None) -> Callable[[], FlagValues]:
+    return lambda: FlagValues(organization=organization, global_value=global_value)
+
+
 @pytest.mark.parametrize(
-    "master, split, parent, flag, expected",
+    "master, split, parent, flags, expected",
     [
-        # The master switch beats everything, the parent included.
-        (False, True, KSUID_PARENT, _never_read, (MintKind.CUID, "master_switch_off")),
-        (False, False, None, _never_read, (MintKind.CUID, "master_switch_off")),
-        # Split off beats the parent and the flag.
-        (True, False, KSUID_PARENT, _never_read, (MintKind.CUID, "split_off")),
-        # The parent beats the flag, and is decided without reading it.
+        # A parent decides first, whatever the master switch and the split say,
+        # and without reading the flag.
+        (False, True, KSUID_PARENT, _never_read, (MintKind.KSUID, "parent_residency")),
+        (False, False, KSUID_PARENT, _never_read, (MintKind.KSUID, "parent_residency")),
+        (True, False, KSUID_PARENT, _never_read, (MintKind.KSUID, "parent_residency")),
         (True, True, KSUID_PARENT, _never_read, (MintKind.KSUID, "parent_residency")),
         (True, True, CUID_PARENT, _never_read, (MintKind.CUID, "parent_residency")),
-        (True, True, SHORT_PARENT, _never_read, (MintKind.CUID, "parent_unclassifiable")),
-        # The organization flag.
-        (True, True, None, lambda: "ksuid", (MintKind.KSUID, "org_flag")),
-        (True, True, None, lambda: "cuid", (MintKind.CUID, "org_flag")),
-        (True, True, None, lambda: None, (MintKind.CUID, "default")),
-        (True, True, None, lambda: "KSUID", (MintKind.CUID, "org_flag_unrecognised")),
-        (
-            True,
-            True,
-            None,
-            lambda: FlagLookup.ORGANIZATION_NOT_FOUND,
-            (MintKind.CUID, "organization_not_found"),
-        ),
+        (False, False, CUID_PARENT, _never_read, (MintKind.CUID, "parent_residency")),
+        # Without a parent: the master switch, then split off.
+        (False, True, None, _never_read, (MintKind.CUID, "master_switch_off")),
+        (False, False, None, _never_read, (MintKind.CUID, "master_switch_off")),
+        (True, False, None, _never_read, (MintKind.CUID, "split_off")),
+        # The organization's value when allowed, else the global row's, else cuid.
+        (True, True, None, _flags("ksuid"), (MintKind.KSUID, "org_flag")),
+        (True, True, None, _flags("cuid", "ksuid"), (MintKind.CUID, "org_flag")),
+        (True, True, None, _flags(None, "ksuid"), (MintKind.KSUID, "global_flag")),
+        (True, True, None, _flags("KSUID", "ksuid"), (MintKind.KSUID, "global_flag")),
+        (True, True, None, _flags("yes please", "cuid"), (MintKind.CUID, "global_flag")),
+        (True, True, None, _flags(None), (MintKind.CUID, "default")),
+        (True, True, None, _flags("KSUID", "on"), (MintKind.CUID, "default")),
         (True, True, None, lambda: FlagLookup.READ_FAILED, (MintKind.CUID, "flag_read_failed")),
     ],
 )
-def test_mint_kind_gates_in_order(master, split, parent, flag, expected):
+def test_mint_kind_gates_in_order(master, split, parent, flags, expected):
     decision = decide_mint_kind(
-        master_switch_enabled=master, split_enabled=split, parent=parent, read_org_flag=flag
+        master_switch_enabled=master, split_enabled=split, parent=parent, read_flags=flags
     )
     assert (decision.kind, decision.reason) == expected
+
+
+@pytest.mark.parametrize("master, split", [(False, False), (True, False), (True, True)])
+def test_an_unclassifiable_parent_is_an_error_whatever_the_gates(master, split):
+    with pytest.raises(InvalidArgument) as caught:
+        decide_mint_kind(
+            master_switch_enabled=master,
+            split_enabled=split,
+            parent=SHORT_PARENT,
+            read_flags=_never_read,
+        )
+    assert caught.value.reason == "UNCLASSIFIABLE_PARENT_ID"
+    assert caught.value.metadata["field"] == "parent_id"
 
 
 # --------------------------------------------------------- through gRPC
@@ -192,12 +217,12 @@ def test_mint_kind_gate_order_over_grpc(start_server, cp):
     unset_org = _org(cp, {"somethingElse": "ksuid"})
     null_org = _org(cp)
     odd_org = _org(cp, {"runOpsMintKsuid": "yes please"})
+    not_a_string_org = _org(cp, {"runOpsMintKsuid": ["ksuid"]})
     ksuid_parent = "run_" + demo.new_ksuid()
     cuid_parent = "run_" + demo.new_cuid()
 
     off = start_server(run_ops_mint_ksuid_enabled=False).client
     assert _kind(off, ksuid_org) == (pb.MINT_KIND_CUID, "master_switch_off")
-    assert _kind(off, ksuid_org, ksuid_parent) == (pb.MINT_KIND_CUID, "master_switch_off")
 
     single = start_server(run_ops_mint_ksuid_enabled=True, run_ops_split_enabled=False).client
     assert _kind(single, ksuid_org) == (pb.MINT_KIND_CUID, "split_off")
@@ -207,13 +232,100 @@ def test_mint_kind_gate_order_over_grpc(start_server, cp):
     assert _kind(on, cuid_org) == (pb.MINT_KIND_CUID, "org_flag")
     assert _kind(on, unset_org) == (pb.MINT_KIND_CUID, "default")
     assert _kind(on, null_org) == (pb.MINT_KIND_CUID, "default")
-    assert _kind(on, odd_org) == (pb.MINT_KIND_CUID, "org_flag_unrecognised")
-    assert _kind(on, demo.new_cuid()) == (pb.MINT_KIND_CUID, "organization_not_found")
+    # Values that do not parse fall through to the (absent) global row.
+    assert _kind(on, odd_org) == (pb.MINT_KIND_CUID, "default")
+    assert _kind(on, not_a_string_org) == (pb.MINT_KIND_CUID, "default")
+    # An organization that does not exist has no value of its own.
+    assert _kind(on, demo.new_cuid()) == (pb.MINT_KIND_CUID, "default")
     # The parent wins over the flag, both ways; its internal id works too.
-    assert _kind(on, cuid_org, ksuid_parent) == (pb.MINT_KIND_KSUID, "parent_residency")
-    assert _kind(on, ksuid_org, cuid_parent) == (pb.MINT_KIND_CUID, "parent_residency")
-    assert _kind(on, cuid_org, ksuid_parent[4:]) == (pb.MINT_KIND_KSUID, "parent_residency")
-    assert _kind(on, ksuid_org, "run_" + "a" * 21) == (pb.MINT_KIND_CUID, "parent_unclassifiable")
+    for client in (off, single, on):
+        assert _kind(client, cuid_org, ksuid_parent) == (pb.MINT_KIND_KSUID, "parent_residency")
+        assert _kind(client, ksuid_org, cuid_parent) == (pb.MINT_KIND_CUID, "parent_residency")
+        assert _kind(client, cuid_org, ksuid_parent[4:]) == (
+            pb.MINT_KIND_KSUID,
+            "parent_residency",
+        )
+
+
+def test_a_new_shape_parent_mints_a_new_shape_child_with_the_master_switch_or_split_off(
+    start_server, cp
+):
+    """The platform mints a child from its parent's id before any gate: a
+    ksuid parent's child is a ksuid even where no root run could get one."""
+    org = _org(cp, {"runOpsMintKsuid": "cuid"})
+    parent = "run_" + demo.new_ksuid()
+    master_off = start_server(run_ops_mint_ksuid_enabled=False).client
+    split_off = start_server(run_ops_mint_ksuid_enabled=True, run_ops_split_enabled=False).client
+    for client in (master_off, split_off):
+        assert client.mint_id(pb.ID_KIND_RUN, org).mint_kind == pb.MINT_KIND_CUID
+        for id_kind, prefix in ((pb.ID_KIND_RUN, "run_"), (pb.ID_KIND_BATCH, "batch_")):
+            child = client.mint_id(id_kind, org, parent_id=parent)
+            assert child.mint_kind == pb.MINT_KIND_KSUID and len(child.id) == 27
+            assert child.friendly_id == prefix + child.id
+            assert client.classify_run_id(child.id).residency == pb.RESIDENCY_NEW
+
+
+def test_an_unclassifiable_parent_is_refused(start_server, cp):
+    org = _org(cp, {"runOpsMintKsuid": "ksuid"})
+    parent = "run_" + "a" * 21
+    for client in (
+        start_server(run_ops_mint_ksuid_enabled=True).client,
+        start_server(run_ops_mint_ksuid_enabled=False, run_ops_split_enabled=False).client,
+    ):
+        for call in (
+            lambda: client.resolve_mint_kind(org, parent_id=parent),
+            lambda: client.mint_id(pb.ID_KIND_RUN, org, parent_id=parent),
+        ):
+            with pytest.raises(ResolverError) as caught:
+                call()
+            assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert caught.value.reason == "UNCLASSIFIABLE_PARENT_ID"
+
+
+# ------------------------------------------------------ the global flag row
+
+
+@pytest.fixture
+def global_flag(cp: psycopg.Connection[Any]) -> Iterator[Callable[[Any], None]]:
+    """Set the global ``runOpsMintKsuid`` row of the session database (a JSON
+    value, or None for SQL NULL); the row is removed after the test, so no
+    other test sees it."""
+    try:
+        yield lambda value: demo.set_feature_flag(cp, MINT_FLAG, value)
+    finally:
+        demo.delete_feature_flag(cp, MINT_FLAG)
+
+
+def test_the_global_row_decides_when_the_organization_does_not(start_server, cp, global_flag):
+    absent_org = _org(cp)
+    unset_org = _org(cp, {"somethingElse": True})
+    garbage_org = _org(cp, {"runOpsMintKsuid": "yes please"})
+    number_org = _org(cp, {"runOpsMintKsuid": 1})
+    cuid_org = _org(cp, {"runOpsMintKsuid": "cuid"})
+    global_flag("ksuid")
+    client = start_server(run_ops_mint_ksuid_enabled=True).client
+    # Organization flag absent (or NULL flags, or no organization) → the global row.
+    assert _kind(client, absent_org) == (pb.MINT_KIND_KSUID, "global_flag")
+    assert _kind(client, unset_org) == (pb.MINT_KIND_KSUID, "global_flag")
+    assert _kind(client, demo.new_cuid()) == (pb.MINT_KIND_KSUID, "global_flag")
+    # Organization value garbage → the global row.
+    assert _kind(client, garbage_org) == (pb.MINT_KIND_KSUID, "global_flag")
+    assert _kind(client, number_org) == (pb.MINT_KIND_KSUID, "global_flag")
+    # An allowed organization value wins over the global row.
+    assert _kind(client, cuid_org) == (pb.MINT_KIND_CUID, "org_flag")
+    minted = client.mint_id(pb.ID_KIND_BATCH, absent_org)
+    assert minted.mint_kind == pb.MINT_KIND_KSUID and len(minted.id) == 27
+    # The gates still come first.
+    off = start_server(run_ops_mint_ksuid_enabled=False).client
+    assert _kind(off, absent_org) == (pb.MINT_KIND_CUID, "master_switch_off")
+
+
+@pytest.mark.parametrize("value", ["on", None, {"kind": "ksuid"}])
+def test_a_global_row_that_does_not_parse_is_the_default(start_server, cp, global_flag, value):
+    org = _org(cp, {"runOpsMintKsuid": "garbage"})
+    global_flag(value)
+    client = start_server(run_ops_mint_ksuid_enabled=True).client
+    assert _kind(client, org) == (pb.MINT_KIND_CUID, "default")
 
 
 def test_mint_kind_rejects_malformed_ids(server):

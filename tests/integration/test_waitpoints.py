@@ -39,7 +39,8 @@ def expected_route(
     """The documented rule (docs/design.md), written out: the first pin that holds, in order."""
     pins = [
         (owner is Residency.LEGACY, PinReason.NON_TREE_OWNED),
-        (kind is RouteKind.IDEMPOTENCY_REUSE and cross_tree, PinReason.CROSS_TREE_IDEMPOTENCY),
+        # Whatever the route kind, as the platform's crossSeamGuard.server.ts.
+        (cross_tree, PinReason.CROSS_TREE_IDEMPOTENCY),
         (legacy_parent, PinReason.LEGACY_PARENT_DESCENDANT),
     ]
     for holds, pin in pins:
@@ -157,13 +158,16 @@ def test_named_rows_of_the_table():
     assert route(
         waitpoint_id=NEW_WAITPOINT,
         route_kind=RouteKind.MANUAL,
-        cross_tree_idempotency=True,
         has_legacy_parent=True,
     ) == (Store.LEGACY, Residency.NEW, PinReason.LEGACY_PARENT_DESCENDANT)
-    # Cross-tree idempotency means nothing for another route kind.
-    assert route(
-        waitpoint_id=NEW_WAITPOINT, route_kind=RouteKind.RESUME_TOKEN, cross_tree_idempotency=True
-    ) == (Store.RUN_OPS, Residency.NEW, None)
+    # The cross-tree pin applies on every route kind, before the legacy parent.
+    for kind in RouteKind:
+        assert route(
+            waitpoint_id=NEW_WAITPOINT,
+            route_kind=kind,
+            cross_tree_idempotency=True,
+            has_legacy_parent=True,
+        ) == (Store.LEGACY, Residency.NEW, PinReason.CROSS_TREE_IDEMPOTENCY), kind
     # Internal ids (no prefix) classify the same way.
     assert route(waitpoint_id=NEW_WAITPOINT.partition("_")[2], route_kind=RouteKind.RUN) == (
         Store.RUN_OPS,
@@ -260,3 +264,31 @@ def test_rejections_over_grpc(start_server):
         NEW_WAITPOINT, manual, tree_owner_residency=pb.RESIDENCY_UNSPECIFIED
     )
     assert answer.store == pb.STORE_RUN_OPS and answer.pin_reason == pb.PIN_REASON_UNSPECIFIED
+
+
+def test_cross_tree_pin_on_a_run_completion_over_grpc(start_server):
+    """A RUN completion (a child run reused across trees finishing) marked
+    cross-tree is pinned to the legacy store, as the platform's guard does;
+    the same completion unmarked goes to run-ops."""
+    client = start_server().client
+    pinned = client.select_store_for_waitpoint(
+        NEW_WAITPOINT, pb.UNBLOCK_ROUTE_KIND_RUN, cross_tree_idempotency=True
+    )
+    assert (pinned.store, pinned.residency, pinned.pin_reason) == (
+        pb.STORE_LEGACY,
+        pb.RESIDENCY_NEW,
+        pb.PIN_REASON_CROSS_TREE_IDEMPOTENCY,
+    )
+    unpinned = client.select_store_for_waitpoint(NEW_WAITPOINT, pb.UNBLOCK_ROUTE_KIND_RUN)
+    assert (unpinned.store, unpinned.pin_reason) == (
+        pb.STORE_RUN_OPS,
+        pb.PIN_REASON_UNSPECIFIED,
+    )
+    # The tree owner still comes first.
+    owned = client.select_store_for_waitpoint(
+        NEW_WAITPOINT,
+        pb.UNBLOCK_ROUTE_KIND_RUN,
+        tree_owner_residency=pb.RESIDENCY_LEGACY,
+        cross_tree_idempotency=True,
+    )
+    assert owned.pin_reason == pb.PIN_REASON_NON_TREE_OWNED

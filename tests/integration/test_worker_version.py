@@ -1,11 +1,15 @@
 """ResolveWorkerVersion through a real server: every branch of the dispatch
-in docs/design.md, "Control-plane answers", and how soon a promotion shows.
+in docs/design.md, "Control-plane answers" (the platform's
+controlPlaneResolver.server.ts, branch by branch), and how soon a promotion
+shows.
 
-* ``DEVELOPMENT``: the given worker, else the newest of the environment by
-  ``createdAt DESC, id DESC``; never a deployment.
-* a worker id: that worker (of this environment only) with its deployment.
-* otherwise the deployment promoted ``current``; when it is not ``MANAGED``,
-  the newest ``MANAGED`` deployment that has a worker; else absent.
+* a worker id, whatever the type (``DEVELOPMENT`` too): that worker (of this
+  environment only) with its deployment, if it has one.
+* ``DEVELOPMENT`` without one: the newest worker of the environment by
+  ``createdAt DESC, id DESC``; no deployment.
+* otherwise the deployment promoted ``current`` (none, or without a worker:
+  absent); when it is not ``MANAGED``, the newest ``MANAGED`` deployment,
+  absent when that one has no worker yet.
 """
 
 from __future__ import annotations
@@ -176,13 +180,37 @@ def test_development_newest_worker_fields(client: ResolverClient, cp: Conn, tena
 
 
 def test_development_with_worker_id(client: ResolverClient, cp: Conn, tenant: Any) -> None:
-    """A given worker id wins over "newest"; still no deployment."""
+    """A given worker id wins over "newest"; a worker without a deployment
+    answers without one."""
     env_id = tenant.environment(cp, "DEVELOPMENT")
     older = add_worker(cp, tenant, env_id, created_at=T0 - timedelta(days=1))
     add_worker(cp, tenant, env_id, created_at=T0)
     assert_version(
         client.resolve_worker_version(env_id, worker_id=older.id), older, deployment_id=None
     )
+
+
+def test_development_with_worker_id_answers_its_deployment(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
+    """As the platform's worker-by-id read: a DEVELOPMENT environment given a
+    worker id answers that worker with its deployment, when it has one (the
+    newest-worker branch never carries one)."""
+    env_id = tenant.environment(cp, "DEVELOPMENT")
+    worker = add_worker(cp, tenant, env_id, created_at=T0 - timedelta(days=1))
+    deployment_id = add_deployment(cp, tenant, env_id, worker)
+    newest = add_worker(cp, tenant, env_id, created_at=T0)
+    answer = client.resolve_worker_version(env_id, worker_id=worker.id)
+    assert_version(answer, worker, deployment_id=deployment_id)
+    # The same through the environment's own type, and asked as DEVELOPMENT.
+    assert_version(
+        client.resolve_worker_version(
+            env_id, environment_type=pb.ENVIRONMENT_TYPE_DEVELOPMENT, worker_id=worker.id
+        ),
+        worker,
+        deployment_id=deployment_id,
+    )
+    assert_version(client.resolve_worker_version(env_id), newest, deployment_id=None)
 
 
 def test_development_without_workers_is_absent(
@@ -288,12 +316,12 @@ def test_promoted_deployment_without_worker_is_absent(
     assert client.resolve_worker_version(env_id) is None
 
 
-def test_promoted_unmanaged_falls_back_to_newest_managed_with_worker(
+def test_promoted_unmanaged_falls_back_to_the_newest_managed(
     client: ResolverClient, cp: Conn, tenant: Any
 ) -> None:
-    """A promoted UNMANAGED deployment: the newest MANAGED deployment that has
-    a worker answers, by ``createdAt DESC, id DESC`` (a newer MANAGED one
-    without a worker is passed over; on a tie the larger id wins)."""
+    """A promoted UNMANAGED deployment: the newest MANAGED deployment answers,
+    by ``createdAt DESC, id DESC`` (on a tie the larger id wins; an older one
+    loses even with the largest id)."""
     env_id = tenant.environment(cp, "PRODUCTION")
     old = add_worker(cp, tenant, env_id, created_at=T0 - timedelta(days=2))
     add_deployment(
@@ -306,7 +334,6 @@ def test_promoted_unmanaged_falls_back_to_newest_managed_with_worker(
     tie_large_deployment = add_deployment(
         cp, tenant, env_id, tie_large, created_at=T0 - timedelta(days=1), id=base + "z"
     )
-    add_deployment(cp, tenant, env_id, None, created_at=T0)
     unmanaged = add_worker(cp, tenant, env_id, created_at=T0 + timedelta(hours=1))
     demo.promote(
         cp,
@@ -319,6 +346,34 @@ def test_promoted_unmanaged_falls_back_to_newest_managed_with_worker(
     answer = client.resolve_worker_version(env_id)
     assert_version(answer, tie_large, deployment_id=tie_large_deployment)
     assert answer is not None and answer.deployment.type == "MANAGED"
+
+
+def test_newest_managed_without_a_worker_yet_is_absent(
+    client: ResolverClient, cp: Conn, tenant: Any
+) -> None:
+    """As the platform: when the newest MANAGED deployment has no worker yet
+    (it is still building), the answer is absent; an older MANAGED deployment
+    with a worker does not stand in for it."""
+    env_id = tenant.environment(cp, "PRODUCTION")
+    older = add_worker(cp, tenant, env_id, created_at=T0 - timedelta(days=1))
+    add_deployment(cp, tenant, env_id, older, created_at=T0 - timedelta(days=1))
+    unmanaged = add_worker(cp, tenant, env_id, created_at=T0 - timedelta(hours=1))
+    demo.promote(
+        cp,
+        add_deployment(
+            cp, tenant, env_id, unmanaged, type="UNMANAGED", created_at=T0 - timedelta(hours=1)
+        ),
+        env_id,
+    )
+    building = add_deployment(cp, tenant, env_id, None, created_at=T0)
+    assert client.resolve_worker_version(env_id) is None
+    # Once the building deployment gets its worker, it answers.
+    newest = add_worker(cp, tenant, env_id, created_at=T0)
+    cp.execute(
+        'UPDATE "WorkerDeployment" SET "workerId" = %s WHERE "id" = %s', (newest.id, building)
+    )
+    client.invalidate(worker_versions_environment_id=env_id)
+    assert_version(client.resolve_worker_version(env_id), newest, deployment_id=building)
 
 
 def test_promoted_unmanaged_without_managed_is_absent(

@@ -9,6 +9,7 @@ the defaults are the documented ones (docs/configuration.md).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -273,8 +274,127 @@ def test_public_items_redact_every_dsn() -> None:
 
 
 def test_public_items_cover_every_setting() -> None:
-    assert [name for name, _ in load().public_items()] == list(Settings.__dataclass_fields__)
+    # Every field but ``sources`` (which records where the others came from).
+    settings_fields = [name for name in Settings.__dataclass_fields__ if name != "sources"]
+    assert [name for name, _ in load().public_items()] == settings_fields
+    assert [opt.field for opt in OPTIONS] == settings_fields
 
 
 def test_redact_dsn_of_garbage_does_not_echo_it() -> None:
     assert redact_dsn(f"postgresql://u:{PASSWORD}@[::1/db") == "<unparseable DSN>"
+
+
+# ------------------------------------------------- the platform's variable names
+
+OTHER_DSN = f"postgresql://resolver:{PASSWORD}@elsewhere.internal:6000/other"
+
+
+def option(field: str) -> Any:
+    return next(opt for opt in OPTIONS if opt.field == field)
+
+
+def test_database_url_is_the_control_plane_fallback() -> None:
+    s = Settings.load({"DATABASE_URL": CP_DSN})
+    assert s.control_plane_database_url == CP_DSN
+    assert s.source_of("control_plane_database_url") == "DATABASE_URL"
+
+
+def test_control_plane_name_wins_over_its_fallback() -> None:
+    # The platform's CONTROL_PLANE_DATABASE_URL ?? DATABASE_URL: both set is
+    # the normal case of a dedicated control plane, not a conflict.
+    s = Settings.load(
+        {
+            "CONTROL_PLANE_DATABASE_URL": CP_DSN,
+            "DATABASE_URL": OTHER_DSN,
+            "CONTROL_PLANE_DATABASE_READ_REPLICA_URL": RO_DSN,
+            "DATABASE_READ_REPLICA_URL": OTHER_DSN,
+        }
+    )
+    assert s.control_plane_database_url == CP_DSN
+    assert s.control_plane_database_read_replica_url == RO_DSN
+    assert s.source_of("control_plane_database_url") == "CONTROL_PLANE_DATABASE_URL"
+    assert (
+        s.source_of("control_plane_database_read_replica_url")
+        == "CONTROL_PLANE_DATABASE_READ_REPLICA_URL"
+    )
+
+
+def test_database_read_replica_url_is_the_replica_fallback() -> None:
+    s = load(DATABASE_READ_REPLICA_URL=RO_DSN)
+    assert s.control_plane_database_read_replica_url == RO_DSN
+    assert s.source_of("control_plane_database_read_replica_url") == "DATABASE_READ_REPLICA_URL"
+
+
+def test_empty_control_plane_name_falls_back() -> None:
+    s = Settings.load({"CONTROL_PLANE_DATABASE_URL": "", "DATABASE_URL": CP_DSN})
+    assert s.control_plane_database_url == CP_DSN
+
+
+@pytest.mark.parametrize(
+    "field, ours, platforms",
+    [
+        ("run_ops_database_url", "RUN_OPS_DATABASE_URL", "TASK_RUN_DATABASE_URL"),
+        (
+            "run_ops_database_read_replica_url",
+            "RUN_OPS_DATABASE_READ_REPLICA_URL",
+            "TASK_RUN_DATABASE_READ_REPLICA_URL",
+        ),
+        (
+            "run_ops_legacy_database_url",
+            "RUN_OPS_LEGACY_DATABASE_URL",
+            "TASK_RUN_LEGACY_DATABASE_URL",
+        ),
+    ],
+)
+def test_task_run_names_are_aliases(field: str, ours: str, platforms: str) -> None:
+    alone = load(**{platforms: RO_DSN})
+    assert getattr(alone, field) == RO_DSN
+    assert alone.source_of(field) == platforms
+    # Both names, one value: accepted, and ours is named as the source.
+    both = load(**{ours: RO_DSN, platforms: RO_DSN})
+    assert getattr(both, field) == RO_DSN and both.source_of(field) == ours
+    # Both names, two values: which one was meant cannot be known.
+    with pytest.raises(ConfigError) as info:
+        load(**{ours: RO_DSN, platforms: OTHER_DSN})
+    message = str(info.value)
+    assert ours in message and platforms in message
+    assert PASSWORD not in message
+    # A flag wins over both, so the environment's disagreement does not count.
+    flagged = Settings.load(
+        {"CONTROL_PLANE_DATABASE_URL": CP_DSN, ours: RO_DSN, platforms: OTHER_DSN},
+        flags(option(field).flag, CP_DSN),
+    )
+    assert getattr(flagged, field) == CP_DSN and flagged.source_of(field) == option(field).flag
+
+
+def test_an_empty_alias_is_unset_not_a_conflict() -> None:
+    s = load(RUN_OPS_DATABASE_URL=RO_DSN, TASK_RUN_DATABASE_URL="")
+    assert s.run_ops_database_url == RO_DSN
+
+
+def test_sources_name_the_environment_the_flag_or_the_default() -> None:
+    s = Settings.load(
+        {"CONTROL_PLANE_DATABASE_URL": CP_DSN, "RUN_OPS_SPLIT_ENABLED": "1"},
+        flags("--control-plane-cache-ttl-ms", "100", "--control-plane-cache-hard-ttl-ms", "100"),
+    )
+    assert s.source_of("run_ops_split_enabled") == "RUN_OPS_SPLIT_ENABLED"
+    assert s.source_of("control_plane_cache_ttl_ms") == "--control-plane-cache-ttl-ms"
+    assert s.source_of("worker_version_cache_ttl_ms") == "default"
+    assert set(s.sources) == {opt.field for opt in OPTIONS}
+
+
+def test_the_platforms_names_are_declared_on_their_options() -> None:
+    names = {opt.field: opt.names for opt in OPTIONS}
+    assert names["control_plane_database_url"] == ("CONTROL_PLANE_DATABASE_URL", "DATABASE_URL")
+    assert names["control_plane_database_read_replica_url"] == (
+        "CONTROL_PLANE_DATABASE_READ_REPLICA_URL",
+        "DATABASE_READ_REPLICA_URL",
+    )
+    every_name = [name for opt in OPTIONS for name in opt.names]
+    assert len(every_name) == len(set(every_name)), "a name read by two options"
+
+
+def test_every_alternative_name_is_documented() -> None:
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    missing = [name for opt in OPTIONS for name in opt.names if f"`{name}`" not in reference]
+    assert not missing, f"docs/configuration.md lacks {missing}"

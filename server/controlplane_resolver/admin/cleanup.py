@@ -3,9 +3,10 @@ project's run data, safely (docs/design.md, "Cleanup").
 
 What it deletes, and where
 --------------------------
-The rows of :data:`RUN_DATA_TABLES` (children before parents; today only
-``"TaskRun"``) whose ``"runtimeEnvironmentId"`` is one of the target's
-environments, in every *run location*:
+Every run-owned table of :data:`STEPS` (``admin/cleanup_queries.py``), children
+first: the target environments' rows, found through indexed columns (the
+environment id where the table has an index on it, else the environment's run
+ids), in every *run location*:
 
 * the run-ops database (``RUN_OPS_DATABASE_URL``), when configured;
 * the legacy location — where legacy runs are written:
@@ -14,6 +15,11 @@ environments, in every *run location*:
   the legacy runs; with split off it is where *every* run lives, so it is
   cleaned then too. If ``RUN_OPS_LEGACY_DATABASE_URL`` points at a read
   replica, pass the primary's DSN with ``--run-ops-legacy-database-url``.
+
+A location is cleaned of the tables it has (run-ops and the control plane
+name the waitpoint edges differently; only the control plane has
+``"BulkActionItem"``). ``--project`` also deletes the project's
+``"TaskRunTag"`` rows.
 
 Locations that are one physical database (same ``system_identifier`` and
 database name, :func:`~controlplane_resolver.storage.identity.probe_identity`) are cleaned once.
@@ -31,10 +37,11 @@ Safety
   environment id the control-plane database no longer has is cleaned (its
   run-ops rows have no foreign key to disappear with it); a project id it
   does not have is an error (its environment ids cannot be found).
-* Bounded batches: ``DELETE … WHERE "id" IN (SELECT "id" … WHERE <key> = %s
-  LIMIT n)``, each batch its own transaction, each logged. Interrupting loses
-  at most the batch in flight (rolled back); re-running continues where it
-  stopped, since it simply deletes what is left.
+* Bounded batches: ``DELETE … WHERE "id" IN (SELECT "id" … WHERE <key> …
+  LIMIT n)``, each batch its own transaction, each logged. A table is emptied
+  of the target's rows before any table it references or is reached through,
+  so an interrupted cleanup (the batch in flight rolled back) leaves every
+  remaining row reachable, and re-running continues where it stopped.
 * ``--dry-run`` counts what would be deleted and deletes nothing.
 """
 
@@ -59,19 +66,10 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 500
 
 
-@dataclass(frozen=True)
-class TableKey:
-    """One table of run data: deleted by ``key_column`` (an indexed column
-    holding the environment id), in batches of ``id_column`` values."""
+Step = cleanup_queries.Step
 
-    table: str
-    key_column: str
-    id_column: str = "id"
-
-
-#: Run data, children before parents: a table whose rows reference another's
-#: must come before it. Add tables here as the schema subset grows.
-RUN_DATA_TABLES: tuple[TableKey, ...] = (TableKey("TaskRun", "runtimeEnvironmentId"),)
+#: Run data, children first (see :data:`.cleanup_queries.STEPS`).
+STEPS: tuple[Step, ...] = cleanup_queries.STEPS
 
 
 class CleanupError(Exception):
@@ -100,6 +98,8 @@ class CleanupReport:
     locations: list[Location]
     dry_run: bool
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    tables: dict[str, list[str]] = field(default_factory=dict)
+    """The tables each location was cleaned of, in order (location name → tables)."""
 
     def lines(self) -> list[str]:
         """The report printed to stdout: one line per location and table."""
@@ -109,9 +109,9 @@ class CleanupReport:
         )
         out = [head]
         for location in self.locations:
-            for t in RUN_DATA_TABLES:
-                n = self.counts.get((location.name, t.table), 0)
-                out.append(f'  {location.label}: "{t.table}" {verb} {n}')
+            for table in self.tables.get(location.name, []):
+                n = self.counts.get((location.name, table), 0)
+                out.append(f'  {location.label}: "{table}" {verb} {n}')
         return out
 
 
@@ -193,17 +193,31 @@ def _refuse_live(envs: list[EnvironmentLifecycle]) -> None:
 
 
 def _batches(
-    conn: psycopg.Connection[Any], t: TableKey, environment_id: str, batch_size: int
+    conn: psycopg.Connection[Any], step: Step, params: dict[str, Any], batch_size: int
 ) -> Iterator[int]:
-    """Delete in bounded batches until none is left; yields each batch's count."""
-    while True:
-        with conn.transaction():
-            deleted = cleanup_queries.delete_batch(
-                conn, t.table, t.key_column, t.id_column, environment_id, batch_size
-            )
-        yield deleted
-        if deleted < batch_size:
-            return
+    """Delete ``step``'s rows of the target in bounded batches, each its own
+    transaction, until none is left; yields each batch's count. A ``runs``
+    step works through the collected run ids a page at a time."""
+    pages: Iterator[dict[str, Any]]
+    if step.scope == "runs":
+        pages = ({**params, "runs": page} for page in cleanup_queries.run_pages(conn, batch_size))
+    else:
+        pages = iter([params])
+    for page_params in pages:
+        while True:
+            with conn.transaction():
+                deleted = cleanup_queries.delete_batch(conn, step, page_params, batch_size)
+            yield deleted
+            if deleted < batch_size:
+                break
+
+
+def _applicable(step: Step, present: set[str], *, project: bool) -> bool:
+    return (
+        step.table in present
+        and set(step.reads) <= present
+        and (step.scope != "project" or project)
+    )
 
 
 def run_cleanup(
@@ -233,28 +247,68 @@ def run_cleanup(
     )
     for location in locations:
         with _connect(location.name, location.dsn) as conn:
-            for t in RUN_DATA_TABLES:
-                key = (location.name, t.table)
-                report.counts[key] = 0
-                for env_id in env_ids:
-                    if dry_run:
-                        report.counts[key] += cleanup_queries.count_rows(
-                            conn, t.table, t.key_column, env_id
-                        )
-                        continue
-                    for batch, deleted in enumerate(_batches(conn, t, env_id, batch_size), 1):
-                        report.counts[key] += deleted
-                        log.info(
-                            '%s: deleted %d row(s) from "%s" of environment %s '
-                            "(batch %d, %d so far)",
-                            location.label,
-                            deleted,
-                            t.table,
-                            env_id,
-                            batch,
-                            report.counts[key],
-                        )
+            present = cleanup_queries.existing_tables(conn, sorted({s.table for s in STEPS}))
+            steps = [s for s in STEPS if _applicable(s, present, project=project_id is not None)]
+            report.tables[location.name] = [s.table for s in steps]
+            for step in steps:
+                report.counts[(location.name, step.table)] = 0
+            scopes: list[tuple[str, dict[str, Any], list[Step]]] = [
+                (
+                    f"environment {env_id}",
+                    {"env": env_id},
+                    [s for s in steps if s.scope != "project"],
+                )
+                for env_id in env_ids
+            ]
+            if project_id is not None:
+                scopes.append(
+                    (
+                        f"project {project_id}",
+                        {"project": project_id},
+                        [s for s in steps if s.scope == "project"],
+                    )
+                )
+            for what, params, scope_steps in scopes:
+                _clean(conn, location, report, what, params, scope_steps, dry_run, batch_size)
     return report
+
+
+def _clean(
+    conn: psycopg.Connection[Any],
+    location: Location,
+    report: CleanupReport,
+    what: str,
+    params: dict[str, Any],
+    steps: list[Step],
+    dry_run: bool,
+    batch_size: int,
+) -> None:
+    """Count (dry) or delete one target's rows of ``steps`` in one location."""
+    if dry_run:
+        for step in steps:
+            report.counts[(location.name, step.table)] += cleanup_queries.count_rows(
+                conn, step, params
+            )
+        return
+    if any(s.scope in ("runs", "all runs") for s in steps):
+        cleanup_queries.collect_runs(conn, params["env"])
+    for step in steps:
+        key = (location.name, step.table)
+        batch = 0
+        for deleted in _batches(conn, step, params, batch_size):
+            if not deleted:
+                continue
+            batch += 1
+            report.counts[key] += deleted
+            log.info(
+                '%s: deleted %d row(s) from "%s" of %s (batch %d, %d so far)',
+                location.label,
+                deleted,
+                step.table,
+                what,
+                batch,
+                report.counts[key],
+            )
 
 
 @contextmanager

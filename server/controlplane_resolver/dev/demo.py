@@ -723,3 +723,277 @@ def _seed(cp: Connection[Any], ro: Connection[Any]) -> DemoIds:
         old_short_run_id=old_short_run_id,
         old_short_run_friendly_id=old_short_friendly,
     )
+
+
+# ------------------------------------------------------- global feature flags
+
+
+def set_feature_flag(conn: Connection[Any], key: str, value: Any) -> str:
+    """Upsert the global ``"FeatureFlag"`` row ``key`` with the JSON ``value``
+    (``None`` stores SQL NULL), as the platform's ``setFlag`` does; returns
+    the row's id."""
+    (flag_id,) = _fetch_one(
+        conn,
+        'INSERT INTO "FeatureFlag" ("id", "key", "value") VALUES (%s, %s, %s) '
+        'ON CONFLICT ("key") DO UPDATE SET "value" = EXCLUDED."value", '
+        '"updatedAt" = CURRENT_TIMESTAMP '
+        'RETURNING "id"',
+        (new_cuid(), key, Jsonb(value) if value is not None else None),
+    )
+    return str(flag_id)
+
+
+def delete_feature_flag(conn: Connection[Any], key: str) -> None:
+    """Delete the global ``"FeatureFlag"`` row ``key``, if there is one."""
+    conn.execute('DELETE FROM "FeatureFlag" WHERE "key" = %s', (key,))
+
+
+# ------------------------------------------------ run data (what cleanup deletes)
+#
+# One row each of the run-owned tables (schema/run_ops.sql, and their
+# control-plane twins in schema/control_plane.sql). Each works on either
+# database; ``updatedAt`` (NOT NULL, no default, as on the platform) is now.
+
+
+def _run_row(conn: Connection[Any], table: str, defaults: dict[str, Any], overrides: Any) -> str:
+    row = _columns({"id": new_cuid(), **defaults}, overrides)
+    _insert(conn, table, row)
+    return str(row["id"])
+
+
+def insert_batch(conn: Connection[Any], *, environment_id: str, **overrides: Any) -> str:
+    """Insert a ``"BatchTaskRun"`` (``friendlyId`` ``batch_…``); returns its id.
+    ``checkpoint_event_id=``/``dependent_task_attempt_id=`` link a V1 batch."""
+    defaults = {
+        "friendlyId": "batch_" + new_cuid(),
+        "runtimeEnvironmentId": environment_id,
+        "updatedAt": _utcnow(),
+    }
+    return _run_row(conn, "BatchTaskRun", defaults, overrides)
+
+
+def insert_batch_item(
+    conn: Connection[Any], *, batch_id: str, run_id: str, **overrides: Any
+) -> str:
+    """Insert a ``"BatchTaskRunItem"`` of ``batch_id`` for ``run_id``; returns its id."""
+    defaults = {"batchTaskRunId": batch_id, "taskRunId": run_id, "updatedAt": _utcnow()}
+    return _run_row(conn, "BatchTaskRunItem", defaults, overrides)
+
+
+def insert_batch_error(
+    conn: Connection[Any], *, batch_id: str, index: int = 0, **overrides: Any
+) -> str:
+    """Insert a ``"BatchTaskRunError"`` (item ``index`` of ``batch_id``); returns its id."""
+    defaults = {
+        "batchTaskRunId": batch_id,
+        "index": index,
+        "taskIdentifier": "send-email",
+        "error": "payload too large",
+    }
+    return _run_row(conn, "BatchTaskRunError", defaults, overrides)
+
+
+def insert_attempt(
+    conn: Connection[Any], *, run_id: str, environment_id: str, number: int = 1, **overrides: Any
+) -> str:
+    """Insert a ``"TaskRunAttempt"`` ``number`` of ``run_id`` (``friendlyId``
+    ``attempt_…``; worker, task and queue ids are fresh cuids unless given)."""
+    defaults = {
+        "number": number,
+        "friendlyId": "attempt_" + new_cuid(),
+        "taskRunId": run_id,
+        "backgroundWorkerId": new_cuid(),
+        "backgroundWorkerTaskId": new_cuid(),
+        "runtimeEnvironmentId": environment_id,
+        "queueId": new_cuid(),
+        "updatedAt": _utcnow(),
+    }
+    return _run_row(conn, "TaskRunAttempt", defaults, overrides)
+
+
+def insert_checkpoint(
+    conn: Connection[Any],
+    *,
+    run_id: str,
+    attempt_id: str,
+    environment_id: str,
+    project_id: str,
+    **overrides: Any,
+) -> str:
+    """Insert a V1 ``"Checkpoint"`` of ``run_id``'s ``attempt_id``; returns its id."""
+    defaults = {
+        "friendlyId": "checkpoint_" + new_cuid(),
+        "type": "DOCKER",
+        "location": "/checkpoints/" + new_cuid(),
+        "imageRef": "registry.local/checkpoint:" + new_cuid(),
+        "runId": run_id,
+        "attemptId": attempt_id,
+        "projectId": project_id,
+        "runtimeEnvironmentId": environment_id,
+        "updatedAt": _utcnow(),
+    }
+    return _run_row(conn, "Checkpoint", defaults, overrides)
+
+
+def insert_checkpoint_restore_event(
+    conn: Connection[Any],
+    *,
+    checkpoint_id: str,
+    run_id: str,
+    attempt_id: str,
+    environment_id: str,
+    project_id: str,
+    **overrides: Any,
+) -> str:
+    """Insert a ``"CheckpointRestoreEvent"`` (type ``CHECKPOINT``); returns its id."""
+    defaults = {
+        "type": "CHECKPOINT",
+        "checkpointId": checkpoint_id,
+        "runId": run_id,
+        "attemptId": attempt_id,
+        "projectId": project_id,
+        "runtimeEnvironmentId": environment_id,
+        "updatedAt": _utcnow(),
+    }
+    return _run_row(conn, "CheckpointRestoreEvent", defaults, overrides)
+
+
+def insert_run_dependency(conn: Connection[Any], *, run_id: str, **overrides: Any) -> str:
+    """Insert a ``"TaskRunDependency"`` of ``run_id`` (one per run);
+    ``checkpoint_event_id=``, ``dependent_attempt_id=``,
+    ``dependent_batch_run_id=`` link what it resumes."""
+    defaults = {"taskRunId": run_id, "updatedAt": _utcnow()}
+    return _run_row(conn, "TaskRunDependency", defaults, overrides)
+
+
+def insert_run_checkpoint(
+    conn: Connection[Any], *, environment_id: str, project_id: str, **overrides: Any
+) -> str:
+    """Insert a ``"TaskRunCheckpoint"`` (V2; a snapshot points at it); returns its id."""
+    defaults = {
+        "friendlyId": "checkpoint_" + new_cuid(),
+        "type": "DOCKER",
+        "location": "/checkpoints/" + new_cuid(),
+        "projectId": project_id,
+        "runtimeEnvironmentId": environment_id,
+        "updatedAt": _utcnow(),
+    }
+    return _run_row(conn, "TaskRunCheckpoint", defaults, overrides)
+
+
+def insert_snapshot(
+    conn: Connection[Any],
+    *,
+    run_id: str,
+    environment_id: str,
+    project_id: str,
+    organization_id: str,
+    **overrides: Any,
+) -> str:
+    """Insert a ``"TaskRunExecutionSnapshot"`` of ``run_id`` (``EXECUTING``,
+    run ``EXECUTING``, environment ``PRODUCTION`` unless given);
+    ``checkpoint_id=`` points it at a ``"TaskRunCheckpoint"``."""
+    defaults = {
+        "executionStatus": "EXECUTING",
+        "description": "Run started executing",
+        "runId": run_id,
+        "runStatus": "EXECUTING",
+        "environmentId": environment_id,
+        "environmentType": "PRODUCTION",
+        "projectId": project_id,
+        "organizationId": organization_id,
+        "updatedAt": _utcnow(),
+    }
+    return _run_row(conn, "TaskRunExecutionSnapshot", defaults, overrides)
+
+
+def insert_waitpoint(
+    conn: Connection[Any], *, environment_id: str, project_id: str, **overrides: Any
+) -> str:
+    """Insert a ``"Waitpoint"`` (type ``MANUAL``, ``friendlyId`` ``waitpoint_…``,
+    a generated idempotency key); ``completed_by_task_run_id=`` makes it a
+    run's waitpoint. Returns its id."""
+    defaults = {
+        "friendlyId": "waitpoint_" + new_cuid(),
+        "type": "MANUAL",
+        "idempotencyKey": new_cuid(),
+        "userProvidedIdempotencyKey": False,
+        "projectId": project_id,
+        "environmentId": environment_id,
+        "updatedAt": _utcnow(),
+    }
+    return _run_row(conn, "Waitpoint", defaults, overrides)
+
+
+def insert_run_waitpoint(
+    conn: Connection[Any], *, run_id: str, waitpoint_id: str, project_id: str, **overrides: Any
+) -> str:
+    """Insert a ``"TaskRunWaitpoint"``: ``run_id`` blocked by ``waitpoint_id``."""
+    defaults = {
+        "taskRunId": run_id,
+        "waitpointId": waitpoint_id,
+        "projectId": project_id,
+        "updatedAt": _utcnow(),
+    }
+    return _run_row(conn, "TaskRunWaitpoint", defaults, overrides)
+
+
+def _has_table(conn: Connection[Any], table: str) -> bool:
+    (found,) = _fetch_one(conn, "SELECT to_regclass(%s) IS NOT NULL", (f'"{table}"',))
+    return bool(found)
+
+
+def connect_waitpoint(conn: Connection[Any], run_id: str, waitpoint_id: str) -> None:
+    """Connect a run and a waitpoint: a ``"WaitpointRunConnection"`` row in
+    run-ops, a ``"_WaitpointRunConnections"`` row (``"A"`` run, ``"B"``
+    waitpoint) in the control plane."""
+    if _has_table(conn, "WaitpointRunConnection"):
+        row = {"id": new_cuid(), "taskRunId": run_id, "waitpointId": waitpoint_id}
+        _insert(conn, "WaitpointRunConnection", row)
+    else:
+        _insert(conn, "_WaitpointRunConnections", {"A": run_id, "B": waitpoint_id})
+
+
+def complete_waitpoint(conn: Connection[Any], snapshot_id: str, waitpoint_id: str) -> None:
+    """Record ``waitpoint_id`` as completed for ``snapshot_id``: a
+    ``"CompletedWaitpoint"`` row in run-ops, a ``"_completedWaitpoints"`` row
+    (``"A"`` snapshot, ``"B"`` waitpoint) in the control plane."""
+    if _has_table(conn, "CompletedWaitpoint"):
+        row = {"id": new_cuid(), "snapshotId": snapshot_id, "waitpointId": waitpoint_id}
+        _insert(conn, "CompletedWaitpoint", row)
+    else:
+        _insert(conn, "_completedWaitpoints", {"A": snapshot_id, "B": waitpoint_id})
+
+
+def insert_waitpoint_tag(
+    conn: Connection[Any], *, environment_id: str, project_id: str, **overrides: Any
+) -> str:
+    """Insert a ``"WaitpointTag"`` (a unique name per environment); returns its id."""
+    defaults = {
+        "name": "tag-" + _random_string(_ALNUM, 8),
+        "environmentId": environment_id,
+        "projectId": project_id,
+    }
+    return _run_row(conn, "WaitpointTag", defaults, overrides)
+
+
+def insert_run_tag(conn: Connection[Any], *, project_id: str, **overrides: Any) -> str:
+    """Insert a ``"TaskRunTag"`` of the project (a unique name); returns its id."""
+    defaults = {
+        "name": "tag-" + _random_string(_ALNUM, 8),
+        "friendlyId": "runtag_" + new_cuid(),
+        "projectId": project_id,
+    }
+    return _run_row(conn, "TaskRunTag", defaults, overrides)
+
+
+def insert_bulk_action_item(conn: Connection[Any], *, source_run_id: str, **overrides: Any) -> str:
+    """Insert a ``"BulkActionItem"`` (control plane; a ``REPLAY`` of
+    ``source_run_id`` in a fresh group unless ``group_id=`` is given)."""
+    defaults = {
+        "groupId": new_cuid(),
+        "type": "REPLAY",
+        "sourceRunId": source_run_id,
+        "updatedAt": _utcnow(),
+    }
+    return _run_row(conn, "BulkActionItem", defaults, overrides)

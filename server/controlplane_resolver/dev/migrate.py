@@ -2,9 +2,14 @@
 and tests (``controlplane-resolver migrate``).
 
 A database is migrated once: the schema is created in one transaction
-together with a marker table. Running again finds the marker and does
-nothing. A database that already holds the platform's own tables (it has
-``"RuntimeEnvironment"`` or ``"TaskRun"`` but no marker) is never touched.
+together with a marker table. Running again finds the marker and re-applies
+only the schema's idempotent tail (everything after :data:`UPGRADE_LINE`:
+``CREATE TABLE IF NOT EXISTS``, ``CREATE INDEX IF NOT EXISTS``, foreign keys
+dropped if present and added again), so a database migrated before gains the
+tables added since; it reports ``upgraded`` when that created a table, index or
+constraint, else ``already migrated``. A database that already holds the
+platform's own tables (it has ``"RuntimeEnvironment"`` or ``"TaskRun"`` but no
+marker) is never touched.
 """
 
 from __future__ import annotations
@@ -14,6 +19,19 @@ from importlib import resources
 import psycopg
 
 MARKER_TABLE = "_controlplane_resolver_schema"
+
+#: The line of a schema file after which every statement is idempotent.
+UPGRADE_LINE = "-- controlplane-resolver: idempotent from here"
+
+# Names of the relations and constraints in the public schema: what an
+# upgrade may add.
+_OBJECTS = """
+SELECT count(*) FROM (
+    SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace
+    UNION ALL
+    SELECT conname FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+) o
+"""
 
 
 class MigrationRefused(RuntimeError):
@@ -25,10 +43,17 @@ def schema_sql(name: str) -> str:
     return resources.files("controlplane_resolver.dev").joinpath(f"schema/{name}.sql").read_text()
 
 
-def migrate(dsn: str, schema: str) -> str:
-    """Create ``schema`` in the database at ``dsn`` if it is not there yet.
+def upgrade_sql(name: str) -> str:
+    """The idempotent tail of ``schema/<name>.sql`` (empty when it has none)."""
+    _, found, tail = schema_sql(name).partition(UPGRADE_LINE)
+    return tail if found else ""
 
-    Returns ``"created"`` or ``"already migrated"``; raises
+
+def migrate(dsn: str, schema: str) -> str:
+    """Create ``schema`` in the database at ``dsn`` if it is not there yet,
+    else re-apply its idempotent tail.
+
+    Returns ``"created"``, ``"upgraded"`` or ``"already migrated"``; raises
     :class:`MigrationRefused` for a database holding the platform's own tables.
     """
     with psycopg.connect(dsn) as conn:
@@ -42,7 +67,13 @@ def migrate(dsn: str, schema: str) -> str:
         assert row is not None
         marked, platform_tables = row
         if marked:
-            return "already migrated"
+            upgrade = upgrade_sql(schema)
+            if not upgrade.strip():
+                return "already migrated"
+            before = conn.execute(_OBJECTS).fetchone()
+            conn.execute(upgrade)
+            after = conn.execute(_OBJECTS).fetchone()
+            return "already migrated" if before == after else "upgraded"
         if platform_tables:
             raise MigrationRefused(
                 "this database already holds the platform's tables and was not created by "

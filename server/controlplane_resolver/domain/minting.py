@@ -20,27 +20,36 @@ segmentio's published KSUID vectors and round-tripped through
 
 The mint-kind decision
 ----------------------
-:func:`decide_mint_kind` applies the gates in this order, first match wins:
+:func:`decide_mint_kind` decides as the platform does (its trigger path and
+batch minting: a parent's kind first, then the root-run gates), first match
+wins:
 
-1. master switch (``RUN_OPS_MINT_KSUID_ENABLED``) off → cuid, ``master_switch_off``;
-2. split off → cuid, ``split_off``;
-3. a parent id given → the parent's residency decides, so a run tree stays
-   in one database across a flag flip (``parent_residency``; an
-   unclassifiable parent is treated as legacy: cuid, ``parent_unclassifiable``);
-4. the organization's ``"featureFlags"->>'runOpsMintKsuid'``: ``"ksuid"`` →
-   ksuid, ``"cuid"`` → cuid (``org_flag``); unset → cuid (``default``); any
-   other value → cuid (``org_flag_unrecognised``); no such organization →
-   cuid (``organization_not_found``: a cuid is always readable, and the
-   caller's own organization lookup is the place to fail); the flag could
-   not be read (database down) → cuid (``flag_read_failed``), never an error.
+1. a parent id given → the parent's residency decides, **before and instead
+   of every gate** (``parent_residency``): a ``NEW`` parent mints a ksuid
+   child and a ``LEGACY`` parent a cuid child, whatever the master switch,
+   split mode or flags say, so a run tree never splits across databases. A
+   parent whose shape is unclassifiable is
+   :class:`~controlplane_resolver.errors.InvalidArgument`
+   (``UNCLASSIFIABLE_PARENT_ID``): the platform's classifier throws there.
+2. master switch (``RUN_OPS_MINT_KSUID_ENABLED``) off → cuid, ``master_switch_off``;
+3. split off → cuid, ``split_off``;
+4. the flag ``runOpsMintKsuid``, read as the platform's ``makeFlag`` reads
+   it: the organization's ``"featureFlags"`` value when it is an allowed value
+   (the JSON string ``"ksuid"`` or ``"cuid"``; ``org_flag``); otherwise the
+   global ``"FeatureFlag"`` row of that key when its value is allowed
+   (``global_flag``); otherwise cuid (``default``). An organization that does
+   not exist has no value of its own, so the global row decides for it too.
+   The flag could not be read (database down) → cuid (``flag_read_failed``),
+   never an error.
 
-Flip latency: the resolver caches the flag per organization in the
+Flip latency: the resolver caches both values per organization in the
 ``MINT_KIND`` slot for ``CONTROL_PLANE_CACHE_TTL_MS`` (default 30 s) and never
-serves it stale past that (its soft and hard TTL are both that value), so an
-organization's flag flip takes effect within ``CONTROL_PLANE_CACHE_TTL_MS``
-(plus replica lag when reading a replica); ``Invalidate(organization_id)``
-applies it at once; ``0`` disables caching. An absent organization is cached
-for ``CONTROL_PLANE_CACHE_NEGATIVE_TTL_MS``. A failed read is never cached.
+serves them stale past that (soft and hard TTL are both that value), so a
+flip takes effect within ``CONTROL_PLANE_CACHE_TTL_MS`` (plus replica lag
+when reading a replica); ``Invalidate(organization_id)`` or the
+``organization:<id>`` notification applies an organization's flip at once,
+the ``flag:<key>`` notification (the ``"FeatureFlag"`` trigger) a global
+flip; ``0`` disables caching. A failed read is never cached.
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ from controlplane_resolver.domain.residency import (
     Classification,
     Residency,
 )
+from controlplane_resolver.errors import InvalidArgument
 
 # ----------------------------------------------------------------- the values
 
@@ -89,16 +99,46 @@ class MintKindDecision:
 
 
 class FlagLookup(enum.Enum):
-    """Outcomes of reading the organization's flag that carry no value."""
+    """Outcomes of reading the flag that carry no value."""
 
-    ORGANIZATION_NOT_FOUND = "organization_not_found"
     READ_FAILED = "flag_read_failed"
 
 
-#: The organization feature flag (a key of ``"Organization"."featureFlags"``).
+@dataclass(frozen=True)
+class FlagValues:
+    """The two places the mint flag is read from, as the platform's
+    ``makeFlag`` reads them. Each is the text of a JSON string value, or
+    ``None`` when unset or not a JSON string (which cannot parse to an
+    allowed value)."""
+
+    #: The organization's ``"featureFlags"->'runOpsMintKsuid'`` (``None`` also
+    #: when the organization does not exist).
+    organization: str | None
+    #: The global ``"FeatureFlag"`` row's ``"value"`` for the key.
+    global_value: str | None
+
+
+#: The flag (a key of ``"Organization"."featureFlags"`` and a
+#: ``"FeatureFlag"."key"``), and the values it may take.
 MINT_FLAG = "runOpsMintKsuid"
 
 _FLAG_KINDS = {"ksuid": MintKind.KSUID, "cuid": MintKind.CUID}
+
+
+def inherited_kind(parent: Classification) -> MintKindDecision:
+    """A child's kind: its parent's. Raises :class:`InvalidArgument` for a
+    parent whose shape is unclassifiable (the platform's classifier throws)."""
+    if parent.residency is Residency.NEW:
+        return MintKindDecision(MintKind.KSUID, "parent_residency")
+    if parent.residency is Residency.LEGACY:
+        return MintKindDecision(MintKind.CUID, "parent_residency")
+    raise InvalidArgument(
+        f"parent_id {parent.id!r} has a {len(parent.body)}-character body, neither "
+        f"{CUID_LENGTH} (cuid) nor {KSUID_LENGTH} (ksuid): its child's kind cannot be "
+        "known, and a child is never minted into a database by a guess",
+        reason="UNCLASSIFIABLE_PARENT_ID",
+        metadata={"field": "parent_id", "value": parent.id},
+    )
 
 
 def decide_mint_kind(
@@ -106,35 +146,31 @@ def decide_mint_kind(
     master_switch_enabled: bool,
     split_enabled: bool,
     parent: Classification | None,
-    read_org_flag: Callable[[], str | FlagLookup | None],
+    read_flags: Callable[[], FlagValues | FlagLookup],
 ) -> MintKindDecision:
     """Decide the kind of a new id (see the module docstring for the order).
 
-    ``read_org_flag`` returns the flag's text value, ``None`` when the
-    organization has no such flag, or a :class:`FlagLookup`. It is called
-    only when the earlier gates do not decide, so with the master switch or
-    the split off the database is never touched.
+    ``read_flags`` returns the flag's :class:`FlagValues`, or
+    :data:`FlagLookup.READ_FAILED`. It is called only when the earlier gates
+    do not decide, so with a parent, or the master switch or the split off,
+    the database is never touched.
     """
+    if parent is not None:
+        return inherited_kind(parent)
     if not master_switch_enabled:
         return MintKindDecision(MintKind.CUID, "master_switch_off")
     if not split_enabled:
         return MintKindDecision(MintKind.CUID, "split_off")
-    if parent is not None:
-        if parent.residency is Residency.NEW:
-            return MintKindDecision(MintKind.KSUID, "parent_residency")
-        if parent.residency is Residency.LEGACY:
-            return MintKindDecision(MintKind.CUID, "parent_residency")
-        # Reads route unclassifiable ids as legacy: keep the child beside them.
-        return MintKindDecision(MintKind.CUID, "parent_unclassifiable")
-    flag = read_org_flag()
-    if isinstance(flag, FlagLookup):
-        return MintKindDecision(MintKind.CUID, flag.value)
-    if flag is None:
-        return MintKindDecision(MintKind.CUID, "default")
-    kind = _FLAG_KINDS.get(flag)
-    if kind is None:
-        return MintKindDecision(MintKind.CUID, "org_flag_unrecognised")
-    return MintKindDecision(kind, "org_flag")
+    flags = read_flags()
+    if isinstance(flags, FlagLookup):
+        return MintKindDecision(MintKind.CUID, flags.value)
+    kind = _FLAG_KINDS.get(flags.organization or "")
+    if kind is not None:
+        return MintKindDecision(kind, "org_flag")
+    kind = _FLAG_KINDS.get(flags.global_value or "")
+    if kind is not None:
+        return MintKindDecision(kind, "global_flag")
+    return MintKindDecision(MintKind.CUID, "default")
 
 
 def friendly_id(kind: IdKind, id: str) -> str:

@@ -239,6 +239,9 @@ class LockedDeployment:
     version: str
     runtime: str | None
     runtime_version: str | None
+    #: The deployment's git metadata, a JSON object as the platform writes it
+    #: (``None`` when unset or not an object).
+    git: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -282,16 +285,6 @@ class MintedId:
     id: str
     friendly_id: str
     mint_kind: MintKind
-
-
-@dataclass(frozen=True)
-class OrganizationFeatureFlag:
-    """One key of an organization's ``"featureFlags"``, as text (``None``
-    when the key is not set)."""
-
-    organization_id: str
-    name: str
-    value: str | None
 
 
 # ------------------------------------------------------------------- cleanup

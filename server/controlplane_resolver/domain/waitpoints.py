@@ -20,9 +20,11 @@ table against the proto's ``UnblockRouteKind``).
 
   1. ``NON_TREE_OWNED`` — the run tree the waitpoint belongs to is owned by
      a legacy run (``tree_owner_residency`` is ``LEGACY``);
-  2. ``CROSS_TREE_IDEMPOTENCY`` — an ``IDEMPOTENCY_REUSE`` completion that
-     reuses a run of another tree (``cross_tree_idempotency``; the flag
-     means nothing for other route kinds and is ignored there);
+  2. ``CROSS_TREE_IDEMPOTENCY`` — the request marks the completion as
+     crossing into another run tree (``cross_tree_idempotency``), whatever
+     the route kind: the platform's guard pins on the flag alone (a ``RUN``
+     completion of a run reused by an idempotency key from another tree is
+     one such case);
   3. ``LEGACY_PARENT_DESCENDANT`` — the waiting run has a legacy parent
      (``has_legacy_parent``);
 
@@ -194,7 +196,7 @@ def select_store(
     pin: PinReason | None = None
     if tree_owner_residency is Residency.LEGACY:
         pin = PinReason.NON_TREE_OWNED
-    elif route_kind is RouteKind.IDEMPOTENCY_REUSE and cross_tree_idempotency:
+    elif cross_tree_idempotency:
         pin = PinReason.CROSS_TREE_IDEMPOTENCY
     elif has_legacy_parent:
         pin = PinReason.LEGACY_PARENT_DESCENDANT

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "controlplane_resolver_invalidate"
 
 #: The kinds a payload may name, each a scope of cached answers.
-KINDS = ("environment", "organization", "project", "worker_versions")
+KINDS = ("environment", "organization", "project", "worker_versions", "flag")
 
 
 class InvalidationTarget(Protocol):
@@ -31,6 +31,8 @@ class InvalidationTarget(Protocol):
     def invalidate_project(self, project_id: str) -> None: ...
 
     def invalidate_worker_versions(self, environment_id: str) -> None: ...
+
+    def invalidate_flag(self, key: str) -> None: ...
 
     def invalidate_all(self) -> None: ...
 
@@ -51,6 +53,9 @@ def apply_notification(target: InvalidationTarget, payload: str) -> bool:
         target.invalidate_project(ident)
     elif kind == "worker_versions":
         target.invalidate_worker_versions(ident)
+    elif kind == "flag":
+        # The id is the "FeatureFlag"."key": answers that read that global flag.
+        target.invalidate_flag(ident)
     else:
         log.warning("ignoring invalidation notification of unknown kind %r", kind[:50])
         return False

@@ -27,6 +27,8 @@ WATCHED: tuple[tuple[str, str, str], ...] = (
     ("WorkerDeploymentPromotion", "worker_versions", "environmentId"),
     ("BackgroundWorker", "worker_versions", "runtimeEnvironmentId"),
     ("WorkerDeployment", "worker_versions", "environmentId"),
+    # A global flag row (e.g. the mint flag's fallback for every organization).
+    ("FeatureFlag", "flag", "key"),
 )
 
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from controlplane_resolver.domain.minting import FlagValues
 from controlplane_resolver.domain.values import (
     AuthenticatedEnvironment,
     BackgroundWorker,
@@ -24,7 +25,6 @@ from controlplane_resolver.domain.values import (
     LockedTaskWorker,
     LockedVersion,
     Organization,
-    OrganizationFeatureFlag,
     OrgMember,
     ParentEnvironment,
     Project,
@@ -179,16 +179,20 @@ def authenticated_environment(db: Database, environment_id: str) -> Authenticate
 
 
 def _git_object(r: Row) -> dict[str, Any] | None:
-    """The git metadata, which the platform writes as a JSON object. Any
+    """The environment's git metadata (see :func:`_json_object`)."""
+    return _json_object(r["git"], f"environment {r['id']}")
+
+
+def _json_object(value: Any, owner: str) -> dict[str, Any] | None:
+    """A git metadata column, which the platform writes as a JSON object. Any
     other JSON (the column accepts it) cannot be the answer's ``Struct``:
-    report it missing rather than fail the environment's callers."""
-    git = r["git"]
-    if git is None or isinstance(git, dict):
-        return git
+    report it missing rather than fail the callers of ``owner``."""
+    if value is None or isinstance(value, dict):
+        return value
     log.warning(
-        "environment %s has git metadata that is not a JSON object (%s); answering without it",
-        r["id"],
-        type(git).__name__,
+        "%s has git metadata that is not a JSON object (%s); answering without it",
+        owner,
+        type(value).__name__,
     )
     return None
 
@@ -223,9 +227,9 @@ SELECT {_DEPLOYMENT_COLUMNS} FROM "WorkerDeploymentPromotion" pr
   JOIN "WorkerDeployment" d ON d."id" = pr."deploymentId"
  WHERE pr."environmentId" = %s AND pr."label" = %s
 """
-NEWEST_MANAGED_DEPLOYMENT_WITH_WORKER = f"""
+NEWEST_MANAGED_DEPLOYMENT = f"""
 SELECT {_DEPLOYMENT_COLUMNS} FROM "WorkerDeployment" d
- WHERE d."environmentId" = %s AND d."type" = 'MANAGED' AND d."workerId" IS NOT NULL
+ WHERE d."environmentId" = %s AND d."type" = 'MANAGED'
  ORDER BY d."createdAt" DESC, d."id" DESC
  LIMIT 1
 """
@@ -286,12 +290,15 @@ def worker_version(
     db: Database, environment_id: str, environment_type: str, worker_id: str | None
 ) -> WorkerVersion | None:
     """The worker version runs of an environment execute on (docs/design.md,
-    "Control-plane answers").
+    "Control-plane answers"), branch by branch as the platform's resolver:
 
-    * ``DEVELOPMENT``: the given worker, else the environment's newest; no deployment.
-    * a worker id: that worker (it must belong to the environment) with its deployment.
-    * otherwise the deployment promoted as ``current``; if it is not ``MANAGED``,
-      the newest ``MANAGED`` deployment that has a worker.
+    * a worker id: that worker (it must belong to the environment) with the
+      deployment whose worker it is, whatever the type (``DEVELOPMENT`` too);
+    * ``DEVELOPMENT`` without one: the environment's newest worker, no deployment;
+    * otherwise the deployment promoted ``current`` (none, or one without a
+      worker: ``None``); one that is not ``MANAGED`` is replaced by the
+      environment's newest ``MANAGED`` deployment (``None`` when that one has
+      no worker yet: an older one never stands in for it).
 
     Returns ``None`` when any step finds nothing. All reads use one connection.
     """
@@ -301,23 +308,19 @@ def worker_version(
             return conn.execute(sql, params).fetchone()
 
         deployment_row: Row | None = None
-        if environment_type == "DEVELOPMENT":
-            worker_row = (
-                one(WORKER_OF_ENVIRONMENT, worker_id, environment_id)
-                if worker_id
-                else one(NEWEST_WORKER_OF_ENVIRONMENT, environment_id)
-            )
-        elif worker_id:
+        if worker_id:
             worker_row = one(WORKER_OF_ENVIRONMENT, worker_id, environment_id)
             if worker_row is not None:
                 deployment_row = one(DEPLOYMENT_OF_WORKER, worker_id)
+        elif environment_type == "DEVELOPMENT":
+            worker_row = one(NEWEST_WORKER_OF_ENVIRONMENT, environment_id)
         else:
             deployment_row = one(PROMOTED_DEPLOYMENT, environment_id, PROMOTION_LABEL)
             if deployment_row is None or deployment_row["workerId"] is None:
                 return None
             if deployment_row["type"] != "MANAGED":
-                deployment_row = one(NEWEST_MANAGED_DEPLOYMENT_WITH_WORKER, environment_id)
-                if deployment_row is None:
+                deployment_row = one(NEWEST_MANAGED_DEPLOYMENT, environment_id)
+                if deployment_row is None or deployment_row["workerId"] is None:
                     return None
             worker_row = one(WORKER_BY_ID, deployment_row["workerId"])
         if worker_row is None:
@@ -424,7 +427,7 @@ SELECT t."id", t."slug", t."filePath", t."exportName", t."machineConfig",
        w."supportsLazyAttempts",
        d."friendlyId" AS "deploymentFriendlyId", d."shortCode" AS "deploymentShortCode",
        d."version" AS "deploymentVersion", d."runtime" AS "deploymentRuntime",
-       d."runtimeVersion" AS "deploymentRuntimeVersion"
+       d."runtimeVersion" AS "deploymentRuntimeVersion", d."git" AS "deploymentGit"
   FROM "BackgroundWorkerTask" t
   JOIN "BackgroundWorker" w ON w."id" = t."workerId"
   LEFT JOIN "WorkerDeployment" d ON d."workerId" = w."id"
@@ -452,6 +455,7 @@ def locked_task(db: Database, task_id: str) -> LockedTask | None:
             version=r["deploymentVersion"],
             runtime=r["deploymentRuntime"],
             runtime_version=r["deploymentRuntimeVersion"],
+            git=_json_object(r["deploymentGit"], f"deployment {r['deploymentFriendlyId']}"),
         )
     return LockedTask(
         id=r["id"],
@@ -484,21 +488,27 @@ def locked_version(db: Database, worker_id: str) -> LockedVersion | None:
     )
 
 
-# ----------------------------------------------------- organization feature flags
+# ------------------------------------------------------------------ feature flags
 
-# ->> reads one key as text: the rest of "featureFlags" never leaves the database.
-ORGANIZATION_FEATURE_FLAG = """
-SELECT "featureFlags" ->> %s AS "value" FROM "Organization" WHERE "id" = %s
+# One round trip reads both places the platform's makeFlag reads: the
+# organization's override and the global "FeatureFlag" row. Only a JSON string
+# can parse to an allowed value, so anything else is answered as NULL; the
+# rest of "featureFlags" never leaves the database.
+FEATURE_FLAG_VALUES = """
+SELECT
+  (SELECT CASE WHEN jsonb_typeof(o."featureFlags" -> %s) = 'string'
+               THEN o."featureFlags" ->> %s END
+     FROM "Organization" o WHERE o."id" = %s) AS "organization",
+  (SELECT CASE WHEN jsonb_typeof(f."value") = 'string' THEN f."value" #>> '{}' END
+     FROM "FeatureFlag" f WHERE f."key" = %s) AS "global"
 """
 
 
-def organization_feature_flag(
-    db: Database, organization_id: str, name: str
-) -> OrganizationFeatureFlag | None:
-    """The organization's feature flag ``name`` as text (value ``None`` when
-    unset or when "featureFlags" is NULL); ``None`` when the organization
-    does not exist."""
-    r = db.fetch_one(ORGANIZATION_FEATURE_FLAG, (name, organization_id))
-    if r is None:
-        return None
-    return OrganizationFeatureFlag(organization_id=organization_id, name=name, value=r["value"])
+def feature_flag_values(db: Database, organization_id: str, key: str) -> FlagValues:
+    """The flag ``key`` of the organization (``None`` when unset, not a JSON
+    string, or the organization does not exist) and of the global
+    ``"FeatureFlag"`` row (``None`` when there is none, or not a JSON string)."""
+    r = db.fetch_one(FEATURE_FLAG_VALUES, (key, key, organization_id, key))
+    if r is None:  # a SELECT without FROM always answers one row
+        return FlagValues(organization=None, global_value=None)
+    return FlagValues(organization=r["organization"], global_value=r["global"])

@@ -651,9 +651,14 @@ class ResolveWorkerVersionRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     environment_id: _builtins.str
     environment_type: Global___EnvironmentType.ValueType
-    """The environment's own type when omitted."""
+    """Given: the engine's dispatch (DEVELOPMENT: the newest worker; otherwise the
+    promoted deployment, or the newest MANAGED one when the promoted one is not
+    MANAGED). Omitted: the platform app's path (the promoted deployment as is).
+    """
     worker_id: _builtins.str
-    """Must belong to the environment, else NOT_FOUND."""
+    """That worker, with its deployment, whatever the type. Must belong to the
+    environment, else NOT_FOUND.
+    """
     def __init__(
         self,
         *,
@@ -692,7 +697,9 @@ class ResolveWorkerVersionResponse(_message.Message):
     def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskQueue]: ...
     @_builtins.property
     def deployment(self) -> Global___WorkerDeployment:
-        """Unset for development workers."""
+        """Unset when the worker has no deployment (development workers), and for
+        DEVELOPMENT's newest worker.
+        """
 
     def __init__(
         self,
@@ -1278,11 +1285,18 @@ class LockedDeployment(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     RUNTIME_FIELD_NUMBER: _builtins.int
     RUNTIME_VERSION_FIELD_NUMBER: _builtins.int
+    GIT_FIELD_NUMBER: _builtins.int
     friendly_id: _builtins.str
     short_code: _builtins.str
     version: _builtins.str
     runtime: _builtins.str
     runtime_version: _builtins.str
+    @_builtins.property
+    def git(self) -> _struct_pb2.Struct:
+        """The deployment's git metadata, a JSON object as the platform writes it;
+        unset when there is none (or it is not an object).
+        """
+
     def __init__(
         self,
         *,
@@ -1291,10 +1305,11 @@ class LockedDeployment(_message.Message):
         version: _builtins.str = ...,
         runtime: _builtins.str | None = ...,
         runtime_version: _builtins.str | None = ...,
+        git: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_runtime", b"_runtime", "_runtime_version", b"_runtime_version", "runtime", b"runtime", "runtime_version", b"runtime_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_runtime", b"_runtime", "_runtime_version", b"_runtime_version", "git", b"git", "runtime", b"runtime", "runtime_version", b"runtime_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_runtime", b"_runtime", "_runtime_version", b"_runtime_version", "friendly_id", b"friendly_id", "runtime", b"runtime", "runtime_version", b"runtime_version", "short_code", b"short_code", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_runtime", b"_runtime", "_runtime_version", b"_runtime_version", "friendly_id", b"friendly_id", "git", b"git", "runtime", b"runtime", "runtime_version", b"runtime_version", "short_code", b"short_code", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__runtime: _TypeAlias = _typing.Literal["runtime"]  # noqa: Y015
     _WhichOneofArgType__runtime: _TypeAlias = _typing.Literal["_runtime", b"_runtime"]  # noqa: Y015
@@ -1414,7 +1429,9 @@ class ResolveMintKindRequest(_message.Message):
     PARENT_ID_FIELD_NUMBER: _builtins.int
     organization_id: _builtins.str
     parent_id: _builtins.str
-    """A parent run's id: a child inherits its parent's kind."""
+    """A parent run's id: a child inherits its parent's kind, before and instead
+    of every gate; an unclassifiable parent is INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -1439,7 +1456,9 @@ class ResolveMintKindResponse(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     kind: Global___MintKind.ValueType
     reason: _builtins.str
-    """Which rule decided, e.g. "master_switch_off", "org_flag", "parent_residency"."""
+    """Which rule decided: "parent_residency", "master_switch_off", "split_off",
+    "org_flag", "global_flag", "default" or "flag_read_failed".
+    """
     def __init__(
         self,
         *,
