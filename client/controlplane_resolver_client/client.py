@@ -3,22 +3,31 @@
 Contract of every method:
 
 * returns the response message (or the part of it named in the docstring);
-* returns ``None`` when the server answers ``NOT_FOUND``;
-* raises :class:`ResolverError` for every other failure, carrying the gRPC
-  status code, the message and the ``google.rpc.ErrorInfo`` reason;
+* returns ``None`` when the server answers ``NOT_FOUND`` — only the methods
+  whose RPC can answer it (``resolve_env``, ``resolve_authenticated_env``,
+  ``resolve_worker_version``, ``read_run``; ``assert_env_exists`` returns
+  ``False``); the others never return ``None`` and raise for any failure;
+* raises :class:`ResolverError` (a :class:`grpc.RpcError`) for every other
+  failure, carrying the gRPC status code, the message and the
+  ``google.rpc.ErrorInfo`` reason;
 * waits at most ``timeout`` seconds (the client's default deadline unless
   given per call).
 
-``UNAVAILABLE`` is retried by the channel itself with exponential backoff
-(``service_config.json``): the server answers it only when a database could
-not answer, never for a missing row, so a retry is always safe. The channel
-balances calls round-robin over every address the target resolves to, so
+``UNAVAILABLE`` is retried by the channel itself with exponential backoff,
+throttled as gRFC A6 describes (``service_config.json``): the server answers
+it only when a database could not answer, never for a missing row, so a
+retry is always safe. The channel balances calls round-robin over every
+address the target resolves to, so
 ``dns:///controlplane-resolver.<namespace>.svc:50051`` (a headless Service)
-spreads an engine node's calls over all replicas.
+spreads an engine node's calls over all replicas. All of that is channel
+configuration: a channel built elsewhere has it only when it was built with
+:func:`channel_options` (or by :func:`create_channel`).
 """
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
@@ -34,23 +43,173 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 5.0
 
+#: The metadata key of the request id: sent by callers who have one, and
+#: echoed by the server in every response's trailing metadata (a generated
+#: id when the caller sent none or one it would not accept).
+REQUEST_ID_KEY = "x-request-id"
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
 
 def service_config() -> str:
-    """The channel's service config (retry policy), as JSON text."""
+    """The channel's service config, as JSON text: round-robin balancing, a
+    5 s default timeout, retries of ``UNAVAILABLE`` and retry throttling."""
     return resources.files(__package__).joinpath("service_config.json").read_text()
 
 
-class ResolverError(Exception):
-    """A call that failed with a status other than NOT_FOUND."""
+def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """The options a channel to the resolver needs, followed by ``options``:
+    the service config (:func:`service_config`) and retries turned on.
+
+    For callers who build their own channel::
+
+        channel = grpc.secure_channel(target, credentials, options=channel_options())
+        client = ResolverClient(channel=channel)
+
+    (:func:`create_channel` does that and spares the client's warning.)
+    """
+    return [
+        ("grpc.service_config", service_config()),
+        ("grpc.enable_retries", 1),
+        *options,
+    ]
+
+
+#: Channels built by create_channel(): ResolverClient(channel=…) takes them
+#: without a warning.
+_configured_channels: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def create_channel(
+    target: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[Any] = (),
+) -> grpc.Channel:
+    """A channel to ``target`` with the resolver's service config
+    (:func:`channel_options`, then ``options``), secure when ``credentials``
+    are given, wrapped by ``interceptors`` (``grpc.intercept_channel``).
+    For :class:`ResolverClient`'s ``channel=`` when the constructor's own
+    arguments do not cover the channel needed."""
+    full_options = channel_options(options)
+    if credentials is not None:
+        channel = grpc.secure_channel(target, credentials, options=full_options)
+    else:
+        channel = grpc.insecure_channel(target, options=full_options)
+    if interceptors:
+        channel = grpc.intercept_channel(channel, *interceptors)
+    _configured_channels.add(channel)
+    return channel
+
+
+class BareChannelWarning(UserWarning):
+    """``ResolverClient(channel=…)`` got a channel :func:`create_channel` did
+    not build: it has the resolver's retries, retry throttling and
+    round-robin balancing only if it was built with :func:`channel_options`.
+    Filter this category out when it was."""
+
+
+class CallableStatusCode:
+    """:attr:`ResolverError.code`: the call's :class:`grpc.StatusCode`, both
+    as a value and as the method of grpc's call interface.
+
+    ``exc.code()`` returns the ``grpc.StatusCode`` (as for every
+    ``grpc.RpcError``); ``exc.code == grpc.StatusCode.UNAVAILABLE``,
+    ``exc.code.name`` and hashing behave as the status code itself does, so
+    code written for either form keeps working. Compare with ``==``, not
+    ``is`` (or compare ``exc.code()`` with ``is``).
+    """
+
+    __slots__ = ("_code",)
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def __call__(self) -> grpc.StatusCode:
+        return self._code
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, CallableStatusCode):
+            return bool(self._code == other._code)
+        return bool(self._code == other)
+
+    def __hash__(self) -> int:
+        return hash(self._code)
+
+    @property
+    def name(self) -> str:
+        return str(self._code.name)
+
+    @property
+    def value(self) -> tuple[int, str]:
+        value: tuple[int, str] = self._code.value
+        return value
+
+    def __repr__(self) -> str:
+        return repr(self._code)
+
+    def __str__(self) -> str:
+        return str(self._code)
+
+
+class ResolverError(grpc.RpcError):
+    """A call that failed (with a status other than NOT_FOUND, for the methods
+    that return ``None`` for it).
+
+    A :class:`grpc.RpcError` with grpc's call-error interface —
+    :meth:`code`, :meth:`details`, :meth:`initial_metadata`,
+    :meth:`trailing_metadata` — so ``except grpc.RpcError`` code and
+    ``grpc_status.rpc_status.from_call(exc)`` work on it, and with the
+    resolver's own fields: :attr:`message` (= ``details()``), :attr:`reason`
+    (the ``ErrorInfo`` reason, ``None`` when the status carried no detail),
+    :attr:`metadata` (the ``ErrorInfo`` metadata, a ``dict``) and
+    :attr:`request_id` (the id the server echoed).
+
+    ``code`` is a :class:`CallableStatusCode`: ``exc.code()`` and
+    ``exc.code == grpc.StatusCode.X`` both work.
+    """
 
     def __init__(
-        self, code: grpc.StatusCode, message: str, reason: str | None, metadata: dict[str, str]
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str | None,
+        metadata: dict[str, str],
+        *,
+        initial_metadata: Metadata = (),
+        trailing_metadata: Metadata = (),
     ) -> None:
         super().__init__(f"{code.name}: {message}" + (f" [{reason}]" if reason else ""))
-        self.code = code
+        self.code = CallableStatusCode(code)
         self.message = message
         self.reason = reason
         self.metadata = metadata
+        self._initial_metadata = initial_metadata
+        self._trailing_metadata = trailing_metadata
+
+    def details(self) -> str:
+        """The status message (grpc's interface; the same as :attr:`message`)."""
+        return self.message
+
+    def initial_metadata(self) -> Metadata:
+        """The response's initial metadata, as the failed call received it."""
+        return self._initial_metadata
+
+    def trailing_metadata(self) -> Metadata:
+        """The response's trailing metadata, as the failed call received it
+        (``grpc-status-details-bin`` and ``x-request-id`` among them)."""
+        return self._trailing_metadata
+
+    @property
+    def request_id(self) -> str | None:
+        """The ``x-request-id`` the server echoed (the caller's, or the one it
+        generated); ``None`` when the answer did not come from the resolver
+        (e.g. the channel could not connect)."""
+        for key, value in (*self._trailing_metadata, *self._initial_metadata):
+            if key == REQUEST_ID_KEY and isinstance(value, str):
+                return value
+        return None
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> ResolverError:
@@ -63,14 +222,28 @@ class ResolverError(Exception):
                     info = error_details_pb2.ErrorInfo()
                     detail.Unpack(info)
                     reason, metadata = info.reason, dict(info.metadata)
-        return cls(call.code(), call.details() or "", reason, metadata)
+        return cls(
+            call.code(),
+            call.details() or "",
+            reason,
+            metadata,
+            initial_metadata=tuple(call.initial_metadata() or ()),
+            trailing_metadata=tuple(call.trailing_metadata() or ()),
+        )
 
 
 class ResolverClient:
     """A channel to one resolver address and typed methods over it.
 
-    ``channel`` may be given instead of ``target`` (e.g. a secure channel).
-    Close with :meth:`close` or use as a context manager.
+    Give ``target`` and the client builds the channel, with the resolver's
+    service config (:func:`channel_options`). Or give ``channel`` (not both),
+    for credentials or interceptors the constructor's arguments do not
+    cover: the client cannot add options to an existing channel, so build
+    it with :func:`create_channel`, or with ``options=channel_options()``;
+    any other channel makes the client warn (:class:`BareChannelWarning`,
+    once per calling line), since it has no retries, retry throttling or
+    round-robin balancing. Close with :meth:`close` (which closes the
+    channel, given or built) or use as a context manager.
     """
 
     def __init__(
@@ -90,22 +263,34 @@ class ResolverClient:
         call. TLS is used when ``tls`` is true or any ``tls_*`` is given:
         ``tls_ca`` (PEM) verifies the server (system roots when omitted);
         ``tls_cert``/``tls_key`` (PEM) are the client certificate for mutual
-        TLS."""
+        TLS. ``tls*`` and ``options`` configure the channel the client
+        builds, so they cannot be combined with ``channel``."""
+        secure = bool(tls or tls_ca or tls_cert or tls_key)
         if channel is None:
             if target is None:
                 raise ValueError("give a target address or a channel")
-            channel_options = [
-                ("grpc.service_config", service_config()),
-                ("grpc.enable_retries", 1),
-                *options,
-            ]
-            if tls or tls_ca or tls_cert or tls_key:
-                credentials = grpc.ssl_channel_credentials(
+            credentials = (
+                grpc.ssl_channel_credentials(
                     root_certificates=tls_ca, private_key=tls_key, certificate_chain=tls_cert
                 )
-                channel = grpc.secure_channel(target, credentials, options=channel_options)
-            else:
-                channel = grpc.insecure_channel(target, options=channel_options)
+                if secure
+                else None
+            )
+            channel = create_channel(target, credentials=credentials, options=options)
+        else:
+            if target is not None or secure or options:
+                raise ValueError(
+                    "channel= is used as built: give target, tls* and options to the client "
+                    "or to create_channel(), not with a channel"
+                )
+            if channel not in _configured_channels:
+                warnings.warn(
+                    "ResolverClient(channel=…): a channel not built by create_channel() has "
+                    "the resolver's retries, retry throttling and round-robin balancing only "
+                    "if it was built with options=channel_options()",
+                    BareChannelWarning,
+                    stacklevel=2,
+                )
         self.channel = channel
         self.stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
         self.timeout = timeout
@@ -120,7 +305,8 @@ class ResolverClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T | None:
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
+        """The response; raises :class:`ResolverError` for every failure."""
         try:
             return method(
                 request,
@@ -128,17 +314,28 @@ class ResolverClient:
                 metadata=self._metadata,
             )
         except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
-                return None
             raise ResolverError.from_rpc_error(error) from None
 
+    def _find(self, method: Callable[..., T], request: Any, timeout: float | None) -> T | None:
+        """The response, or ``None`` for NOT_FOUND: only for RPCs that can
+        answer NOT_FOUND (docs/errors.md)."""
+        try:
+            return self._call(method, request, timeout)
+        except ResolverError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
     # ------------------------------------------------------------------ RPCs
+    # NOT_FOUND → None only where the RPC answers NOT_FOUND (docs/errors.md):
+    # ResolveEnv, ResolveAuthenticatedEnv, AssertEnvExists, ResolveWorkerVersion
+    # and ReadRun. Every other method raises ResolverError for any status.
 
     def resolve_env(
         self, environment_id: str, *, timeout: float | None = None
     ) -> pb.Environment | None:
         """The environment (ResolveEnv), or None when absent."""
-        response = self._call(
+        response = self._find(
             self.stub.ResolveEnv, pb.ResolveEnvRequest(environment_id=environment_id), timeout
         )
         return response.environment if response is not None else None
@@ -148,7 +345,7 @@ class ResolverClient:
     ) -> pb.AuthenticatedEnvironment | None:
         """The environment with secrets and relations, or None when absent
         (or its project is soft-deleted)."""
-        response = self._call(
+        response = self._find(
             self.stub.ResolveAuthenticatedEnv,
             pb.ResolveAuthenticatedEnvRequest(environment_id=environment_id),
             timeout,
@@ -163,19 +360,20 @@ class ResolverClient:
         worker_id: str | None = None,
         timeout: float | None = None,
     ) -> pb.ResolveWorkerVersionResponse | None:
-        """``worker``, ``tasks``, ``queues`` and ``deployment``, or None."""
+        """``worker``, ``tasks``, ``queues`` and ``deployment``, or None when
+        the environment has no such worker version."""
         request = pb.ResolveWorkerVersionRequest(environment_id=environment_id)
         if environment_type is not None:
             request.environment_type = environment_type
         if worker_id is not None:
             request.worker_id = worker_id
-        return self._call(self.stub.ResolveWorkerVersion, request, timeout)
+        return self._find(self.stub.ResolveWorkerVersion, request, timeout)
 
     def read_run(
         self, run_id: str, *, include_environment: bool = False, timeout: float | None = None
     ) -> pb.ReadRunResponse | None:
         """The run with ``source`` and ``residency``, or None when absent."""
-        return self._call(
+        return self._find(
             self.stub.ReadRun,
             pb.ReadRunRequest(run_id=run_id, include_environment=include_environment),
             timeout,
@@ -183,7 +381,7 @@ class ResolverClient:
 
     def assert_env_exists(self, environment_id: str, *, timeout: float | None = None) -> bool:
         """True when the environment exists, False when it does not."""
-        response = self._call(
+        response = self._find(
             self.stub.AssertEnvExists,
             pb.AssertEnvExistsRequest(environment_id=environment_id),
             timeout,
@@ -196,8 +394,9 @@ class ResolverClient:
         locked_by_id: str | None = None,
         locked_to_version_id: str | None = None,
         timeout: float | None = None,
-    ) -> pb.ResolveRunLockedWorkerResponse | None:
-        """``locked_by`` and ``locked_to_version``; each unset when absent."""
+    ) -> pb.ResolveRunLockedWorkerResponse:
+        """``locked_by`` and ``locked_to_version``; each unset when absent
+        (never NOT_FOUND)."""
         request = pb.ResolveRunLockedWorkerRequest()
         if locked_by_id is not None:
             request.locked_by_id = locked_by_id
@@ -205,14 +404,14 @@ class ResolverClient:
             request.locked_to_version_id = locked_to_version_id
         return self._call(self.stub.ResolveRunLockedWorker, request, timeout)
 
-    def classify_run_id(
-        self, id: str, *, timeout: float | None = None
-    ) -> pb.ClassifyRunIdResponse | None:
+    def classify_run_id(self, id: str, *, timeout: float | None = None) -> pb.ClassifyRunIdResponse:
+        """How ``id`` classifies by shape and the read order it implies."""
         return self._call(self.stub.ClassifyRunId, pb.ClassifyRunIdRequest(id=id), timeout)
 
     def resolve_mint_kind(
         self, organization_id: str, *, parent_id: str | None = None, timeout: float | None = None
-    ) -> pb.ResolveMintKindResponse | None:
+    ) -> pb.ResolveMintKindResponse:
+        """Which kind of id a new run of the organization gets, and why."""
         request = pb.ResolveMintKindRequest(organization_id=organization_id)
         if parent_id is not None:
             request.parent_id = parent_id
@@ -225,7 +424,8 @@ class ResolverClient:
         *,
         parent_id: str | None = None,
         timeout: float | None = None,
-    ) -> pb.MintIdResponse | None:
+    ) -> pb.MintIdResponse:
+        """A new run or batch id, its friendly id and the kind minted."""
         request = pb.MintIdRequest(kind=kind, organization_id=organization_id)
         if parent_id is not None:
             request.parent_id = parent_id
@@ -240,7 +440,8 @@ class ResolverClient:
         cross_tree_idempotency: bool = False,
         has_legacy_parent: bool = False,
         timeout: float | None = None,
-    ) -> pb.SelectStoreForWaitpointResponse | None:
+    ) -> pb.SelectStoreForWaitpointResponse:
+        """Which store a waitpoint completion is written to, and why."""
         request = pb.SelectStoreForWaitpointRequest(
             waitpoint_id=waitpoint_id,
             route_kind=route_kind,
@@ -278,7 +479,7 @@ class ResolverClient:
             pb.BatchResolveEnvsRequest(environment_ids=list(environment_ids)),
             timeout,
         )
-        return list(response.results) if response is not None else []
+        return list(response.results)
 
     def batch_read_runs(
         self, run_ids: Sequence[str], *, timeout: float | None = None
@@ -287,4 +488,4 @@ class ResolverClient:
         response = self._call(
             self.stub.BatchReadRuns, pb.BatchReadRunsRequest(run_ids=list(run_ids)), timeout
         )
-        return list(response.results) if response is not None else []
+        return list(response.results)

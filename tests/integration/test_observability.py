@@ -1,8 +1,11 @@
-"""Observability of a real server Prometheus metrics scraped over
+"""Observability of a real server: Prometheus metrics scraped over
 HTTP from ``--metrics-addr`` (gRPC counters per method and code, pre-registered
-at zero; cache, pool, split-mode, sentinel and listener state) and the
+at zero; cache, pool, split-mode, sentinel and listener state; the standard
+``process_*`` metrics of every process; no ``_created`` series), the
 structured call log (one JSON line per call with method, code, latency, cache
-outcome, serving database, peer identity and request id)."""
+outcome, serving database, peer identity and request id, at a level chosen by
+the code), the request id echoed to the caller, and a rate-limited warning
+that callers' input triggers."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import json
 import logging
 import re
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,9 +22,11 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane_resolver.dev import demo
+from controlplane_resolver.dev.clusters import free_port
 from controlplane_resolver.runtime.logs import JsonFormatter
 from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from controlplane_resolver_client.v1 import resolver_pb2_grpc
@@ -28,7 +34,9 @@ from controlplane_resolver_client.v1 import resolver_pb2_grpc
 from support.credentials import CONSOLE_TOKEN, ENGINE_TOKEN, Pki, Tokens, classify
 from support.databases import Tenant
 from support.polling import wait_until
-from support.scraping import Samples, grpc_labels, handled, scrape_server
+from support.processes import ServerProcess
+from support.scraping import Samples, grpc_labels, handled, scrape, scrape_server
+from support.servers import Running
 
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["ControlPlaneResolverService"].methods]
 #: Every code a call of ours can end with, and the ones the issue names.
@@ -402,8 +410,9 @@ def test_one_json_line_per_call_with_outcome_cache_database_peer_and_request_id(
     assert [line["method"] for line in lines] == ["ResolveEnv"] * 4 + ["ReadRun"] * 2 + [
         "ResolveEnv"
     ] * 2 + ["AssertEnvExists"]
-    # Successes and absences at debug; errors at warning.
-    assert [line["level"] for line in lines] == ["debug"] * 6 + ["warning"] * 3
+    # Successes and absences at debug; the caller's mistakes at info; a
+    # denied call at warning (every level by code: the test below).
+    assert [line["level"] for line in lines] == ["debug"] * 6 + ["info", "info", "warning"]
     assert [line.get("cache") for line in lines[:4]] == ["miss", "hit", "miss", "negative_hit"]
     assert [line.get("database") for line in lines[4:6]] == ["run-ops", "legacy"]
     assert all("database" not in line for line in lines[:4])
@@ -523,3 +532,280 @@ def test_process_metrics_label_each_childs_samples_and_report_who_answered():
         "2": 0,
         "3": 0,
     }
+
+
+# ------------------------------------------------------ process metrics
+
+
+#: The standard process collector's metrics (prometheus_client, on Linux).
+PROCESS_METRICS = (
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_start_time_seconds",
+    "process_open_fds",
+    "process_max_fds",
+)
+
+
+def metrics_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_process_metrics_and_no_created_series_in_a_real_scrape(start_server) -> None:
+    running = start_server(metrics_addr="127.0.0.1:0")
+    assert classify(running.client)  # counters and a histogram with a sample
+    assert running.app.metrics_port is not None
+    text = metrics_text(running.app.metrics_port)
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+    for name in PROCESS_METRICS:
+        assert name in samples, name
+    assert samples["process_resident_memory_bytes"] > 0
+    assert 0 < samples["process_open_fds"] <= samples["process_max_fds"]
+    assert samples["process_start_time_seconds"] <= time.time()
+    # No counter or histogram carries a creation timestamp series.
+    names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert "grpc_server_handled_total" in names and "grpc_server_handling_seconds_sum" in names
+    assert not [n for n in names if n.endswith("_created")]
+    assert "_created" not in text
+
+
+def test_every_process_of_processes_n_reports_its_process_metrics(databases) -> None:
+    metrics = free_port()
+    env = {
+        "CONTROL_PLANE_DATABASE_URL": databases.control_plane,
+        "RUN_OPS_SPLIT_ENABLED": "0",
+        "RESOLVER_LISTEN_ENABLED": "0",
+        "RESOLVER_PROCESSES": "2",
+        "RESOLVER_METRICS_ADDR": f"127.0.0.1:{metrics}",
+    }
+    with ServerProcess(env).wait_serving():
+
+        def by_process(name: str) -> dict[str, float]:
+            return {
+                dict(labels)["process"]: value
+                for (n, labels), value in scrape(metrics).items()
+                if n == name
+            }
+
+        wait_until(
+            lambda: by_process("resolver_process_up") == {"0": 1, "1": 1},
+            timeout=20,
+            interval=0.05,
+        )
+        text = metrics_text(metrics)
+        for name in PROCESS_METRICS:
+            assert set(by_process(name)) == {"0", "1", "supervisor"}, name
+        memory = by_process("process_resident_memory_bytes")
+        assert all(value > 0 for value in memory.values())
+        # Each child reports itself: forked after the supervisor started.
+        started_at = by_process("process_start_time_seconds")
+        assert started_at["0"] >= started_at["supervisor"]
+        assert started_at["1"] >= started_at["supervisor"]
+        assert "_created" not in text
+
+
+# ---------------------------------------------------- call log levels
+
+
+#: The call log's level per code (go-grpc-middleware's server defaults,
+#: with OK and NOT_FOUND at debug: they are answers).
+LEVELS = {
+    "OK": "debug",
+    "NOT_FOUND": "debug",
+    "INVALID_ARGUMENT": "info",
+    "UNAUTHENTICATED": "info",
+    "CANCELLED": "info",
+    "PERMISSION_DENIED": "warning",
+    "DEADLINE_EXCEEDED": "warning",
+    "UNAVAILABLE": "warning",
+    "INTERNAL": "error",
+}
+
+
+def test_call_log_level_follows_the_status_code(
+    start_server, cp, tenant: Tenant, call_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    running = start_server(listen_enabled=False, db_timeout_ms=10_000)
+    stalled = start_server(listen_enabled=False, db_timeout_ms=300)
+    env_id = tenant.environment(cp)
+    late, timed_out, cancelled = (tenant.environment(cp) for _ in range(3))
+    broken = demo.new_cuid()
+    demo.insert_run(
+        cp, id=broken, environment_id=env_id, project_id=tenant.project_id, run_tags=["ok", None]
+    )
+    channel = grpc.insecure_channel(running.address)  # no retries: one attempt per call
+    stalled_channel = grpc.insecure_channel(stalled.address)
+    stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+    stalled_stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(stalled_channel)
+
+    def code_of(call: Callable[[], Any]) -> str:
+        try:
+            call()
+            return "OK"
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+
+    codes = [code_of(lambda: stub.ReadRun(pb.ReadRunRequest(run_id=broken), timeout=5))]
+    with psycopg.connect(running.app.settings.control_plane_database_url) as locker:
+        locker.execute('LOCK TABLE "RuntimeEnvironment" IN ACCESS EXCLUSIVE MODE')
+        # The caller gives up before the locked table answers.
+        codes.append(
+            code_of(lambda: stub.ResolveEnv(pb.ResolveEnvRequest(environment_id=late), timeout=0.3))
+        )
+        # The statement times out (300 ms) while the caller still waits.
+        codes.append(
+            code_of(
+                lambda: stalled_stub.ResolveEnv(
+                    pb.ResolveEnvRequest(environment_id=timed_out), timeout=10
+                )
+            )
+        )
+        # The caller cancels while the call waits; the answer comes later.
+        started = running.app.metrics.progress()[0]
+        pending = stub.ResolveEnv.future(pb.ResolveEnvRequest(environment_id=cancelled), timeout=30)
+        wait_until(lambda: running.app.metrics.progress()[0] > started, timeout=5)
+        assert pending.cancel()
+        codes.append("CANCELLED")
+        locker.rollback()
+    lines = wait_until(
+        lambda: (lambda found: len(found) == 4 and found)(
+            [line for line in call_lines() if line["code"] != "OK"]
+        ),
+        timeout=15,
+        what="a call-log line for each call",
+    )
+    channel.close()
+    stalled_channel.close()
+    assert codes == ["INTERNAL", "DEADLINE_EXCEEDED", "UNAVAILABLE", "CANCELLED"]
+    assert sorted(line["code"] for line in lines) == sorted(codes)
+    for line in lines:
+        assert line["level"] == LEVELS[line["code"]], line
+
+
+def test_call_log_levels_of_answers_and_of_the_callers_mistakes(
+    start_server, tokens: Tokens, cp, tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the default INFO level the call log carries the callers' mistakes
+    and worse, never a line per answered call."""
+    running = start_server(auth_tokens_file=str(tokens.path), listen_enabled=False)
+    caplog.set_level(logging.INFO, logger="controlplane_resolver.calls")
+    env_id = tenant.environment(cp)
+    with (
+        ResolverClient(running.address, token=ENGINE_TOKEN) as engine,
+        ResolverClient(running.address) as anonymous,
+    ):
+        for _ in range(5):
+            assert engine.resolve_env(env_id) is not None  # OK
+            assert engine.resolve_env(demo.new_cuid()) is None  # NOT_FOUND
+        with pytest.raises(ResolverError):
+            engine.resolve_env("bad id!")
+        with pytest.raises(ResolverError):
+            anonymous.resolve_env(env_id)
+        with pytest.raises(ResolverError):
+            engine.resolve_authenticated_env(env_id)
+    seen = [
+        (r.levelname, r.getMessage().split()[1])
+        for r in caplog.records
+        if r.name == "controlplane_resolver.calls"
+    ]
+    assert seen == [
+        ("INFO", "INVALID_ARGUMENT"),
+        ("INFO", "UNAUTHENTICATED"),
+        ("WARNING", "PERMISSION_DENIED"),
+    ]
+
+
+# ---------------------------------------------------------- request ids
+
+
+def test_request_id_is_echoed_on_answers_and_errors(
+    start_server, tokens: Tokens, cp, tenant: Tenant, call_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    running = start_server(auth_tokens_file=str(tokens.path), listen_enabled=False)
+    env_id = tenant.environment(cp)
+    channel = grpc.insecure_channel(running.address)
+    stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+
+    def echoed(env: str, request_id: str | None, token: str | None = ENGINE_TOKEN) -> str:
+        """The x-request-id of the answer (or of the error)."""
+        metadata = [("authorization", f"Bearer {token}")] if token else []
+        if request_id is not None:
+            metadata.append(("x-request-id", request_id))
+        request = pb.ResolveEnvRequest(environment_id=env)
+        try:
+            _response, call = stub.ResolveEnv.with_call(request, timeout=5, metadata=metadata)
+            trailing = call.trailing_metadata()
+        except grpc.RpcError as exc:
+            trailing = exc.trailing_metadata()
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                # The error's own details still travel beside the id.
+                status = rpc_status.from_call(exc)
+                assert status is not None and status.details
+        [value] = [v for k, v in trailing if k == "x-request-id"]
+        return str(value)
+
+    uuid_like = "0f6c1c0e-8d57-4b6e-9d0e-3f1b3c2a9e77"
+    assert echoed(env_id, "req-0001") == "req-0001"  # OK
+    assert echoed(demo.new_cuid(), uuid_like) == uuid_like  # NOT_FOUND
+    assert echoed("bad id!", "trace:a/b+c=d.e_f") == "trace:a/b+c=d.e_f"  # INVALID_ARGUMENT
+    assert echoed(env_id, "req-0004", token=None) == "req-0004"  # UNAUTHENTICATED
+    # None sent, too long, or outside the safe set: a generated id instead.
+    generated = [
+        echoed(env_id, None),
+        echoed(env_id, "x" * 65),
+        echoed(env_id, "two words"),
+        echoed(env_id, "<script>"),
+        echoed(env_id, "line\\nbreak"),
+    ]
+    channel.close()
+    assert all(re.fullmatch(r"[0-9a-f]{32}", r) for r in generated), generated
+    assert len(set(generated)) == len(generated)
+    # The log line carries the id the caller got back.
+    ids = [line["request_id"] for line in call_lines()]
+    assert ids == ["req-0001", uuid_like, "trace:a/b+c=d.e_f", "req-0004", *generated]
+
+
+def test_the_client_exposes_the_echoed_request_id_of_an_error(server: Running) -> None:
+    with pytest.raises(ResolverError) as caught:
+        server.client.mint_id(pb.ID_KIND_UNSPECIFIED, demo.new_cuid())
+    assert caught.value.reason == "INVALID_ENUM"
+    assert caught.value.request_id is not None
+    assert re.fullmatch(r"[0-9a-f]{32}", caught.value.request_id)
+
+
+# ------------------------------------------------ rate-limited warnings
+
+
+def test_unclassifiable_run_id_warning_is_rate_limited(
+    server: Running, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any caller can send unclassifiable run ids under split: they may not
+    grow the log by a line each."""
+    caplog.set_level(logging.WARNING, logger="controlplane_resolver.resolver")
+
+    def warnings() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "controlplane_resolver.resolver" and "unclassifiable" in r.getMessage()
+        ]
+
+    for n in range(100):
+        assert server.client.read_run(f"run_{n:08d}") is None  # an 8-character body
+    assert warnings() == ["run id body of 8 characters is unclassifiable; reading it as legacy"]
+    # Once the interval has passed, the next line counts what was held back.
+    warning = server.app.servicer.resolver.unclassifiable_id_warning
+    assert warning.interval_s == 60
+    monkeypatch.setattr(warning, "interval_s", 0.0)
+    assert server.client.read_run("run_abc") is None
+    assert warnings()[1:] == [
+        "run id body of 3 characters is unclassifiable; reading it as legacy "
+        "(99 more like it suppressed since the last such line)"
+    ]

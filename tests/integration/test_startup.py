@@ -34,7 +34,7 @@ from controlplane_resolver.dev.clusters import LocalCluster, free_port
 from controlplane_resolver.errors import Refusal, Unavailable
 from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver.storage.topology import decide_split
-from controlplane_resolver_client import ResolverClient, ResolverError, pb
+from controlplane_resolver_client import BareChannelWarning, ResolverClient, ResolverError, pb
 from controlplane_resolver_client.v1 import SERVICE_NAME
 
 from support.polling import wait_until
@@ -221,7 +221,8 @@ def test_health_is_not_serving_until_the_database_answers(
 
             # A raw channel (no retry policy): the first answer is the one we
             # see. Not closed here: the client would close the shared channel.
-            client = ResolverClient(channel=channel, timeout=5)
+            with pytest.warns(BareChannelWarning):
+                client = ResolverClient(channel=channel, timeout=5)
             with pytest.raises(ResolverError) as info:
                 client.resolve_env(demo.new_cuid())
             assert info.value.code == grpc.StatusCode.UNAVAILABLE

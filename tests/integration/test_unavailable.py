@@ -21,7 +21,7 @@ from controlplane_resolver.config import Settings
 from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.clusters import LocalCluster
 from controlplane_resolver.serving.server import ResolverApp
-from controlplane_resolver_client import ResolverClient, ResolverError, pb
+from controlplane_resolver_client import BareChannelWarning, ResolverClient, ResolverError, pb
 
 from support.polling import wait_until
 
@@ -98,7 +98,8 @@ def outage(own_clusters: tuple[LocalCluster, LocalCluster]) -> Iterator[Outage]:
     app.start(pool_wait_s=10)
     # A channel without the client's retry policy: each call is one attempt,
     # so the status we assert is the server's first answer.
-    client = ResolverClient(channel=grpc.insecure_channel(f"127.0.0.1:{app.port}"), timeout=10)
+    with pytest.warns(BareChannelWarning):
+        client = ResolverClient(channel=grpc.insecure_channel(f"127.0.0.1:{app.port}"), timeout=10)
     try:
         yield Outage(control_plane, run_ops, client, env, other_env, "run_" + new_run, legacy_run)
     finally:

@@ -2,14 +2,23 @@
 
 Imports no gRPC: the parent of ``serve --processes N`` serves its merged
 metrics (process_metrics.py) before it forks the serving processes.
+
+Importing this module turns prometheus_client's ``*_created`` series off, for
+the whole process: every process that serves metrics imports it (the parent
+of ``--processes N`` through process_metrics.py, a serving process through
+serving/observability.py) before it creates a metric, and a forked child
+inherits the setting. The series would double the sample count of every
+counter and histogram for a timestamp nothing here uses.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.exposition import start_http_server
+
+disable_created_metrics()
 
 
 class MetricsEndpoint:

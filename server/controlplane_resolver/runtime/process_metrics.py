@@ -7,6 +7,9 @@ configured metrics address itself and, on every scrape, collects each
 child's ``/metrics`` and re-exposes every sample with a ``process="<slot>"``
 label (PromQL sums over it: ``sum without (process) (…)``), plus
 ``resolver_process_up{process}``: 1 when that child answered this scrape.
+The parent's own standard process metrics (``process_*``: CPU, memory, file
+descriptors, start time) join them as ``process="supervisor"``, so that a sum
+over ``process`` is the whole pod's.
 
 Children serve their own endpoints on ephemeral loopback ports and report
 them through :class:`ChildPorts`, shared memory created before the fork, so
@@ -18,11 +21,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from controlplane_resolver.runtime.metrics_http import serve_metrics
 
@@ -31,6 +35,9 @@ log = logging.getLogger(__name__)
 #: Where a child serves its own /metrics: loopback only (the parent is the
 #: public endpoint), on a port the kernel picks.
 CHILD_METRICS_ADDR = "127.0.0.1:0"
+
+#: The ``process`` label of the parent's own samples.
+SUPERVISOR = "supervisor"
 
 
 class ChildPorts:
@@ -58,11 +65,16 @@ class ChildPorts:
 class ChildrenCollector:
     """A prometheus_client collector that scrapes every child on each
     collect. A child that does not answer within ``timeout_s`` is reported
-    as ``resolver_process_up 0`` and contributes no samples."""
+    as ``resolver_process_up 0`` and contributes no samples. ``own`` (the
+    parent's process collector) contributes its samples as
+    ``process="supervisor"``."""
 
-    def __init__(self, ports: ChildPorts, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, ports: ChildPorts, timeout_s: float = 2.0, own: Collector | None = None
+    ) -> None:
         self._ports = ports
         self._timeout_s = timeout_s
+        self._own = own
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -74,18 +86,10 @@ class ChildrenCollector:
         for slot in range(len(self._ports)):
             text = self._scrape(slot)
             up.add_metric([str(slot)], 0 if text is None else 1)
-            if text is None:
-                continue
-            for family in text_string_to_metric_families(text):
-                into = merged.get(family.name)
-                if into is None:
-                    into = merged[family.name] = Metric(
-                        family.name, family.documentation, family.type, family.unit
-                    )
-                label = {"process": str(slot)}
-                into.samples.extend(
-                    s._replace(labels={**s.labels, **label}) for s in family.samples
-                )
+            if text is not None:
+                _merge(merged, text_string_to_metric_families(text), str(slot))
+        if self._own is not None:
+            _merge(merged, self._own.collect(), SUPERVISOR)
         yield from merged.values()
         yield up
 
@@ -103,6 +107,19 @@ class ChildrenCollector:
             return None
 
 
+def _merge(merged: dict[str, Metric], families: Iterable[Metric], process: str) -> None:
+    """Add every sample of ``families`` to ``merged`` (by family name),
+    labelled ``process``."""
+    label = {"process": process}
+    for family in families:
+        into = merged.get(family.name)
+        if into is None:
+            into = merged[family.name] = Metric(
+                family.name, family.documentation, family.type, family.unit
+            )
+        into.samples.extend(s._replace(labels={**s.labels, **label}) for s in family.samples)
+
+
 class ProcessMetrics:
     """The parent's endpoint: created, and bound, before the children are
     forked; each child calls :meth:`close_inherited` first thing, so that
@@ -111,7 +128,9 @@ class ProcessMetrics:
     def __init__(self, addr: str, processes: int) -> None:
         self.ports = ChildPorts(processes)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(ChildrenCollector(self.ports))
+        # Not registered on its own: its samples are merged, labelled.
+        own = ProcessCollector(registry=None)
+        registry.register(ChildrenCollector(self.ports, own=own))
         self._endpoint = serve_metrics(addr, registry)
         self.port = self._endpoint.port
         log.info(

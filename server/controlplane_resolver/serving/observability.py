@@ -6,20 +6,29 @@ Metrics follow the names of go-grpc-prometheus, which dashboards expect:
 apps can live in one test process); the counters of every method and code
 are registered at zero so rates exist before the first call. Cache, pool,
 split-mode and listener state are read at scrape time from the plain
-counters the components keep (:class:`StateCollector`).
+counters the components keep (:class:`StateCollector`). Every registry also
+carries prometheus_client's standard process collector (``process_*``: CPU,
+memory, open and maximum file descriptors, start time), and no ``*_created``
+series (metrics_http.py turns them off).
 
-Logs are one JSON object a line (``--log-format json``): one line per call
-at DEBUG, per failed call at WARNING, with method, code, latency, cache
-outcome, serving database, peer identity (the token's client name, else the
-client certificate's identity, else the address) and a request id taken
-from the ``x-request-id`` metadata or generated. Secrets never reach them: requests
-and responses are not logged, and messages of our errors carry none.
+Logs are one JSON object a line (``--log-format json``): one line per call,
+at the level of its status code (:data:`CODE_LEVELS`), with method, code,
+latency, cache outcome, serving database, peer identity (the token's client
+name, else the client certificate's identity, else the address) and a
+request id. Secrets never reach them: requests and responses are not
+logged, and messages of our errors carry none.
+
+The request id is the caller's ``x-request-id`` metadata when it is 1 to 64
+characters of ``[A-Za-z0-9._:=/+-]``, else one generated for the call (32
+hex digits); either way it is echoed to the caller in the response's
+trailing metadata (``x-request-id``), on errors too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -27,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from controlplane_resolver import callinfo
@@ -54,10 +63,56 @@ EXPECTED_CODES = (
     "UNKNOWN",
 )
 
+#: The call log's level per status code: go-grpc-middleware's
+#: ``logging.DefaultServerCodeToLevel`` (the caller's own mistakes at INFO,
+#: trouble worth a look at WARNING, bugs at ERROR), except OK and NOT_FOUND
+#: at DEBUG: both are answers (NOT_FOUND is a confirmed absence, which the
+#: client returns as ``None``), and an INFO log must not carry a line per
+#: answered call. A code not listed logs at ERROR.
+CODE_LEVELS: dict[str, int] = {
+    "OK": logging.DEBUG,
+    "NOT_FOUND": logging.DEBUG,
+    "CANCELLED": logging.INFO,
+    "ALREADY_EXISTS": logging.INFO,
+    "INVALID_ARGUMENT": logging.INFO,
+    "UNAUTHENTICATED": logging.INFO,
+    "DEADLINE_EXCEEDED": logging.WARNING,
+    "PERMISSION_DENIED": logging.WARNING,
+    "RESOURCE_EXHAUSTED": logging.WARNING,
+    "FAILED_PRECONDITION": logging.WARNING,
+    "ABORTED": logging.WARNING,
+    "OUT_OF_RANGE": logging.WARNING,
+    "UNAVAILABLE": logging.WARNING,
+    "UNKNOWN": logging.ERROR,
+    "UNIMPLEMENTED": logging.ERROR,
+    "INTERNAL": logging.ERROR,
+    "DATA_LOSS": logging.ERROR,
+}
+
+#: The request-id metadata key, read from the caller and echoed back.
+REQUEST_ID_KEY = "x-request-id"
+#: A caller's request id is taken as is when it matches this (bounded, and
+#: safe in a log line or a header); otherwise the call gets a generated one.
+_ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:=/+-]{1,64}")
+
+
+def request_id(metadata: Any) -> str:
+    """The call's request id: the caller's first ``x-request-id`` when
+    acceptable, else a new one (32 hex digits)."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY:
+            if isinstance(value, str) and _ACCEPTED_REQUEST_ID.fullmatch(value):
+                return value
+            break
+    return uuid.uuid4().hex
+
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # process_* of the process that collects (it reads /proc/self at
+        # scrape time, so each process of --processes N reports its own).
+        ProcessCollector(registry=self.registry)
         labels = ("grpc_type", "grpc_service", "grpc_method")
         self.started = Counter(
             "grpc_server_started_total",
@@ -177,10 +232,7 @@ class CallInterceptor(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        request_id = None
-        for key, value in details.invocation_metadata or ():
-            if key == "x-request-id" and isinstance(value, str):
-                request_id = value[:64]
+        call_id = request_id(details.invocation_metadata)
         behavior = handler.unary_unary
         series = self.metrics.series(details.method) if self.metrics is not None else None
         method = series.method if series is not None else split_method(details.method)[1]
@@ -202,10 +254,16 @@ class CallInterceptor(grpc.ServerInterceptor):
             finally:
                 elapsed = time.perf_counter() - start
                 callinfo.end()
+                # Echoed on every outcome: added to whatever trailing metadata
+                # the handler left (an error's status details among them);
+                # the status is sent after this, with it.
+                context.set_trailing_metadata(
+                    (*(context.trailing_metadata() or ()), (REQUEST_ID_KEY, call_id))
+                )
                 if series is not None:
                     series.handled_with(code).inc()
                     series.seconds.observe(elapsed)
-                level = logging.DEBUG if code in ("OK", "NOT_FOUND") else logging.WARNING
+                level = CODE_LEVELS.get(code, logging.ERROR)
                 if call_log.isEnabledFor(level):
                     latency_ms = round(elapsed * 1000, 3)
                     peer = notes.pop("client", None) or _peer(context)
@@ -223,7 +281,7 @@ class CallInterceptor(grpc.ServerInterceptor):
                                 "method": method,
                                 "code": code,
                                 "latency_ms": latency_ms,
-                                "request_id": request_id or uuid.uuid4().hex,
+                                "request_id": call_id,
                                 "peer": peer,
                                 **notes,
                             }

@@ -1,0 +1,269 @@
+"""The typed client's contract against real servers: the channel's service
+config (retries of UNAVAILABLE, throttled as gRFC A6 says), channels built
+by the caller, ``ResolverError`` as a ``grpc.RpcError``, and ``None`` only
+where an RPC can answer NOT_FOUND."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import types
+import typing
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+
+from controlplane_resolver.config import Settings
+from controlplane_resolver.dev import demo
+from controlplane_resolver.dev.clusters import free_port
+from controlplane_resolver.serving.server import ResolverApp
+from controlplane_resolver_client import (
+    BareChannelWarning,
+    ResolverClient,
+    ResolverError,
+    channel_options,
+    create_channel,
+    pb,
+    service_config,
+)
+from controlplane_resolver_client.v1 import resolver_pb2_grpc
+
+from support.polling import wait_until
+from support.scraping import handled, scrape
+from support.servers import Running
+
+
+@contextmanager
+def starting_server() -> Iterator[ResolverApp]:
+    """A real server still starting: its database never answers, so it is
+    bound and answers every call UNAVAILABLE (``NOT_READY``) until the test
+    ends, then its start-up is cancelled."""
+    settings = Settings(
+        control_plane_database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
+        run_ops_split_enabled=False,
+        listen_enabled=False,
+        addr="127.0.0.1:0",
+        metrics_addr="127.0.0.1:0",
+    )
+    app = ResolverApp(settings)
+    cancel = threading.Event()
+    ended: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            app.start(pool_wait_s=120, cancel=cancel)
+        except BaseException as exc:  # StartCancelled, asserted below
+            ended.append(exc)
+
+    starter = threading.Thread(target=start, name="app-start")
+    starter.start()
+    try:
+        wait_until(lambda: app.port and app.metrics_port, timeout=10, what="the ports to be bound")
+        yield app
+    finally:
+        cancel.set()
+        starter.join(30)
+    assert [type(e).__name__ for e in ended] == ["StartCancelled"]
+
+
+def attempts_per_call(app: ResolverApp, client: ResolverClient, calls: int) -> list[int]:
+    """Make ``calls`` ResolveEnv calls that the server answers UNAVAILABLE;
+    return the server's count of attempts after each."""
+    assert app.metrics_port is not None
+    seen = []
+    for _ in range(calls):
+        with pytest.raises(ResolverError) as failed:
+            client.resolve_env(demo.new_cuid())
+        assert (failed.value.code, failed.value.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "NOT_READY",
+        )
+        seen.append(int(handled(scrape(app.metrics_port), "ResolveEnv", "UNAVAILABLE")))
+    return seen
+
+
+# ------------------------------------------------------------ service config
+
+
+def test_service_config_retries_unavailable_with_retry_throttling() -> None:
+    config = json.loads(service_config())
+    assert config["retryThrottling"] == {"maxTokens": 10, "tokenRatio": 0.1}
+    assert config["methodConfig"][0]["retryPolicy"]["maxAttempts"] == 4
+    assert channel_options()[:2] == [
+        ("grpc.service_config", service_config()),
+        ("grpc.enable_retries", 1),
+    ]
+    with starting_server() as app:
+        with ResolverClient(f"127.0.0.1:{app.port}", timeout=10) as client:
+            # A6 with 10 tokens: every failed attempt takes one, and retries
+            # stop at half. The first call makes 4 attempts (10 → 6 tokens),
+            # the second 1 (→ 5), and from then on no call is retried: an
+            # outage multiplies the load by at most 4 for its first calls.
+            attempts = attempts_per_call(app, client, 6)
+        assert attempts == [4, 5, 6, 7, 8, 9]
+        # The tokens belong to the channel: another client (another channel)
+        # starts with a full bucket. Hence one client per process.
+        with ResolverClient(f"127.0.0.1:{app.port}", timeout=10) as another:
+            assert attempts_per_call(app, another, 2) == [13, 14]
+
+
+def test_grpc_validates_the_service_config_it_is_given() -> None:
+    """The check that makes the test above meaningful: grpcio parses the
+    config, and an invalid throttling section fails the channel's calls, so
+    ours was accepted, not ignored."""
+    config = json.loads(service_config())
+    config["retryThrottling"]["maxTokens"] = 0
+    with starting_server() as app:
+        options = [("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1)]
+        with grpc.insecure_channel(f"127.0.0.1:{app.port}", options=options) as channel:
+            stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.ResolveEnv(pb.ResolveEnvRequest(environment_id=demo.new_cuid()), timeout=5)
+        assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "retryThrottling" in failed.value.details()
+        assert app.metrics_port is not None
+        assert handled(scrape(app.metrics_port), "ResolveEnv", "UNAVAILABLE") == 0
+
+
+# ------------------------------------------------------- caller's channels
+
+
+def test_a_channel_from_create_channel_carries_the_service_config() -> None:
+    with starting_server() as app, warnings.catch_warnings():
+        warnings.simplefilter("error")  # no BareChannelWarning
+        with ResolverClient(channel=create_channel(f"127.0.0.1:{app.port}"), timeout=10) as c:
+            assert attempts_per_call(app, c, 2) == [4, 5]
+
+
+def test_a_bare_channel_warns_and_gets_no_retries() -> None:
+    with starting_server() as app:
+        with pytest.warns(BareChannelWarning, match=r"channel_options\(\)") as caught:
+            client = ResolverClient(channel=grpc.insecure_channel(f"127.0.0.1:{app.port}"))
+        # Once, pointing at the caller's line.
+        assert [w.filename for w in caught if w.category is BareChannelWarning] == [__file__]
+        with client:
+            assert attempts_per_call(app, client, 2) == [1, 2]
+
+
+def test_the_bare_channel_warning_is_written_once_per_calling_line(server: Running) -> None:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")  # Python's default for UserWarning
+        for _ in range(3):
+            ResolverClient(channel=grpc.insecure_channel(server.address)).close()
+    assert [w.category for w in seen] == [BareChannelWarning]
+
+
+def test_channel_options_make_a_channel_of_ones_own_work(server: Running) -> None:
+    channel = grpc.insecure_channel(server.address, options=channel_options())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=BareChannelWarning)
+        client = ResolverClient(channel=channel)
+    with client:
+        assert client.classify_run_id("run_" + demo.new_ksuid()).classifiable
+
+
+def test_channel_settings_cannot_be_combined_with_a_channel(server: Running) -> None:
+    channel = create_channel(server.address)
+    for extra in (
+        {"target": server.address},
+        {"options": [("grpc.max_receive_message_length", 1 << 20)]},
+        {"tls": True},
+        {"tls_ca": b"-----BEGIN CERTIFICATE-----"},
+    ):
+        with pytest.raises(ValueError, match="not with a channel"):
+            ResolverClient(channel=channel, **extra)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="target address or a channel"):
+        ResolverClient()
+    channel.close()
+
+
+# ------------------------------------------------------------ ResolverError
+
+
+def test_resolver_error_is_a_grpc_rpc_error_with_its_call_interface(server: Running) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        server.client.resolve_env("not a valid id!")
+    exc = caught.value
+    assert isinstance(exc, ResolverError)
+    # grpc's call-error interface…
+    assert exc.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert exc.details() == exc.message and "environment_id" in exc.details()
+    status = rpc_status.from_call(exc)
+    assert status is not None and status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    # …and the attribute form code written before it keeps working.
+    assert exc.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert exc.code != grpc.StatusCode.NOT_FOUND
+    assert exc.code.name == "INVALID_ARGUMENT"
+    assert {exc.code} == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert (exc.reason, exc.metadata) == ("INVALID_ID", {"field": "environment_id"})
+    assert str(exc).startswith("INVALID_ARGUMENT: ") and str(exc).endswith("[INVALID_ID]")
+    # The server's request id came back with the error.
+    assert exc.request_id is not None and re.fullmatch(r"[0-9a-f]{32}", exc.request_id)
+    assert dict(exc.trailing_metadata())["x-request-id"] == exc.request_id
+
+
+def test_an_error_without_a_detail_has_no_reason(start_server, tokens) -> None:
+    running = start_server(auth_tokens_file=str(tokens.path))
+    with ResolverClient(running.address) as anonymous, pytest.raises(ResolverError) as caught:
+        anonymous.classify_run_id("run_" + demo.new_ksuid())
+    exc = caught.value
+    assert (exc.code(), exc.reason, exc.metadata) == (grpc.StatusCode.UNAUTHENTICATED, None, {})
+    assert exc.request_id is not None
+
+
+def test_a_channel_that_cannot_connect_raises_resolver_error_without_request_id() -> None:
+    with (
+        ResolverClient(f"127.0.0.1:{free_port()}", timeout=0.5) as client,
+        pytest.raises(ResolverError) as caught,
+    ):
+        client.mint_id(pb.ID_KIND_RUN, demo.new_cuid())
+    assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert caught.value.request_id is None
+
+
+# -------------------------------------------------------------- None or not
+
+#: The RPCs that answer NOT_FOUND (docs/errors.md), as client methods.
+CAN_BE_ABSENT = {"resolve_env", "resolve_authenticated_env", "resolve_worker_version", "read_run"}
+
+
+def test_only_methods_whose_rpc_answers_not_found_can_return_none() -> None:
+    methods = {
+        name: typing.get_type_hints(getattr(ResolverClient, name))["return"]
+        for name in vars(ResolverClient)
+        if not name.startswith("_") and name not in ("close",)
+    }
+    # One method per RPC (invalidate returns nothing; assert_env_exists a bool).
+    service = pb.DESCRIPTOR.services_by_name["ControlPlaneResolverService"]
+    assert len(methods) == len(service.methods)
+    optional = {
+        name
+        for name, hint in methods.items()
+        if isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    }
+    assert optional == CAN_BE_ABSENT
+    assert methods["invalidate"] is type(None)
+    assert methods["assert_env_exists"] is bool
+
+
+def test_absent_answers_are_none_and_present_ones_are_never_none(
+    server: Running, cp, tenant
+) -> None:
+    client = server.client
+    env_id = tenant.environment(cp)
+    assert client.resolve_env(demo.new_cuid()) is None
+    assert client.read_run("run_" + demo.new_ksuid()) is None
+    assert client.assert_env_exists(demo.new_cuid()) is False
+    # Never NOT_FOUND: absent parts are unset, absent ids flagged per id.
+    locked = client.resolve_run_locked_worker(locked_by_id=demo.new_cuid())
+    assert not locked.HasField("locked_by")
+    [result] = client.batch_resolve_envs([demo.new_cuid()])
+    assert result.not_found
+    assert isinstance(client.resolve_mint_kind(tenant.organization_id), pb.ResolveMintKindResponse)
+    assert client.mint_id(pb.ID_KIND_RUN, demo.new_cuid()).id
+    assert client.resolve_env(env_id).id == env_id
