@@ -1,5 +1,5 @@
 -- Control-plane database: a compatible subset of the platform's Prisma schema
--- (shared/spec/schema.md). Table and column names are the platform's own
+-- (docs/design.md). Table and column names are the platform's own
 -- (quoted PascalCase tables, quoted camelCase columns); constraint and index
 -- names follow Prisma's conventions. Used by dev mode and the tests only: the
 -- resolver itself reads a live control-plane database and tolerates the many

@@ -1,5 +1,5 @@
--- Run-ops database: where new runs live (shared/spec/schema.md, "Run-ops
--- database"). "TaskRun" has the same columns as in the control-plane
+-- Run-ops database: where new runs live (docs/design.md, "Run
+-- residency"). "TaskRun" has the same columns as in the control-plane
 -- database, but its references to control-plane rows (environment, project,
 -- organization, locked task and worker version) are plain columns with NO
 -- foreign keys: those rows live in the other database, which is why engine
