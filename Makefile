@@ -5,6 +5,7 @@
 #   make dev [ADDR=127.0.0.1:50051] [METRICS_ADDR=127.0.0.1:9090]
 #                                     throwaway clusters + demo data, serve
 #   make test [PYTEST_ARGS='-k …']    the test suite (real PostgreSQL, real gRPC)
+#   make test-faults                  the fault suite at full scale (docs/faults.md)
 #   make proto | proto-check | lint | typecheck | breaking | lock | bench | clean
 
 PYTHON ?= python3
@@ -38,7 +39,7 @@ IMAGE        ?= controlplane-resolver
 VERSION       = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-runtime postgres dev test test-unit test-slow proto proto-check \
+.PHONY: help install install-runtime postgres dev test test-unit test-slow test-faults proto proto-check \
 	lint format typecheck breaking lock lock-check image bench bench-instructions clean
 
 help:
@@ -48,6 +49,8 @@ help:
 	@echo "make test         run the tests (PYTEST_ARGS='...' to pass pytest arguments)"
 	@echo "make test-unit    only tests/unit: no database, a few seconds"
 	@echo "make test-slow    the tests marked slow: pip installs into fresh environments"
+	@echo "make test-faults  the fault suite at full scale (kill, hang, lock, 120 s outage, SIGTERM,"
+	@echo "                  hostile callers; a few minutes); prints the table, writes FAULTS_REPORT"
 	@echo "make proto        regenerate client/controlplane_resolver_client/_gen from protos/"
 	@echo "make proto-check  fail if the generated code is stale"
 	@echo "make lint         buf lint the protos, hadolint the Dockerfile, ruff the Python"
@@ -95,7 +98,7 @@ postgres:
 # that use them (test, lint, typecheck, proto, breaking).
 dev: $(RUNTIME_STAMP) postgres
 	$(BIN)/controlplane-resolver dev $(if $(ADDR),--addr $(ADDR)) \
-		$(if $(METRICS_ADDR),--metrics-addr $(METRICS_ADDR))
+		$(if $(METRICS_ADDR),--metrics-addr $(METRICS_ADDR)) $(if $(SHARDS),--shards $(SHARDS))
 
 # pytest's exit code is make's verdict; 5 ("no tests collected") fails too.
 test-unit: $(STAMP)
@@ -105,6 +108,14 @@ test: $(STAMP) postgres
 	@$(BIN)/pytest -q $(PYTEST_ARGS); status=$$?; \
 		if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 		exit $$status
+
+# The fault suite at full scale (tests/faults; the default suite runs it
+# shorter): every scenario, the 120 s outage included, and the table printed
+# at the end and written to $(FAULTS_REPORT) for docs/faults.md.
+FAULTS_REPORT ?= $(VENV)/faults-report.md
+test-faults: $(STAMP) postgres
+	@RESOLVER_FAULTS_FULL=1 RESOLVER_FAULTS_REPORT=$(FAULTS_REPORT) \
+		$(BIN)/pytest -q -o timeout=600 tests/faults $(PYTEST_ARGS)
 
 # Fresh virtual environments installed from the package index (pip's cache
 # helps): what users type, `pip install .` and `pip install ./client`.

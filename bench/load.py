@@ -32,7 +32,14 @@ Scenarios (the ids come from ``--ids``, written by bench/run.py's seeding):
   (``exhausted``) if the pool runs out, and warms up with two calls per
   connection only, to save the pool;
 * ``batch_resolve_envs_100_unknown``: batches of ids that do not exist, whose
-  every item must be counted wrong (the check of the check).
+  every item must be counted wrong (the check of the check);
+* ``read_run_gen2`` (bench/shards.py): gen-2 runs spread over the shards,
+  each answered from its shard (``RUN_SOURCE_RUN_OPS_SHARD``, the id's shard);
+* ``batch_read_runs_100_sharded``: 100 random gen-2 runs per call, every
+  item from its own shard;
+* ``mint_base32hex``: MintId(RUN) for an organization whose
+  ``runOpsMintKind`` is ``runOpsId``: a 26-character run-ops id, and its
+  shard (when the server has shards) the one the id names.
 """
 
 from __future__ import annotations
@@ -204,6 +211,63 @@ def make_call(
             )
 
         return batch
+
+    if scenario == "read_run_gen2":
+        runs = ids["gen2_runs"]
+
+        async def read_gen2() -> Outcome:
+            run_id = rng.choice(runs)
+            response = await stub.ReadRun(pb.ReadRunRequest(run_id=run_id))
+            ok = (
+                response.run.id == run_id
+                and response.source == pb.RUN_SOURCE_RUN_OPS_SHARD
+                and response.shard == run_id[24]
+            )
+            return checked(
+                (1, 0) if ok else (0, 1),
+                f"ReadRun({run_id}) answered run {response.run.id!r} from "
+                f"{pb.RunSource.Name(response.source)} shard {response.shard!r}",
+            )
+
+        return read_gen2
+
+    if scenario == "batch_read_runs_100_sharded":
+        runs = ids["gen2_runs"]
+
+        async def batch_runs() -> Outcome:
+            run_ids = rng.sample(runs, BATCH)
+            response = await stub.BatchReadRuns(pb.BatchReadRunsRequest(run_ids=run_ids))
+            right = sum(
+                1
+                for want, got in zip(run_ids, response.results, strict=False)
+                if got.run_id == want
+                and got.run.id == want
+                and got.source == pb.RUN_SOURCE_RUN_OPS_SHARD
+                and got.shard == want[24]
+            )
+            return checked(
+                (right, len(run_ids) - right),
+                f"BatchReadRuns of {len(run_ids)} gen-2 ids: {right} right",
+            )
+
+        return batch_runs
+
+    if scenario == "mint_base32hex":
+        org = ids["mint_organization"][0]
+        request = pb.MintIdRequest(kind=pb.ID_KIND_RUN, organization_id=org)
+
+        async def mint() -> Outcome:
+            response = await stub.MintId(request)
+            body = response.id
+            ok = (
+                response.mint_kind == pb.MINT_KIND_RUN_OPS_ID
+                and len(body) == 26
+                and body[25] in "12"
+                and (not response.shard or body[24] == response.shard)
+            )
+            return checked((1, 0) if ok else (0, 1), f"MintId answered {response}")
+
+        return mint
 
     raise SystemExit(f"unknown scenario {scenario}")
 

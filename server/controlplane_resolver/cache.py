@@ -36,6 +36,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -246,6 +247,10 @@ class _Flight:
     error: BaseException | None = None
 
 
+#: Runs work off the calling thread, or raises to refuse it.
+Starter = Callable[[Callable[[], None]], None]
+
+
 class FlightTimeout(Exception):
     """A waiter gave up on a load that another caller leads."""
 
@@ -335,6 +340,8 @@ class Cache:
         self._refresher = ThreadPoolExecutor(
             max_workers=refresh_workers, thread_name_prefix="cache-refresh"
         )
+        #: Set by :meth:`abort_waits`.
+        self.aborting = threading.Event()
 
     def close(self) -> None:
         self._refresher.shutdown(wait=False, cancel_futures=True)
@@ -365,6 +372,8 @@ class Cache:
         scopes: tuple[str, ...] = (),
         scopes_of: Callable[[Any], tuple[str, ...]] | None = None,
         wait_s: float | None = None,
+        start: Starter | None = None,
+        admit: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> Any:
         """Return the cached answer for ``key`` or load it.
 
@@ -374,6 +383,13 @@ class Cache:
         knows (its organization). A waiter gives up after ``wait_s`` with
         :class:`FlightTimeout`. Returns the value or :data:`ABSENT`; raises
         what ``load`` raised when no usable entry exists.
+
+        ``start(work)``, when given, runs loads (and refreshes) off the
+        calling thread, or raises to refuse them: the leader then waits for
+        its own load as joiners do, bounded by ``wait_s``, and the load
+        carries on for the callers still waiting after it leaves.
+        ``admit()``, when given, is entered around a miss's load or wait
+        (never around a hit or a stale serve) and may refuse it by raising.
         """
         store = self._slots[slot]
         now = self._clock()
@@ -392,11 +408,17 @@ class Cache:
                 if key not in store.flights and now >= entry.retry_after:
                     flight = self._begin(store, key)
                     try:
-                        self._refresher.submit(
-                            self._refresh, store, key, flight, load, scopes, scopes_of
-                        )
-                    except RuntimeError:  # closed: shutting down, serve what we have
+                        if start is not None:
+                            start(
+                                lambda: self._refresh(store, key, flight, load, scopes, scopes_of)
+                            )
+                        else:
+                            self._refresher.submit(
+                                self._refresh, store, key, flight, load, scopes, scopes_of
+                            )
+                    except Exception:  # refused or shutting down: serve what we have
                         self._finish(store, key, flight)
+                        entry.retry_after = now + min(1.0, store.policy.soft_ttl)
                 return entry.value
             store.stats.misses += 1
             in_flight = store.flights.get(key)
@@ -411,13 +433,64 @@ class Cache:
                 flight = self._begin(store, key)
                 callinfo.note("cache", "miss")
                 leader = True
-        if leader:
-            return self._lead(store, key, flight, load, scopes, scopes_of)
-        if not flight.done.wait(wait_s):
-            raise FlightTimeout(f"waited {wait_s}s for a {slot.value} load led by another call")
+        with ExitStack() as stack:
+            try:
+                if admit is not None:
+                    stack.enter_context(admit())
+                if leader and start is not None:
+                    start(lambda: self._lead_quietly(store, key, flight, load, scopes, scopes_of))
+            except BaseException as exc:
+                if leader:
+                    store.stats.load_errors += 1
+                    flight.error = exc
+                    with store.lock:
+                        self._finish(store, key, flight)
+                raise
+            if leader and start is None:
+                return self._lead(store, key, flight, load, scopes, scopes_of)
+            return self._await(slot, flight, wait_s)
+
+    def _await(self, slot: Slot, flight: _Flight, wait_s: float | None) -> Any:
+        if not self.wait_for(flight.done, wait_s):
+            if self.aborting.is_set():
+                raise FlightTimeout(f"gave up a {slot.value} load: the server is shutting down")
+            raise FlightTimeout(f"waited {wait_s:.3f}s for a {slot.value} load")
         if flight.error is not None:
             raise flight.error
         return flight.value
+
+    def wait_for(self, done: threading.Event, wait_s: float | None) -> bool:
+        """Wait for ``done`` up to ``wait_s``; False early once
+        :attr:`aborting` is set (a drain ends every wait)."""
+        if done.wait(min(0.05, wait_s) if wait_s is not None else 0.05):
+            return True
+        deadline = None if wait_s is None else time.monotonic() + wait_s - 0.05
+        while not self.aborting.is_set():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            if done.wait(0.05 if left is None else min(0.05, left)):
+                return True
+        return done.is_set()
+
+    def abort_waits(self) -> None:
+        """End every wait for a load now and from now on (a drain)."""
+        self.aborting.set()
+
+    def _lead_quietly(
+        self,
+        store: _SlotStore,
+        key: Hashable,
+        flight: _Flight,
+        load: Callable[[], Any],
+        scopes: tuple[str, ...],
+        scopes_of: Callable[[Any], tuple[str, ...]] | None,
+    ) -> None:
+        """:meth:`_lead` off the caller's thread: the outcome goes to the flight."""
+        try:
+            self._lead(store, key, flight, load, scopes, scopes_of)
+        except BaseException:  # in flight.error for the waiters
+            pass
 
     def fresh(self, slot: Slot, key: Hashable) -> Any:
         """The value (or :data:`ABSENT`) of a fresh, valid entry, counted as a
@@ -466,6 +539,7 @@ class Cache:
         *,
         scopes_of_key: Callable[[Any], tuple[str, ...]],
         scopes_of: Callable[[Any], tuple[str, ...]] | None = None,
+        start: Starter | None = None,
     ) -> dict[Any, Any]:
         """Every key's value or :data:`ABSENT`: fresh entries from the cache
         (counted as hits), the others from one ``load_many(missing_keys)``
@@ -473,26 +547,86 @@ class Cache:
         is absent). Loaded answers are stored as :meth:`get` stores them —
         under the epoch taken before the load, so one that raced an
         invalidation is not kept. Batch loads do not single-flight; raises
-        what ``load_many`` raised."""
+        what ``load_many`` raised when a key has no usable entry.
+
+        Stale entries (past the soft deadline, before the hard one) are
+        served as :meth:`get` serves them: when every other key is fresh,
+        at once, refreshed in the background (by ``start`` when given);
+        otherwise they join the load, and are served stale if it fails."""
         found: dict[Any, Any] = {}
         missing: list[Any] = []
+        stale: dict[Any, Any] = {}
         for key in keys:
             hit, value = self.peek(slot, key)
             if hit:
                 found[key] = value
-            else:
+                continue
+            value = self._usable(slot, key)
+            if value is MISSING:
                 missing.append(key)
-        if missing:
+            else:
+                stale[key] = value
+
+        def load_and_store(wanted: list[Any]) -> dict[Any, Any]:
             stamp = self.epochs.stamp()
-            loaded = load_many(missing)
-            for key in missing:
-                value = loaded.get(key, ABSENT)
-                found[key] = value
+            loaded = load_many(wanted)
+            answers = {}
+            for key in wanted:
+                value = answers[key] = loaded.get(key, ABSENT)
                 scopes = scopes_of_key(key)
                 if scopes_of is not None and value is not ABSENT:
                     scopes += scopes_of(value)
                 self.put(slot, key, value, stamp=stamp, scopes=scopes)
+            return answers
+
+        if missing:
+            found.update(load_and_store(missing + list(stale)))
+        elif stale:
+            store = self._slots[slot]
+            store.stats.stale_serves += len(stale)
+            callinfo.note("cache", "stale")
+            found.update(stale)
+            due = self._due_for_refresh(store, stale)
+            if due:
+
+                def refresh() -> None:
+                    try:
+                        load_and_store(due)
+                    except Exception as exc:
+                        store.stats.refresh_failures += 1
+                        log.warning("background refresh of %s failed (%s)", slot.value, exc)
+
+                try:
+                    if start is not None:
+                        start(refresh)
+                    else:
+                        self._refresher.submit(refresh)
+                except Exception:  # refused or shutting down: serve what we have
+                    pass
         return found
+
+    def _usable(self, slot: Slot, key: Hashable) -> Any:
+        """A valid entry's value before its hard deadline, else :data:`MISSING`."""
+        entry = self._slots[slot].entries.get(key)
+        if (
+            entry is None
+            or self._clock() >= entry.hard_deadline
+            or not self.epochs.is_current(entry.stamp, entry.scopes)
+        ):
+            return MISSING
+        return entry.value
+
+    def _due_for_refresh(self, store: _SlotStore, keys: Iterable[Hashable]) -> list[Any]:
+        """Keys no refresh was started for lately; marks them started."""
+        now = self._clock()
+        due = []
+        with store.lock:
+            for key in keys:
+                entry = store.entries.get(key)
+                if entry is not None and now >= entry.retry_after:
+                    entry.retry_after = now + min(1.0, store.policy.soft_ttl)
+                    due.append(key)
+        return due
 
     def get_stats(self) -> CacheStats:
         """A snapshot of every slot's counters and the invalidations by cause."""

@@ -106,7 +106,7 @@ def serve(settings: Settings, *, on_ready: Any = None) -> int:
     if settings.processes == 1:
         return _serve_until_signalled(settings, on_ready=on_ready)
     from controlplane_resolver.runtime.process_metrics import CHILD_METRICS_ADDR, ProcessMetrics
-    from controlplane_resolver.runtime.supervisor import supervise
+    from controlplane_resolver.runtime.supervisor import START_FAILED, supervise
     from controlplane_resolver.storage.topology import decide_split
 
     # Check once, in the parent, before any child binds the port; the
@@ -117,6 +117,13 @@ def serve(settings: Settings, *, on_ready: Any = None) -> int:
     )
 
     def serve_child(slot: int) -> int:
+        try:
+            return serve_one(slot)
+        except (Unavailable, OSError, psycopg.OperationalError) as exc:
+            log.error("worker process %d could not start: %s", slot, exc)
+            return START_FAILED
+
+    def serve_one(slot: int) -> int:
         if metrics is None:
             return _serve_until_signalled(settings, on_ready=on_ready, decision=decision)
         metrics.close_inherited()
@@ -207,6 +214,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     print("configuration OK")
     for line in decision.describe():
         print("  " + line)
+    from controlplane_resolver.admin.generations import misrouted_runs
+
+    # A warning, never a failure: switching generations is the operator's call.
+    for finding in misrouted_runs(settings):
+        print(finding.line())
     print("settings (DSNs redacted):")
     for name, value in settings.public_items():
         print(f"  {name} = {value}  [{settings.source_of(name)}]")
@@ -230,19 +242,48 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from controlplane_resolver.dev.migrate import migrate
 
     clusters: list[LocalCluster] = []
+    n_shards = args.shards or 0
+    if not 0 <= n_shards <= 36:
+        print("error: --shards takes 0 to 36", file=sys.stderr)
+        return EXIT_CONFIG
+    shard_chars = "abcdefghijklmnopqrstuvwxyz0123456789"[:n_shards]
     try:
-        print("starting two throwaway PostgreSQL clusters (control-plane, run-ops)…", flush=True)
-        for name in ("control-plane", "run-ops"):
+        names = ["control-plane", "run-ops", *(f"run-ops-shard-{c}" for c in shard_chars)]
+        print(
+            f"starting {len(names)} throwaway PostgreSQL clusters ({', '.join(names)})…",
+            flush=True,
+        )
+        for name in names:
             clusters.append(LocalCluster(name).start())
         cp_dsn = clusters[0].create_database("platform")
         ro_dsn = clusters[1].create_database("run_ops")
+        shard_dsns = {
+            c: cluster.create_database("run_ops")
+            for c, cluster in zip(shard_chars, clusters[2:], strict=True)
+        }
         migrate(cp_dsn, "control_plane")
-        migrate(ro_dsn, "run_ops")
+        for dsn in (ro_dsn, *shard_dsns.values()):
+            migrate(dsn, "run_ops")
+        generations = None
         with psycopg.connect(cp_dsn) as cp, psycopg.connect(ro_dsn) as ro:
             ids = demo.seed(cp, ro)
+            if shard_chars:
+                shard_conns = {c: psycopg.connect(dsn) for c, dsn in shard_dsns.items()}
+                try:
+                    generations = demo.seed_generations(cp, ro, shard_conns, ids)
+                finally:
+                    for conn in shard_conns.values():
+                        conn.close()
+        sharding: dict[str, str] = {}
+        if shard_chars:
+            sharding = {
+                "run_ops_id_generation": "base32hex",
+                "run_ops_shards": ",".join(f"{c}={dsn}" for c, dsn in shard_dsns.items()),
+            }
         settings = Settings.load(
             {},
             {
+                **sharding,
                 "control_plane_database_url": cp_dsn,
                 "run_ops_database_url": ro_dsn,
                 "run_ops_split_enabled": "1",
@@ -254,7 +295,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         )
         settings = replace(settings, shutdown_grace_ms=1000)
         return _serve_until_signalled(
-            settings, on_ready=lambda app: _print_examples(app, ids, settings.metrics_addr)
+            settings,
+            on_ready=lambda app: _print_examples(app, ids, settings.metrics_addr, generations),
         )
     finally:
         for cluster in clusters:
@@ -276,7 +318,9 @@ def grpcurl_command() -> str:
     return "grpcurl"
 
 
-def _print_examples(app: Any, ids: Any, metrics_addr: str | None = None) -> None:
+def _print_examples(
+    app: Any, ids: Any, metrics_addr: str | None = None, generations: Any = None
+) -> None:
     from controlplane_resolver_client.v1 import SERVICE_NAME  # imports gRPC: not before a fork
 
     addr = f"127.0.0.1:{app.port}"
@@ -322,9 +366,29 @@ def _print_examples(app: Any, ids: Any, metrics_addr: str | None = None) -> None
             },
         ),
     ]
+    if generations is not None:
+        # Under base32hex: the v1 run, each shard's gen-2 run, a batch over them.
+        gen2 = list(generations.gen2_run_friendly_ids.values())
+        calls += [
+            ("ClassifyRunId", {"id": gen2[0]}),
+            ("ReadRun", {"runId": generations.v1_run_friendly_id}),
+            *(("ReadRun", {"runId": run_id}) for run_id in gen2),
+            ("BatchReadRuns", {"runIds": [generations.v1_run_friendly_id, *gen2]}),
+            ("MintId", {"kind": "ID_KIND_RUN", "organizationId": ids.organization_id}),
+            (
+                "MintId",
+                {"kind": "ID_KIND_RUN", "organizationId": ids.organization_id, "parentId": gen2[0]},
+            ),
+        ]
+    shards = len(generations.gen2_run_friendly_ids) if generations is not None else 0
+    layout = (
+        f"{2 + shards} clusters: {shards} run-ops shards, base32hex ids"
+        if shards
+        else ("two clusters")
+    )
     print(
         f"\ncontrolplane-resolver dev: serving on {addr} with split mode ON "
-        "(two clusters, demo data). Ctrl-C stops and removes everything."
+        f"({layout}, demo data). Ctrl-C stops and removes everything."
     )
     if metrics_addr and app.metrics_port:
         host = metrics_addr.rpartition(":")[0].strip("[]")
@@ -478,6 +542,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="HOST:PORT",
         help=f"listen address (default $RESOLVER_ADDR, else {DEFAULT_ADDR})",
+    )
+    dev.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also start N run-ops shard clusters (a, b, ...), switch to base32hex ids "
+        "(RUN_OPS_ID_GENERATION) and seed runs of each generation (default: 0)",
     )
     dev.add_argument(
         "--metrics-addr",

@@ -18,6 +18,13 @@ a bounded wait for fewer, larger queries (docs/benchmarks.md measures it).
 
 Identical keys in one batch cost one row, so identical concurrent reads
 share one query (docs/design.md, "Reading runs").
+
+With ``start`` (how the server runs it), batches run off the callers'
+threads: ``start(work)`` runs the batch loop on a thread of the database's
+own, and every caller, the first one included, only waits, each up to its
+own deadline. A batch is then never led by a caller that has gone, and a
+database that does not answer holds the database's thread, not the
+callers'. If ``start`` refuses (raises), every queued caller gets its error.
 """
 
 from __future__ import annotations
@@ -97,8 +104,12 @@ class ReadCoalescer(Generic[K, V]):
         *,
         max_batch: int = 128,
         gather_s: float = 0.0,
+        start: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self._load_many = load_many
+        self._start = start
+        #: Once set, every wait ends (a drain): see :meth:`abort_waits`.
+        self.aborting = threading.Event()
         self._max_batch = max_batch
         self._gather_s = gather_s
         self._last_batch = 1
@@ -117,6 +128,8 @@ class ReadCoalescer(Generic[K, V]):
         """Raises :class:`WaitTimeout` when ``timeout`` seconds pass while
         this caller waits for a batch led by another (its own key may still
         be read, for nobody)."""
+        if self._start is not None:
+            return self._get_detached(key, timeout)
         me: _Waiter[K, V] = _Waiter(key)
         with self._lock:
             self._queue.append(me)
@@ -137,7 +150,61 @@ class ReadCoalescer(Generic[K, V]):
             raise me.error
         return me.value if me.found else None
 
-    def _run_batch(self) -> None:
+    def abort_waits(self) -> None:
+        """End every wait now and from now on (a drain)."""
+        self.aborting.set()
+
+    def _get_detached(self, key: K, timeout: float | None) -> V | None:
+        me: _Waiter[K, V] = _Waiter(key)
+        launch = False
+        with self._lock:
+            self._queue.append(me)
+            if not self._busy:
+                self._busy = launch = True
+            elif self._gather_s and len(self._queue) >= self._max_batch:
+                self._arrived.notify()
+        if launch:
+            assert self._start is not None
+            try:
+                self._start(self._run_batches)
+            except BaseException as exc:
+                with self._lock:
+                    refused, self._queue, self._busy = self._queue, [], False
+                for w in refused:
+                    if w is not me:
+                        w.error = exc
+                        w.done.set()
+                raise
+        if not self._wait(me.done, timeout):
+            with self._lock:
+                if me in self._queue:
+                    self._queue.remove(me)
+            why = "the server is shutting down" if self.aborting.is_set() else f"{timeout:.3f}s"
+            raise WaitTimeout(f"gave up waiting for a batched read ({why})")
+        if me.error is not None:
+            raise me.error
+        return me.value if me.found else None
+
+    def _wait(self, done: _Signal, timeout: float | None) -> bool:
+        """``done.wait(timeout)``, ended early by :meth:`abort_waits`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if done.wait(0.05 if left is None else max(0.0, min(0.05, left))):
+                return True
+            if self.aborting.is_set() or (left is not None and left <= 0.05):
+                return False
+
+    def _run_batches(self) -> None:
+        """Batches until the queue is empty (on a thread ``start`` gave)."""
+        while True:
+            self._run_batch(detached=True)
+            with self._lock:
+                if not self._queue:
+                    self._busy = False
+                    return
+
+    def _run_batch(self, detached: bool = False) -> None:
         with self._lock:
             self._gather()
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
@@ -156,6 +223,10 @@ class ReadCoalescer(Generic[K, V]):
             for w in batch:
                 if w.key in found:
                     w.found, w.value = True, found[w.key]
+        if detached:
+            for w in batch:
+                w.done.set()
+            return
         with self._lock:
             # Hand the lead to the oldest waiter before waking the batch, so
             # the next query starts as soon as possible.

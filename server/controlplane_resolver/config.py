@@ -97,6 +97,44 @@ def parse_str(name: str, raw: str) -> str:
     return raw
 
 
+#: The id generations (``RUN_OPS_ID_GENERATION``); domain/residency.Generation's values.
+ID_GENERATIONS = ("ksuid", "base32hex")
+_SHARD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def parse_generation(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ID_GENERATIONS:
+        raise ConfigError(f"{name}={raw!r} is not an id generation: use ksuid or base32hex")
+    return value
+
+
+def parse_shard_map(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """``a=<dsn>,b=<dsn>`` → ``(("a", dsn), ("b", dsn))``, in the given order.
+
+    Entries are split at a comma followed by ``<char>=``, so a multi-host
+    URL's commas stay inside its DSN. A shard char is one of ``[a-z0-9]``
+    and appears once. Errors name the setting and the entry, never a DSN.
+    """
+    import re
+
+    if not raw.strip():
+        return ()
+    out: list[tuple[str, str]] = []
+    for i, entry in enumerate(re.split(r",(?=\s*[a-z0-9]\s*=)", raw.strip())):
+        char, sep, dsn = entry.partition("=")
+        char = char.strip()
+        if not sep or len(char) != 1 or char not in _SHARD_CHARS:
+            raise ConfigError(
+                f"{name}: entry {i + 1} does not start with a shard char: write "
+                "<char>=<dsn>[,<char>=<dsn>...] with each char one of a-z, 0-9"
+            )
+        if any(char == c for c, _ in out):
+            raise ConfigError(f"{name}: shard {char!r} is given twice")
+        out.append((char, parse_dsn(f"{name} (shard {char!r})", dsn.strip())))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: its field of :class:`Settings`, environment variable,
@@ -229,6 +267,41 @@ class Settings:
         secret=True,
         aliases=("TASK_RUN_LEGACY_DATABASE_URL",),
     )
+    run_ops_shards: tuple[tuple[str, str], ...] = setting(
+        "RUN_OPS_SHARDS",
+        parse_shard_map,
+        (),
+        "run-ops shards for gen-2 ids: <char>=<dsn>[,<char>=<dsn>...], char in [a-z0-9] "
+        "(needs RUN_OPS_ID_GENERATION=base32hex)",
+    )
+    run_ops_shard_read_replica_urls: tuple[tuple[str, str], ...] = setting(
+        "RUN_OPS_SHARD_READ_REPLICA_URLS",
+        parse_shard_map,
+        (),
+        "read replicas of shards, same form as RUN_OPS_SHARDS (a shard without one is "
+        "read on its primary)",
+    )
+    run_ops_id_generation: str = setting(
+        "RUN_OPS_ID_GENERATION",
+        parse_generation,
+        "ksuid",
+        "which run ids are new and minted: ksuid (27-char base62) or base32hex (26-char "
+        "v1 and gen-2 ids, the platform's current format)",
+    )
+    run_ops_region: str | None = setting(
+        "RUN_OPS_REGION",
+        parse_str,
+        None,
+        "region stamped into base32hex v1 ids (us-east-1, us-west-2, eu-central-1; "
+        "other or unset: 0)",
+    )
+    run_ops_mint_flip_grace_ms: int = setting(
+        "RUN_OPS_MINT_FLIP_GRACE_MS",
+        parse_ms,
+        90_000,
+        "base32hex: after a runOpsMintKind flip stamped runOpsMintKindFlippedAt, the "
+        "previous kind stays in force this long",
+    )
     run_ops_split_enabled: bool = setting(
         "RUN_OPS_SPLIT_ENABLED",
         parse_bool,
@@ -281,7 +354,8 @@ class Settings:
         "RUN_OPS_MINT_KSUID_ENABLED",
         parse_bool,
         False,
-        "master switch for minting new-shape (ksuid) ids",
+        "master switch for minting new-shape ids (ksuid, or base32hex run-ops ids)",
+        aliases=("RUN_OPS_MINT_ENABLED",),
     )
     listen_enabled: bool = setting(
         "RESOLVER_LISTEN_ENABLED",
@@ -419,6 +493,20 @@ class Settings:
         5_000,
         "longest wait for a pooled connection, and the statement timeout",
     )
+    db_max_waiting: int = setting(
+        "RESOLVER_DB_MAX_WAITING",
+        whole_number(),
+        0,
+        "calls that may wait on one database at once (a bulkhead); more get UNAVAILABLE "
+        "at once with a retry delay (0: two thirds of RESOLVER_MAX_WORKERS)",
+    )
+    db_probe_interval_ms: int = setting(
+        "RESOLVER_DB_PROBE_INTERVAL_MS",
+        parse_positive,
+        1_000,
+        "while a database's circuit is open (it failed repeatedly), probe it this often; "
+        "its calls get UNAVAILABLE at once until a probe connects",
+    )
     #: Which environment variable or flag supplied each setting, by field name
     #: (:data:`DEFAULT_SOURCE` when none did). Not a setting itself.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -467,6 +555,18 @@ class Settings:
                 f"({settings.control_plane_cache_hard_ttl_ms} < "
                 f"{settings.control_plane_cache_ttl_ms})"
             )
+        shard_chars = {c for c, _ in settings.run_ops_shards}
+        if shard_chars and settings.run_ops_id_generation != "base32hex":
+            raise ConfigError(
+                "RUN_OPS_SHARDS is set but RUN_OPS_ID_GENERATION is not base32hex: only "
+                "base32hex gen-2 ids name a shard; set RUN_OPS_ID_GENERATION=base32hex"
+            )
+        stray = [c for c, _ in settings.run_ops_shard_read_replica_urls if c not in shard_chars]
+        if stray:
+            raise ConfigError(
+                f"RUN_OPS_SHARD_READ_REPLICA_URLS names shard {stray[0]!r}, which "
+                "RUN_OPS_SHARDS does not configure"
+            )
         return settings
 
     def public_items(self) -> list[tuple[str, str]]:
@@ -476,6 +576,8 @@ class Settings:
             value = getattr(self, opt.field)
             if opt.field.endswith("_url"):
                 value = redact_dsn(value) if value else "(unset)"
+            elif opt.parse is parse_shard_map:
+                value = ",".join(f"{c}={redact_dsn(d)}" for c, d in value) or "(unset)"
             out.append((opt.field, str(value)))
         return out
 

@@ -39,11 +39,31 @@ class NotFound(OperationError):
     reason = "NOT_FOUND"
 
 
+class FailedPrecondition(OperationError):
+    """The request is well formed but the server's configuration cannot
+    serve it (a gen-2 id naming a shard that is not configured). Retrying
+    does not help; configuring the server does."""
+
+    reason = "FAILED_PRECONDITION"
+
+
 class Unavailable(OperationError):
     """A database could not answer (down, pool exhausted, timed out). Never
-    reported as absence: the caller should retry."""
+    reported as absence: the caller should retry, after ``retry_after_s``
+    (sent as a ``google.rpc.RetryInfo`` detail)."""
 
     reason = "DATABASE_UNAVAILABLE"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+        retry_after_s: float = 1.0,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(OperationError):

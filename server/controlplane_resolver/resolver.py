@@ -10,7 +10,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -30,9 +31,17 @@ from controlplane_resolver.cache import (
 )
 from controlplane_resolver.coalescing import CoalescerStats, ReadCoalescer, WaitTimeout
 from controlplane_resolver.domain import minting, waitpoints
-from controlplane_resolver.domain.minting import FlagLookup, FlagValues, IdKind, MintKindDecision
+from controlplane_resolver.domain.minting import (
+    FlagLookup,
+    FlagValues,
+    IdKind,
+    MintFlags,
+    MintKind,
+    MintKindDecision,
+)
 from controlplane_resolver.domain.residency import (
     Classification,
+    Generation,
     InvalidId,
     Residency,
     classify,
@@ -49,7 +58,14 @@ from controlplane_resolver.domain.values import (
     WorkerVersion,
 )
 from controlplane_resolver.domain.waitpoints import StoreSelection
-from controlplane_resolver.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from controlplane_resolver.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OperationError,
+    Unavailable,
+)
 from controlplane_resolver.storage import queries
 from controlplane_resolver.storage.database import Database, PinnedConnection
 from controlplane_resolver.storage.topology import Topology
@@ -75,6 +91,7 @@ class IdClassification:
 
     classification: Classification
     read_order: tuple[RunSource, ...]
+    generation: Generation = Generation.KSUID
 
 
 class Resolver:
@@ -94,14 +111,22 @@ class Resolver:
         self._fill_wait_s = fill_wait_s
         # Concurrent run reads against one database share queries.
         self._pinned = {db: PinnedConnection(db) for db in topology.databases}
+        # Batches run on each database's own threads (Database.start): a
+        # caller only waits for its read, up to its deadline.
         self._run_readers = {
             db: ReadCoalescer(
-                functools.partial(_load_runs, self._pinned[db]), gather_s=run_read_gather_s
+                functools.partial(_load_runs, self._pinned[db]),
+                gather_s=run_read_gather_s,
+                start=db.start,
             )
             for db in topology.databases
         }
+        #: Set by drain(): waits end at once, answered UNAVAILABLE (retryable).
+        self._draining = False
         #: RUN_OPS_MINT_KSUID_ENABLED: the master switch of ksuid minting.
         self.mint_ksuid_enabled = mint_ksuid_enabled
+        #: The id rule (RUN_OPS_ID_GENERATION), from the topology that routes by it.
+        self.generation = topology.generation
         #: Any caller can send unclassifiable ids: at most a line a minute.
         self.unclassifiable_id_warning = RateLimitedWarning(
             log, "run id body of %d characters is unclassifiable; reading it as legacy"
@@ -121,20 +146,40 @@ class Resolver:
         """Where control-plane reads go."""
         return self.topology.control_plane_replica
 
-    def _wait_budget(self) -> tuple[float, bool]:
-        """How long this call may wait for a load led by another call, and
-        whether that limit is the caller's own deadline.
+    def drain(self) -> None:
+        """End every wait for a database now, and refuse new ones: the
+        server is shutting down, and a call answered UNAVAILABLE is retried
+        elsewhere, where one cut off at the grace period would be CANCELLED."""
+        self._draining = True
+        self.cache.abort_waits()
+        for reader in self._run_readers.values():
+            reader.abort_waits()
 
-        Loads themselves run under the service's database timeout, never a
-        caller's deadline: a load is shared, and one caller's deadline must
-        not fail the others. A caller's deadline bounds only its own wait.
+    def _wait_budget(self) -> tuple[float, bool]:
+        """How long this call may wait for a database, and whether that
+        limit is the caller's own deadline.
+
+        Loads run on the databases' own threads under the service's database
+        timeout, never a caller's deadline: a load is shared, and one
+        caller's deadline must not fail the others. A caller's deadline
+        bounds its own wait, whoever started the load.
         """
+        if self._draining:
+            raise _shutting_down()
         left = callinfo.remaining()
         if left is not None and left <= 0:
             raise DeadlineExceeded("the caller's deadline passed before the resolver could answer")
         if left is not None and left < self._fill_wait_s:
             return left, True
         return self._fill_wait_s, False
+
+    def _gave_up(self, exc: Exception, by_deadline: bool, what: str) -> OperationError:
+        """The error of a wait that ended before its answer (``exc``)."""
+        if self._draining:
+            return _shutting_down()
+        if by_deadline:
+            return DeadlineExceeded(f"{exc}; the caller's deadline passed")
+        return Unavailable(f"{exc}; {what} is slow to answer, retry later")
 
     def _cached(
         self,
@@ -145,15 +190,47 @@ class Resolver:
         scopes: tuple[str, ...],
         scopes_of: Callable[[Any], tuple[str, ...]] | None = None,
     ) -> Any:
+        db = self.control_plane_replica  # every cached answer is read there
         wait_s, by_deadline = self._wait_budget()
         try:
             return self.cache.get(
-                slot, key, load, scopes=scopes, scopes_of=scopes_of, wait_s=wait_s
+                slot,
+                key,
+                load,
+                scopes=scopes,
+                scopes_of=scopes_of,
+                wait_s=wait_s,
+                start=db.start,
+                admit=db.admit,
             )
         except FlightTimeout as exc:
-            if by_deadline:
-                raise DeadlineExceeded(f"{exc}; the caller's deadline passed") from None
-            raise Unavailable(f"{exc}; the database is slow to answer, retry later") from None
+            raise self._gave_up(exc, by_deadline, "the database") from None
+
+    def _on_db_thread(
+        self, db: Database, work: Callable[[], Any], wait_s: float, by_deadline: bool
+    ) -> Any:
+        """``work()`` on one of ``db``'s threads; this caller waits up to
+        ``wait_s`` for it (the work carries on, bounded by the database
+        timeout, if the caller leaves)."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = work()
+            except BaseException as exc:
+                box["error"] = exc
+            finally:
+                done.set()
+
+        db.start(run)
+        if not self.cache.wait_for(done, wait_s):
+            raise self._gave_up(
+                TimeoutError(f"gave up after {wait_s:.3f}s"), by_deadline, "the database"
+            )
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     # --------------------------------------------------------- environments
 
@@ -214,12 +291,22 @@ class Resolver:
         order. Cache hits are served from the cache; all misses are loaded
         with one query."""
         ids = _checked_batch(environment_ids, "environment_ids")
+        db = self.control_plane_replica
+
+        def load_many(missing: list[str]) -> dict[str, Environment]:
+            wait_s, by_deadline = self._wait_budget()
+            with db.admit():
+                return self._on_db_thread(
+                    db, lambda: queries.environments(db, missing), wait_s, by_deadline
+                )
+
         found = self.cache.get_many(
             Slot.ENVIRONMENT,
             dict.fromkeys(ids),
-            lambda missing: queries.environments(self.control_plane_replica, missing),
+            load_many,
             scopes_of_key=lambda env_id: (env_scope(env_id),),
             scopes_of=_environment_scopes,
+            start=db.start,
         )
         return [(env_id, None if found[env_id] is ABSENT else found[env_id]) for env_id in ids]
 
@@ -265,62 +352,117 @@ class Resolver:
 
     def classify_run_id(self, run_id: str) -> IdClassification:
         """How ``run_id`` classifies and which databases ReadRun would try."""
-        c = classify(checked_id(run_id, "id"))
-        order = tuple(source for source, _db in self.topology.read_plan(c.route))
-        return IdClassification(classification=c, read_order=order)
+        c = classify(checked_id(run_id, "id"), self.generation)
+        try:
+            plan = self.topology.read_plan(c.route, c.shard)
+        except FailedPrecondition:
+            plan = []  # a shard this server does not configure: ReadRun would refuse
+        order = tuple(source for source, _db in plan)
+        return IdClassification(classification=c, read_order=order, generation=self.generation)
 
     def read_run(self, run_id: str, *, include_environment: bool = False) -> RunRead:
         """Read a run wherever it lives (docs/design.md, "Reading runs"). Raises NotFound
         when every database in the plan answered "absent"; Unavailable as
         soon as one could not answer (an unknown is never reported as absent)."""
-        c = classify(checked_id(run_id, "run_id"))
+        c = classify(checked_id(run_id, "run_id"), self.generation)
         if self.topology.split and not c.classifiable:
             self.unclassifiable_id_warning.warn(len(c.body))
-        for source, db in self.topology.read_plan(c.route):
+        for source, db in self.topology.read_plan(c.route, c.shard):
             wait_s, by_deadline = self._wait_budget()
             try:
-                row = self._run_readers[db].get((run_id, c.is_friendly), timeout=wait_s)
+                with db.admit():
+                    row = self._run_readers[db].get((run_id, c.is_friendly), timeout=wait_s)
             except WaitTimeout as exc:
-                if by_deadline:
-                    raise DeadlineExceeded(f"{exc}; the caller's deadline passed") from None
-                raise Unavailable(
-                    f"{exc}; the {source.value} database is slow to answer, retry later"
-                ) from None
+                raise self._gave_up(exc, by_deadline, f"the {source.value} database") from None
             if row is not None:
                 callinfo.note("database", source.value)
                 return self._with_environment(
-                    RunRead(run=row, source=source, residency=c.route), include_environment
+                    RunRead(run=row, source=source, residency=c.route, shard=c.shard),
+                    include_environment,
                 )
         raise NotFound(
-            f"run {run_id} was not found in {_plan_names(self.topology, c.route)}",
+            f"run {run_id} was not found in {_plan_names(self.topology, c)}",
             reason="RUN_NOT_FOUND",
         )
 
     def batch_read_runs(self, run_ids: Sequence[str]) -> list[tuple[str, RunRead | None]]:
         """ReadRun for many ids: ``(id, read or None)`` in request order, with
-        one query per database per step of the read plan."""
+        one query per database per step of the read plan; the databases of
+        one step (run-ops and every shard, then legacy) are read in parallel.
+
+        Raises FailedPrecondition when an id names a shard that is not
+        configured, before any database is read."""
         ids = _checked_batch(run_ids, "run_ids")
-        pending = {run_id: classify(run_id) for run_id in dict.fromkeys(ids)}
+        pending = {run_id: classify(run_id, self.generation) for run_id in dict.fromkeys(ids)}
+        plans = {run_id: self.topology.read_plan(c.route, c.shard) for run_id, c in pending.items()}
         found: dict[str, RunRead] = {}
         step = 0
         while pending:
             by_db: dict[int, tuple[RunSource, Database, list[Classification]]] = {}
             for c in pending.values():
-                plan = self.topology.read_plan(c.route)
+                plan = plans[c.id]
                 if step < len(plan):
                     source, db = plan[step]
                     by_db.setdefault(id(db), (source, db, []))[2].append(c)
             if not by_db:
                 break
-            for source, db, wanted in by_db.values():
-                rows = _load_runs(db, [(c.id, c.is_friendly) for c in wanted])
+            groups = list(by_db.values())
+            loads = self._load_in_parallel(
+                [(db, [(c.id, c.is_friendly) for c in wanted]) for _s, db, wanted in groups]
+            )
+            for (source, _db, wanted), rows in zip(groups, loads, strict=True):
                 for c in wanted:
                     row = rows.get((c.id, c.is_friendly))
                     if row is not None:
-                        found[c.id] = RunRead(run=row, source=source, residency=c.route)
+                        found[c.id] = RunRead(
+                            run=row, source=source, residency=c.route, shard=c.shard
+                        )
                         del pending[c.id]
             step += 1
         return [(run_id, found.get(run_id)) for run_id in ids]
+
+    def _load_in_parallel(
+        self, work: list[tuple[Database, list[tuple[str, bool]]]]
+    ) -> list[dict[tuple[str, bool], TaskRun]]:
+        """:func:`_load_runs` for each ``(database, keys)``, all started at
+        once on the databases' own threads (so shards are read in parallel),
+        each admitted by its database first; the caller waits for all of
+        them within one budget. The first failure is raised."""
+        wait_s, by_deadline = self._wait_budget()
+        with ExitStack() as admitted:
+            for db, _keys in work:
+                admitted.enter_context(db.admit())
+            pending: list[tuple[threading.Event, dict[str, Any]]] = []
+            for db, keys in work:
+                done = threading.Event()
+                box: dict[str, Any] = {}
+
+                def run(
+                    db: Database = db,
+                    keys: list[tuple[str, bool]] = keys,
+                    box: dict[str, Any] = box,
+                    done: threading.Event = done,
+                ) -> None:
+                    try:
+                        box["value"] = _load_runs(db, keys)
+                    except BaseException as exc:
+                        box["error"] = exc
+                    finally:
+                        done.set()
+
+                db.start(run)
+                pending.append((done, box))
+            deadline = time.monotonic() + wait_s
+            for done, _box in pending:
+                left = max(0.0, deadline - time.monotonic())
+                if not self.cache.wait_for(done, left):
+                    raise self._gave_up(
+                        TimeoutError(f"gave up after {wait_s:.3f}s"), by_deadline, "a run database"
+                    )
+        for _done, box in pending:
+            if "error" in box:
+                raise box["error"]
+        return [box["value"] for _done, box in pending]
 
     def _with_environment(self, read: RunRead, include: bool) -> RunRead:
         if not include:
@@ -334,20 +476,10 @@ class Resolver:
             log.warning(
                 "run %s has a malformed environment id; environment unresolved", read.run.id
             )
-            return RunRead(
-                run=read.run,
-                source=read.source,
-                residency=read.residency,
-                environment_unresolved=True,
-            )
+            return replace(read, environment_unresolved=True)
         except NotFound:
-            return RunRead(
-                run=read.run,
-                source=read.source,
-                residency=read.residency,
-                environment_unresolved=True,
-            )
-        return RunRead(run=read.run, source=read.source, residency=read.residency, environment=env)
+            return replace(read, environment_unresolved=True)
+        return replace(read, environment=env)
 
     # ---------------------------------------------------------- invalidation
 
@@ -434,13 +566,84 @@ class Resolver:
         parent; never fails for a database error: the flag read falls back to
         cuid, uncached."""
         org_id = checked_id(organization_id, "organization_id")
-        parent = classify(checked_id(parent_id, "parent_id")) if parent_id is not None else None
+        parent = (
+            classify(checked_id(parent_id, "parent_id"), self.generation)
+            if parent_id is not None
+            else None
+        )
+        if self.generation is Generation.BASE32HEX:
+            return self._run_ops_mint_kind(org_id, parent)
         return minting.decide_mint_kind(
             master_switch_enabled=self.mint_ksuid_enabled,
             split_enabled=self.topology.split,
             parent=parent,
             read_flags=lambda: self._mint_flags(org_id),
         )
+
+    def _run_ops_mint_kind(self, org_id: str, parent: Classification | None) -> MintKindDecision:
+        """The base32hex generation's decision (``runOpsMintKind``, with its
+        flip grace), and for a run-ops root run with shards configured, the
+        organization's shard (its ``runOpsShard`` override, else rendezvous
+        hashing). A child of a gen-2 parent stays in the parent's shard."""
+        flags: MintFlags | FlagLookup | None = None
+
+        def read_flags() -> MintFlags | FlagLookup:
+            nonlocal flags
+            flags = self._run_ops_mint_flags(org_id)
+            return flags
+
+        decision = minting.decide_run_ops_mint_kind(
+            master_switch_enabled=self.mint_ksuid_enabled,
+            split_enabled=self.topology.split,
+            parent=parent,
+            read_flags=read_flags,
+            now_ms=time.time_ns() // 1_000_000,
+            grace_ms=self.topology.mint_flip_grace_ms,
+        )
+        if decision.shard is not None:
+            # A gen-2 parent's shard: a child this server could not read is
+            # refused (FAILED_PRECONDITION, SHARD_NOT_CONFIGURED), as its reads are.
+            self.topology.read_plan(Residency.NEW, decision.shard)
+            return decision
+        shards = self.topology.shard_chars
+        if decision.kind is not MintKind.RUN_OPS_ID or not shards:
+            return decision
+        if parent is not None:
+            # A v1 parent: its child is a v1 id in the run-ops database, like it.
+            return decision
+        override = (
+            flags.organization.get(minting.SHARD_OVERRIDE_FLAG)
+            if isinstance(flags, MintFlags)
+            else None
+        )
+        shard, why = minting.choose_shard(org_id, shards, override)
+        return replace(decision, shard=shard, shard_reason=why)
+
+    def _run_ops_mint_flags(self, org_id: str) -> MintFlags | FlagLookup:
+        """The organization's and the global mint flag records through the
+        ``MINT_KIND`` slot (key ``(org, "base32hex")``); invalidating the
+        organization or any of the three global keys drops the entry."""
+        try:
+            flags: MintFlags = self._cached(
+                Slot.MINT_KIND,
+                (org_id, Generation.BASE32HEX.value),
+                lambda: queries.mint_flags(
+                    self.control_plane_replica,
+                    org_id,
+                    (*minting.MINT_KIND_FLAGS, minting.SHARD_OVERRIDE_FLAG),
+                    minting.MINT_KIND_FLAGS,
+                ),
+                scopes=(org_scope(org_id), *(flag_scope(k) for k in minting.MINT_KIND_FLAGS)),
+            )
+        except (Unavailable, psycopg.Error) as exc:
+            log.warning(
+                "could not read the %s flag of organization %s (%s): minting cuid",
+                minting.MINT_KIND_FLAG,
+                org_id,
+                type(exc).__name__,
+            )
+            return FlagLookup.READ_FAILED
+        return flags
 
     def _mint_flags(self, org_id: str) -> FlagValues | FlagLookup:
         """The organization's and the global ``runOpsMintKsuid`` values through
@@ -483,9 +686,18 @@ class Resolver:
                 metadata={"field": "kind"},
             )
         decision = self.resolve_mint_kind(organization_id, parent_id)
-        new = minting.new_id(decision.kind)
+        if decision.kind is MintKind.RUN_OPS_ID:
+            if decision.shard is not None:
+                new = minting.new_run_ops_id_v2(decision.shard)
+            else:
+                new = minting.new_run_ops_id(self.topology.region)
+        else:
+            new = minting.new_id(decision.kind)
         return MintedId(
-            id=new, friendly_id=minting.friendly_id(id_kind, new), mint_kind=decision.kind
+            id=new,
+            friendly_id=minting.friendly_id(id_kind, new),
+            mint_kind=decision.kind,
+            shard=decision.shard,
         )
 
     # ------------------------------------------------------------- waitpoints
@@ -520,6 +732,7 @@ class Resolver:
             tree_owner_residency=owner,
             cross_tree_idempotency=cross_tree_idempotency,
             has_legacy_parent=has_legacy_parent,
+            generation=self.generation,
         )
 
 
@@ -550,6 +763,14 @@ def _load_runs(
     return found
 
 
+def _shutting_down() -> Unavailable:
+    return Unavailable(
+        "the server is shutting down; retry (another replica answers)",
+        reason="SHUTTING_DOWN",
+        retry_after_s=0.0,
+    )
+
+
 def _env_not_found(env_id: str) -> NotFound:
     return NotFound(
         f"environment {env_id} was not found",
@@ -567,8 +788,13 @@ def _checked_batch(ids: Sequence[str], field: str) -> list[str]:
     return [checked_id(v, f"{field}[{i}]") for i, v in enumerate(ids)]
 
 
-def _plan_names(topology: Topology, route: Residency) -> str:
-    return " or ".join(f"the {s.value} database" for s, _ in topology.read_plan(route))
+def _plan_names(topology: Topology, c: Classification) -> str:
+    return " or ".join(
+        f"the {db.role.value} database"
+        if s is RunSource.RUN_OPS_SHARD
+        else f"the {s.value} database"
+        for s, db in topology.read_plan(c.route, c.shard)
+    )
 
 
 class RateLimitedWarning:

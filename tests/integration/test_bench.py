@@ -152,3 +152,25 @@ def test_compare_runs_two_configurations_and_reports_each_scenario():
             f"no row for {scenario}:\n{report}"
         )
     assert "reproduce: .venv/bin/python bench/compare.py --b RESOLVER_MAX_WORKERS=4" in report
+
+
+@pytest.mark.timeout(600)
+def test_shard_bench_runs_and_reports_its_targets():
+    report = bench(
+        "shards.py",
+        "--rounds",
+        "1",
+        "--duration",
+        "0.2",
+        "--runs",
+        "150",
+        timeout=540,
+    )
+    for row in (
+        "ReadRun gen-2 over 3 shards / single run-ops:",
+        "MintId base32hex / health floor:",
+        "server CPU per call",
+    ):
+        assert row in report, f"the report lacks {row!r}:\n{report}"
+    # Not a speed: every batch read each shard exactly once.
+    assert "one query per shard per call: yes" in report, report

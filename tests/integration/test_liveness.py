@@ -62,8 +62,12 @@ def test_a_server_whose_workers_all_hang_reports_not_serving_until_calls_finish(
     # Two worker threads; the database timeout far beyond the watchdog's
     # limit, so the blocked calls stay in flight (a real deployment keeps
     # the limit above 6 x the database timeout; start-up warns otherwise).
+    # Both calls may wait on the database (the bulkhead would otherwise
+    # refuse the second at once: a database lock no longer holds every
+    # worker thread, see test_faults; the watchdog is what is tested here).
     running = start_server(
         max_workers=2,
+        db_max_waiting=2,
         db_timeout_ms=60_000,
         stuck_after_ms=400,
         health_addr=probe,

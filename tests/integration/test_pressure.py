@@ -140,8 +140,14 @@ def test_call_whose_deadline_passed_before_it_was_served_never_touches_the_datab
 
 
 def test_overload_is_refused_at_once_and_recovers(start_server, cp, tenant: Tenant) -> None:
+    # The bulkhead admits all four (its default would refuse two of them at
+    # once, tested in test_bulkheads): here the server's call limit is full.
     running = start_server(
-        max_concurrent_rpcs=4, max_workers=4, db_timeout_ms=10_000, listen_enabled=False
+        max_concurrent_rpcs=4,
+        max_workers=4,
+        db_max_waiting=4,
+        db_timeout_ms=10_000,
+        listen_enabled=False,
     )
     client = running.client
     envs = [tenant.environment(cp) for _ in range(4)]

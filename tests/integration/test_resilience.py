@@ -59,7 +59,9 @@ def test_stale_while_down_then_unavailable_after_hard_ttl_then_recovery(own_clus
 
 
 def test_stampede_of_64_cold_calls_runs_one_query(start_server, cp, tenant):
-    running = start_server(listen_enabled=False)
+    # Every worker thread may wait on the database here (its bulkhead would
+    # otherwise refuse the callers beyond its share at once: test_faults).
+    running = start_server(listen_enabled=False, db_max_waiting=12, max_workers=12)
     env_id = tenant.environment(cp)
     stats = running.app.cache.stats(Slot.ENVIRONMENT)
     fragment = 'FROM "RuntimeEnvironment" e'

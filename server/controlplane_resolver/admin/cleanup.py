@@ -9,6 +9,7 @@ environment id where the table has an index on it, else the environment's run
 ids), in every *run location*:
 
 * the run-ops database (``RUN_OPS_DATABASE_URL``), when configured;
+* every run-ops shard (``RUN_OPS_SHARDS``; their primaries);
 * the legacy location — where legacy runs are written:
   ``RUN_OPS_LEGACY_DATABASE_URL`` when set, else the control-plane primary
   (never its read replica: deletes need the primary). Under split it holds
@@ -125,6 +126,9 @@ def run_locations(settings: Settings) -> list[tuple[str, str]]:
     roles: list[tuple[str, str]] = []
     if settings.run_ops_database_url:
         roles.append(("run-ops", settings.run_ops_database_url))
+    # Every shard holds runs of its own (gen-2 ids), whatever the split mode:
+    # a deleted environment's runs may be on any of them.
+    roles.extend((f"run-ops shard {char}", dsn) for char, dsn in settings.run_ops_shards)
     legacy = settings.run_ops_legacy_database_url or settings.control_plane_database_url
     roles.append(("legacy" if settings.run_ops_split_enabled else "control-plane", legacy))
     return roles

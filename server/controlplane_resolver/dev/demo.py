@@ -997,3 +997,51 @@ def insert_bulk_action_item(conn: Connection[Any], *, source_run_id: str, **over
         "updatedAt": _utcnow(),
     }
     return _run_row(conn, "BulkActionItem", defaults, overrides)
+
+
+# ------------------------------------------------------- generations and shards
+
+
+@dataclass(frozen=True)
+class GenerationIds:
+    """The friendly ids :func:`seed_generations` wrote: a base32hex v1 run
+    in the run-ops database and a gen-2 run in each shard (by shard char)."""
+
+    v1_run_friendly_id: str
+    gen2_run_friendly_ids: dict[str, str]
+
+
+def seed_generations(
+    control_plane: Connection[Any],
+    run_ops: Connection[Any],
+    shards: Mapping[str, Connection[Any]],
+    ids: DemoIds,
+    *,
+    region: str | None = None,
+) -> GenerationIds:
+    """Beside :func:`seed`'s demo (whose ksuid run is legacy-shaped under
+    base32hex): a v1 run in run-ops, a gen-2 run in each shard, all in the
+    demo's production environment, and the organization's
+    ``runOpsMintKind`` set to ``"runOpsId"`` (so MintId mints run-ops ids).
+    Commits every connection."""
+    from controlplane_resolver.domain.minting import new_run_ops_id, new_run_ops_id_v2
+
+    run = {
+        "environment_id": ids.production_environment_id,
+        "project_id": ids.project_id,
+        "organization_id": ids.organization_id,
+    }
+    v1 = insert_run(run_ops, id=new_run_ops_id(region), status="EXECUTING", **run)
+    gen2 = {
+        char: "run_" + insert_run(conn, id=new_run_ops_id_v2(char), status="PENDING", **run)
+        for char, conn in shards.items()
+    }
+    control_plane.execute(
+        'UPDATE "Organization" SET "featureFlags" = '
+        """coalesce("featureFlags", '{}'::jsonb) || '{"runOpsMintKind": "runOpsId"}'::jsonb """
+        'WHERE "id" = %s',
+        (ids.organization_id,),
+    )
+    for conn in (control_plane, run_ops, *shards.values()):
+        conn.commit()
+    return GenerationIds(v1_run_friendly_id="run_" + v1, gen2_run_friendly_ids=gen2)

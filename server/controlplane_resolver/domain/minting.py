@@ -10,6 +10,14 @@ Kinds and where they live
   in the run-ops database.
 * **cuid** (legacy shape): 25 lowercase base36 characters starting with
   ``"c"`` (cuid v1 layout). A run with a cuid lives in the legacy location.
+* **run-ops ids** (the base32hex generation, ``RUN_OPS_ID_GENERATION``):
+  26 lowercase characters, 24 of base32hex encoding 6 bytes of big-endian
+  Unix milliseconds then 9 bytes from :mod:`secrets`, then a region char and
+  ``1`` (v1: the run-ops database) or a shard char and ``2`` (gen-2: that
+  shard). :func:`decide_run_ops_mint_kind` is that generation's decision
+  (``runOpsMintKind``, with its flip grace) and :func:`choose_shard` places
+  a root run's organization on a shard (rendezvous hashing, or the
+  organization's ``runOpsShard`` override).
 
 Both generators are written here rather than taken from PyPI: ``svix-ksuid``
 pulls in ``python-baseconv`` (unmaintained since 2019) for one base62
@@ -54,7 +62,9 @@ flip; ``0`` disables caching. A failed read is never cached.
 
 from __future__ import annotations
 
+import base64
 import enum
+import hashlib
 import itertools
 import os
 import secrets
@@ -62,12 +72,15 @@ import socket
 import string
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from controlplane_resolver.domain.residency import (
     CUID_LENGTH,
     KSUID_LENGTH,
+    POSITIONAL_CHARS,
+    RUN_OPS_ID_VERSION_1,
+    RUN_OPS_ID_VERSION_2,
     Classification,
     Residency,
 )
@@ -81,6 +94,9 @@ class MintKind(enum.Enum):
 
     CUID = "cuid"
     KSUID = "ksuid"
+    #: A 26-character base32hex run-ops id (v1, or gen-2 with shards): the
+    #: base32hex generation's flag value ``runOpsId``.
+    RUN_OPS_ID = "runOpsId"
 
 
 class IdKind(enum.Enum):
@@ -96,6 +112,10 @@ class MintKindDecision:
 
     kind: MintKind
     reason: str
+    #: The shard a gen-2 id of this decision goes to (base32hex with shards).
+    shard: str | None = None
+    #: How the shard was chosen: ``parent_shard``, ``org_override`` or ``hash``.
+    shard_reason: str | None = None
 
 
 class FlagLookup(enum.Enum):
@@ -171,6 +191,186 @@ def decide_mint_kind(
     if kind is not None:
         return MintKindDecision(kind, "global_flag")
     return MintKindDecision(MintKind.CUID, "default")
+
+
+# ------------------------------------------- the base32hex generation's rules
+
+#: The base32hex generation's flag (``runOpsMintKind``) and its flip-grace
+#: companions, as the platform's ``featureFlags.ts`` / ``mintFlipGrace.ts``
+#: name them.
+MINT_KIND_FLAG = "runOpsMintKind"
+MINT_KIND_PREV_FLAG = "runOpsMintKindPrev"
+MINT_KIND_FLIPPED_AT_FLAG = "runOpsMintKindFlippedAt"
+MINT_KIND_FLAGS = (MINT_KIND_FLAG, MINT_KIND_PREV_FLAG, MINT_KIND_FLIPPED_AT_FLAG)
+#: The organization's ``featureFlags`` key that pins its root runs to a shard
+#: (a JSON string, one shard char). The resolver's own key: the platform has
+#: no placement rule of its own yet.
+SHARD_OVERRIDE_FLAG = "runOpsShard"
+
+_RUN_OPS_FLAG_KINDS = {"cuid": MintKind.CUID, "runOpsId": MintKind.RUN_OPS_ID}
+
+
+@dataclass(frozen=True)
+class MintFlags:
+    """The base32hex generation's flag records: the organization's
+    ``featureFlags`` values and the global ``"FeatureFlag"`` rows, for the
+    keys of :data:`MINT_KIND_FLAGS` (the organization's also
+    :data:`SHARD_OVERRIDE_FLAG`), JSON-decoded; absent keys are missing."""
+
+    organization: Mapping[str, object]
+    global_flags: Mapping[str, object]
+
+
+@dataclass(frozen=True)
+class MintResolution:
+    """``{kind, prev, flippedAt}`` read from one source (``mintFlipGrace.ts``)."""
+
+    kind: MintKind
+    prev: MintKind | None
+    flipped_at_ms: int | None
+
+
+def _flag_kind(flags: Mapping[str, object], key: str) -> MintKind | None:
+    value = flags.get(key)
+    return _RUN_OPS_FLAG_KINDS.get(value) if isinstance(value, str) else None
+
+
+def _parse_iso_ms(value: object) -> int | None:
+    if not isinstance(value, str):
+        return None
+    from datetime import datetime
+
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return int(parsed.timestamp() * 1000)
+
+
+def read_resolution(flags: Mapping[str, object]) -> MintResolution:
+    """The trio of one record; a missing or invalid kind is cuid."""
+    return MintResolution(
+        kind=_flag_kind(flags, MINT_KIND_FLAG) or MintKind.CUID,
+        prev=_flag_kind(flags, MINT_KIND_PREV_FLAG),
+        flipped_at_ms=_parse_iso_ms(flags.get(MINT_KIND_FLIPPED_AT_FLAG)),
+    )
+
+
+def effective_kind(r: MintResolution, now_ms: int, grace_ms: int) -> tuple[MintKind, bool]:
+    """The kind in force at ``now_ms``: the previous kind until ``grace_ms``
+    after the flip, then the new one; ``(kind, in_grace)``."""
+    if r.prev is None or r.flipped_at_ms is None:
+        return r.kind, False
+    if now_ms < r.flipped_at_ms + grace_ms:
+        return r.prev, True
+    return r.kind, False
+
+
+def decide_run_ops_mint_kind(
+    *,
+    master_switch_enabled: bool,
+    split_enabled: bool,
+    parent: Classification | None,
+    read_flags: Callable[[], MintFlags | FlagLookup],
+    now_ms: int,
+    grace_ms: int,
+) -> MintKindDecision:
+    """The base32hex generation's decision (``computeRunIdMintKind`` and
+    ``resolveMintFlag``): a parent's residency first (a ``NEW`` parent mints
+    a run-ops child, in the parent's shard when it has one); then the master
+    switch and the split; then ``runOpsMintKind``, source-consistent: the
+    organization's value when it sets an allowed one (with its own grace
+    stamp), else the global rows (with theirs); the previous kind stays in
+    force until ``grace_ms`` after ``runOpsMintKindFlippedAt``."""
+    if parent is not None:
+        if parent.residency is Residency.NEW:
+            if parent.shard is not None:
+                return MintKindDecision(
+                    MintKind.RUN_OPS_ID, "parent_residency", parent.shard, "parent_shard"
+                )
+            return MintKindDecision(MintKind.RUN_OPS_ID, "parent_residency")
+        return MintKindDecision(MintKind.CUID, "parent_residency")
+    if not master_switch_enabled:
+        return MintKindDecision(MintKind.CUID, "master_switch_off")
+    if not split_enabled:
+        return MintKindDecision(MintKind.CUID, "split_off")
+    flags = read_flags()
+    if isinstance(flags, FlagLookup):
+        return MintKindDecision(MintKind.CUID, flags.value)
+    if _flag_kind(flags.organization, MINT_KIND_FLAG) is not None:
+        source, record = "org_flag", flags.organization
+    elif _flag_kind(flags.global_flags, MINT_KIND_FLAG) is not None:
+        source, record = "global_flag", flags.global_flags
+    else:
+        return MintKindDecision(MintKind.CUID, "default")
+    kind, in_grace = effective_kind(read_resolution(record), now_ms, grace_ms)
+    return MintKindDecision(kind, source + ("_grace" if in_grace else ""))
+
+
+def place_shard(organization_id: str, shards: Sequence[str]) -> str:
+    """The shard of an organization's root runs: rendezvous (highest random
+    weight) hashing of the organization id over the configured shard chars.
+    Stable for a fixed set; adding a shard moves only the organizations
+    whose score for the new shard beats their current best (about 1/(n+1)
+    of them), and removing one moves only that shard's organizations."""
+    if not shards:
+        raise ValueError("no shards to place on")
+    key = organization_id.encode()
+
+    def score(shard: str) -> int:
+        digest = hashlib.blake2b(key, digest_size=8, person=b"cpr-shard", salt=shard.encode())
+        return int.from_bytes(digest.digest(), "big")
+
+    return max(sorted(shards), key=score)
+
+
+def choose_shard(organization_id: str, shards: Sequence[str], override: object) -> tuple[str, str]:
+    """``(shard, reason)``: the organization's ``runOpsShard`` override when it
+    names a configured shard (``org_override``), else :func:`place_shard`
+    (``hash``). An override naming no configured shard is ignored: an id
+    that cannot be routed is never minted."""
+    if isinstance(override, str) and override in shards:
+        return override, "org_override"
+    return place_shard(organization_id, shards), "hash"
+
+
+#: One lowercase ``[a-z0-9]`` char per region (the platform's ``REGION_CODES``).
+REGION_CODES = {"us-east-1": "e", "us-west-2": "w", "eu-central-1": "c"}
+DEFAULT_REGION_CHAR = "0"
+_RUN_OPS_CORE_BYTES = 15
+_RUN_OPS_RANDOM_BYTES = 9
+
+
+def region_char(region: str | None) -> str:
+    """The region char of a region name; ``0`` when unknown or unset."""
+    return REGION_CODES.get(region or "", DEFAULT_REGION_CHAR)
+
+
+def run_ops_core(*, now_ms: int | None = None, random: bytes | None = None) -> str:
+    """24 lowercase base32hex chars: 6 bytes of big-endian Unix milliseconds
+    then 9 bytes from the OS's CSPRNG (:func:`secrets.token_bytes`)."""
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    tail = secrets.token_bytes(_RUN_OPS_RANDOM_BYTES) if random is None else random
+    if not 0 <= ms < 2**48 or len(tail) != _RUN_OPS_RANDOM_BYTES:
+        raise ValueError("a run-ops core needs 0 <= ms < 2^48 and 9 random bytes")
+    # 15 bytes are exactly 24 base32hex digits: no padding. The standard
+    # library's encoder writes the RFC 4648 alphabet in capitals.
+    return base64.b32hexencode(ms.to_bytes(6, "big") + tail).decode("ascii").lower()
+
+
+def new_run_ops_id(region: str | None = None, *, now_ms: int | None = None) -> str:
+    """A v1 body: core + region char + ``1``."""
+    return run_ops_core(now_ms=now_ms) + region_char(region) + RUN_OPS_ID_VERSION_1
+
+
+def new_run_ops_id_v2(shard: str, *, now_ms: int | None = None) -> str:
+    """A gen-2 body: core + shard char + ``2``. Raises ValueError for a shard
+    char outside ``[a-z0-9]``: an id that cannot be routed is never minted."""
+    if len(shard) != 1 or shard not in POSITIONAL_CHARS:
+        raise ValueError(f"invalid run-ops shard char: {shard!r}")
+    return run_ops_core(now_ms=now_ms) + shard + RUN_OPS_ID_VERSION_2
 
 
 def friendly_id(kind: IdKind, id: str) -> str:

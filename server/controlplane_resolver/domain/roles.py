@@ -9,6 +9,7 @@ location is the control-plane replica unless configured otherwise).
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class DatabaseRole(str, enum.Enum):
@@ -24,6 +25,23 @@ class DatabaseRole(str, enum.Enum):
     LEGACY = "legacy"
 
 
+@dataclass(frozen=True)
+class ShardRole:
+    """A run-ops shard (``RUN_OPS_SHARDS``): a role per shard char, named
+    like a :class:`DatabaseRole` (``value``) so pools, logs, errors and
+    metrics name each shard."""
+
+    shard: str
+
+    @property
+    def value(self) -> str:
+        return f"run-ops shard {self.shard}"
+
+    @property
+    def name(self) -> str:
+        return f"RUN_OPS_SHARD_{self.shard.upper()}"
+
+
 class RunSource(enum.Enum):
     """The database that served a run, as reported to callers (the proto's
     ``RunSource``): with split off every run comes from the control plane."""
@@ -31,3 +49,5 @@ class RunSource(enum.Enum):
     CONTROL_PLANE = "control-plane"
     RUN_OPS = "run-ops"
     LEGACY = "legacy"
+    #: A run-ops shard; the read names which (``RunRead.shard``).
+    RUN_OPS_SHARD = "run-ops shard"

@@ -214,6 +214,8 @@ class RunRead:
     residency: Residency
     environment: Environment | None = None
     environment_unresolved: bool = False
+    #: The shard char when ``source`` is ``RUN_OPS_SHARD``.
+    shard: str | None = None
 
 
 # ------------------------------------------------- ResolveRunLockedWorker, MintId
@@ -285,6 +287,8 @@ class MintedId:
     id: str
     friendly_id: str
     mint_kind: MintKind
+    #: The shard char of a gen-2 id.
+    shard: str | None = None
 
 
 # ------------------------------------------------------------------- cleanup

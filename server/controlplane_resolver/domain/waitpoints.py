@@ -13,8 +13,11 @@ table against the proto's ``UnblockRouteKind``).
 * unknown (or unspecified) route kind → :class:`~.errors.InvalidArgument`
   naming the value, whatever the split mode;
 * split off → ``LEGACY`` store, ``LEGACY`` residency (there is one store);
-* split on → classify the waitpoint id by shape; unclassifiable →
-  :class:`~.errors.InvalidArgument` naming the id (an error, not a guess);
+* split on → classify the waitpoint id by shape, under the configured id
+  generation; unclassifiable (``ksuid`` only: ``base32hex`` classification
+  is total) → :class:`~.errors.InvalidArgument` naming the id (an error,
+  not a guess); a gen-2 waitpoint's store is ``RUN_OPS`` (the run-ops
+  family; its shard is in its id);
   then pin to the legacy store, checking in this order and reporting the
   first that holds:
 
@@ -43,6 +46,7 @@ from dataclasses import dataclass
 from controlplane_resolver.domain.residency import (
     CUID_LENGTH,
     KSUID_LENGTH,
+    Generation,
     InvalidId,
     Residency,
     classify,
@@ -170,6 +174,7 @@ def select_store(
     tree_owner_residency: Residency | None = None,
     cross_tree_idempotency: bool = False,
     has_legacy_parent: bool = False,
+    generation: Generation = Generation.KSUID,
 ) -> StoreSelection:
     """Decide the store for one completion (see the module docstring).
 
@@ -184,7 +189,7 @@ def select_store(
         ) from None
     if not split_enabled:
         return StoreSelection(Store.LEGACY, Residency.LEGACY, None)
-    c = classify(waitpoint_id)
+    c = classify(waitpoint_id, generation)
     if c.residency is None:
         raise InvalidArgument(
             f"waitpoint_id {waitpoint_id!r} has a {len(c.body)}-character body, neither "

@@ -15,6 +15,10 @@ serves them all, each sample labelled with the child's slot
 The parent only supervises: it forwards SIGTERM/SIGINT to every child,
 restarts a child that dies unexpectedly (at most once per second), and
 exits when all children have exited after a stop, with the worst exit code.
+A child that could not start (a database unreachable: exit
+:data:`START_FAILED`) is restarted too, but after :data:`START_ATTEMPTS`
+such failures in a row of one slot the parent stops the others and exits
+``1``, as a single process would: restarting forever would hide the fault.
 """
 
 from __future__ import annotations
@@ -27,14 +31,23 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
+#: A child's exit code when its start-up failed (a database did not answer).
+START_FAILED = 4
+#: Start-up failures in a row of one slot after which the parent gives up.
+START_ATTEMPTS = 3
 
-def supervise(processes: int, serve_child: Callable[[int], int]) -> int:
+
+def supervise(
+    processes: int, serve_child: Callable[[int], int], *, start_attempts: int = START_ATTEMPTS
+) -> int:
     """Fork ``processes`` children running ``serve_child(slot)`` (slot
     0..N-1, kept across restarts) and supervise them until a stop signal.
     Returns the exit code for the parent."""
     children: dict[int, int] = {}  # pid -> slot
     stopping = False
     last_spawn: dict[int, float] = {}
+    start_failures: dict[int, int] = {}
+    gave_up = False
 
     def spawn(slot: int) -> None:
         pid = os.fork()
@@ -86,6 +99,19 @@ def supervise(processes: int, serve_child: Callable[[int], int]) -> int:
             worst = code
             forward(signal.SIGTERM, None)
             continue
+        if code == START_FAILED:
+            start_failures[slot] = start_failures.get(slot, 0) + 1
+            if start_failures[slot] >= start_attempts:
+                log.error(
+                    "worker process %d failed start-up %d times in a row; giving up",
+                    slot,
+                    start_failures[slot],
+                )
+                gave_up = True
+                forward(signal.SIGTERM, None)
+                continue
+        else:
+            start_failures[slot] = 0
         log.warning(
             "worker process %d (pid %d) exited %d unexpectedly; restarting", slot, pid, code
         )
@@ -94,4 +120,4 @@ def supervise(processes: int, serve_child: Callable[[int], int]) -> int:
             time.sleep(wait)  # restart at most once a second per slot
         if not stopping:
             spawn(slot)
-    return worst
+    return 1 if gave_up else worst

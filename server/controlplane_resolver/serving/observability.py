@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -88,6 +89,10 @@ CODE_LEVELS: dict[str, int] = {
     "INTERNAL": logging.ERROR,
     "DATA_LOSS": logging.ERROR,
 }
+
+#: The label value (``grpc_service`` and ``grpc_method``) of every method
+#: name the server does not serve.
+UNKNOWN_METHOD = "/unknown/unknown"
 
 #: The request-id metadata key, read from the caller and echoed back.
 REQUEST_ID_KEY = "x-request-id"
@@ -149,6 +154,8 @@ class Metrics:
             ),
         )
         self._series: dict[str, MethodSeries] = {}
+        #: The method names served (preregister); None: count every name.
+        self._known: frozenset[str] | None = None
         self._endpoint: MetricsEndpoint | None = None
 
     def progress(self) -> tuple[float, float]:
@@ -158,8 +165,15 @@ class Metrics:
     def series(self, full_method: str) -> MethodSeries:
         """The label children of one method (``/pkg.Service/Method``),
         created once: splitting the name and ``labels()`` (which takes a lock
-        and builds a key) are not for every call."""
+        and builds a key) are not for every call.
+
+        Once :meth:`preregister` has named the methods served, any other
+        name (a caller can send any) is counted as the one method
+        :data:`UNKNOWN_METHOD`: nothing a caller sends creates series."""
         found = self._series.get(full_method)
+        if found is None and self._known is not None and full_method not in self._known:
+            full_method = UNKNOWN_METHOD
+            found = self._series.get(full_method)
         if found is None:
             service, method = split_method(full_method)
             found = self._series[full_method] = MethodSeries(
@@ -171,7 +185,10 @@ class Metrics:
         return found
 
     def preregister(self, methods: Iterable[str]) -> None:
-        """Create every method × code series at zero."""
+        """Create every method × code series at zero; from now on, other
+        method names count as :data:`UNKNOWN_METHOD`."""
+        methods = list(methods)
+        self._known = (self._known or frozenset()) | frozenset(methods)
         for full in methods:
             series = self.series(full)
             for code in EXPECTED_CODES:
@@ -223,6 +240,9 @@ class CallInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: Metrics | None) -> None:
         self.metrics = metrics
+        #: Lines of calls anyone can make in any number (no valid token, or
+        #: an unknown method): at most a few a second.
+        self._untrusted_lines = LineBudget(per_second=5)
 
     def intercept_service(
         self,
@@ -234,6 +254,7 @@ class CallInterceptor(grpc.ServerInterceptor):
             return handler
         call_id = request_id(details.invocation_metadata)
         behavior = handler.unary_unary
+        deserialize = handler.request_deserializer
         series = self.metrics.series(details.method) if self.metrics is not None else None
         method = series.method if series is not None else split_method(details.method)[1]
 
@@ -245,6 +266,11 @@ class CallInterceptor(grpc.ServerInterceptor):
                 series.started.inc()
             code = "OK"
             try:
+                if type(request) is _Malformed:
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "the request is not a valid protobuf message of this method",
+                    )
                 response = behavior(request, context)
                 code = _outcome(context, "OK")
                 return response
@@ -264,7 +290,10 @@ class CallInterceptor(grpc.ServerInterceptor):
                     series.handled_with(code).inc()
                     series.seconds.observe(elapsed)
                 level = CODE_LEVELS.get(code, logging.ERROR)
-                if call_log.isEnabledFor(level):
+                if call_log.isEnabledFor(level) and (
+                    (code not in UNTRUSTED_CODES and method != UNKNOWN_NAME)
+                    or self._untrusted_lines.allow()
+                ):
                     latency_ms = round(elapsed * 1000, 3)
                     peer = notes.pop("client", None) or _peer(context)
                     # The message repeats the essentials for the text format,
@@ -288,7 +317,54 @@ class CallInterceptor(grpc.ServerInterceptor):
                         },
                     )
 
-        return handler._replace(unary_unary=observed)
+        if deserialize is None:
+            return handler._replace(unary_unary=observed)
+
+        def tolerant(data: bytes) -> Any:
+            # grpcio answers a request it cannot decode INTERNAL, with an
+            # ERROR traceback; it is the caller's mistake: INVALID_ARGUMENT.
+            try:
+                return deserialize(data)
+            except Exception:
+                return _Malformed()
+
+        return handler._replace(unary_unary=observed, request_deserializer=tolerant)
+
+
+#: Codes of calls refused before any handler ran, which callers without
+#: credentials can make in any number: their call-log lines are budgeted.
+UNTRUSTED_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED"})
+#: The method name of :data:`UNKNOWN_METHOD` in the call log.
+UNKNOWN_NAME = "unknown"
+
+
+class LineBudget:
+    """At most ``per_second`` lines a second (a token bucket of that size);
+    the lines over budget are dropped, and counted in ``dropped``."""
+
+    def __init__(self, per_second: float) -> None:
+        self._rate = per_second
+        self._tokens = per_second
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def allow(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return True
+            self.dropped += 1
+            return False
+
+
+class _Malformed:
+    """A request whose bytes did not decode as the method's message."""
+
+    __slots__ = ()
 
 
 def _outcome(context: grpc.ServicerContext, default: str) -> str:
@@ -325,6 +401,7 @@ class StateCollector:
         self._decision: SplitDecision | None = None
         self._run_read_stats: Callable[[], dict[str, CoalescerStats]] | None = None
         self._listener_stats: Callable[[], ListenerStats] | None = None
+        self._guard_stats: Callable[[], dict[str, dict[str, int]]] | None = None
 
     def attach(
         self,
@@ -334,8 +411,10 @@ class StateCollector:
         decision: SplitDecision | None = None,
         run_read_stats: Callable[[], dict[str, CoalescerStats]] | None = None,
         listener_stats: Callable[[], ListenerStats] | None = None,
+        guard_stats: Callable[[], dict[str, dict[str, int]]] | None = None,
     ) -> None:
         """Start exporting the sources given (the others stay as they are)."""
+        self._guard_stats = guard_stats or self._guard_stats
         self._cache_stats = cache_stats or self._cache_stats
         self._pool_stats = pool_stats or self._pool_stats
         self._decision = decision or self._decision
@@ -359,6 +438,8 @@ class StateCollector:
             yield from _run_read_families(self._run_read_stats())
         if self._listener_stats is not None:
             yield from _listener_families(self._listener_stats())
+        if self._guard_stats is not None:
+            yield from _guard_families(self._guard_stats())
 
 
 _CACHE_COUNTERS = tuple(f.name for f in dataclasses.fields(SlotStats))
@@ -402,6 +483,34 @@ def _pool_families(pools: dict[str, dict[str, int]]) -> Iterator[Any]:
             [role], pool.get("connections_errors", 0) + pool.get("requests_errors", 0)
         )
     yield from (size, waiting, errors)
+
+
+def _guard_families(guards: dict[str, dict[str, int]]) -> Iterator[Any]:
+    circuit = GaugeMetricFamily(
+        "resolver_db_circuit_open",
+        "1 while the database's circuit is open (its calls refused at once, probed).",
+        labels=["database"],
+    )
+    opened = CounterMetricFamily(
+        "resolver_db_circuit_opened", "Times the database's circuit opened.", labels=["database"]
+    )
+    refused = CounterMetricFamily(
+        "resolver_db_refused",
+        "Calls refused at once (UNAVAILABLE) by the database's guards, by cause.",
+        labels=["database", "cause"],
+    )
+    reaped = CounterMetricFamily(
+        "resolver_db_reaped",
+        "Connections closed because their server did not answer in time.",
+        labels=["database"],
+    )
+    for role, g in guards.items():
+        circuit.add_metric([role], g["circuit_open"])
+        opened.add_metric([role], g["circuit_opened"])
+        refused.add_metric([role, "bulkhead"], g["refused_bulkhead"])
+        refused.add_metric([role, "circuit"], g["refused_circuit"])
+        reaped.add_metric([role], g["reaped"])
+    yield from (circuit, opened, refused, reaped)
 
 
 def _split_families(decision: SplitDecision) -> Iterator[Any]:

@@ -58,8 +58,37 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # re-resolve and spread over new replicas; the grace lets calls finish.
         ("grpc.max_connection_age_ms", settings.max_connection_age_ms),
         ("grpc.max_connection_age_grace_ms", 30_000),
+        # Idle connections cost memory and a file descriptor each: close
+        # those without a call for five minutes (clients reconnect on use).
+        ("grpc.max_connection_idle_ms", 300_000),
         ("grpc.max_receive_message_length", 1 << 20),
     ]
+
+
+#: How long before the end of a drain's grace the calls still waiting for
+#: a database are answered UNAVAILABLE, so each answer is sent in time.
+DRAIN_MARGIN_S = 0.5
+
+
+def db_max_waiting(settings: Settings) -> int:
+    """Calls that may wait on one database at once (the bulkhead)."""
+    return settings.db_max_waiting or max(1, settings.max_workers * 2 // 3)
+
+
+def guard_stats(topology: Topology | None) -> dict[str, dict[str, int]]:
+    """Each database's circuit and bulkhead counters, by role."""
+    if topology is None:
+        return {}
+    return {
+        db.role.value: {
+            "circuit_open": int(db.circuit.open),
+            "circuit_opened": db.circuit.opened_total,
+            "refused_bulkhead": db.refused["bulkhead"],
+            "refused_circuit": db.refused["circuit"],
+            "reaped": db.reaped,
+        }
+        for db in topology.databases
+    }
 
 
 def cache_policies(settings: Settings) -> dict[Slot, SlotPolicy]:
@@ -155,7 +184,10 @@ class ResolverApp:
         reflection.enable_server_reflection(
             (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.metrics.preregister(f"/{SERVICE_NAME}/{m.name}" for m in SERVICE.methods)
+        self.metrics.preregister(
+            [f"/{SERVICE_NAME}/{m.name}" for m in SERVICE.methods]
+            + [f"/{HEALTH_SERVICE_NAME}/Check"]
+        )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     @staticmethod
@@ -248,8 +280,15 @@ class ResolverApp:
             log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
         try:
             self.topology = Topology(self.decision, self.settings)
+            for db in self.topology.databases:
+                db.set_limits(
+                    max_waiting=db_max_waiting(self.settings),
+                    probe_interval_s=self.settings.db_probe_interval_ms / 1000,
+                )
             self.state_metrics.attach(
-                pool_stats=self.topology.get_stats, decision=self.topology.decision
+                pool_stats=self.topology.get_stats,
+                decision=self.topology.decision,
+                guard_stats=lambda: guard_stats(self.topology),
             )
             self.topology.open(wait_s=pool_wait_s, cancel=cancel)
             self.cache = Cache(cache_policies(self.settings))
@@ -348,7 +387,14 @@ class ResolverApp:
             if pause > 0:
                 log.info("NOT_SERVING; draining in %.1fs", pause)
                 time.sleep(pause)  # the documented pause, not synchronisation
-            self.server.stop(grace).wait()
+            stopped = self.server.stop(grace)
+            # Calls still waiting for a database near the end of the grace
+            # are answered UNAVAILABLE (retried elsewhere) before grpcio
+            # would cut them off as CANCELLED.
+            resolver = self.servicer.resolver
+            if not stopped.wait(max(0.0, grace - DRAIN_MARGIN_S)) and resolver is not None:
+                resolver.drain()
+            stopped.wait()
             if self.health_server is not None:
                 self.health_server.stop(0).wait()
             if self.servicer.resolver is not None:

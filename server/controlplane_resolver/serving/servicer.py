@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 
 from controlplane_resolver.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     OperationError,
@@ -37,12 +38,16 @@ from controlplane_resolver_client.v1 import resolver_pb2_grpc
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "controlplane-resolver"
+#: The trailer of gRFC A6 server pushback: how long a client's retry policy
+#: waits before its next attempt.
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 _STATUS: dict[type[OperationError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -52,13 +57,30 @@ def abort(
     message: str,
     reason: str,
     metadata: dict[str, str] | None = None,
+    retry_after_s: float | None = None,
 ) -> None:
-    """End the call with ``code``, ``message`` and an ErrorInfo detail."""
+    """End the call with ``code``, ``message`` and an ErrorInfo detail; with
+    ``retry_after_s``, also a ``google.rpc.RetryInfo`` detail and the
+    ``grpc-retry-pushback-ms`` trailer that gRPC clients' retry policies
+    honour (gRFC A6)."""
     info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    context.abort_with_status(rpc_status.to_status(status))
+    details = [detail]
+    pushback: tuple[tuple[str, str], ...] = ()
+    if retry_after_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(int(retry_after_s * 1000))
+        retry_detail = any_pb2.Any()
+        retry_detail.Pack(retry)
+        details.append(retry_detail)
+        pushback = ((PUSHBACK_KEY, str(int(retry_after_s * 1000))),)
+    status = rpc_status.to_status(
+        status_pb2.Status(code=code.value[0], message=message, details=details)
+    )
+    if pushback:
+        status = status._replace(trailing_metadata=(*status.trailing_metadata, *pushback))
+    context.abort_with_status(status)
 
 
 def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,6 +95,7 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
                 grpc.StatusCode.UNAVAILABLE,
                 "the resolver is starting: start-up checks and pools are not ready yet",
                 "NOT_READY",
+                retry_after_s=1.0,
             )
         try:
             return method(self, resolver, request, context)
@@ -83,6 +106,7 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
                 str(exc),
                 exc.reason,
                 exc.metadata,
+                exc.retry_after_s if isinstance(exc, Unavailable) else None,
             )
         except UnknownEnumValue as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), "INVALID_ENUM")
@@ -163,6 +187,14 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         response.read_order.extend(
             pb.RunSource.Value("RUN_SOURCE_" + s.name) for s in result.read_order
         )
+        response.generation = pb.IdGeneration.Value("ID_GENERATION_" + result.generation.name)
+        response.format = pb.IdFormat.Value("ID_FORMAT_" + c.format.name)
+        if c.shard is not None:
+            response.shard = c.shard
+        if c.region is not None:
+            response.region = c.region
+        if c.timestamp_ms is not None:
+            response.minted_at.FromMilliseconds(c.timestamp_ms)
         return response
 
     @_edge

@@ -103,3 +103,57 @@ def run_sentinel(
             "mode refuses: move run-ops to its own cluster",
         )
     return SentinelResult(verdict, True, f"run-ops and legacy locations are {verdict.value}")
+
+
+def run_sentinel_all(
+    locations: list[tuple[str, str]], *, strict: bool = False, timeout_s: float = 5.0
+) -> SentinelResult:
+    """Decide whether every pair of run locations (``(name, dsn)``: legacy,
+    run-ops, each shard) is two distinct databases. Each location is probed
+    once; any probe error refuses (fail closed), as does any pair that is
+    one physical database, or (``strict``) one cluster. Never raises.
+
+    The verdict reported when allowed is the closest pair's: ``same
+    cluster, different database`` when any two share a cluster."""
+    identities: list[tuple[str, DatabaseIdentity]] = []
+    for name, dsn in locations:
+        try:
+            identities.append((name, probe_identity(dsn, timeout_s)))
+        except psycopg.errors.InsufficientPrivilege:
+            return SentinelResult(
+                Verdict.PROBE_FAILED,
+                False,
+                f"cannot read pg_control_system() on the {name} database "
+                f"({redact_dsn(dsn)}): grant the pg_monitor role to the resolver's user",
+            )
+        except Exception as exc:  # fail closed on anything
+            return SentinelResult(
+                Verdict.PROBE_FAILED,
+                False,
+                f"could not probe the {name} database ({redact_dsn(dsn)}): "
+                f"{type(exc).__name__}; split mode stays refused until every run "
+                "location answers",
+            )
+    overall = Verdict.DISTINCT_CLUSTERS
+    for i, (name_a, a) in enumerate(identities):
+        for name_b, b in identities[i + 1 :]:
+            verdict = compare_identities(a, b)
+            if verdict is Verdict.SAME_DATABASE:
+                return SentinelResult(
+                    verdict,
+                    False,
+                    f"the {name_a} and {name_b} locations are the same physical database "
+                    f"(system_identifier {a.system_identifier}, database {a.database!r}): "
+                    "every run location must be its own database",
+                )
+            if verdict is Verdict.SAME_CLUSTER_OTHER_DATABASE:
+                if strict:
+                    return SentinelResult(
+                        verdict,
+                        False,
+                        f"the {name_a} and {name_b} databases share one cluster, which "
+                        "strict mode refuses: move one to its own cluster",
+                    )
+                overall = verdict
+    names = ", ".join(name for name, _ in locations)
+    return SentinelResult(overall, True, f"run locations ({names}) are pairwise {overall.value}")

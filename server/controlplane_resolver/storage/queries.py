@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from controlplane_resolver.domain.minting import FlagValues
+from controlplane_resolver.domain.minting import FlagValues, MintFlags
 from controlplane_resolver.domain.values import (
     AuthenticatedEnvironment,
     BackgroundWorker,
@@ -512,3 +512,31 @@ def feature_flag_values(db: Database, organization_id: str, key: str) -> FlagVal
     if r is None:  # a SELECT without FROM always answers one row
         return FlagValues(organization=None, global_value=None)
     return FlagValues(organization=r["organization"], global_value=r["global"])
+
+
+# The base32hex generation's flag records: the organization's values of the
+# mint keys (and its shard override), and the global rows of the mint keys,
+# each as one JSON object of only those keys.
+MINT_FLAGS = """
+SELECT
+  (SELECT jsonb_object_agg(e."key", e."value")
+     FROM "Organization" o, jsonb_each(
+       CASE WHEN jsonb_typeof(o."featureFlags") = 'object' THEN o."featureFlags"
+            ELSE '{}'::jsonb END) e
+    WHERE o."id" = %s AND e."key" = ANY(%s)) AS "organization",
+  (SELECT jsonb_object_agg(f."key", f."value")
+     FROM "FeatureFlag" f WHERE f."key" = ANY(%s)) AS "global"
+"""
+
+
+def mint_flags(
+    db: Database, organization_id: str, org_keys: Sequence[str], global_keys: Sequence[str]
+) -> MintFlags:
+    """The organization's ``featureFlags`` values of ``org_keys`` and the
+    global ``"FeatureFlag"`` values of ``global_keys`` (missing keys absent)."""
+    r = db.fetch_one(MINT_FLAGS, (organization_id, list(org_keys), list(global_keys)))
+    if r is None:  # a SELECT without FROM always answers one row
+        return MintFlags(organization={}, global_flags={})
+    return MintFlags(
+        organization=dict(r["organization"] or {}), global_flags=dict(r["global"] or {})
+    )

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
 from controlplane_resolver.config import Settings, redact_dsn
-from controlplane_resolver.domain.residency import Residency
-from controlplane_resolver.domain.roles import DatabaseRole, RunSource
-from controlplane_resolver.errors import Refusal
+from controlplane_resolver.domain.residency import Generation, Residency
+from controlplane_resolver.domain.roles import DatabaseRole, RunSource, ShardRole
+from controlplane_resolver.errors import FailedPrecondition, Refusal
 from controlplane_resolver.storage.database import Database
 from controlplane_resolver.storage.interlocks import (
     SentinelResult,
     check_realtime_interlock,
     run_sentinel,
+    run_sentinel_all,
 )
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ class SplitDecision:
     split: bool
     sentinel: SentinelResult | None
     dsns: dict[DatabaseRole, str]
+    #: Shard char → the DSN its reads use (its read replica when one is set).
+    shards: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> list[str]:
         lines = [f"split mode: {'ON' if self.split else 'off'}"]
@@ -41,6 +45,8 @@ class SplitDecision:
             lines.append(f"sentinel: {self.sentinel.verdict.value} ({self.sentinel.reason})")
         for role, dsn in self.dsns.items():
             lines.append(f"{role.value}: {redact_dsn(dsn)}")
+        for char, dsn in self.shards.items():
+            lines.append(f"{ShardRole(char).value}: {redact_dsn(dsn)}")
         return lines
 
 
@@ -71,17 +77,29 @@ def decide_split(settings: Settings, *, probe_timeout_s: float = 5.0) -> SplitDe
         )
     run_ops_read = settings.run_ops_database_read_replica_url or settings.run_ops_database_url
     legacy = settings.run_ops_legacy_database_url or cp_read
-    sentinel = run_sentinel(
-        settings.run_ops_database_url,
-        legacy,
-        timeout_s=probe_timeout_s,
-        strict=settings.sentinel_strict,
-    )
+    if settings.run_ops_shards:
+        # Every pair of run locations must be distinct: legacy, run-ops and
+        # each shard (their primaries: a replica shares its primary's identity).
+        sentinel = run_sentinel_all(
+            [("legacy", legacy), ("run-ops", settings.run_ops_database_url)]
+            + [(ShardRole(c).value, dsn) for c, dsn in settings.run_ops_shards],
+            timeout_s=probe_timeout_s,
+            strict=settings.sentinel_strict,
+        )
+    else:
+        sentinel = run_sentinel(
+            settings.run_ops_database_url,
+            legacy,
+            timeout_s=probe_timeout_s,
+            strict=settings.sentinel_strict,
+        )
     if not sentinel.allowed:
         raise Refusal("SENTINEL_" + sentinel.verdict.name, sentinel.reason)
     dsns[DatabaseRole.RUN_OPS] = run_ops_read
     dsns[DatabaseRole.LEGACY] = legacy
-    return SplitDecision(split=True, sentinel=sentinel, dsns=dsns)
+    replicas = dict(settings.run_ops_shard_read_replica_urls)
+    shards = {c: replicas.get(c, dsn) for c, dsn in settings.run_ops_shards}
+    return SplitDecision(split=True, sentinel=sentinel, dsns=dsns, shards=shards)
 
 
 class Topology:
@@ -96,6 +114,12 @@ class Topology:
     def __init__(self, decision: SplitDecision, settings: Settings) -> None:
         self.decision = decision
         self.split = decision.split
+        #: The id rule reads are routed by (RUN_OPS_ID_GENERATION).
+        self.generation = Generation(settings.run_ops_id_generation)
+        #: Minting in the base32hex generation: the region of v1 ids and the
+        #: flag flip grace.
+        self.region = settings.run_ops_region
+        self.mint_flip_grace_ms = settings.run_ops_mint_flip_grace_ms
         timeout_s = settings.db_timeout_ms / 1000
         by_dsn: dict[str, Database] = {}
 
@@ -119,9 +143,15 @@ class Topology:
         )
         self.run_ops: Database | None = None
         self.legacy: Database | None = None
+        #: Shard char → its pool; empty unless split is on and shards are set.
+        self.shards: dict[str, Database] = {}
         if self.split:
             self.run_ops = pool_for(DatabaseRole.RUN_OPS, decision.dsns[DatabaseRole.RUN_OPS])
             self.legacy = pool_for(DatabaseRole.LEGACY, decision.dsns[DatabaseRole.LEGACY])
+            for char, dsn in decision.shards.items():
+                # The sentinel proved every shard its own database: one pool each.
+                # A ShardRole names the pool like a DatabaseRole does (``value``).
+                self.shards[char] = pool_for(cast(DatabaseRole, ShardRole(char)), dsn)
         self.databases = list(by_dsn.values())
 
     def open(self, wait_s: float, cancel: threading.Event | None = None) -> None:
@@ -144,11 +174,34 @@ class Topology:
         name of the pool's role."""
         return {db.role.value: db.pool.get_stats() for db in self.databases}
 
-    def read_plan(self, route: Residency) -> list[tuple[RunSource, Database]]:
-        """The databases a run read tries, in order, for a route."""
+    @property
+    def shard_chars(self) -> list[str]:
+        """The configured shards new root runs are placed on (none with split off)."""
+        return sorted(self.shards)
+
+    def read_plan(
+        self, route: Residency, shard: str | None = None
+    ) -> list[tuple[RunSource, Database]]:
+        """The databases a run read tries, in order, for a route (and, for a
+        gen-2 id, the shard its id names).
+
+        Raises :class:`FailedPrecondition` (``SHARD_NOT_CONFIGURED``) under
+        split for a shard that is not configured: the run cannot be anywhere
+        this server reads, and saying "not found" would be a guess."""
         if not self.split:
             return [(RunSource.CONTROL_PLANE, self.control_plane_replica)]
         assert self.run_ops is not None and self.legacy is not None
+        if shard is not None:
+            db = self.shards.get(shard)
+            if db is None:
+                configured = ", ".join(sorted(self.shards)) or "none"
+                raise FailedPrecondition(
+                    f"the id names run-ops shard {shard!r}, which this server does not "
+                    f"configure (RUN_OPS_SHARDS: {configured}); add the shard and restart",
+                    reason="SHARD_NOT_CONFIGURED",
+                    metadata={"shard": shard},
+                )
+            return [(RunSource.RUN_OPS_SHARD, db)]
         if route is Residency.NEW:
             return [(RunSource.RUN_OPS, self.run_ops)]
         return [(RunSource.RUN_OPS, self.run_ops), (RunSource.LEGACY, self.legacy)]

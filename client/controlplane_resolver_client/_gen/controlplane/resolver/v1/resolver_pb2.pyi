@@ -58,18 +58,28 @@ class _ResidencyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Residency.V
     DESCRIPTOR: _descriptor.EnumDescriptor
     RESIDENCY_UNSPECIFIED: _Residency.ValueType  # 0
     RESIDENCY_LEGACY: _Residency.ValueType  # 1
-    """A 25-character cuid body; also the route of unclassifiable ids."""
+    """RUN_OPS_ID_GENERATION=ksuid: a 25-character cuid body, also the route of
+    unclassifiable ids. base32hex: every shape that is not a well-formed v1 or
+    gen-2 body (cuids, nanoids, the old 27-character base62 shape).
+    """
     RESIDENCY_NEW: _Residency.ValueType  # 2
-    """A 27-character ksuid body."""
+    """ksuid: a 27-character base62 body. base32hex: a well-formed v1 body (the
+    run-ops database) or gen-2 body (the shard its shard char names).
+    """
 
 class Residency(_Residency, metaclass=_ResidencyEnumTypeWrapper):
     """Where a run lives, decided by the shape of its id."""
 
 RESIDENCY_UNSPECIFIED: Residency.ValueType  # 0
 RESIDENCY_LEGACY: Residency.ValueType  # 1
-"""A 25-character cuid body; also the route of unclassifiable ids."""
+"""RUN_OPS_ID_GENERATION=ksuid: a 25-character cuid body, also the route of
+unclassifiable ids. base32hex: every shape that is not a well-formed v1 or
+gen-2 body (cuids, nanoids, the old 27-character base62 shape).
+"""
 RESIDENCY_NEW: Residency.ValueType  # 2
-"""A 27-character ksuid body."""
+"""ksuid: a 27-character base62 body. base32hex: a well-formed v1 body (the
+run-ops database) or gen-2 body (the shard its shard char names).
+"""
 Global___Residency: _TypeAlias = Residency  # noqa: Y015
 
 class _RunSource:
@@ -85,6 +95,8 @@ class _RunSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunSource.V
     """The run-ops database."""
     RUN_SOURCE_LEGACY: _RunSource.ValueType  # 3
     """The legacy read location, under split mode."""
+    RUN_SOURCE_RUN_OPS_SHARD: _RunSource.ValueType  # 4
+    """A run-ops shard (RUN_OPS_SHARDS), named by the answer's shard field."""
 
 class RunSource(_RunSource, metaclass=_RunSourceEnumTypeWrapper):
     """The database that served a run."""
@@ -96,7 +108,69 @@ RUN_SOURCE_RUN_OPS: RunSource.ValueType  # 2
 """The run-ops database."""
 RUN_SOURCE_LEGACY: RunSource.ValueType  # 3
 """The legacy read location, under split mode."""
+RUN_SOURCE_RUN_OPS_SHARD: RunSource.ValueType  # 4
+"""A run-ops shard (RUN_OPS_SHARDS), named by the answer's shard field."""
 Global___RunSource: _TypeAlias = RunSource  # noqa: Y015
+
+class _IdGeneration:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IdGenerationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IdGeneration.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ID_GENERATION_UNSPECIFIED: _IdGeneration.ValueType  # 0
+    ID_GENERATION_KSUID: _IdGeneration.ValueType  # 1
+    """27-character base62 KSUIDs are new; 25-character cuids legacy."""
+    ID_GENERATION_BASE32HEX: _IdGeneration.ValueType  # 2
+    """26-character lowercase base32hex v1 and gen-2 (sharded) bodies are new;
+    every other shape is legacy.
+    """
+
+class IdGeneration(_IdGeneration, metaclass=_IdGenerationEnumTypeWrapper):
+    """The id generation the server classifies and mints by (RUN_OPS_ID_GENERATION)."""
+
+ID_GENERATION_UNSPECIFIED: IdGeneration.ValueType  # 0
+ID_GENERATION_KSUID: IdGeneration.ValueType  # 1
+"""27-character base62 KSUIDs are new; 25-character cuids legacy."""
+ID_GENERATION_BASE32HEX: IdGeneration.ValueType  # 2
+"""26-character lowercase base32hex v1 and gen-2 (sharded) bodies are new;
+every other shape is legacy.
+"""
+Global___IdGeneration: _TypeAlias = IdGeneration  # noqa: Y015
+
+class _IdFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IdFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IdFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ID_FORMAT_UNSPECIFIED: _IdFormat.ValueType  # 0
+    ID_FORMAT_LEGACY: _IdFormat.ValueType  # 1
+    """A legacy shape (cuid, nanoid, old base62, malformed body)."""
+    ID_FORMAT_KSUID: _IdFormat.ValueType  # 2
+    """A 27-character base62 KSUID (ksuid generation)."""
+    ID_FORMAT_BASE32HEX_V1: _IdFormat.ValueType  # 3
+    """A base32hex v1 body: <24 base32hex><region char>1."""
+    ID_FORMAT_BASE32HEX_V2: _IdFormat.ValueType  # 4
+    """A base32hex gen-2 body: <24 base32hex><shard char>2."""
+    ID_FORMAT_UNCLASSIFIABLE: _IdFormat.ValueType  # 5
+    """Unclassifiable (ksuid generation only: neither 25 nor 27 characters)."""
+
+class IdFormat(_IdFormat, metaclass=_IdFormatEnumTypeWrapper):
+    """The format of one id, under the configured generation."""
+
+ID_FORMAT_UNSPECIFIED: IdFormat.ValueType  # 0
+ID_FORMAT_LEGACY: IdFormat.ValueType  # 1
+"""A legacy shape (cuid, nanoid, old base62, malformed body)."""
+ID_FORMAT_KSUID: IdFormat.ValueType  # 2
+"""A 27-character base62 KSUID (ksuid generation)."""
+ID_FORMAT_BASE32HEX_V1: IdFormat.ValueType  # 3
+"""A base32hex v1 body: <24 base32hex><region char>1."""
+ID_FORMAT_BASE32HEX_V2: IdFormat.ValueType  # 4
+"""A base32hex gen-2 body: <24 base32hex><shard char>2."""
+ID_FORMAT_UNCLASSIFIABLE: IdFormat.ValueType  # 5
+"""Unclassifiable (ksuid generation only: neither 25 nor 27 characters)."""
+Global___IdFormat: _TypeAlias = IdFormat  # noqa: Y015
 
 class _MintKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -109,6 +183,10 @@ class _MintKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MintKind.Val
     """25-character cuid: the run lives in the legacy location."""
     MINT_KIND_KSUID: _MintKind.ValueType  # 2
     """27-character base62 ksuid: the run lives in the run-ops database."""
+    MINT_KIND_RUN_OPS_ID: _MintKind.ValueType  # 3
+    """26-character base32hex run-ops id (v1, or gen-2 when shards are
+    configured): the flag value "runOpsId" of the base32hex generation.
+    """
 
 class MintKind(_MintKind, metaclass=_MintKindEnumTypeWrapper):
     """------------------------------------------------------ ResolveMintKind, MintId"""
@@ -118,6 +196,10 @@ MINT_KIND_CUID: MintKind.ValueType  # 1
 """25-character cuid: the run lives in the legacy location."""
 MINT_KIND_KSUID: MintKind.ValueType  # 2
 """27-character base62 ksuid: the run lives in the run-ops database."""
+MINT_KIND_RUN_OPS_ID: MintKind.ValueType  # 3
+"""26-character base32hex run-ops id (v1, or gen-2 when shards are
+configured): the flag value "runOpsId" of the base32hex generation.
+"""
 Global___MintKind: _TypeAlias = MintKind  # noqa: Y015
 
 class _IdKind:
@@ -972,11 +1054,14 @@ class ReadRunResponse(_message.Message):
     RESIDENCY_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_UNRESOLVED_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
     source: Global___RunSource.ValueType
     residency: Global___Residency.ValueType
     """The residency the read was routed by (unclassifiable ids: LEGACY)."""
     environment_unresolved: _builtins.bool
     """Set when include_environment was asked and the environment is absent."""
+    shard: _builtins.str
+    """The shard char when source is RUN_SOURCE_RUN_OPS_SHARD."""
     @_builtins.property
     def run(self) -> Global___TaskRun: ...
     @_builtins.property
@@ -991,12 +1076,15 @@ class ReadRunResponse(_message.Message):
         residency: Global___Residency.ValueType = ...,
         environment: Global___Environment | None = ...,
         environment_unresolved: _builtins.bool = ...,
+        shard: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "run", b"run"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "environment", b"environment", "run", b"run", "shard", b"shard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "environment_unresolved", b"environment_unresolved", "residency", b"residency", "run", b"run", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "environment", b"environment", "environment_unresolved", b"environment_unresolved", "residency", b"residency", "run", b"run", "shard", b"shard", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__shard: _TypeAlias = _typing.Literal["shard"]  # noqa: Y015
+    _WhichOneofArgType__shard: _TypeAlias = _typing.Literal["_shard", b"_shard"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shard) -> _WhichOneofReturnType__shard | None: ...
 
 Global___ReadRunResponse: _TypeAlias = ReadRunResponse  # noqa: Y015
 
@@ -1391,6 +1479,11 @@ class ClassifyRunIdResponse(_message.Message):
     RESIDENCY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     READ_ORDER_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    MINTED_AT_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     body: _builtins.str
     """The id without its prefix (everything up to the first "_")."""
     body_length: _builtins.int
@@ -1399,9 +1492,20 @@ class ClassifyRunIdResponse(_message.Message):
     """The residency ReadRun routes by (unclassifiable: RESIDENCY_LEGACY)."""
     reason: _builtins.str
     """Why the id classified as it did, in words."""
+    generation: Global___IdGeneration.ValueType
+    """The generation the server classifies by."""
+    format: Global___IdFormat.ValueType
+    shard: _builtins.str
+    """A gen-2 id's shard char (set whatever the split mode or the configured shards)."""
+    region: _builtins.str
+    """A v1 id's region char ("0": the region was unknown at mint)."""
     @_builtins.property
     def read_order(self) -> _containers.RepeatedScalarFieldContainer[Global___RunSource.ValueType]:
         """The databases ReadRun would try, in order, under the current split mode."""
+
+    @_builtins.property
+    def minted_at(self) -> _timestamp_pb2.Timestamp:
+        """A base32hex id's embedded mint time (millisecond resolution)."""
 
     def __init__(
         self,
@@ -1412,12 +1516,24 @@ class ClassifyRunIdResponse(_message.Message):
         residency: Global___Residency.ValueType = ...,
         reason: _builtins.str = ...,
         read_order: _abc.Iterable[Global___RunSource.ValueType] | None = ...,
+        generation: Global___IdGeneration.ValueType = ...,
+        format: Global___IdFormat.ValueType = ...,
+        shard: _builtins.str | None = ...,
+        minted_at: _timestamp_pb2.Timestamp | None = ...,
+        region: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_region", b"_region", "_shard", b"_shard", "minted_at", b"minted_at", "region", b"region", "shard", b"shard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "body_length", b"body_length", "classifiable", b"classifiable", "read_order", b"read_order", "reason", b"reason", "residency", b"residency"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_region", b"_region", "_shard", b"_shard", "body", b"body", "body_length", b"body_length", "classifiable", b"classifiable", "format", b"format", "generation", b"generation", "minted_at", b"minted_at", "read_order", b"read_order", "reason", b"reason", "region", b"region", "residency", b"residency", "shard", b"shard"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__region: _TypeAlias = _typing.Literal["region"]  # noqa: Y015
+    _WhichOneofArgType__region: _TypeAlias = _typing.Literal["_region", b"_region"]  # noqa: Y015
+    _WhichOneofReturnType__shard: _TypeAlias = _typing.Literal["shard"]  # noqa: Y015
+    _WhichOneofArgType__shard: _TypeAlias = _typing.Literal["_shard", b"_shard"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__region) -> _WhichOneofReturnType__region | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shard) -> _WhichOneofReturnType__shard | None: ...
 
 Global___ClassifyRunIdResponse: _TypeAlias = ClassifyRunIdResponse  # noqa: Y015
 
@@ -1454,22 +1570,38 @@ class ResolveMintKindResponse(_message.Message):
 
     KIND_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    SHARD_REASON_FIELD_NUMBER: _builtins.int
     kind: Global___MintKind.ValueType
     reason: _builtins.str
     """Which rule decided: "parent_residency", "master_switch_off", "split_off",
-    "org_flag", "global_flag", "default" or "flag_read_failed".
+    "org_flag", "global_flag", "default" or "flag_read_failed"; with a flip
+    grace window in force, "org_flag_grace" or "global_flag_grace".
     """
+    shard: _builtins.str
+    """The shard a gen-2 id of this decision goes to (base32hex with shards)."""
+    shard_reason: _builtins.str
+    """How the shard was chosen: "parent_shard", "org_override" or "hash"."""
     def __init__(
         self,
         *,
         kind: Global___MintKind.ValueType = ...,
         reason: _builtins.str = ...,
+        shard: _builtins.str | None = ...,
+        shard_reason: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "_shard_reason", b"_shard_reason", "shard", b"shard", "shard_reason", b"shard_reason"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "_shard_reason", b"_shard_reason", "kind", b"kind", "reason", b"reason", "shard", b"shard", "shard_reason", b"shard_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__shard: _TypeAlias = _typing.Literal["shard"]  # noqa: Y015
+    _WhichOneofArgType__shard: _TypeAlias = _typing.Literal["_shard", b"_shard"]  # noqa: Y015
+    _WhichOneofReturnType__shard_reason: _TypeAlias = _typing.Literal["shard_reason"]  # noqa: Y015
+    _WhichOneofArgType__shard_reason: _TypeAlias = _typing.Literal["_shard_reason", b"_shard_reason"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shard) -> _WhichOneofReturnType__shard | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shard_reason) -> _WhichOneofReturnType__shard_reason | None: ...
 
 Global___ResolveMintKindResponse: _TypeAlias = ResolveMintKindResponse  # noqa: Y015
 
@@ -1507,22 +1639,28 @@ class MintIdResponse(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     FRIENDLY_ID_FIELD_NUMBER: _builtins.int
     MINT_KIND_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     friendly_id: _builtins.str
     """"run_" or "batch_" + id."""
     mint_kind: Global___MintKind.ValueType
+    shard: _builtins.str
+    """The shard char of a gen-2 id."""
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         friendly_id: _builtins.str = ...,
         mint_kind: Global___MintKind.ValueType = ...,
+        shard: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "shard", b"shard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["friendly_id", b"friendly_id", "id", b"id", "mint_kind", b"mint_kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "friendly_id", b"friendly_id", "id", b"id", "mint_kind", b"mint_kind", "shard", b"shard"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__shard: _TypeAlias = _typing.Literal["shard"]  # noqa: Y015
+    _WhichOneofArgType__shard: _TypeAlias = _typing.Literal["_shard", b"_shard"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shard) -> _WhichOneofReturnType__shard | None: ...
 
 Global___MintIdResponse: _TypeAlias = MintIdResponse  # noqa: Y015
 
@@ -1758,10 +1896,13 @@ class BatchReadRunsResult(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     RESIDENCY_FIELD_NUMBER: _builtins.int
     NOT_FOUND_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     source: Global___RunSource.ValueType
     residency: Global___Residency.ValueType
     not_found: _builtins.bool
+    shard: _builtins.str
+    """The shard char when source is RUN_SOURCE_RUN_OPS_SHARD."""
     @_builtins.property
     def run(self) -> Global___TaskRun: ...
     def __init__(
@@ -1772,11 +1913,14 @@ class BatchReadRunsResult(_message.Message):
         source: Global___RunSource.ValueType = ...,
         residency: Global___Residency.ValueType = ...,
         not_found: _builtins.bool = ...,
+        shard: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "run", b"run", "shard", b"shard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["not_found", b"not_found", "residency", b"residency", "run", b"run", "run_id", b"run_id", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "not_found", b"not_found", "residency", b"residency", "run", b"run", "run_id", b"run_id", "shard", b"shard", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__shard: _TypeAlias = _typing.Literal["shard"]  # noqa: Y015
+    _WhichOneofArgType__shard: _TypeAlias = _typing.Literal["_shard", b"_shard"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shard) -> _WhichOneofReturnType__shard | None: ...
 
 Global___BatchReadRunsResult: _TypeAlias = BatchReadRunsResult  # noqa: Y015

@@ -1,0 +1,382 @@
+"""Both id generations (docs/design.md, "Run residency", "Minting ids",
+"Shards"): the platform's classification cases for base32hex v1 and gen-2
+ids, minting round trips, mint-order sorting, the runOpsMintKind flag with
+its flip grace, rendezvous placement, and the shard settings.
+
+Pure: no database, no server.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from controlplane_resolver.config import Settings
+from controlplane_resolver.domain import minting
+from controlplane_resolver.domain.minting import (
+    FlagLookup,
+    MintFlags,
+    MintKind,
+    choose_shard,
+    decide_run_ops_mint_kind,
+    new_run_ops_id,
+    new_run_ops_id_v2,
+    place_shard,
+    run_ops_core,
+)
+from controlplane_resolver.domain.residency import (
+    Generation,
+    IdFormat,
+    Residency,
+    classify,
+)
+from controlplane_resolver.errors import ConfigError
+
+B32 = Generation.BASE32HEX
+SHARD_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+T = 1_783_168_496_789  # 2026-07-04T12:34:56.789Z
+
+
+def b32(run_id: str):  # type: ignore[no-untyped-def]
+    return classify(run_id, B32)
+
+
+# ------------------------------------------------- the platform's classification cases
+
+
+def test_version_char_not_length_decides() -> None:
+    assert b32("a" * 24 + "e1").residency is Residency.NEW
+    assert b32("a" * 24 + "e1").format is IdFormat.BASE32HEX_V1
+    gen2 = b32("a" * 24 + "e2")
+    assert gen2.residency is Residency.NEW and gen2.shard == "e"
+    assert gen2.format is IdFormat.BASE32HEX_V2
+    assert b32("a" * 24 + "e9").residency is Residency.LEGACY  # unallocated version char
+    assert b32("a" * 26).residency is Residency.LEGACY  # 26 chars, no version marker
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "x" * 24 + "01",  # 'x' outside base32hex
+        "x" * 24 + "02",
+        "A" * 25 + "1",  # uppercase
+        "A" * 25 + "2",
+        "a" * 24 + "-1",  # hyphen positional char
+        "a" * 24 + "-2",
+        "a" * 27,  # the pre-cutover 27-character shape
+        "run_" + "b" * 27,
+        "x" * 40,
+        "w" * 24 + "e2",
+        "z" * 24 + "e2",
+        "a" * 23 + "-" + "e2",
+        "a" * 24 + "e",  # 25
+        "a" * 24 + "ee2",  # 27
+        "123456789abcdefghijkm",  # nanoid
+        "cm4z1x2y3000008l0abcdefgh",  # cuid
+    ],
+)
+def test_everything_else_is_legacy_and_classifiable(bad: str) -> None:
+    c = b32(bad)
+    assert c.residency is Residency.LEGACY
+    assert c.classifiable and c.route is Residency.LEGACY
+    assert c.shard is None and c.timestamp_ms is None
+    assert c.format is IdFormat.LEGACY
+
+
+def test_ksuid_generation_is_unchanged() -> None:
+    assert classify("run_" + "2" * 27).residency is Residency.NEW
+    assert classify("run_" + "2" * 27).format is IdFormat.KSUID
+    assert classify("run_" + "c" * 25).residency is Residency.LEGACY
+    # A base32hex v1 id is 26 characters: unclassifiable under ksuid.
+    assert classify("run_" + new_run_ops_id()).residency is None
+    # ...and a ksuid is legacy under base32hex (it must be drained first).
+    assert b32("run_" + minting.new_ksuid()).residency is Residency.LEGACY
+
+
+@pytest.mark.parametrize("prefix", ["", "run_", "waitpoint_", "batch_"])
+def test_every_shard_char_round_trips_friendly_and_internal(prefix: str) -> None:
+    for c in SHARD_CHARS:
+        got = b32(prefix + new_run_ops_id_v2(c))
+        assert got.shard == c and got.residency is Residency.NEW
+        assert got.is_friendly is bool(prefix)
+
+
+@given(st.text(max_size=40))
+def test_classification_is_total(value: str) -> None:
+    c = b32(value)
+    assert c.classifiable
+
+
+def test_three_way_disjointness() -> None:
+    for i in range(3000):
+        assert b32(minting.new_cuid()).residency is Residency.LEGACY
+        v1 = b32(new_run_ops_id())
+        assert v1.residency is Residency.NEW and v1.shard is None and v1.region == "0"
+        char = SHARD_CHARS[i % len(SHARD_CHARS)]
+        v2 = b32(new_run_ops_id_v2(char))
+        assert v2.shard == char and v2.region is None
+
+
+# --------------------------------------------------------------------------- minting
+
+
+def test_base32hex_core_matches_a_big_integer_reference() -> None:
+    # Reference: the 15 bytes as one integer, 24 digits of 5 bits, MSB first.
+    for ms, tail in [(0, bytes(9)), (2**48 - 1, b"\xff" * 9), (T, bytes(range(9)))]:
+        n = int.from_bytes(ms.to_bytes(6, "big") + tail, "big")
+        ref = "".join(
+            "0123456789abcdefghijklmnopqrstuv"[(n >> (5 * i)) & 31] for i in range(23, -1, -1)
+        )
+        assert run_ops_core(now_ms=ms, random=tail) == ref
+    assert run_ops_core(now_ms=0, random=bytes(9)) == "0" * 24
+    assert run_ops_core(now_ms=2**48 - 1, random=b"\xff" * 9) == "v" * 24
+
+
+def test_v1_layout_region_and_timestamp_round_trip() -> None:
+    for region, char in [
+        ("us-east-1", "e"),
+        ("us-west-2", "w"),
+        ("eu-central-1", "c"),
+        ("mars-north-1", "0"),
+        (None, "0"),
+    ]:
+        body = new_run_ops_id(region, now_ms=T)
+        assert re.fullmatch(r"[0-9a-v]{24}[a-z0-9]1", body)
+        c = b32("run_" + body)
+        assert (c.format, c.region, c.timestamp_ms) == (IdFormat.BASE32HEX_V1, char, T)
+
+
+def test_gen2_layout_and_round_trip() -> None:
+    body = new_run_ops_id_v2("e", now_ms=T)
+    assert re.fullmatch(r"[0-9a-v]{24}e2", body)
+    c = b32(body)
+    assert (c.format, c.shard, c.timestamp_ms) == (IdFormat.BASE32HEX_V2, "e", T)
+
+
+@pytest.mark.parametrize("bad", ["", "-", "_", "A", "ab", " ", "/"])
+def test_gen2_refuses_an_unroutable_shard_char(bad: str) -> None:
+    with pytest.raises(ValueError, match="shard"):
+        new_run_ops_id_v2(bad)
+
+
+def test_ids_are_lowercase_dns_safe_and_never_contain_a_hyphen() -> None:
+    for i in range(3000):
+        for body in (new_run_ops_id("us-west-2"), new_run_ops_id_v2(SHARD_CHARS[i % 36])):
+            assert re.fullmatch(r"[a-z0-9]{26}", body)
+            assert re.fullmatch(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?", "runner-" + body)
+
+
+def test_ids_sort_in_mint_order_at_millisecond_resolution() -> None:
+    a = new_run_ops_id(now_ms=T)
+    b = new_run_ops_id(now_ms=T + 1000)
+    c = new_run_ops_id(now_ms=T + 3)
+    assert sorted([b, c, a]) == [a, c, b]
+    ids = [new_run_ops_id_v2("a", now_ms=T + i) for i in range(0, 500, 7)]
+    assert sorted(ids) == ids
+
+
+def test_unique_within_one_millisecond() -> None:
+    assert len({new_run_ops_id(now_ms=T) for _ in range(5000)}) == 5000
+
+
+# ------------------------------------------------------------------ runOpsMintKind
+
+
+def decide(
+    org: Mapping[str, object], glob: Mapping[str, object], **kw: object
+) -> minting.MintKindDecision:
+    args: dict[str, object] = {
+        "master_switch_enabled": True,
+        "split_enabled": True,
+        "parent": None,
+        "read_flags": lambda: MintFlags(organization=org, global_flags=glob),
+        "now_ms": T,
+        "grace_ms": 90_000,
+    }
+    args.update(kw)
+    return decide_run_ops_mint_kind(**args)  # type: ignore[arg-type]
+
+
+def test_flag_values_and_sources() -> None:
+    assert decide({"runOpsMintKind": "runOpsId"}, {}) == minting.MintKindDecision(
+        MintKind.RUN_OPS_ID, "org_flag"
+    )
+    assert decide({"runOpsMintKind": "cuid"}, {"runOpsMintKind": "runOpsId"}).kind is (
+        MintKind.CUID
+    )
+    assert decide({}, {"runOpsMintKind": "runOpsId"}).reason == "global_flag"
+    # The ksuid generation's values are not this generation's.
+    assert decide({"runOpsMintKind": "ksuid"}, {}).reason == "default"
+    assert decide({"runOpsMintKsuid": "ksuid"}, {}).reason == "default"
+    assert decide({}, {}, read_flags=lambda: FlagLookup.READ_FAILED).reason == "flag_read_failed"
+
+
+def test_gates_come_before_the_flag_and_the_parent_before_the_gates() -> None:
+    def never() -> MintFlags:
+        raise AssertionError("flags read")
+
+    assert decide({}, {}, master_switch_enabled=False, read_flags=never).reason == (
+        "master_switch_off"
+    )
+    assert decide({}, {}, split_enabled=False, read_flags=never).reason == "split_off"
+    parent = b32("run_" + new_run_ops_id_v2("k"))
+    d = decide({}, {}, master_switch_enabled=False, parent=parent, read_flags=never)
+    assert (d.kind, d.shard, d.shard_reason) == (MintKind.RUN_OPS_ID, "k", "parent_shard")
+    legacy = b32("run_" + "c" * 25)
+    assert decide({}, {}, parent=legacy, read_flags=never).kind is MintKind.CUID
+    v1 = decide({}, {}, parent=b32(new_run_ops_id()), read_flags=never)
+    assert (v1.kind, v1.shard) == (MintKind.RUN_OPS_ID, None)
+
+
+def iso(ms: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def test_flip_grace_keeps_the_previous_kind_then_switches() -> None:
+    flipped = {
+        "runOpsMintKind": "runOpsId",
+        "runOpsMintKindPrev": "cuid",
+        "runOpsMintKindFlippedAt": iso(T - 10_000),
+    }
+    during = decide(flipped, {})
+    assert (during.kind, during.reason) == (MintKind.CUID, "org_flag_grace")
+    after = decide(flipped, {}, now_ms=T + 80_001)
+    assert (after.kind, after.reason) == (MintKind.RUN_OPS_ID, "org_flag")
+    # Source-consistent: a global stamp never dates an organization's own value.
+    glob = dict(flipped, runOpsMintKind="cuid", runOpsMintKindPrev="runOpsId")
+    assert decide({"runOpsMintKind": "runOpsId"}, glob).reason == "org_flag"
+    assert decide({}, glob).reason == "global_flag_grace"
+    assert decide({}, glob).kind is MintKind.RUN_OPS_ID
+    # An unparseable stamp is no stamp.
+    assert decide(dict(flipped, runOpsMintKindFlippedAt="soon"), {}).reason == "org_flag"
+
+
+# ------------------------------------------------------------------------ placement
+
+
+ORGS = [f"org{i:05d}" for i in range(6000)]
+
+
+def test_placement_is_stable_and_spreads_evenly() -> None:
+    shards = ["a", "b", "c"]
+    first = {org: place_shard(org, shards) for org in ORGS}
+    assert first == {org: place_shard(org, list(reversed(shards))) for org in ORGS}
+    counts = Counter(first.values())
+    assert set(counts) == set(shards)
+    assert all(abs(n - len(ORGS) / 3) < len(ORGS) * 0.05 for n in counts.values()), counts
+
+
+def test_adding_a_shard_moves_only_its_fair_share_and_only_onto_it() -> None:
+    before = {org: place_shard(org, ["a", "b", "c"]) for org in ORGS}
+    after = {org: place_shard(org, ["a", "b", "c", "d"]) for org in ORGS}
+    moved = [org for org in ORGS if before[org] != after[org]]
+    assert all(after[org] == "d" for org in moved)
+    share = len(moved) / len(ORGS)
+    assert 0.20 < share < 0.30, share  # expected 1/4
+    # hash % n would have moved about 3/4 of them.
+
+
+def test_removing_a_shard_moves_only_its_organizations() -> None:
+    before = {org: place_shard(org, ["a", "b", "c", "d"]) for org in ORGS}
+    after = {org: place_shard(org, ["a", "b", "d"]) for org in ORGS}
+    assert all(before[o] == after[o] for o in ORGS if before[o] != "c")
+
+
+def test_override_wins_when_it_names_a_configured_shard() -> None:
+    assert choose_shard("org1", ["a", "b"], "b") == ("b", "org_override")
+    assert choose_shard("org1", ["a", "b"], "z")[1] == "hash"
+    assert choose_shard("org1", ["a", "b"], 7)[1] == "hash"
+
+
+# ------------------------------------------------------------------------- settings
+
+
+def load(**env: str) -> Settings:
+    return Settings.load({"CONTROL_PLANE_DATABASE_URL": "postgresql://u@cp/platform", **env})
+
+
+def test_generation_setting() -> None:
+    assert load().run_ops_id_generation == "ksuid"
+    assert load(RUN_OPS_ID_GENERATION="base32hex").run_ops_id_generation == "base32hex"
+    with pytest.raises(ConfigError, match="RUN_OPS_ID_GENERATION"):
+        load(RUN_OPS_ID_GENERATION="uuid")
+
+
+def test_shard_map_parses_and_redacts() -> None:
+    s = load(
+        RUN_OPS_ID_GENERATION="base32hex",
+        RUN_OPS_SHARDS="a=postgresql://u:sekret@h1:5432/ro,b=postgresql://u:sekret@h2,h3/ro",
+        RUN_OPS_SHARD_READ_REPLICA_URLS="b=postgresql://u:sekret@r2/ro",
+    )
+    assert [c for c, _ in s.run_ops_shards] == ["a", "b"]
+    assert s.run_ops_shards[1][1] == "postgresql://u:sekret@h2,h3/ro"
+    printed = dict(s.public_items())
+    assert "sekret" not in printed["run_ops_shards"] and "h1:5432/ro" in printed["run_ops_shards"]
+    assert "sekret" not in printed["run_ops_shard_read_replica_urls"]
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"RUN_OPS_SHARDS": "a=postgresql://h/ro"}, "base32hex"),
+        ({"RUN_OPS_ID_GENERATION": "base32hex", "RUN_OPS_SHARDS": "A=postgresql://h/ro"}, "char"),
+        (
+            {
+                "RUN_OPS_ID_GENERATION": "base32hex",
+                "RUN_OPS_SHARDS": "a=postgresql://h/ro,a=postgresql://g/ro",
+            },
+            "twice",
+        ),
+        (
+            {
+                "RUN_OPS_ID_GENERATION": "base32hex",
+                "RUN_OPS_SHARDS": "a=postgresql://h/ro",
+                "RUN_OPS_SHARD_READ_REPLICA_URLS": "b=postgresql://r/ro",
+            },
+            "does not configure",
+        ),
+    ],
+)
+def test_bad_shard_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(**env)
+
+
+# ------------------------------------------------------------------------ waitpoints
+
+
+def test_the_waitpoint_guard_follows_the_generation() -> None:
+    from controlplane_resolver.domain.waitpoints import RouteKind, Store, select_store
+    from controlplane_resolver.errors import InvalidArgument
+
+    short = "waitpoint_" + "x" * 21
+    with pytest.raises(InvalidArgument):
+        select_store(split_enabled=True, waitpoint_id=short, route_kind=RouteKind.MANUAL)
+    legacy = select_store(
+        split_enabled=True, waitpoint_id=short, route_kind=RouteKind.MANUAL, generation=B32
+    )
+    assert (legacy.store, legacy.residency) == (Store.LEGACY, Residency.LEGACY)
+    for body in (new_run_ops_id(), new_run_ops_id_v2("k")):
+        new = select_store(
+            split_enabled=True,
+            waitpoint_id="waitpoint_" + body,
+            route_kind=RouteKind.MANUAL,
+            generation=B32,
+        )
+        assert (new.store, new.residency) == (Store.RUN_OPS, Residency.NEW)
+    # A ksuid waitpoint is legacy under base32hex.
+    old = select_store(
+        split_enabled=True,
+        waitpoint_id="waitpoint_" + minting.new_ksuid(),
+        route_kind=RouteKind.MANUAL,
+        generation=B32,
+    )
+    assert old.store is Store.LEGACY
