@@ -404,11 +404,16 @@ def test_rolling_restart_with_the_typed_client(platform: Platform, stop_after: l
     env_id = platform.env_ids[0]
 
     def step(i: int) -> None:
-        tally = phases[phase[0]]
+        begun = phase[0]
+        tally = Tally(begun)
         if i % 2:
             tally.call(lambda: client.read_run(run_id), 5, lambda r: r.run.id == run_id)
         else:
             tally.call(lambda: client.resolve_env(env_id), 5, lambda r: r.id == env_id)
+        # A call belongs to the phase it ran in; one in flight across a
+        # change belongs to the drain or start-up it met.
+        ended = phase[0]
+        phases[begun if begun != "serving" else ended].merge(tally)
 
     load = Load(8, step)
     wait_until(lambda: phases["serving"].calls >= 50, 10)

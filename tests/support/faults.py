@@ -189,6 +189,16 @@ class Tally:
                 self.cancelled_after.append(took)
         return pushback
 
+    def merge(self, other: Tally) -> None:
+        """Add ``other``'s answers to this tally."""
+        with self._lock:
+            self.codes.update(other.codes)
+            self.latencies.extend(other.latencies)
+            self.overrun = max(self.overrun, other.overrun)
+            self.wrong += other.wrong
+            self.cancelled_after.extend(other.cancelled_after)
+            self.details.extend(other.details[: max(0, 5 - len(self.details))])
+
     @property
     def calls(self) -> int:
         return sum(self.codes.values())
