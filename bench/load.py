@@ -3,7 +3,8 @@
     python bench/load.py --target 127.0.0.1:50051 --scenario resolve_env \
         --ids ids.json --duration 5 --concurrency 32 [--channels 1]
 
-Prints one JSON object: calls, seconds, rps, p50_ms, p99_ms, errors,
+Prints one JSON object: calls, seconds, rps, p50_ms, p99_ms, errors, shed
+(UNAVAILABLE answers: the server shedding load, retried by the typed client),
 ``busy_cores`` (how many of the machine's cores were busy, client included,
 while calls were measured), ``items`` and ``items_per_s`` (ids that came back
 resolved, and right), ``wrong`` (ids answered wrongly, warm-up included) with
@@ -286,6 +287,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     latencies: list[float] = []
     errors = 0
+    shed = 0
     items = 0
     wrong_items = 0
     exhausted = False
@@ -307,13 +309,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stop_at = start + args.duration
 
         async def worker(call: Call) -> None:
-            nonlocal errors, items, wrong_items, exhausted
+            nonlocal errors, shed, items, wrong_items, exhausted
             while time.perf_counter() < stop_at and not exhausted:
                 t0 = time.perf_counter()
                 try:
                     right, bad = await call()
-                except grpc.RpcError:
-                    errors += 1
+                except grpc.RpcError as exc:
+                    # UNAVAILABLE from a healthy server is its bulkhead
+                    # shedding load (with a retry delay the typed client
+                    # honours): not served, and not a wrong answer.
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                        shed += 1
+                    else:
+                        errors += 1
                     continue
                 except Exhausted:
                     exhausted = True
@@ -334,6 +342,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "scenario": args.scenario,
         "calls": n,
         "errors": errors,
+        "shed": shed,
         "seconds": seconds,
         "warmup_calls": warmup_calls,
         "rps": n / seconds,

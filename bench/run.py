@@ -257,6 +257,12 @@ def load(
             f"{report['errors']} {scenario} calls to {address} failed; the "
             f"servers' log is {SERVER_LOG}"
         )
+    if report.get("shed"):
+        print(
+            f"  note: {report['shed']} {scenario} calls to {address} were shed (UNAVAILABLE "
+            "with a retry delay: the server's per-database bulkhead); not counted as served",
+            flush=True,
+        )
     if report["wrong"] and not expect_wrong:
         line = (
             f"{scenario} on {address}: {report['wrong']} wrong answers, "
