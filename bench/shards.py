@@ -44,7 +44,7 @@ import run as bench
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.clusters import LocalCluster
-from controlplane_resolver.dev.migrate import migrate
+from controlplane_resolver.dev.migrate import create_migrated
 from controlplane_resolver.domain import minting
 
 SHARDS = "abc"
@@ -104,15 +104,9 @@ def main() -> None:
         print(f"starting {len(clusters)} clusters ({', '.join(names)})…", flush=True)
         for cluster in clusters:
             cluster.start()
-        cp_dsn = clusters[0].create_database("platform")
-        ro_dsn = clusters[1].create_database("run_ops")
-        shard_dsns = {
-            c: cluster.create_database("run_ops")
-            for c, cluster in zip(SHARDS, clusters[2:], strict=True)
-        }
-        migrate(cp_dsn, "control_plane")
+        locations = create_migrated(clusters, SHARDS)
+        cp_dsn, ro_dsn, shard_dsns = locations.control_plane, locations.run_ops, locations.shards
         for dsn in (ro_dsn, *shard_dsns.values()):
-            migrate(dsn, "run_ops")
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         print(f"seeding {args.runs} ksuid runs and {args.runs} gen-2 runs…", flush=True)

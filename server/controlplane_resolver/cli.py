@@ -239,7 +239,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from controlplane_resolver.dev import demo
     from controlplane_resolver.dev.clusters import LocalCluster
-    from controlplane_resolver.dev.migrate import migrate
+    from controlplane_resolver.dev.migrate import create_migrated
 
     clusters: list[LocalCluster] = []
     n_shards = args.shards or 0
@@ -255,15 +255,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         )
         for name in names:
             clusters.append(LocalCluster(name).start())
-        cp_dsn = clusters[0].create_database("platform")
-        ro_dsn = clusters[1].create_database("run_ops")
-        shard_dsns = {
-            c: cluster.create_database("run_ops")
-            for c, cluster in zip(shard_chars, clusters[2:], strict=True)
-        }
-        migrate(cp_dsn, "control_plane")
-        for dsn in (ro_dsn, *shard_dsns.values()):
-            migrate(dsn, "run_ops")
+        locations = create_migrated(clusters, shard_chars)
+        cp_dsn, ro_dsn, shard_dsns = locations.control_plane, locations.run_ops, locations.shards
         generations = None
         with psycopg.connect(cp_dsn) as cp, psycopg.connect(ro_dsn) as ro:
             ids = demo.seed(cp, ro)

@@ -14,9 +14,13 @@ marker) is never touched.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+
+from controlplane_resolver.dev.clusters import LocalCluster
 
 MARKER_TABLE = "_controlplane_resolver_schema"
 
@@ -87,3 +91,29 @@ def migrate(dsn: str, schema: str) -> str:
         )
         conn.execute(f'INSERT INTO "{MARKER_TABLE}" (schema) VALUES (%s)', (schema,))
     return "created"
+
+
+@dataclass(frozen=True)
+class RunLocations:
+    """The DSNs of a migrated set of throwaway databases."""
+
+    control_plane: str
+    run_ops: str
+    #: Shard char → DSN of that shard's run-ops database.
+    shards: dict[str, str]
+
+
+def create_migrated(clusters: Sequence[LocalCluster], shard_chars: Sequence[str]) -> RunLocations:
+    """Create and migrate the control-plane database on ``clusters[0]``, the
+    run-ops database on ``clusters[1]`` and one run-ops database per shard
+    char on each cluster after them (started clusters, one per shard)."""
+    cp = clusters[0].create_database("platform")
+    run_ops = clusters[1].create_database("run_ops")
+    shards = {
+        c: cluster.create_database("run_ops")
+        for c, cluster in zip(shard_chars, clusters[2:], strict=True)
+    }
+    migrate(cp, "control_plane")
+    for dsn in (run_ops, *shards.values()):
+        migrate(dsn, "run_ops")
+    return RunLocations(cp, run_ops, shards)
