@@ -703,6 +703,11 @@ SERVER_METRICS: dict[str, frozenset[str]] = {
     "resolver_sentinel_verdict": frozenset({"verdict"}),
     "resolver_listener_listening": frozenset(),
     "resolver_listener_notifications_total": frozenset(),
+    "resolver_watch_streams": frozenset(),
+    "resolver_watch_streams_started_total": frozenset(),
+    "resolver_watch_invalidations_total": frozenset(),
+    "resolver_watch_events_sent_total": frozenset(),
+    "resolver_watch_streams_dropped_total": frozenset({"reason"}),
 }
 #: Served by the supervisor of ``serve --processes N`` only, beside every
 #: process's samples (which then carry the label ``process``).

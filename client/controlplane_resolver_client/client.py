@@ -22,13 +22,19 @@ address the target resolves to, so
 spreads an engine node's calls over all replicas. All of that is channel
 configuration: a channel built elsewhere has it only when it was built with
 :func:`channel_options` (or by :func:`create_channel`).
+
+``near_cache=True`` keeps the answers of ``resolve_env``,
+``resolve_authenticated_env``, ``resolve_worker_version``,
+``assert_env_exists`` and ``resolve_mint_kind`` in memory, kept valid by a
+``WatchInvalidations`` stream (:mod:`.near_cache`, docs/near-cache.md).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -36,6 +42,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from . import _requests
+from .near_cache import MISSING, NearCache, NearCacheStats, StreamWatcher
 from .v1 import resolver_pb2 as pb
 from .v1 import resolver_pb2_grpc
 
@@ -55,6 +63,15 @@ def service_config() -> str:
     """The channel's service config, as JSON text: round-robin balancing, a
     5 s default timeout, retries of ``UNAVAILABLE`` and retry throttling."""
     return resources.files(__package__).joinpath("service_config.json").read_text()
+
+
+def pinned_service_config() -> str:
+    """:func:`service_config` with one connection at a time (``pick_first``
+    over the target's addresses, shuffled): the near-cache's channel, whose
+    answers must come from the server process its stream watches."""
+    config = json.loads(service_config())
+    config["loadBalancingConfig"] = [{"pick_first": {"shuffleAddressList": True}}]
+    return json.dumps(config)
 
 
 def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
@@ -258,14 +275,23 @@ class ResolverClient:
         tls_key: bytes | None = None,
         tls: bool = False,
         options: Sequence[tuple[str, Any]] = (),
+        near_cache: bool | NearCache = False,
     ) -> None:
         """``token`` is sent as ``authorization: Bearer <token>`` on every
         call. TLS is used when ``tls`` is true or any ``tls_*`` is given:
         ``tls_ca`` (PEM) verifies the server (system roots when omitted);
         ``tls_cert``/``tls_key`` (PEM) are the client certificate for mutual
         TLS. ``tls*`` and ``options`` configure the channel the client
-        builds, so they cannot be combined with ``channel``."""
+        builds, so they cannot be combined with ``channel``.
+
+        ``near_cache``: ``True`` (or a :class:`NearCache`, to size it) keeps
+        answers in memory (docs/near-cache.md). With ``target``, the
+        near-cache's stream and its misses share a channel of their own,
+        pinned to one server process; with ``channel``, they use it, and
+        answers that come from another process than the stream's are not
+        kept."""
         secure = bool(tls or tls_ca or tls_cert or tls_key)
+        credentials = None
         if channel is None:
             if target is None:
                 raise ValueError("give a target address or a channel")
@@ -295,8 +321,37 @@ class ResolverClient:
         self.stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.near_cache: NearCache | None = None
+        self._near_channel: grpc.Channel | None = None
+        self._watcher: StreamWatcher | None = None
+        if near_cache:
+            self.near_cache = near_cache if isinstance(near_cache, NearCache) else NearCache()
+            self._near_stub = self.stub
+            if target is not None:
+                self._near_channel = create_channel(
+                    target,
+                    credentials=credentials,
+                    options=[*options, ("grpc.service_config", pinned_service_config())],
+                )
+                self._near_stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(
+                    self._near_channel
+                )
+            stub, metadata = self._near_stub, self._metadata
+            self._watcher = StreamWatcher(
+                self.near_cache,
+                lambda: stub.WatchInvalidations(pb.WatchInvalidationsRequest(), metadata=metadata),
+            )
+            self._watcher.start()
+
+    def near_cache_stats(self) -> NearCacheStats | None:
+        """The near-cache's counters and stream state (None without one)."""
+        return self.near_cache.get_stats() if self.near_cache is not None else None
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+        if self._near_channel is not None:
+            self._near_channel.close()
         self.channel.close()
 
     def __enter__(self) -> ResolverClient:
@@ -326,6 +381,34 @@ class ResolverClient:
                 return None
             raise
 
+    def _kept(
+        self,
+        key: Hashable,
+        rpc: str,
+        request: Any,
+        timeout: float | None,
+        unwrap: Callable[[Any], T],
+        *,
+        not_found_is_none: bool = True,
+    ) -> T | None:
+        """``unwrap(response)`` from the near-cache, or from the RPC (then
+        kept when the rules allow); None for NOT_FOUND when
+        ``not_found_is_none`` (never kept), else it raises as every failure."""
+        call = self._find if not_found_is_none else self._call
+        near = self.near_cache
+        if near is None:
+            response = call(getattr(self.stub, rpc), request, timeout)
+            return unwrap(response) if response is not None else None
+        value = near.get(key)
+        if value is not MISSING:
+            return value  # type: ignore[no-any-return]
+        response = call(getattr(self._near_stub, rpc), request, timeout)
+        if response is None:
+            return None
+        value = unwrap(response)
+        near.put(key, value, response.revision)
+        return value  # type: ignore[no-any-return]
+
     # ------------------------------------------------------------------ RPCs
     # NOT_FOUND → None only where the RPC answers NOT_FOUND (docs/errors.md):
     # ResolveEnv, ResolveAuthenticatedEnv, AssertEnvExists, ResolveWorkerVersion
@@ -335,22 +418,26 @@ class ResolverClient:
         self, environment_id: str, *, timeout: float | None = None
     ) -> pb.Environment | None:
         """The environment (ResolveEnv), or None when absent."""
-        response = self._find(
-            self.stub.ResolveEnv, pb.ResolveEnvRequest(environment_id=environment_id), timeout
+        return self._kept(
+            ("ResolveEnv", environment_id),
+            "ResolveEnv",
+            pb.ResolveEnvRequest(environment_id=environment_id),
+            timeout,
+            _environment_of,
         )
-        return response.environment if response is not None else None
 
     def resolve_authenticated_env(
         self, environment_id: str, *, timeout: float | None = None
     ) -> pb.AuthenticatedEnvironment | None:
         """The environment with secrets and relations, or None when absent
         (or its project is soft-deleted)."""
-        response = self._find(
-            self.stub.ResolveAuthenticatedEnv,
+        return self._kept(
+            ("ResolveAuthenticatedEnv", environment_id),
+            "ResolveAuthenticatedEnv",
             pb.ResolveAuthenticatedEnvRequest(environment_id=environment_id),
             timeout,
+            _environment_of,
         )
-        return response.environment if response is not None else None
 
     def resolve_worker_version(
         self,
@@ -362,12 +449,13 @@ class ResolverClient:
     ) -> pb.ResolveWorkerVersionResponse | None:
         """``worker``, ``tasks``, ``queues`` and ``deployment``, or None when
         the environment has no such worker version."""
-        request = pb.ResolveWorkerVersionRequest(environment_id=environment_id)
-        if environment_type is not None:
-            request.environment_type = environment_type
-        if worker_id is not None:
-            request.worker_id = worker_id
-        return self._find(self.stub.ResolveWorkerVersion, request, timeout)
+        return self._kept(
+            ("ResolveWorkerVersion", environment_id, environment_type, worker_id),
+            "ResolveWorkerVersion",
+            _requests.worker_version(environment_id, environment_type, worker_id),
+            timeout,
+            _itself,
+        )
 
     def read_run(
         self, run_id: str, *, include_environment: bool = False, timeout: float | None = None
@@ -381,12 +469,14 @@ class ResolverClient:
 
     def assert_env_exists(self, environment_id: str, *, timeout: float | None = None) -> bool:
         """True when the environment exists, False when it does not."""
-        response = self._find(
-            self.stub.AssertEnvExists,
+        exists = self._kept(
+            ("AssertEnvExists", environment_id),
+            "AssertEnvExists",
             pb.AssertEnvExistsRequest(environment_id=environment_id),
             timeout,
+            _true,
         )
-        return response is not None
+        return exists is not None
 
     def resolve_run_locked_worker(
         self,
@@ -397,11 +487,7 @@ class ResolverClient:
     ) -> pb.ResolveRunLockedWorkerResponse:
         """``locked_by`` and ``locked_to_version``; each unset when absent
         (never NOT_FOUND)."""
-        request = pb.ResolveRunLockedWorkerRequest()
-        if locked_by_id is not None:
-            request.locked_by_id = locked_by_id
-        if locked_to_version_id is not None:
-            request.locked_to_version_id = locked_to_version_id
+        request = _requests.run_locked_worker(locked_by_id, locked_to_version_id)
         return self._call(self.stub.ResolveRunLockedWorker, request, timeout)
 
     def classify_run_id(self, id: str, *, timeout: float | None = None) -> pb.ClassifyRunIdResponse:
@@ -412,10 +498,16 @@ class ResolverClient:
         self, organization_id: str, *, parent_id: str | None = None, timeout: float | None = None
     ) -> pb.ResolveMintKindResponse:
         """Which kind of id a new run of the organization gets, and why."""
-        request = pb.ResolveMintKindRequest(organization_id=organization_id)
-        if parent_id is not None:
-            request.parent_id = parent_id
-        return self._call(self.stub.ResolveMintKind, request, timeout)
+        decision: pb.ResolveMintKindResponse | None = self._kept(
+            ("ResolveMintKind", organization_id, parent_id),
+            "ResolveMintKind",
+            _requests.mint_kind(organization_id, parent_id),
+            timeout,
+            _itself,
+            not_found_is_none=False,
+        )
+        assert decision is not None  # NOT_FOUND raises here
+        return decision
 
     def mint_id(
         self,
@@ -426,9 +518,7 @@ class ResolverClient:
         timeout: float | None = None,
     ) -> pb.MintIdResponse:
         """A new run or batch id, its friendly id and the kind minted."""
-        request = pb.MintIdRequest(kind=kind, organization_id=organization_id)
-        if parent_id is not None:
-            request.parent_id = parent_id
+        request = _requests.mint_id(kind, organization_id, parent_id)
         return self._call(self.stub.MintId, request, timeout)
 
     def select_store_for_waitpoint(
@@ -442,14 +532,13 @@ class ResolverClient:
         timeout: float | None = None,
     ) -> pb.SelectStoreForWaitpointResponse:
         """Which store a waitpoint completion is written to, and why."""
-        request = pb.SelectStoreForWaitpointRequest(
-            waitpoint_id=waitpoint_id,
-            route_kind=route_kind,
-            cross_tree_idempotency=cross_tree_idempotency,
-            has_legacy_parent=has_legacy_parent,
+        request = _requests.store_for_waitpoint(
+            waitpoint_id,
+            route_kind,
+            tree_owner_residency,
+            cross_tree_idempotency,
+            has_legacy_parent,
         )
-        if tree_owner_residency is not None:
-            request.tree_owner_residency = tree_owner_residency
         return self._call(self.stub.SelectStoreForWaitpoint, request, timeout)
 
     def invalidate(
@@ -461,13 +550,9 @@ class ResolverClient:
         timeout: float | None = None,
     ) -> None:
         """Drop cached answers; give exactly one target."""
-        request = pb.InvalidateRequest()
-        if environment_id is not None:
-            request.environment_id = environment_id
-        if organization_id is not None:
-            request.organization_id = organization_id
-        if worker_versions_environment_id is not None:
-            request.worker_versions_environment_id = worker_versions_environment_id
+        request = _requests.invalidate(
+            environment_id, organization_id, worker_versions_environment_id
+        )
         self._call(self.stub.Invalidate, request, timeout)
 
     def batch_resolve_envs(
@@ -489,3 +574,15 @@ class ResolverClient:
             self.stub.BatchReadRuns, pb.BatchReadRunsRequest(run_ids=list(run_ids)), timeout
         )
         return list(response.results)
+
+
+def _environment_of(response: Any) -> Any:
+    return response.environment
+
+
+def _itself(response: T) -> T:
+    return response
+
+
+def _true(_response: Any) -> bool:
+    return True

@@ -16,6 +16,11 @@ Pieces, each small and named:
 * :class:`_Entries` — a slot's bounded store; a hit reads it without a lock.
 * Single-flight (:class:`_Flight`) — concurrent misses for one key run one
   load; the others wait for the leader's value or error.
+* Answer validity — every answer a call gets is noted as a *source* of the
+  call (:func:`callinfo.note_source`); :meth:`Cache.answer_validity` turns a
+  call's sources into the revision (epoch counter) up to which the answer
+  is known valid, its scopes and its remaining lifetime, which callers that
+  keep answers themselves compare with the invalidations they watch.
 * Soft/hard expiry — past the soft deadline a read returns the cached value
   and refreshes it in the background (one refresh per key); past the hard
   deadline the read waits for a load. A failed refresh leaves the old value
@@ -131,6 +136,11 @@ class CacheStats:
 class Epochs:
     """Invalidation epochs (see module docstring). Thread-safe.
 
+    The counter is also the process's *revision*: :attr:`on_bump`, when
+    set, is called with ``(revision, scope)`` for every invalidation, in
+    revision order (under the writers' lock: it must be quick and must not
+    raise). An overflow reports the global scope.
+
     Reads (:meth:`is_current`, on every cache hit) are plain dict lookups
     without a lock; writers serialise on a lock. Epochs of single scopes
     are forgotten after ``retention_s`` (longer than any entry can live):
@@ -154,6 +164,7 @@ class Epochs:
         self._epochs: dict[str, int] = {}
         #: (time, scope, epoch) in bump order, to forget expired epochs.
         self._history: deque[tuple[float, str, int]] = deque()
+        self.on_bump: Callable[[int, str], None] | None = None
         self.invalidations: dict[str, int] = {
             "environment": 0,
             "organization": 0,
@@ -191,10 +202,13 @@ class Epochs:
                 self._global = self._counter
                 self._epochs.clear()
                 self._history.clear()
+                scope = GLOBAL_SCOPE
             else:
                 self._epochs[scope] = self._counter
                 self._history.append((now, scope, self._counter))
             self.invalidations[cause] = self.invalidations.get(cause, 0) + 1
+            if self.on_bump is not None:
+                self.on_bump(self._counter, scope)
             return self._counter
 
     def _forget_before(self, cutoff: float) -> None:
@@ -226,6 +240,50 @@ def flag_scope(key: str) -> str:
     return "flag:" + key
 
 
+#: Scope prefixes by the kind of scope they name (the kinds of
+#: :meth:`Cache.get_stats`'s invalidations).
+_SCOPE_KINDS = {
+    "env": "environment",
+    "org": "organization",
+    "project": "project",
+    "wv": "worker_versions",
+    "flag": "flag",
+}
+
+
+def split_scope(scope: str) -> tuple[str, str]:
+    """``(kind, id)`` of a scope: ``("environment", ID)`` for ``env:ID``, …,
+    ``("all", "")`` for the global scope."""
+    if scope == GLOBAL_SCOPE:
+        return "all", ""
+    prefix, _, ident = scope.partition(":")
+    return _SCOPE_KINDS[prefix], ident
+
+
+@dataclass(frozen=True)
+class AnswerSource:
+    """A source of an answer that is not a stored entry: a load whose value
+    was not stored, or a decision that must not be kept
+    (``hard_deadline`` in the past)."""
+
+    stamp: int
+    scopes: tuple[str, ...]
+    hard_deadline: float
+
+
+@dataclass(frozen=True)
+class AnswerValidity:
+    """What :meth:`Cache.answer_validity` returns.
+
+    No invalidation of ``scopes`` up to revision ``valid_at`` replaced the
+    answer; the cache itself would serve it ``expires_in`` seconds more
+    (``0``: it is not kept; ``None``: it was made from no cached source)."""
+
+    valid_at: int
+    scopes: tuple[str, ...]
+    expires_in: float | None
+
+
 @dataclass
 class _Entry:
     value: Any
@@ -245,6 +303,8 @@ class _Flight:
     done: threading.Event = field(default_factory=threading.Event)
     value: Any = None
     error: BaseException | None = None
+    #: The stored entry, or an AnswerSource when the value was not stored.
+    source: Any = None
 
 
 #: Runs work off the calling thread, or raises to refuse it.
@@ -307,6 +367,7 @@ class _SlotStore:
 
 def _hit(store: _SlotStore, entry: _Entry) -> Any:
     """Count and note a served fresh entry; return its value."""
+    callinfo.note_source(entry)
     if entry.value is ABSENT:
         store.stats.negative_hits += 1
         callinfo.note("cache", "negative_hit")
@@ -405,6 +466,7 @@ class Cache:
                 # Between soft and hard: serve stale, refresh in the background.
                 store.stats.stale_serves += 1
                 callinfo.note("cache", "stale")
+                callinfo.note_source(entry)
                 if key not in store.flights and now >= entry.retry_after:
                     flight = self._begin(store, key)
                     try:
@@ -447,7 +509,9 @@ class Cache:
                         self._finish(store, key, flight)
                 raise
             if leader and start is None:
-                return self._lead(store, key, flight, load, scopes, scopes_of)
+                value = self._lead(store, key, flight, load, scopes, scopes_of)
+                callinfo.note_source(flight.source)
+                return value
             return self._await(slot, flight, wait_s)
 
     def _await(self, slot: Slot, flight: _Flight, wait_s: float | None) -> Any:
@@ -457,6 +521,7 @@ class Cache:
             raise FlightTimeout(f"waited {wait_s:.3f}s for a {slot.value} load")
         if flight.error is not None:
             raise flight.error
+        callinfo.note_source(flight.source)
         return flight.value
 
     def wait_for(self, done: threading.Event, wait_s: float | None) -> bool:
@@ -529,7 +594,7 @@ class Cache:
         forbids storing it."""
         store = self._slots[slot]
         with store.lock:
-            return self._store(store, key, value, stamp, scopes)
+            return self._store(store, key, value, stamp, scopes) is not None
 
     def get_many(
         self,
@@ -635,6 +700,38 @@ class Cache:
             invalidations=dict(self.epochs.invalidations),
         )
 
+    # ---------------------------------------------------- answer validity
+
+    def revision(self) -> int:
+        """The current revision: the number of invalidations applied so far."""
+        return self.epochs.stamp()
+
+    def set_invalidation_observer(self, observer: Callable[[int, str], None]) -> None:
+        """Call ``observer(revision, scope)`` for every invalidation from now
+        on, in revision order (see :class:`Epochs`)."""
+        self.epochs.on_bump = observer
+
+    def answer_validity(self, sources: Iterable[Any]) -> AnswerValidity:
+        """The validity of an answer made from ``sources`` (what
+        :func:`callinfo.sources` returned for its call): valid at the current
+        revision when no scope of the oldest source was invalidated since it
+        was loaded, else only at that source's stamp; its lifetime is the
+        shortest of theirs."""
+        sources = list(sources)
+        if not sources:
+            return AnswerValidity(self.epochs.stamp(), (), None)
+        revision = self.epochs.stamp()  # before the check: see is_current
+        stamp = min(s.stamp for s in sources)
+        scopes = tuple(dict.fromkeys(scope for s in sources for scope in s.scopes))
+        valid_at = revision if self.epochs.is_current(stamp, scopes) else stamp
+        left = min(s.hard_deadline for s in sources) - self._clock()
+        return AnswerValidity(valid_at, scopes, max(0.0, left))
+
+    def not_kept(self) -> AnswerSource:
+        """A source that makes an answer not to be kept by anyone (one that
+        changes with time, not with an invalidation)."""
+        return AnswerSource(self.epochs.stamp(), (), 0.0)
+
     # -------------------------------------------------------- invalidation
 
     def invalidate_environment(self, environment_id: str) -> None:
@@ -689,7 +786,8 @@ class Cache:
         flight.value = value
         with store.lock:
             try:
-                self._store(store, key, value, flight.stamp, all_scopes)
+                stored = self._store(store, key, value, flight.stamp, all_scopes)
+                flight.source = stored or AnswerSource(flight.stamp, all_scopes, 0.0)
             finally:
                 self._finish(store, key, flight)
         return value
@@ -722,33 +820,31 @@ class Cache:
 
     def _store(
         self, store: _SlotStore, key: Hashable, value: Any, stamp: int, scopes: tuple[str, ...]
-    ) -> bool:
-        """Store under ``store.lock``. Refuses a fill that raced an invalidation."""
+    ) -> _Entry | None:
+        """Store under ``store.lock`` and return the entry. Refuses (None) a
+        fill that raced an invalidation."""
         policy = store.policy
         if not policy.stores:
-            return False
+            return None
         if not self.epochs.is_current(stamp, scopes):
             store.stats.discarded_fills += 1
-            return False
+            return None
         now = self._clock()
         if value is ABSENT:
             soft = hard = policy.negative_ttl
         else:
             soft, hard = policy.soft_ttl, policy.hard_ttl
         if soft <= 0:
-            return False
+            return None
         # Jitter shortens lifetimes (never lengthens them): a promise like
         # "no older than 1 s" holds for every entry.
         spread = 1.0 - policy.jitter * random.random()
-        store.entries.put(
-            key,
-            _Entry(
-                value=value,
-                stamp=stamp,
-                scopes=scopes,
-                soft_deadline=now + soft * spread,
-                hard_deadline=now + max(hard, soft) * spread,
-            ),
-            now,
+        entry = _Entry(
+            value=value,
+            stamp=stamp,
+            scopes=scopes,
+            soft_deadline=now + soft * spread,
+            hard_deadline=now + max(hard, soft) * spread,
         )
-        return True
+        store.entries.put(key, entry, now)
+        return entry

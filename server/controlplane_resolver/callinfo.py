@@ -4,6 +4,10 @@ A thread-local dict and the caller's deadline: the threaded server runs
 each call on one worker thread from start to end. The domain notes facts (``cache`` outcome,
 serving ``database``) without knowing who reads them; outside a call the
 notes go nowhere useful and cost one attribute write.
+
+Apart from the notes (which the call log prints), the cache records the
+*sources* of the call's answer: the cached entries or loads it was made
+from, from which the servicer tells callers how long the answer stays valid.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ def begin(deadline: float | None = None) -> dict[str, Any]:
     notes: dict[str, Any] = {}
     _local.notes = notes
     _local.deadline = deadline
+    _local.sources = []
     return notes
 
 
@@ -43,6 +48,21 @@ def get(key: str) -> Any:
     return None if notes is None else notes.get(key)
 
 
+def note_source(source: Any) -> None:
+    """Record one source of the current call's answer (outside a call:
+    nothing)."""
+    sources = getattr(_local, "sources", None)
+    if sources is not None:
+        sources.append(source)
+
+
+def sources() -> list[Any]:
+    """The sources recorded for the current call's answer, in order (empty
+    outside a call)."""
+    return getattr(_local, "sources", None) or []
+
+
 def end() -> None:
     _local.notes = None
     _local.deadline = None
+    _local.sources = None

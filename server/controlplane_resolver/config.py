@@ -474,6 +474,20 @@ class Settings:
         "threads serving calls (they share one interpreter lock: more threads add "
         "contention; docs/benchmarks.md has the measurements behind the default)",
     )
+    watch_max_streams: int = setting(
+        "RESOLVER_WATCH_MAX_STREAMS",
+        whole_number(),
+        64,
+        "WatchInvalidations streams served at once, each on a thread of its own beside "
+        "--max-workers; more get RESOURCE_EXHAUSTED (0: no streams)",
+    )
+    watch_heartbeat_ms: int = setting(
+        "RESOLVER_WATCH_HEARTBEAT_MS",
+        parse_positive,
+        1_000,
+        "WatchInvalidations sends a heartbeat after this long without an event; clients "
+        "take a stream silent for 3 intervals as broken",
+    )
     run_read_gather_us: int = setting(
         "RESOLVER_RUN_READ_GATHER_US",
         parse_microseconds,

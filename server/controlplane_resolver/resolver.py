@@ -20,6 +20,7 @@ from controlplane_resolver import callinfo
 from controlplane_resolver.cache import (
     ABSENT,
     MISSING,
+    AnswerValidity,
     Cache,
     FlightTimeout,
     Slot,
@@ -105,9 +106,14 @@ class Resolver:
         fill_wait_s: float = 5.0,
         mint_ksuid_enabled: bool = False,
         run_read_gather_s: float = 0.0,
+        publish: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``publish(kind, id)``, when given, sends an ``Invalidate`` call's
+        invalidation to every resolver process (raising
+        :class:`Unavailable` when it cannot)."""
         self.topology = topology
         self.cache = cache
+        self._publish = publish
         self._fill_wait_s = fill_wait_s
         # Concurrent run reads against one database share queries.
         self._pinned = {db: PinnedConnection(db) for db in topology.databases}
@@ -490,7 +496,10 @@ class Resolver:
         organization_id: str | None = None,
         worker_versions_environment_id: str | None = None,
     ) -> None:
-        """Drop cached answers: exactly one target must be given."""
+        """Drop cached answers here at once, then in every resolver process
+        (``publish``): exactly one target must be given. Raises
+        :class:`Unavailable` when the other processes could not be told (this
+        one has dropped them; a retry is harmless)."""
         given = [
             (n, v)
             for n, v in (
@@ -509,11 +518,21 @@ class Resolver:
         name, value = given[0]
         checked_id(value, name)
         if name == "environment_id":
+            kind = "environment"
             self.cache.invalidate_environment(value)
         elif name == "organization_id":
+            kind = "organization"
             self.cache.invalidate_organization(value)
         else:
+            kind = "worker_versions"
             self.cache.invalidate_worker_versions(value)
+        if self._publish is not None:
+            self._publish(kind, value)
+
+    def answer_validity(self) -> AnswerValidity:
+        """The validity of the current call's answer, from the cached answers
+        it was made of (docs/near-cache.md)."""
+        return self.cache.answer_validity(callinfo.sources())
 
     # --------------------------------------------------------- locked worker
 
@@ -572,13 +591,19 @@ class Resolver:
             else None
         )
         if self.generation is Generation.BASE32HEX:
-            return self._run_ops_mint_kind(org_id, parent)
-        return minting.decide_mint_kind(
-            master_switch_enabled=self.mint_ksuid_enabled,
-            split_enabled=self.topology.split,
-            parent=parent,
-            read_flags=lambda: self._mint_flags(org_id),
-        )
+            decision = self._run_ops_mint_kind(org_id, parent)
+        else:
+            decision = minting.decide_mint_kind(
+                master_switch_enabled=self.mint_ksuid_enabled,
+                split_enabled=self.topology.split,
+                parent=parent,
+                read_flags=lambda: self._mint_flags(org_id),
+            )
+        if decision.reason.endswith("_grace") or decision.reason == FlagLookup.READ_FAILED.value:
+            # Inside a flip's grace window, or after a failed flag read, the
+            # decision changes with time alone: no caller may keep it.
+            callinfo.note_source(self.cache.not_kept())
+        return decision
 
     def _run_ops_mint_kind(self, org_id: str, parent: Classification | None) -> MintKindDecision:
         """The base32hex generation's decision (``runOpsMintKind``, with its

@@ -38,7 +38,12 @@ from support.processes import ServerProcess
 from support.scraping import Samples, grpc_labels, handled, scrape, scrape_server
 from support.servers import Running
 
-METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["ControlPlaneResolverService"].methods]
+#: The unary methods: the call metrics count those (the watch stream has its own).
+METHODS = [
+    m.name
+    for m in pb.DESCRIPTOR.services_by_name["ControlPlaneResolverService"].methods
+    if not m.server_streaming
+]
 #: Every code a call of ours can end with, and the ones the issue names.
 CODES = (
     "OK",

@@ -36,8 +36,8 @@ def health_status(address: str, service: str = "", timeout: float = 1.0) -> int 
 class ServerProcess:
     """``controlplane-resolver serve`` on a free port with ``env`` settings."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         full_env = {**os.environ, **env, "RESOLVER_ADDR": self.address}
         self.proc = subprocess.Popen(

@@ -21,6 +21,11 @@ CHANNEL = "controlplane_resolver_invalidate"
 KINDS = ("environment", "organization", "project", "worker_versions", "flag")
 
 
+def payload(kind: str, ident: str) -> str:
+    """The ``NOTIFY`` payload of one invalidation (``kind`` one of :data:`KINDS`)."""
+    return f"{kind}:{ident}"
+
+
 class InvalidationTarget(Protocol):
     """What an invalidation is applied to (the cache implements it)."""
 

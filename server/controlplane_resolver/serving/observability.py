@@ -43,6 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from controlplane_resolver import callinfo
 from controlplane_resolver.cache import CacheStats, SlotStats
 from controlplane_resolver.coalescing import CoalescerStats
+from controlplane_resolver.invalidation.feed import FeedStats
 from controlplane_resolver.invalidation.listener import ListenerState, ListenerStats
 from controlplane_resolver.runtime.metrics_http import MetricsEndpoint, serve_metrics
 from controlplane_resolver.storage.topology import SplitDecision
@@ -402,6 +403,7 @@ class StateCollector:
         self._run_read_stats: Callable[[], dict[str, CoalescerStats]] | None = None
         self._listener_stats: Callable[[], ListenerStats] | None = None
         self._guard_stats: Callable[[], dict[str, dict[str, int]]] | None = None
+        self._feed_stats: Callable[[], FeedStats] | None = None
 
     def attach(
         self,
@@ -412,8 +414,10 @@ class StateCollector:
         run_read_stats: Callable[[], dict[str, CoalescerStats]] | None = None,
         listener_stats: Callable[[], ListenerStats] | None = None,
         guard_stats: Callable[[], dict[str, dict[str, int]]] | None = None,
+        feed_stats: Callable[[], FeedStats] | None = None,
     ) -> None:
         """Start exporting the sources given (the others stay as they are)."""
+        self._feed_stats = feed_stats or self._feed_stats
         self._guard_stats = guard_stats or self._guard_stats
         self._cache_stats = cache_stats or self._cache_stats
         self._pool_stats = pool_stats or self._pool_stats
@@ -440,6 +444,8 @@ class StateCollector:
             yield from _listener_families(self._listener_stats())
         if self._guard_stats is not None:
             yield from _guard_families(self._guard_stats())
+        if self._feed_stats is not None:
+            yield from _feed_families(self._feed_stats())
 
 
 _CACHE_COUNTERS = tuple(f.name for f in dataclasses.fields(SlotStats))
@@ -555,3 +561,30 @@ def _listener_families(stats: ListenerStats) -> Iterator[Any]:
     )
     n.add_metric([], stats.notifications)
     yield n
+
+
+def _feed_families(stats: FeedStats) -> Iterator[Any]:
+    watchers = GaugeMetricFamily("resolver_watch_streams", "WatchInvalidations streams open now.")
+    watchers.add_metric([], stats.watchers)
+    started = CounterMetricFamily(
+        "resolver_watch_streams_started", "WatchInvalidations streams started."
+    )
+    started.add_metric([], stats.watches_started)
+    published = CounterMetricFamily(
+        "resolver_watch_invalidations", "Invalidations published to the watch streams."
+    )
+    published.add_metric([], stats.events_published)
+    sent = CounterMetricFamily(
+        "resolver_watch_events_sent",
+        "Messages sent on watch streams (starts, invalidations, heartbeats).",
+    )
+    sent.add_metric([], stats.events_sent)
+    dropped = CounterMetricFamily(
+        "resolver_watch_streams_dropped",
+        "Watch streams the server ended or refused, by reason (slow: behind or not "
+        "reading; closed: shutting down; full: RESOLVER_WATCH_MAX_STREAMS reached).",
+        labels=["reason"],
+    )
+    for reason, count in stats.dropped.items():
+        dropped.add_metric([reason], count)
+    yield from (watchers, started, published, sent, dropped)

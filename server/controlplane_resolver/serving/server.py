@@ -26,13 +26,16 @@ from grpc_reflection.v1alpha import reflection
 from controlplane_resolver.cache import Cache, Slot, SlotPolicy
 from controlplane_resolver.config import Settings
 from controlplane_resolver.errors import ConfigError, StartCancelled, Unavailable
+from controlplane_resolver.invalidation.feed import InvalidationFeed
 from controlplane_resolver.invalidation.listener import InvalidationListener, ListenerState
+from controlplane_resolver.invalidation.publisher import InvalidationPublisher
 from controlplane_resolver.resolver import Resolver
 from controlplane_resolver.serving.auth import AuthInterceptor, TokenFile, is_loopback
 from controlplane_resolver.serving.observability import CallInterceptor, Metrics, StateCollector
 from controlplane_resolver.serving.servicer import ResolverServicer
 from controlplane_resolver.serving.tls import RotatingCertificates, TlsFiles, server_credentials
 from controlplane_resolver.serving.watchdog import ProgressWatchdog
+from controlplane_resolver.serving.worker_slots import WorkerSlots
 from controlplane_resolver.storage.topology import SplitDecision, Topology, decide_split
 from controlplane_resolver_client.v1 import SERVICE, SERVICE_NAME, resolver_pb2_grpc
 
@@ -132,6 +135,8 @@ class ResolverApp:
         self.topology: Topology | None = None
         self.cache: Cache | None = None
         self.listener: InvalidationListener | None = None
+        self.feed: InvalidationFeed | None = None
+        self.publisher: InvalidationPublisher | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.health_port: int | None = None
@@ -158,9 +163,12 @@ class ResolverApp:
                     open_reflection=settings.open_reflection,
                 )
             )
+        interceptors.append(WorkerSlots(settings.max_workers))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=settings.max_workers, thread_name_prefix="grpc-worker"
+                # Each watch stream holds a thread of its own for its life.
+                max_workers=settings.max_workers + settings.watch_max_streams,
+                thread_name_prefix="grpc-worker",
             ),
             interceptors=interceptors,
             options=server_options(settings),
@@ -185,7 +193,9 @@ class ResolverApp:
             (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self.metrics.preregister(
-            [f"/{SERVICE_NAME}/{m.name}" for m in SERVICE.methods]
+            # The unary methods: CallInterceptor counts those (the watch
+            # stream is counted by the feed).
+            [f"/{SERVICE_NAME}/{m.name}" for m in SERVICE.methods if not m.server_streaming]
             + [f"/{HEALTH_SERVICE_NAME}/Check"]
         )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -218,6 +228,8 @@ class ResolverApp:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         self.health.set(LISTENER_HEALTH_NAME, status)
+        if self.feed is not None:
+            self.feed.set_listening(state is ListenerState.LISTENING)
 
     def _bind(self) -> int:
         s = self.settings
@@ -293,12 +305,25 @@ class ResolverApp:
             self.topology.open(wait_s=pool_wait_s, cancel=cancel)
             self.cache = Cache(cache_policies(self.settings))
             self.state_metrics.attach(cache_stats=self.cache.get_stats)
+            self.feed = InvalidationFeed(
+                revision=self.cache.revision,
+                heartbeat_s=self.settings.watch_heartbeat_ms / 1000,
+                max_watchers=self.settings.watch_max_streams,
+            )
+            self.cache.set_invalidation_observer(self.feed.publish)
+            self.state_metrics.attach(feed_stats=self.feed.get_stats)
+            self.publisher = InvalidationPublisher(
+                self.settings.control_plane_database_url,
+                timeout_s=self.settings.db_timeout_ms / 1000,
+            )
+            publisher = self.publisher
             if self.settings.listen_enabled:
                 self.health.set(LISTENER_HEALTH_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
                 self.listener = InvalidationListener(
                     self.settings.control_plane_database_url,
                     self.cache,
                     on_state=self._on_listener_state,
+                    sent_here=publisher.sent,
                 )
                 self.state_metrics.attach(listener_stats=self.listener.get_stats)
                 self.listener.start()
@@ -315,7 +340,9 @@ class ResolverApp:
                 fill_wait_s=self.settings.db_timeout_ms / 1000,
                 mint_ksuid_enabled=self.settings.run_ops_mint_ksuid_enabled,
                 run_read_gather_s=self.settings.run_read_gather_us / 1e6,
+                publish=self.publisher.publish,
             )
+            self.servicer.feed = self.feed
             self.state_metrics.attach(run_read_stats=self.servicer.resolver.run_read_stats)
             if not bind_early:
                 self._serve_ports()
@@ -387,6 +414,9 @@ class ResolverApp:
             if pause > 0:
                 log.info("NOT_SERVING; draining in %.1fs", pause)
                 time.sleep(pause)  # the documented pause, not synchronisation
+            if self.feed is not None:
+                # Watchers end now and reconnect elsewhere; their threads free.
+                self.feed.close()
             stopped = self.server.stop(grace)
             # Calls still waiting for a database near the end of the grace
             # are answered UNAVAILABLE (retried elsewhere) before grpcio
@@ -401,6 +431,8 @@ class ResolverApp:
                 self.servicer.resolver.close()
             if self.listener is not None:
                 self.listener.stop()
+            if self.publisher is not None:
+                self.publisher.close()
             if self.topology is not None:
                 self.topology.close()
             if self.cache is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -16,6 +16,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from controlplane_resolver.cache import split_scope
 from controlplane_resolver.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -24,6 +25,7 @@ from controlplane_resolver.errors import (
     OperationError,
     Unavailable,
 )
+from controlplane_resolver.invalidation.feed import EventKind, FeedEvent, FeedFull, InvalidationFeed
 from controlplane_resolver.resolver import Resolver
 from controlplane_resolver.serving.rendered_cache import RenderedCache
 from controlplane_resolver.serving.rendering import (
@@ -127,28 +129,66 @@ def _env_response(env: Any) -> pb.ResolveEnvResponse:
     return pb.ResolveEnvResponse(environment=render(pb.Environment, env))
 
 
+_SCOPE_KINDS = {
+    "environment": pb.SCOPE_KIND_ENVIRONMENT,
+    "organization": pb.SCOPE_KIND_ORGANIZATION,
+    "project": pb.SCOPE_KIND_PROJECT,
+    "worker_versions": pb.SCOPE_KIND_WORKER_VERSIONS,
+    "flag": pb.SCOPE_KIND_FLAG,
+    "all": pb.SCOPE_KIND_ALL,
+}
+_MAX_AGE_LIMIT_MS = 2**32 - 1
+
+
+def _fill_scope(message: pb.Scope, scope: str) -> None:
+    kind, ident = split_scope(scope)
+    message.kind = _SCOPE_KINDS[kind]
+    message.id = ident
+
+
 class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
-    """Serves :class:`Resolver`; answers UNAVAILABLE until ``resolver`` is set."""
+    """Serves :class:`Resolver`; answers UNAVAILABLE until ``resolver`` is
+    set, and WatchInvalidations from ``feed`` once that is set too."""
 
     def __init__(self, resolver: Resolver | None = None) -> None:
         self.resolver = resolver
+        self.feed: InvalidationFeed | None = None
         # Environments are the hot path: render each cached answer once.
         self._rendered = RenderedCache()
+
+    def _revised(self, r: Resolver, response: Any) -> Any:
+        """``response`` with its ``revision`` set from the call's answer."""
+        validity = r.answer_validity()
+        revision = response.revision
+        if self.feed is not None:
+            revision.server_id = self.feed.server_id
+        revision.valid_at = validity.valid_at
+        if not revision.scopes:  # a rendered copy carries them already
+            for scope in validity.scopes:
+                _fill_scope(revision.scopes.add(), scope)
+        if validity.expires_in is not None:
+            revision.max_age_ms = min(_MAX_AGE_LIMIT_MS, int(validity.expires_in * 1000))
+        return response
 
     @_edge
     def ResolveEnv(
         self, r: Resolver, request: pb.ResolveEnvRequest, context: Any
     ) -> pb.ResolveEnvResponse:
         env = r.resolve_env(request.environment_id)
-        return self._rendered.get(env, _env_response)
+        response = pb.ResolveEnvResponse()
+        response.CopyFrom(self._rendered.get(env, _env_response))
+        return self._revised(r, response)
 
     @_edge
     def ResolveAuthenticatedEnv(
         self, r: Resolver, request: pb.ResolveAuthenticatedEnvRequest, context: Any
     ) -> pb.ResolveAuthenticatedEnvResponse:
         env = r.resolve_authenticated_env(request.environment_id)
-        return pb.ResolveAuthenticatedEnvResponse(
-            environment=render(pb.AuthenticatedEnvironment, env)
+        return self._revised(
+            r,
+            pb.ResolveAuthenticatedEnvResponse(
+                environment=render(pb.AuthenticatedEnvironment, env)
+            ),
         )
 
     @_edge
@@ -160,7 +200,7 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
             env_type = enum_name(pb.EnvironmentType.DESCRIPTOR, request.environment_type)
         worker_id = request.worker_id if request.HasField("worker_id") else None
         version = r.resolve_worker_version(request.environment_id, env_type, worker_id)
-        return render(pb.ResolveWorkerVersionResponse, version)
+        return self._revised(r, render(pb.ResolveWorkerVersionResponse, version))
 
     @_edge
     def ReadRun(self, r: Resolver, request: pb.ReadRunRequest, context: Any) -> pb.ReadRunResponse:
@@ -172,7 +212,7 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         self, r: Resolver, request: pb.AssertEnvExistsRequest, context: Any
     ) -> pb.AssertEnvExistsResponse:
         r.assert_env_exists(request.environment_id)
-        return pb.AssertEnvExistsResponse()
+        return self._revised(r, pb.AssertEnvExistsResponse())
 
     @_edge
     def ClassifyRunId(
@@ -248,7 +288,7 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         decision = r.resolve_mint_kind(
             request.organization_id, request.parent_id if request.HasField("parent_id") else None
         )
-        return render(pb.ResolveMintKindResponse, decision)
+        return self._revised(r, render(pb.ResolveMintKindResponse, decision))
 
     @_edge
     def MintId(self, r: Resolver, request: pb.MintIdRequest, context: Any) -> pb.MintIdResponse:
@@ -274,3 +314,56 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
             has_legacy_parent=request.has_legacy_parent,
         )
         return render(pb.SelectStoreForWaitpointResponse, selection)
+
+    def WatchInvalidations(
+        self, request: pb.WatchInvalidationsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.WatchInvalidationsResponse]:
+        feed = self.feed
+        if feed is None or self.resolver is None:
+            abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "the resolver is starting: start-up checks and pools are not ready yet",
+                "NOT_READY",
+                retry_after_s=1.0,
+            )
+            return
+        events = feed.watch(context.cancel)
+        try:
+            first = next(events, None)
+        except FeedFull as exc:
+            abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{exc}: retry later, or against another replica",
+                "TOO_MANY_WATCHERS",
+                retry_after_s=1.0,
+            )
+            return
+        if first is None:  # the feed is closed: the server is stopping
+            abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "the server is shutting down; watch another replica",
+                "SHUTTING_DOWN",
+                retry_after_s=0.1,
+            )
+            return
+        heartbeat_ms = int(feed.heartbeat_s * 1000)
+        yield _watch_message(feed.server_id, first, heartbeat_ms)
+        for event in events:
+            yield _watch_message(feed.server_id, event, heartbeat_ms)
+
+
+def _watch_message(
+    server_id: str, event: FeedEvent, heartbeat_ms: int
+) -> pb.WatchInvalidationsResponse:
+    message = pb.WatchInvalidationsResponse(server_id=server_id, revision=event.revision)
+    if event.kind is EventKind.INVALIDATION:
+        _fill_scope(message.invalidation.scope, event.scope)
+    elif event.kind is EventKind.START:
+        message.start.heartbeat_interval_ms = heartbeat_ms
+        message.start.listening = event.listening
+    else:
+        message.heartbeat.listening = event.listening
+    return message

@@ -279,6 +279,48 @@ PIN_REASON_CROSS_TREE_IDEMPOTENCY: PinReason.ValueType  # 2
 PIN_REASON_LEGACY_PARENT_DESCENDANT: PinReason.ValueType  # 3
 Global___PinReason: _TypeAlias = PinReason  # noqa: Y015
 
+class _ScopeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScopeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ScopeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCOPE_KIND_UNSPECIFIED: _ScopeKind.ValueType  # 0
+    SCOPE_KIND_ENVIRONMENT: _ScopeKind.ValueType  # 1
+    """An environment, by id."""
+    SCOPE_KIND_ORGANIZATION: _ScopeKind.ValueType  # 2
+    """An organization, by id (its environments, flags and limits)."""
+    SCOPE_KIND_PROJECT: _ScopeKind.ValueType  # 3
+    """A project, by id."""
+    SCOPE_KIND_WORKER_VERSIONS: _ScopeKind.ValueType  # 4
+    """The worker versions of an environment, by the environment's id."""
+    SCOPE_KIND_FLAG: _ScopeKind.ValueType  # 5
+    """A global "FeatureFlag" row, by key."""
+    SCOPE_KIND_ALL: _ScopeKind.ValueType  # 6
+    """Everything (id empty)."""
+
+class ScopeKind(_ScopeKind, metaclass=_ScopeKindEnumTypeWrapper):
+    """------------------------------------------------------- WatchInvalidations
+
+    What a cached answer depends on; an invalidation of any of its scopes
+    replaces it.
+    """
+
+SCOPE_KIND_UNSPECIFIED: ScopeKind.ValueType  # 0
+SCOPE_KIND_ENVIRONMENT: ScopeKind.ValueType  # 1
+"""An environment, by id."""
+SCOPE_KIND_ORGANIZATION: ScopeKind.ValueType  # 2
+"""An organization, by id (its environments, flags and limits)."""
+SCOPE_KIND_PROJECT: ScopeKind.ValueType  # 3
+"""A project, by id."""
+SCOPE_KIND_WORKER_VERSIONS: ScopeKind.ValueType  # 4
+"""The worker versions of an environment, by the environment's id."""
+SCOPE_KIND_FLAG: ScopeKind.ValueType  # 5
+"""A global "FeatureFlag" row, by key."""
+SCOPE_KIND_ALL: ScopeKind.ValueType  # 6
+"""Everything (id empty)."""
+Global___ScopeKind: _TypeAlias = ScopeKind  # noqa: Y015
+
 @_typing.final
 class ResolveEnvRequest(_message.Message):
     """---------------------------------------------------------------- ResolveEnv"""
@@ -305,16 +347,22 @@ class ResolveEnvResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def environment(self) -> Global___Environment: ...
+    @_builtins.property
+    def revision(self) -> Global___AnswerRevision:
+        """Until which invalidation the answer is known valid (docs/near-cache.md)."""
+
     def __init__(
         self,
         *,
         environment: Global___Environment | None = ...,
+        revision: Global___AnswerRevision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "revision", b"revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -392,16 +440,22 @@ class ResolveAuthenticatedEnvResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def environment(self) -> Global___AuthenticatedEnvironment: ...
+    @_builtins.property
+    def revision(self) -> Global___AnswerRevision:
+        """Until which invalidation the answer is known valid (docs/near-cache.md)."""
+
     def __init__(
         self,
         *,
         environment: Global___AuthenticatedEnvironment | None = ...,
+        revision: Global___AnswerRevision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "revision", b"revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -771,6 +825,7 @@ class ResolveWorkerVersionResponse(_message.Message):
     TASKS_FIELD_NUMBER: _builtins.int
     QUEUES_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def worker(self) -> Global___BackgroundWorker: ...
     @_builtins.property
@@ -783,6 +838,10 @@ class ResolveWorkerVersionResponse(_message.Message):
         DEVELOPMENT's newest worker.
         """
 
+    @_builtins.property
+    def revision(self) -> Global___AnswerRevision:
+        """Until which invalidation the answer is known valid (docs/near-cache.md)."""
+
     def __init__(
         self,
         *,
@@ -790,10 +849,11 @@ class ResolveWorkerVersionResponse(_message.Message):
         tasks: _abc.Iterable[Global___BackgroundWorkerTask] | None = ...,
         queues: _abc.Iterable[Global___TaskQueue] | None = ...,
         deployment: Global___WorkerDeployment | None = ...,
+        revision: Global___AnswerRevision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "worker", b"worker"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "revision", b"revision", "worker", b"worker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "queues", b"queues", "tasks", b"tasks", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "queues", b"queues", "revision", b"revision", "tasks", b"tasks", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1217,12 +1277,19 @@ Global___AssertEnvExistsRequest: _TypeAlias = AssertEnvExistsRequest  # noqa: Y0
 class AssertEnvExistsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    REVISION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revision(self) -> Global___AnswerRevision:
+        """Until which invalidation the answer is known valid (docs/near-cache.md)."""
+
     def __init__(
         self,
+        *,
+        revision: Global___AnswerRevision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1572,6 +1639,7 @@ class ResolveMintKindResponse(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     SHARD_FIELD_NUMBER: _builtins.int
     SHARD_REASON_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     kind: Global___MintKind.ValueType
     reason: _builtins.str
     """Which rule decided: "parent_residency", "master_switch_off", "split_off",
@@ -1582,6 +1650,10 @@ class ResolveMintKindResponse(_message.Message):
     """The shard a gen-2 id of this decision goes to (base32hex with shards)."""
     shard_reason: _builtins.str
     """How the shard was chosen: "parent_shard", "org_override" or "hash"."""
+    @_builtins.property
+    def revision(self) -> Global___AnswerRevision:
+        """Until which invalidation the answer is known valid (docs/near-cache.md)."""
+
     def __init__(
         self,
         *,
@@ -1589,10 +1661,11 @@ class ResolveMintKindResponse(_message.Message):
         reason: _builtins.str = ...,
         shard: _builtins.str | None = ...,
         shard_reason: _builtins.str | None = ...,
+        revision: Global___AnswerRevision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "_shard_reason", b"_shard_reason", "shard", b"shard", "shard_reason", b"shard_reason"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "_shard_reason", b"_shard_reason", "revision", b"revision", "shard", b"shard", "shard_reason", b"shard_reason"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "_shard_reason", b"_shard_reason", "kind", b"kind", "reason", b"reason", "shard", b"shard", "shard_reason", b"shard_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "_shard_reason", b"_shard_reason", "kind", b"kind", "reason", b"reason", "revision", b"revision", "shard", b"shard", "shard_reason", b"shard_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__shard: _TypeAlias = _typing.Literal["shard"]  # noqa: Y015
     _WhichOneofArgType__shard: _TypeAlias = _typing.Literal["_shard", b"_shard"]  # noqa: Y015
@@ -1924,3 +1997,201 @@ class BatchReadRunsResult(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__shard) -> _WhichOneofReturnType__shard | None: ...
 
 Global___BatchReadRunsResult: _TypeAlias = BatchReadRunsResult  # noqa: Y015
+
+@_typing.final
+class Scope(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    kind: Global___ScopeKind.ValueType
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: Global___ScopeKind.ValueType = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Scope: _TypeAlias = Scope  # noqa: Y015
+
+@_typing.final
+class AnswerRevision(_message.Message):
+    """Where an answer stands in its server process's sequence of invalidations
+    (the revisions WatchInvalidations streams). A cache kept by a caller may
+    keep the answer while no invalidation of its scopes with a revision above
+    valid_at has been seen on a stream from the same server_id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_ID_FIELD_NUMBER: _builtins.int
+    VALID_AT_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    MAX_AGE_MS_FIELD_NUMBER: _builtins.int
+    server_id: _builtins.str
+    """The server process whose revisions these are; new at every start."""
+    valid_at: _builtins.int
+    """No invalidation of `scopes` up to this revision replaced the answer."""
+    max_age_ms: _builtins.int
+    """How much longer the server itself would serve the answer from its
+    cache; 0: do not keep it (an answer that is not cached, or one that
+    changes with time, e.g. a mint kind inside a flag flip's grace window).
+    Unset: the answer depends on nothing that changes.
+    """
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Scope]:
+        """The scopes the answer depends on."""
+
+    def __init__(
+        self,
+        *,
+        server_id: _builtins.str = ...,
+        valid_at: _builtins.int = ...,
+        scopes: _abc.Iterable[Global___Scope] | None = ...,
+        max_age_ms: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_age_ms", b"_max_age_ms", "max_age_ms", b"max_age_ms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_age_ms", b"_max_age_ms", "max_age_ms", b"max_age_ms", "scopes", b"scopes", "server_id", b"server_id", "valid_at", b"valid_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_age_ms: _TypeAlias = _typing.Literal["max_age_ms"]  # noqa: Y015
+    _WhichOneofArgType__max_age_ms: _TypeAlias = _typing.Literal["_max_age_ms", b"_max_age_ms"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_age_ms) -> _WhichOneofReturnType__max_age_ms | None: ...
+
+Global___AnswerRevision: _TypeAlias = AnswerRevision  # noqa: Y015
+
+@_typing.final
+class WatchInvalidationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchInvalidationsRequest: _TypeAlias = WatchInvalidationsRequest  # noqa: Y015
+
+@_typing.final
+class WatchInvalidationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    INVALIDATION_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    server_id: _builtins.str
+    """The server process's id, as in AnswerRevision.server_id."""
+    revision: _builtins.int
+    """The revision of this message: a WatchStart's or Heartbeat's is the
+    server's current revision; an Invalidation's is its own.
+    """
+    @_builtins.property
+    def start(self) -> Global___WatchStart: ...
+    @_builtins.property
+    def invalidation(self) -> Global___Invalidation: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat: ...
+    def __init__(
+        self,
+        *,
+        server_id: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        start: Global___WatchStart | None = ...,
+        invalidation: Global___Invalidation | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "invalidation", b"invalidation", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "invalidation", b"invalidation", "revision", b"revision", "server_id", b"server_id", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["start", "invalidation", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchInvalidationsResponse: _TypeAlias = WatchInvalidationsResponse  # noqa: Y015
+
+@_typing.final
+class WatchStart(_message.Message):
+    """The first message of every stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    LISTENING_FIELD_NUMBER: _builtins.int
+    heartbeat_interval_ms: _builtins.int
+    """A heartbeat follows any quiet period this long; a stream silent for
+    several intervals is dead.
+    """
+    listening: _builtins.bool
+    """Whether the server hears the database's invalidations now: while it
+    does not, answers must not be kept (they may miss a change).
+    """
+    def __init__(
+        self,
+        *,
+        heartbeat_interval_ms: _builtins.int = ...,
+        listening: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "listening", b"listening"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchStart: _TypeAlias = WatchStart  # noqa: Y015
+
+@_typing.final
+class Invalidation(_message.Message):
+    """One invalidation the server applied, in the order it applied them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scope(self) -> Global___Scope: ...
+    def __init__(
+        self,
+        *,
+        scope: Global___Scope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Invalidation: _TypeAlias = Invalidation  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    """Sent when the stream has been quiet for heartbeat_interval_ms, and at
+    once when `listening` changes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LISTENING_FIELD_NUMBER: _builtins.int
+    listening: _builtins.bool
+    def __init__(
+        self,
+        *,
+        listening: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["listening", b"listening"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015

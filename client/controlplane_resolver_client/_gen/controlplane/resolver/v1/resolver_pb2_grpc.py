@@ -99,6 +99,11 @@ class ControlPlaneResolverServiceStub:
                 request_serializer=controlplane_dot_resolver_dot_v1_dot_resolver__pb2.BatchReadRunsRequest.SerializeToString,
                 response_deserializer=controlplane_dot_resolver_dot_v1_dot_resolver__pb2.BatchReadRunsResponse.FromString,
                 _registered_method=True)
+        self.WatchInvalidations = channel.unary_stream(
+                '/controlplane.resolver.v1.ControlPlaneResolverService/WatchInvalidations',
+                request_serializer=controlplane_dot_resolver_dot_v1_dot_resolver__pb2.WatchInvalidationsRequest.SerializeToString,
+                response_deserializer=controlplane_dot_resolver_dot_v1_dot_resolver__pb2.WatchInvalidationsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneResolverServiceServicer:
@@ -197,6 +202,15 @@ class ControlPlaneResolverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchInvalidations(self, request, context):
+        """The server process's invalidations as they happen, for caches kept by
+        callers (docs/near-cache.md): first a WatchStart with the current
+        revision, then every invalidation in order, and a heartbeat when idle.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneResolverServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -264,6 +278,11 @@ def add_ControlPlaneResolverServiceServicer_to_server(servicer, server):
                     servicer.BatchReadRuns,
                     request_deserializer=controlplane_dot_resolver_dot_v1_dot_resolver__pb2.BatchReadRunsRequest.FromString,
                     response_serializer=controlplane_dot_resolver_dot_v1_dot_resolver__pb2.BatchReadRunsResponse.SerializeToString,
+            ),
+            'WatchInvalidations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchInvalidations,
+                    request_deserializer=controlplane_dot_resolver_dot_v1_dot_resolver__pb2.WatchInvalidationsRequest.FromString,
+                    response_serializer=controlplane_dot_resolver_dot_v1_dot_resolver__pb2.WatchInvalidationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -617,6 +636,33 @@ class ControlPlaneResolverService:
             '/controlplane.resolver.v1.ControlPlaneResolverService/BatchReadRuns',
             controlplane_dot_resolver_dot_v1_dot_resolver__pb2.BatchReadRunsRequest.SerializeToString,
             controlplane_dot_resolver_dot_v1_dot_resolver__pb2.BatchReadRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchInvalidations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/controlplane.resolver.v1.ControlPlaneResolverService/WatchInvalidations',
+            controlplane_dot_resolver_dot_v1_dot_resolver__pb2.WatchInvalidationsRequest.SerializeToString,
+            controlplane_dot_resolver_dot_v1_dot_resolver__pb2.WatchInvalidationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

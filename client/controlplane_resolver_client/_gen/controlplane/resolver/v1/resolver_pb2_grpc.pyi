@@ -68,6 +68,11 @@ class ControlPlaneResolverServiceStub:
     """ResolveEnv for many ids at once; an absent id does not fail the call."""
     BatchReadRuns: _grpc.UnaryUnaryMultiCallable[_resolver_pb2.BatchReadRunsRequest, _resolver_pb2.BatchReadRunsResponse]
     """ReadRun for many ids at once; an absent id does not fail the call."""
+    WatchInvalidations: _grpc.UnaryStreamMultiCallable[_resolver_pb2.WatchInvalidationsRequest, _resolver_pb2.WatchInvalidationsResponse]
+    """The server process's invalidations as they happen, for caches kept by
+    callers (docs/near-cache.md): first a WatchStart with the current
+    revision, then every invalidation in order, and a heartbeat when idle.
+    """
 
 @_typing.type_check_only
 class ControlPlaneResolverServiceAsyncStub(ControlPlaneResolverServiceStub):
@@ -102,6 +107,11 @@ class ControlPlaneResolverServiceAsyncStub(ControlPlaneResolverServiceStub):
     """ResolveEnv for many ids at once; an absent id does not fail the call."""
     BatchReadRuns: _aio.UnaryUnaryMultiCallable[_resolver_pb2.BatchReadRunsRequest, _resolver_pb2.BatchReadRunsResponse]  # type: ignore[assignment]
     """ReadRun for many ids at once; an absent id does not fail the call."""
+    WatchInvalidations: _aio.UnaryStreamMultiCallable[_resolver_pb2.WatchInvalidationsRequest, _resolver_pb2.WatchInvalidationsResponse]  # type: ignore[assignment]
+    """The server process's invalidations as they happen, for caches kept by
+    callers (docs/near-cache.md): first a WatchStart with the current
+    revision, then every invalidation in order, and a heartbeat when idle.
+    """
 
 class ControlPlaneResolverServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -211,5 +221,16 @@ class ControlPlaneResolverServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resolver_pb2.BatchReadRunsResponse, _abc.Awaitable[_resolver_pb2.BatchReadRunsResponse]]:
         """ReadRun for many ids at once; an absent id does not fail the call."""
+
+    @_abc_1.abstractmethod
+    def WatchInvalidations(
+        self,
+        request: _resolver_pb2.WatchInvalidationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_resolver_pb2.WatchInvalidationsResponse], _abc.AsyncIterator[_resolver_pb2.WatchInvalidationsResponse]]:
+        """The server process's invalidations as they happen, for caches kept by
+        callers (docs/near-cache.md): first a WatchStart with the current
+        revision, then every invalidation in order, and a heartbeat when idle.
+        """
 
 def add_ControlPlaneResolverServiceServicer_to_server(servicer: ControlPlaneResolverServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

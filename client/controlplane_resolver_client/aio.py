@@ -1,0 +1,386 @@
+"""AsyncResolverClient: :class:`~.client.ResolverClient` for asyncio
+(``grpc.aio``), method for method, with the same contract and the same
+near-cache (docs/near-cache.md)::
+
+    async with AsyncResolverClient("127.0.0.1:50051", near_cache=True) as client:
+        env = await client.resolve_env("cm4…")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from . import _requests
+from .client import (
+    DEFAULT_TIMEOUT_S,
+    ResolverError,
+    _environment_of,
+    _itself,
+    _true,
+    channel_options,
+    pinned_service_config,
+)
+from .near_cache import (
+    MISSING,
+    RECONNECT_CAP_S,
+    RECONNECT_FIRST_S,
+    NearCache,
+    NearCacheStats,
+)
+from .v1 import resolver_pb2 as pb
+from .v1 import resolver_pb2_grpc
+
+T = TypeVar("T")
+
+
+def create_aio_channel(
+    target: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
+    """An asyncio channel to ``target`` with the resolver's service config
+    (:func:`~.client.channel_options`, then ``options``)."""
+    full_options = channel_options(options)
+    if credentials is not None:
+        return grpc.aio.secure_channel(target, credentials, options=full_options)
+    return grpc.aio.insecure_channel(target, options=full_options)
+
+
+class AsyncResolverClient:
+    """The asyncio twin of :class:`~.client.ResolverClient`: the same
+    arguments (``channel`` must be a ``grpc.aio`` channel built with
+    :func:`create_aio_channel` or ``options=channel_options()``), the same
+    methods as coroutines, the same results and errors. The near-cache's
+    stream runs as a task of the loop that makes the first call; close with
+    :meth:`close` or ``async with``."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        token: str | None = None,
+        tls_ca: bytes | None = None,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
+        tls: bool = False,
+        options: Sequence[tuple[str, Any]] = (),
+        near_cache: bool | NearCache = False,
+    ) -> None:
+        secure = bool(tls or tls_ca or tls_cert or tls_key)
+        credentials = (
+            grpc.ssl_channel_credentials(
+                root_certificates=tls_ca, private_key=tls_key, certificate_chain=tls_cert
+            )
+            if secure
+            else None
+        )
+        if channel is None:
+            if target is None:
+                raise ValueError("give a target address or a channel")
+            channel = create_aio_channel(target, credentials=credentials, options=options)
+        elif target is not None or secure or options:
+            raise ValueError(
+                "channel= is used as built: give target, tls* and options to the client "
+                "or to create_aio_channel(), not with a channel"
+            )
+        self.channel = channel
+        self.stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.near_cache: NearCache | None = None
+        self._near_channel: grpc.aio.Channel | None = None
+        self._near_stub = self.stub
+        self._watch_task: asyncio.Task[None] | None = None
+        if near_cache:
+            self.near_cache = near_cache if isinstance(near_cache, NearCache) else NearCache()
+            if target is not None:
+                self._near_channel = create_aio_channel(
+                    target,
+                    credentials=credentials,
+                    options=[*options, ("grpc.service_config", pinned_service_config())],
+                )
+                self._near_stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(
+                    self._near_channel
+                )
+
+    async def __aenter__(self) -> AsyncResolverClient:
+        self._start_watch()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        if self.near_cache is not None:
+            self.near_cache.close()
+        if self._near_channel is not None:
+            await self._near_channel.close()
+        await self.channel.close()
+
+    def near_cache_stats(self) -> NearCacheStats | None:
+        """The near-cache's counters and stream state (None without one)."""
+        return self.near_cache.get_stats() if self.near_cache is not None else None
+
+    # ---------------------------------------------------------- near-cache
+
+    def _start_watch(self) -> None:
+        if self.near_cache is not None and self._watch_task is None:
+            self._watch_task = asyncio.get_running_loop().create_task(
+                self._watch(self.near_cache), name="near-cache-stream"
+            )
+
+    async def _watch(self, cache: NearCache) -> None:
+        """Keep the stream open, reconnecting with backoff; a stream silent
+        past its limit is cancelled."""
+        delay = RECONNECT_FIRST_S
+        while True:
+            why = "ended by the server"
+            call = self._near_stub.WatchInvalidations(
+                pb.WatchInvalidationsRequest(), metadata=self._metadata
+            )
+            try:
+                while True:
+                    limit = -cache.silent_for() if cache.silent_for() < 0 else 1.0
+                    try:
+                        message = await asyncio.wait_for(call.read(), timeout=max(0.01, limit))
+                    except asyncio.TimeoutError:
+                        if cache.silent_for() > 0:
+                            why = "silent past its heartbeat limit"
+                            break
+                        continue
+                    if message is grpc.aio.EOF:
+                        break
+                    cache.on_message(message)
+                    delay = RECONNECT_FIRST_S
+            except grpc.RpcError as exc:
+                why = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+            finally:
+                call.cancel()
+            cache.on_broken(why)
+            await asyncio.sleep(delay)  # reconnect backoff
+            delay = min(delay * 2, RECONNECT_CAP_S)
+
+    # ---------------------------------------------------------------- calls
+
+    async def _call(self, rpc: str, request: Any, timeout: float | None, stub: Any = None) -> Any:
+        try:
+            return await getattr(stub or self.stub, rpc)(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as error:
+            raise ResolverError.from_rpc_error(error) from None
+
+    async def _find(self, rpc: str, request: Any, timeout: float | None, stub: Any = None) -> Any:
+        try:
+            return await self._call(rpc, request, timeout, stub)
+        except ResolverError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+    async def _kept(
+        self,
+        key: Hashable,
+        rpc: str,
+        request: Any,
+        timeout: float | None,
+        unwrap: Callable[[Any], T],
+        *,
+        not_found_is_none: bool = True,
+    ) -> T | None:
+        call = self._find if not_found_is_none else self._call
+        near = self.near_cache
+        if near is None:
+            response = await call(rpc, request, timeout)
+            return unwrap(response) if response is not None else None
+        self._start_watch()
+        value = near.get(key)
+        if value is not MISSING:
+            return value  # type: ignore[no-any-return]
+        response = await call(rpc, request, timeout, self._near_stub)
+        if response is None:
+            return None
+        value = unwrap(response)
+        near.put(key, value, response.revision)
+        return value  # type: ignore[no-any-return]
+
+    # ----------------------------------------------------------------- RPCs
+
+    async def resolve_env(
+        self, environment_id: str, *, timeout: float | None = None
+    ) -> pb.Environment | None:
+        """The environment (ResolveEnv), or None when absent."""
+        return await self._kept(
+            ("ResolveEnv", environment_id),
+            "ResolveEnv",
+            pb.ResolveEnvRequest(environment_id=environment_id),
+            timeout,
+            _environment_of,
+        )
+
+    async def resolve_authenticated_env(
+        self, environment_id: str, *, timeout: float | None = None
+    ) -> pb.AuthenticatedEnvironment | None:
+        """The environment with secrets and relations, or None when absent."""
+        return await self._kept(
+            ("ResolveAuthenticatedEnv", environment_id),
+            "ResolveAuthenticatedEnv",
+            pb.ResolveAuthenticatedEnvRequest(environment_id=environment_id),
+            timeout,
+            _environment_of,
+        )
+
+    async def resolve_worker_version(
+        self,
+        environment_id: str,
+        *,
+        environment_type: pb.EnvironmentType.ValueType | None = None,
+        worker_id: str | None = None,
+        timeout: float | None = None,
+    ) -> pb.ResolveWorkerVersionResponse | None:
+        """``worker``, ``tasks``, ``queues`` and ``deployment``, or None."""
+        return await self._kept(
+            ("ResolveWorkerVersion", environment_id, environment_type, worker_id),
+            "ResolveWorkerVersion",
+            _requests.worker_version(environment_id, environment_type, worker_id),
+            timeout,
+            _itself,
+        )
+
+    async def assert_env_exists(self, environment_id: str, *, timeout: float | None = None) -> bool:
+        """True when the environment exists, False when it does not."""
+        exists = await self._kept(
+            ("AssertEnvExists", environment_id),
+            "AssertEnvExists",
+            pb.AssertEnvExistsRequest(environment_id=environment_id),
+            timeout,
+            _true,
+        )
+        return exists is not None
+
+    async def resolve_mint_kind(
+        self, organization_id: str, *, parent_id: str | None = None, timeout: float | None = None
+    ) -> pb.ResolveMintKindResponse:
+        """Which kind of id a new run of the organization gets, and why."""
+        decision: pb.ResolveMintKindResponse | None = await self._kept(
+            ("ResolveMintKind", organization_id, parent_id),
+            "ResolveMintKind",
+            _requests.mint_kind(organization_id, parent_id),
+            timeout,
+            _itself,
+            not_found_is_none=False,
+        )
+        assert decision is not None  # NOT_FOUND raises here
+        return decision
+
+    async def read_run(
+        self, run_id: str, *, include_environment: bool = False, timeout: float | None = None
+    ) -> pb.ReadRunResponse | None:
+        """The run with ``source`` and ``residency``, or None when absent."""
+        request = pb.ReadRunRequest(run_id=run_id, include_environment=include_environment)
+        response: pb.ReadRunResponse | None = await self._find("ReadRun", request, timeout)
+        return response
+
+    async def resolve_run_locked_worker(
+        self,
+        *,
+        locked_by_id: str | None = None,
+        locked_to_version_id: str | None = None,
+        timeout: float | None = None,
+    ) -> pb.ResolveRunLockedWorkerResponse:
+        """``locked_by`` and ``locked_to_version``; each unset when absent."""
+        request = _requests.run_locked_worker(locked_by_id, locked_to_version_id)
+        response: pb.ResolveRunLockedWorkerResponse = await self._call(
+            "ResolveRunLockedWorker", request, timeout
+        )
+        return response
+
+    async def classify_run_id(
+        self, id: str, *, timeout: float | None = None
+    ) -> pb.ClassifyRunIdResponse:
+        """How ``id`` classifies by shape and the read order it implies."""
+        response: pb.ClassifyRunIdResponse = await self._call(
+            "ClassifyRunId", pb.ClassifyRunIdRequest(id=id), timeout
+        )
+        return response
+
+    async def mint_id(
+        self,
+        kind: pb.IdKind.ValueType,
+        organization_id: str,
+        *,
+        parent_id: str | None = None,
+        timeout: float | None = None,
+    ) -> pb.MintIdResponse:
+        """A new run or batch id, its friendly id and the kind minted."""
+        request = _requests.mint_id(kind, organization_id, parent_id)
+        response: pb.MintIdResponse = await self._call("MintId", request, timeout)
+        return response
+
+    async def select_store_for_waitpoint(
+        self,
+        waitpoint_id: str,
+        route_kind: pb.UnblockRouteKind.ValueType,
+        *,
+        tree_owner_residency: pb.Residency.ValueType | None = None,
+        cross_tree_idempotency: bool = False,
+        has_legacy_parent: bool = False,
+        timeout: float | None = None,
+    ) -> pb.SelectStoreForWaitpointResponse:
+        """Which store a waitpoint completion is written to, and why."""
+        request = _requests.store_for_waitpoint(
+            waitpoint_id,
+            route_kind,
+            tree_owner_residency,
+            cross_tree_idempotency,
+            has_legacy_parent,
+        )
+        response: pb.SelectStoreForWaitpointResponse = await self._call(
+            "SelectStoreForWaitpoint", request, timeout
+        )
+        return response
+
+    async def invalidate(
+        self,
+        *,
+        environment_id: str | None = None,
+        organization_id: str | None = None,
+        worker_versions_environment_id: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Drop cached answers; give exactly one target."""
+        request = _requests.invalidate(
+            environment_id, organization_id, worker_versions_environment_id
+        )
+        await self._call("Invalidate", request, timeout)
+
+    async def batch_resolve_envs(
+        self, environment_ids: Sequence[str], *, timeout: float | None = None
+    ) -> list[pb.BatchResolveEnvsResult]:
+        """One result per id, in order; absent ids have ``not_found`` set."""
+        request = pb.BatchResolveEnvsRequest(environment_ids=list(environment_ids))
+        response = await self._call("BatchResolveEnvs", request, timeout)
+        return list(response.results)
+
+    async def batch_read_runs(
+        self, run_ids: Sequence[str], *, timeout: float | None = None
+    ) -> list[pb.BatchReadRunsResult]:
+        """One result per id, in order; absent ids have ``not_found`` set."""
+        request = pb.BatchReadRunsRequest(run_ids=list(run_ids))
+        response = await self._call("BatchReadRuns", request, timeout)
+        return list(response.results)

@@ -1,0 +1,348 @@
+"""The near-cache: answers kept in the engine's own memory, valid while a
+``WatchInvalidations`` stream says so (docs/near-cache.md).
+
+:class:`NearCache` holds the answers and the stream's state and does no
+I/O; :class:`StreamWatcher` (threads) and the asyncio client's task feed it
+the stream's messages. The rules, which are those of the server's own cache:
+
+* Revisions count one server process's invalidations. Answers and stream
+  messages name their process (``server_id``); an answer from another
+  process than the stream's is returned but never kept.
+* An answer carries ``valid_at``: no invalidation of its scopes up to that
+  revision replaced it. It is kept only while no invalidation of one of its
+  scopes (or of everything) with a higher revision has been seen, and only
+  when ``valid_at`` is at least the stream's starting revision (the client
+  cannot know what it missed before).
+* It is answered from memory only while the stream is live: started, heard
+  from within three heartbeat intervals, and its server listening to the
+  database. A broken stream drops everything at once; nothing is answered
+  from memory until a new stream has started.
+* Every answer expires after the smaller of the client's ``ttl_s`` and the
+  server's ``max_age_ms`` for it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from .v1 import resolver_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+#: A stream silent for this many heartbeat intervals is taken as broken.
+SILENT_INTERVALS = 3
+#: What :meth:`NearCache.get` returns when it has no answer to give.
+MISSING: Any = object()
+
+
+class StreamState(enum.Enum):
+    """Where the near-cache's watch stream stands."""
+
+    #: No stream yet, or reconnecting after one broke: nothing is answered
+    #: from memory.
+    CONNECTING = "connecting"
+    #: Started and heard from: answers come from memory.
+    LIVE = "live"
+    #: Started, but the server does not hear the database's invalidations
+    #: now: nothing is answered from memory.
+    NOT_LISTENING = "not_listening"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class NearCacheStats:
+    """What :meth:`NearCache.get_stats` returns (counters since creation)."""
+
+    state: StreamState
+    entries: int
+    hits: int
+    #: Lookups answered by an RPC (no entry, expired, replaced, or the
+    #: stream not live).
+    misses: int
+    stores: int
+    #: Answers returned but not kept: from another server process than the
+    #: stream's, older than an invalidation seen, or the stream not live.
+    not_kept: int
+    invalidations: int
+    #: Streams started (the first and every reconnect).
+    stream_starts: int
+    #: Streams that broke (each dropped every answer).
+    stream_breaks: int
+
+
+@dataclass
+class _Entry:
+    value: Any
+    valid_at: int
+    scopes: tuple[tuple[int, str], ...]
+    expires_at: float
+
+
+class NearCache:
+    """Answers by key, and the state of the stream that keeps them valid.
+    Thread-safe: reads take no lock; the stream's messages and stores
+    serialise on one lock."""
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        ttl_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._clock = clock
+        # Guards every write: entries, the stream's state, the seen revisions.
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self.state = StreamState.CONNECTING
+        self._server_id = ""
+        #: Answers from memory only before this time (the stream's silence
+        #: limit); 0 while the stream is not live.
+        self._live_until = 0.0
+        self._silence_s = 0.0
+        #: Lowest valid_at an answer may have: the stream's starting
+        #: revision, raised as old invalidations are forgotten.
+        self._floor = 0
+        #: Revision of the last invalidation of everything.
+        self._global = 0
+        #: Latest invalidation revision by scope, and (time, scope, revision)
+        #: in arrival order to forget those older than any entry.
+        self._seen: dict[tuple[int, str], int] = {}
+        self._history: deque[tuple[float, tuple[int, str], int]] = deque()
+        self._hits = self._misses = self._stores = self._not_kept = 0
+        self._invalidations = self._starts = self._breaks = 0
+
+    # ---------------------------------------------------------------- reads
+
+    def get(self, key: Hashable) -> Any:
+        """The kept answer for ``key``, or :data:`MISSING`."""
+        now = self._clock()
+        entry = self._entries.get(key)
+        if (
+            entry is None
+            or now >= self._live_until
+            or now >= entry.expires_at
+            or not self._current(entry.valid_at, entry.scopes)
+        ):
+            self._misses += 1
+            return MISSING
+        self._hits += 1
+        return entry.value
+
+    def _current(self, valid_at: int, scopes: tuple[tuple[int, str], ...]) -> bool:
+        if valid_at < self._global or valid_at < self._floor:
+            return False
+        seen = self._seen.get
+        return all(seen(scope, 0) <= valid_at for scope in scopes)
+
+    def put(self, key: Hashable, value: Any, revision: pb.AnswerRevision) -> bool:
+        """Keep ``value`` under ``key`` if the rules allow (module
+        docstring); returns whether it was kept."""
+        now = self._clock()
+        scopes = tuple((s.kind, s.id) for s in revision.scopes)
+        lifetime = self.ttl_s
+        if revision.HasField("max_age_ms"):
+            lifetime = min(lifetime, revision.max_age_ms / 1000)
+        with self._lock:
+            if (
+                lifetime <= 0
+                or now >= self._live_until
+                or revision.server_id != self._server_id
+                or not self._current(revision.valid_at, scopes)
+            ):
+                self._not_kept += 1
+                return False
+            entries = self._entries
+            entries[key] = _Entry(value, revision.valid_at, scopes, now + lifetime)
+            entries.move_to_end(key)
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
+            self._stores += 1
+            return True
+
+    # ------------------------------------------------------- stream messages
+
+    def on_message(self, message: pb.WatchInvalidationsResponse) -> None:
+        """Apply one message of the watch stream."""
+        now = self._clock()
+        event = message.WhichOneof("event")
+        with self._lock:
+            if event == "start":
+                self._entries.clear()
+                self._seen.clear()
+                self._history.clear()
+                self._server_id = message.server_id
+                self._floor = message.revision
+                self._global = 0
+                interval = max(1, message.start.heartbeat_interval_ms) / 1000
+                self._silence_s = SILENT_INTERVALS * interval
+                self._starts += 1
+                self._set_listening(message.start.listening, now)
+                return
+            if message.server_id != self._server_id:
+                self._break("the stream changed server without a new start")
+                return
+            if event == "invalidation":
+                self._invalidations += 1
+                scope = message.invalidation.scope
+                if scope.kind == pb.SCOPE_KIND_ALL:
+                    self._global = message.revision
+                else:
+                    key = (scope.kind, scope.id)
+                    self._seen[key] = message.revision
+                    self._history.append((now, key, message.revision))
+                self._forget_before(now - self.ttl_s)
+                if self.state is StreamState.LIVE:
+                    self._live_until = now + self._silence_s
+            elif event == "heartbeat":
+                self._set_listening(message.heartbeat.listening, now)
+
+    def _set_listening(self, listening: bool, now: float) -> None:
+        if listening:
+            self.state = StreamState.LIVE
+            self._live_until = now + self._silence_s
+        else:
+            # Invalidations may be missed from now on: keep nothing.
+            self.state = StreamState.NOT_LISTENING
+            self._live_until = 0.0
+            self._entries.clear()
+
+    def _forget_before(self, cutoff: float) -> None:
+        """Forget invalidations older than any entry can be; answers valid
+        only before them are refused from now on (the floor)."""
+        history = self._history
+        while history and history[0][0] < cutoff:
+            _, key, revision = history.popleft()
+            if self._seen.get(key) == revision:
+                del self._seen[key]
+            self._floor = max(self._floor, revision)
+
+    def on_broken(self, why: str) -> None:
+        """The stream broke (or closed): drop everything, answer nothing from
+        memory until a new stream starts."""
+        with self._lock:
+            self._break(why)
+
+    def _break(self, why: str) -> None:
+        if self.state is StreamState.CLOSED:
+            return
+        if self.state is not StreamState.CONNECTING:
+            self._breaks += 1
+            log.info("near-cache stream broke (%s): answering by RPC until it is back", why)
+        self.state = StreamState.CONNECTING
+        self._live_until = 0.0
+        self._server_id = ""
+        self._entries.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            self.state = StreamState.CLOSED
+            self._live_until = 0.0
+            self._entries.clear()
+
+    def silent_for(self) -> float:
+        """Seconds past the stream's silence limit (negative while within it,
+        or 0 when not live)."""
+        if self._live_until == 0.0:
+            return 0.0
+        return self._clock() - self._live_until
+
+    def get_stats(self) -> NearCacheStats:
+        return NearCacheStats(
+            state=self.state,
+            entries=len(self._entries),
+            hits=self._hits,
+            misses=self._misses,
+            stores=self._stores,
+            not_kept=self._not_kept,
+            invalidations=self._invalidations,
+            stream_starts=self._starts,
+            stream_breaks=self._breaks,
+        )
+
+
+#: Reconnect delays of the watch stream: doubling from the first, capped.
+RECONNECT_FIRST_S = 0.05
+RECONNECT_CAP_S = 2.0
+
+
+class StreamWatcher:
+    """Keeps one ``WatchInvalidations`` stream open on a daemon thread and
+    feeds its messages to ``cache``; reconnects with backoff. A second
+    thread cancels a stream silent past its limit."""
+
+    def __init__(
+        self,
+        cache: NearCache,
+        open_stream: Callable[[], Any],
+    ) -> None:
+        self._cache = cache
+        self._open_stream = open_stream
+        self._closed = threading.Event()
+        # Guards _call: the stream being read, cancelled by the monitor or close().
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._reader = threading.Thread(target=self._read, name="near-cache-stream", daemon=True)
+        self._monitor = threading.Thread(
+            target=self._watch_silence, name="near-cache-monitor", daemon=True
+        )
+
+    def start(self) -> None:
+        self._reader.start()
+        self._monitor.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._cache.close()
+        with self._lock:
+            if self._call is not None:
+                self._call.cancel()
+
+    def _read(self) -> None:
+        delay = RECONNECT_FIRST_S
+        while not self._closed.is_set():
+            why = "ended by the server"
+            try:
+                call = self._open_stream()
+                with self._lock:
+                    self._call = call
+                if self._closed.is_set():
+                    call.cancel()
+                for message in _messages(call):
+                    self._cache.on_message(message)
+                    delay = RECONNECT_FIRST_S
+            except grpc.RpcError as exc:
+                code = exc.code() if callable(getattr(exc, "code", None)) else None
+                why = f"{code.name if code else 'error'}: {getattr(exc, 'details', lambda: '')()}"
+            except Exception as exc:  # never let the thread die
+                why = f"{type(exc).__name__}: {exc}"
+            finally:
+                with self._lock:
+                    self._call = None
+            self._cache.on_broken(why)
+            if self._closed.wait(delay):
+                return
+            delay = min(delay * 2, RECONNECT_CAP_S)
+
+    def _watch_silence(self) -> None:
+        while not self._closed.wait(0.1):
+            if self._cache.silent_for() > 0:
+                self._cache.on_broken("silent past its heartbeat limit")
+                with self._lock:
+                    if self._call is not None:
+                        self._call.cancel()
+
+
+def _messages(call: Any) -> Iterator[pb.WatchInvalidationsResponse]:
+    yield from call

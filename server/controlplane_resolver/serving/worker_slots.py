@@ -1,0 +1,49 @@
+"""At most ``RESOLVER_MAX_WORKERS`` unary calls run at once.
+
+The server's thread pool also holds a thread for each ``WatchInvalidations``
+stream for as long as it is open, so it is larger than that; this
+interceptor keeps the unary calls to their own share. A call that finds
+every slot taken waits for one up to its deadline (as it would in the
+pool's queue), and one whose deadline passes first ends
+``DEADLINE_EXCEEDED`` without having done anything.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+
+class WorkerSlots(grpc.ServerInterceptor):
+    """Runs at most ``slots`` unary calls at once (streams pass through)."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = threading.BoundedSemaphore(slots)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behavior = handler.unary_unary
+        slots = self._slots
+
+        def in_a_slot(request: Any, context: grpc.ServicerContext) -> Any:
+            # No deadline: grpcio reports a remaining time far too long to wait on.
+            if not slots.acquire(timeout=min(context.time_remaining(), threading.TIMEOUT_MAX)):
+                context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "the caller's deadline passed while every worker thread was busy",
+                )
+            try:
+                return behavior(request, context)
+            finally:
+                slots.release()
+
+        return handler._replace(unary_unary=in_a_slot)

@@ -1,0 +1,297 @@
+"""The client's near-cache and the WatchInvalidations stream that keeps it
+coherent (docs/near-cache.md): real servers, real databases, real streams."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+
+from controlplane_resolver_client import ResolverClient, ResolverError, StreamState, pb
+from controlplane_resolver_client.v1 import SERVICE_NAME, resolver_pb2_grpc
+
+from support.environments import concurrency_limit, set_concurrency_limit
+from support.polling import wait_until
+
+#: TTLs long enough that only an invalidation explains a new answer.
+LONG_TTLS = {
+    "control_plane_cache_ttl_ms": 600_000,
+    "control_plane_cache_hard_ttl_ms": 600_000,
+    "worker_version_cache_ttl_ms": 600_000,
+}
+
+
+def live(client: ResolverClient) -> ResolverClient:
+    """``client`` once its near-cache stream is live."""
+    wait_until(
+        lambda: client.near_cache_stats().state is StreamState.LIVE,  # type: ignore[union-attr]
+        timeout=10,
+        what="near-cache stream live",
+    )
+    return client
+
+
+def started(running: Any, method: str) -> float:
+    """Calls of ``method`` the server has started."""
+    value = running.app.metrics.registry.get_sample_value(
+        "grpc_server_started_total",
+        {"grpc_type": "unary", "grpc_service": SERVICE_NAME, "grpc_method": method},
+    )
+    return value or 0.0
+
+
+def test_a_hit_is_answered_without_a_call(start_server, cp, tenant):
+    running = start_server(**LONG_TTLS)
+    env_id = tenant.environment(cp, maximum_concurrency_limit=7)
+    org = tenant.organization_id
+    with live(ResolverClient(running.address, near_cache=True)) as client:
+        before = {
+            m: started(running, m)
+            for m in ("ResolveEnv", "ResolveAuthenticatedEnv", "AssertEnvExists", "ResolveMintKind")
+        }
+        for _ in range(50):
+            assert concurrency_limit(client, env_id) == 7
+            assert client.resolve_authenticated_env(env_id).id == env_id
+            assert client.assert_env_exists(env_id) is True
+            assert client.resolve_mint_kind(org).kind == pb.MINT_KIND_CUID
+        after = {m: started(running, m) for m in before}
+        assert {m: after[m] - before[m] for m in before} == dict.fromkeys(before, 1.0)
+        stats = client.near_cache_stats()
+        assert stats.hits == 4 * 49 and stats.stores == 4
+        # An absent environment is never kept: every lookup asks the server.
+        missing = "cm" + "0" * 23
+        before_missing = started(running, "ResolveEnv")
+        assert client.resolve_env(missing) is None
+        assert client.resolve_env(missing) is None
+        assert started(running, "ResolveEnv") - before_missing == 2
+    samples = running.app.metrics.registry
+    assert samples.get_sample_value("resolver_watch_streams_started_total") >= 1
+
+
+def test_invalidate_here_reaches_the_near_cache(start_server, cp, tenant):
+    running = start_server(**LONG_TTLS)
+    env_id = tenant.environment(cp, maximum_concurrency_limit=3)
+    with live(ResolverClient(running.address, near_cache=True)) as client:
+        assert concurrency_limit(client, env_id) == 3
+        set_concurrency_limit(cp, env_id, 4)
+        # No trigger on these databases: the client keeps its answer...
+        assert concurrency_limit(client, env_id) == 3
+        assert client.near_cache_stats().hits >= 1
+        # ...until a writer says what it changed.
+        running.client.invalidate(environment_id=env_id)
+        wait_until(lambda: concurrency_limit(client, env_id) == 4, timeout=1.0)
+
+
+def test_invalidate_on_another_replica_reaches_the_near_cache(start_server, cp, tenant):
+    watched = start_server(**LONG_TTLS)
+    other = start_server(**LONG_TTLS)
+    env_id = tenant.environment(cp, maximum_concurrency_limit=3)
+    with live(ResolverClient(watched.address, near_cache=True)) as client:
+        assert concurrency_limit(client, env_id) == 3
+        set_concurrency_limit(cp, env_id, 8)
+        assert concurrency_limit(client, env_id) == 3
+        # The other replica publishes it through the control-plane primary.
+        other.client.invalidate(organization_id=tenant.organization_id)
+        wait_until(lambda: concurrency_limit(client, env_id) == 8, timeout=1.0)
+
+
+def test_a_trigger_reaches_the_near_cache(own_clusters):
+    from controlplane_resolver.dev import demo
+    from controlplane_resolver.invalidation import triggers
+
+    from support.databases import Databases
+    from support.servers import serving
+
+    cp_cluster, ro_cluster = own_clusters
+    triggers.install(cp_cluster.dsn())
+    with (
+        psycopg.connect(cp_cluster.dsn(), autocommit=True) as conn,
+        serving(Databases(cp_cluster.dsn(), ro_cluster.dsn()), **LONG_TTLS) as running,
+    ):
+        org = demo.insert_organization(conn)
+        project = demo.insert_project(conn, organization_id=org)
+        env_id = demo.insert_environment(
+            conn, project_id=project, organization_id=org, maximum_concurrency_limit=5
+        )
+        with live(ResolverClient(running.address, near_cache=True)) as client:
+            assert concurrency_limit(client, env_id) == 5
+            assert concurrency_limit(client, env_id) == 5
+            assert client.near_cache_stats().hits == 1
+            set_concurrency_limit(conn, env_id, 6)
+            wait_until(lambda: concurrency_limit(client, env_id) == 6, timeout=1.0)
+
+
+def test_a_listener_reconnect_drops_every_kept_answer(start_server, cp, tenant):
+    running = start_server(**LONG_TTLS)
+    env_id = tenant.environment(cp, maximum_concurrency_limit=3)
+    with live(ResolverClient(running.address, near_cache=True)) as client:
+        assert concurrency_limit(client, env_id) == 3
+        set_concurrency_limit(cp, env_id, 5)
+        assert concurrency_limit(client, env_id) == 3
+        # Notifications sent while the listener is away are lost: its
+        # reconnect invalidates everything, on the server and in the client.
+        cp.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'controlplane-resolver:listener'"
+        )
+        wait_until(lambda: concurrency_limit(client, env_id) == 5, timeout=10.0)
+
+
+def test_a_load_that_began_before_an_invalidation_is_not_kept(start_server, cp, databases, tenant):
+    running = start_server(**LONG_TTLS)
+    env_id = tenant.environment(cp, maximum_concurrency_limit=3)
+    with live(ResolverClient(running.address, near_cache=True)) as client:
+        stats = client.near_cache_stats
+        answers: list[Any] = []
+        with psycopg.connect(databases.control_plane) as locker:
+            locker.execute('LOCK TABLE "RuntimeEnvironment" IN ACCESS EXCLUSIVE MODE')
+            reader = threading.Thread(target=lambda: answers.append(client.resolve_env(env_id)))
+            reader.start()
+            wait_until(
+                lambda: (
+                    cp.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE '%%RuntimeEnvironment%%'"
+                    ).fetchone()[0]
+                    >= 1
+                ),
+                what="the load waiting on the lock",
+            )
+            # The invalidation reaches the client while the load still waits.
+            seen = stats().invalidations
+            running.client.invalidate(environment_id=env_id)
+            wait_until(lambda: stats().invalidations > seen, timeout=2.0)
+            locker.commit()
+        reader.join(10)
+        assert answers and answers[0].maximum_concurrency_limit == 3
+        assert stats().stores == 0 and stats().not_kept == 1
+        # The next lookup asks the server again (and keeps that answer).
+        before = started(running, "ResolveEnv")
+        assert concurrency_limit(client, env_id) == 3
+        assert started(running, "ResolveEnv") == before + 1
+        assert stats().stores == 1
+
+
+def test_a_cut_stream_falls_through_at_once_and_drops_everything(databases, cp, tenant):
+    from support.processes import ServerProcess
+
+    env = {
+        "CONTROL_PLANE_DATABASE_URL": databases.control_plane,
+        "RUN_OPS_DATABASE_URL": databases.run_ops,
+        "RUN_OPS_SPLIT_ENABLED": "1",
+        "REALTIME_BACKEND_NATIVE_ENABLED": "1",
+        "CONTROL_PLANE_CACHE_TTL_MS": "600000",
+        "CONTROL_PLANE_CACHE_HARD_TTL_MS": "600000",
+        "RESOLVER_LOG_LEVEL": "WARNING",
+    }
+    env_id = tenant.environment(cp, maximum_concurrency_limit=3)
+    first = ServerProcess(env).wait_serving()
+    try:
+        with live(ResolverClient(first.address, near_cache=True, timeout=2)) as client:
+            assert concurrency_limit(client, env_id) == 3
+            assert concurrency_limit(client, env_id) == 3
+            assert client.near_cache_stats().hits == 1
+            first.proc.kill()
+            first.proc.wait()
+            # The broken stream is seen at once: nothing more from memory.
+            wait_until(
+                lambda: client.near_cache_stats().state is StreamState.CONNECTING, timeout=1.0
+            )
+            with pytest.raises(ResolverError) as failure:
+                client.resolve_env(env_id)
+            assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+            set_concurrency_limit(cp, env_id, 9)
+            # The same address again: the client reconnects and starts clean.
+            second = ServerProcess(env, port=first.port).wait_serving()
+            try:
+                live(client)
+                assert client.near_cache_stats().entries == 0
+                assert concurrency_limit(client, env_id) == 9
+                assert client.near_cache_stats().stream_breaks >= 1
+            finally:
+                second.terminate()
+    finally:
+        first.terminate()
+
+
+def test_a_watcher_that_stops_reading_is_dropped_and_the_server_stays_healthy(
+    start_server, cp, tenant
+):
+    running = start_server()
+    env_id = tenant.environment(cp, maximum_concurrency_limit=3)
+    channel = grpc.insecure_channel(running.address, options=[("grpc.http2.bdp_probe", 0)])
+    stalled = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel).WatchInvalidations(
+        pb.WatchInvalidationsRequest()
+    )
+    try:
+        first = next(stalled)  # then it reads nothing more
+        assert first.WhichOneof("event") == "start"
+        feed = running.app.feed
+        wait_until(lambda: feed.get_stats().watchers == 1)
+        # Far more invalidations than its window and the feed's log hold.
+        ident = "x" * 200
+        cp.execute(
+            "SELECT pg_notify('controlplane_resolver_invalidate', "
+            "'environment:' || g || %s) FROM generate_series(1, 6000) g",
+            (ident,),
+        )
+        wait_until(lambda: feed.get_stats().dropped["slow"] == 1, timeout=15.0)
+        wait_until(lambda: feed.get_stats().watchers == 0, timeout=5.0)
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in stalled:
+                pass
+        assert ended.value.code() == grpc.StatusCode.CANCELLED
+        assert concurrency_limit(running.client, env_id) == 3
+    finally:
+        stalled.cancel()
+        channel.close()
+
+
+def test_watchers_beyond_the_limit_are_refused(start_server):
+    running = start_server(watch_max_streams=1)
+    stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(running.client.channel)
+    first = stub.WatchInvalidations(pb.WatchInvalidationsRequest())
+    try:
+        assert next(first).start.heartbeat_interval_ms == 1000
+        second = stub.WatchInvalidations(pb.WatchInvalidationsRequest(), timeout=5)
+        with pytest.raises(grpc.RpcError) as refused:
+            next(second)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert running.app.feed.get_stats().dropped["full"] == 1
+    finally:
+        first.cancel()
+
+
+def test_the_asyncio_client_keeps_and_drops_as_the_threaded_one(start_server, cp, tenant):
+    import asyncio
+
+    from controlplane_resolver_client import AsyncResolverClient
+
+    running = start_server(**LONG_TTLS)
+    env_id = tenant.environment(cp, maximum_concurrency_limit=3)
+
+    async def scenario() -> None:
+        async with AsyncResolverClient(running.address, near_cache=True) as client:
+            stats = client.near_cache_stats
+            deadline = asyncio.get_running_loop().time() + 10
+            while stats().state is not StreamState.LIVE:
+                assert asyncio.get_running_loop().time() < deadline, "stream not live"
+                await asyncio.sleep(0.01)  # polling interval, not synchronisation
+            before = started(running, "ResolveEnv")
+            for _ in range(10):
+                assert (await client.resolve_env(env_id)).maximum_concurrency_limit == 3
+            assert started(running, "ResolveEnv") == before + 1
+            assert stats().hits == 9
+            assert await client.assert_env_exists(env_id) is True
+            assert await client.resolve_env("cm" + "0" * 23) is None
+            assert (await client.classify_run_id("run_" + "c" * 25)).classifiable
+            set_concurrency_limit(cp, env_id, 6)
+            await client.invalidate(environment_id=env_id)
+            while (await client.resolve_env(env_id)).maximum_concurrency_limit != 6:
+                assert asyncio.get_running_loop().time() < deadline, "invalidation not seen"
+                await asyncio.sleep(0.01)  # polling interval, not synchronisation
+
+    asyncio.run(scenario())
