@@ -24,7 +24,6 @@ from .client import (
     _itself,
     _true,
     channel_options,
-    pinned_service_config,
 )
 from .near_cache import (
     MISSING,
@@ -44,10 +43,11 @@ def create_aio_channel(
     *,
     credentials: grpc.ChannelCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
+    pinned: bool = False,
 ) -> grpc.aio.Channel:
     """An asyncio channel to ``target`` with the resolver's service config
     (:func:`~.client.channel_options`, then ``options``)."""
-    full_options = channel_options(options)
+    full_options = channel_options(options, pinned=pinned)
     if credentials is not None:
         return grpc.aio.secure_channel(target, credentials, options=full_options)
     return grpc.aio.insecure_channel(target, options=full_options)
@@ -106,7 +106,8 @@ class AsyncResolverClient:
                 self._near_channel = create_aio_channel(
                     target,
                     credentials=credentials,
-                    options=[*options, ("grpc.service_config", pinned_service_config())],
+                    options=options,
+                    pinned=True,
                 )
                 self._near_stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(
                     self._near_channel

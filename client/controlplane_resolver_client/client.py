@@ -74,9 +74,12 @@ def pinned_service_config() -> str:
     return json.dumps(config)
 
 
-def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+def channel_options(
+    options: Sequence[tuple[str, Any]] = (), *, pinned: bool = False
+) -> list[tuple[str, Any]]:
     """The options a channel to the resolver needs, followed by ``options``:
-    the service config (:func:`service_config`) and retries turned on.
+    the service config (:func:`service_config`, or
+    :func:`pinned_service_config` when ``pinned``) and retries turned on.
 
     For callers who build their own channel::
 
@@ -86,7 +89,7 @@ def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, 
     (:func:`create_channel` does that and spares the client's warning.)
     """
     return [
-        ("grpc.service_config", service_config()),
+        ("grpc.service_config", pinned_service_config() if pinned else service_config()),
         ("grpc.enable_retries", 1),
         *options,
     ]
@@ -103,13 +106,15 @@ def create_channel(
     credentials: grpc.ChannelCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
     interceptors: Sequence[Any] = (),
+    pinned: bool = False,
 ) -> grpc.Channel:
     """A channel to ``target`` with the resolver's service config
     (:func:`channel_options`, then ``options``), secure when ``credentials``
-    are given, wrapped by ``interceptors`` (``grpc.intercept_channel``).
+    are given, wrapped by ``interceptors`` (``grpc.intercept_channel``);
+    ``pinned``: one connection at a time (:func:`pinned_service_config`).
     For :class:`ResolverClient`'s ``channel=`` when the constructor's own
     arguments do not cover the channel needed."""
-    full_options = channel_options(options)
+    full_options = channel_options(options, pinned=pinned)
     if credentials is not None:
         channel = grpc.secure_channel(target, credentials, options=full_options)
     else:
@@ -331,7 +336,8 @@ class ResolverClient:
                 self._near_channel = create_channel(
                     target,
                     credentials=credentials,
-                    options=[*options, ("grpc.service_config", pinned_service_config())],
+                    options=options,
+                    pinned=True,
                 )
                 self._near_stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(
                     self._near_channel

@@ -295,3 +295,19 @@ def test_the_asyncio_client_keeps_and_drops_as_the_threaded_one(start_server, cp
                 await asyncio.sleep(0.01)  # polling interval, not synchronisation
 
     asyncio.run(scenario())
+
+
+def test_the_near_cache_pins_its_misses_to_the_stream_s_server(start_server, cp, tenant):
+    servers = [start_server(**LONG_TTLS) for _ in range(2)]
+    target = "ipv4:" + ",".join(s.address for s in servers)
+    envs = [tenant.environment(cp) for _ in range(20)]
+    with live(ResolverClient(target, near_cache=True)) as client:
+        for env_id in envs:
+            assert client.resolve_env(env_id).id == env_id
+        # Round-robin would send half the misses elsewhere: not kept.
+        stats = client.near_cache_stats()
+        assert (stats.stores, stats.not_kept) == (20, 0)
+        # The client's other calls still spread over both replicas.
+        for _ in range(20):
+            client.classify_run_id("run_" + "c" * 25)
+    assert all(started(s, "ClassifyRunId") > 0 for s in servers)

@@ -16,7 +16,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from controlplane_resolver.cache import split_scope
+from controlplane_resolver.cache import AnswerValidity, split_scope
 from controlplane_resolver.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -156,9 +156,11 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         # Environments are the hot path: render each cached answer once.
         self._rendered = RenderedCache()
 
-    def _revised(self, r: Resolver, response: Any) -> Any:
-        """``response`` with its ``revision`` set from the call's answer."""
-        validity = r.answer_validity()
+    def _revised(self, r: Resolver, response: Any, validity: AnswerValidity | None = None) -> Any:
+        """``response`` with its ``revision`` set from the call's answer
+        (``validity``, when the caller has read it already)."""
+        if validity is None:
+            validity = r.answer_validity()
         revision = response.revision
         if self.feed is not None:
             revision.server_id = self.feed.server_id
@@ -175,9 +177,14 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         self, r: Resolver, request: pb.ResolveEnvRequest, context: Any
     ) -> pb.ResolveEnvResponse:
         env = r.resolve_env(request.environment_id)
+        validity = r.answer_validity()
         response = pb.ResolveEnvResponse()
-        response.CopyFrom(self._rendered.get(env, _env_response))
-        return self._revised(r, response)
+        # The rendered copy carries the scopes (they are the answer's own);
+        # the revision and the age are the call's.
+        response.CopyFrom(
+            self._rendered.get(env, lambda e: self._revised(r, _env_response(e), validity))
+        )
+        return self._revised(r, response, validity)
 
     @_edge
     def ResolveAuthenticatedEnv(
