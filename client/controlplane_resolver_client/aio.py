@@ -31,6 +31,7 @@ from .near_cache import (
     RECONNECT_FIRST_S,
     NearCache,
     NearCacheStats,
+    warn_refused,
 )
 from .v1 import resolver_pb2 as pb
 from .v1 import resolver_pb2_grpc
@@ -147,6 +148,7 @@ class AsyncResolverClient:
         """Keep the stream open, reconnecting with backoff; a stream silent
         past its limit is cancelled."""
         delay = RECONNECT_FIRST_S
+        warned: set[grpc.StatusCode] = set()
         while True:
             why = "ended by the server"
             call = self._near_stub.WatchInvalidations(
@@ -168,6 +170,7 @@ class AsyncResolverClient:
                     delay = RECONNECT_FIRST_S
             except grpc.RpcError as exc:
                 why = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+                warn_refused(exc.code(), warned)  # type: ignore[attr-defined]
             finally:
                 call.cancel()
             cache.on_broken(why)

@@ -275,6 +275,24 @@ class NearCache:
 #: Reconnect delays of the watch stream: doubling from the first, capped.
 RECONNECT_FIRST_S = 0.05
 RECONNECT_CAP_S = 2.0
+#: Refusals that retrying will not fix: logged once as a warning.
+REFUSALS = {
+    grpc.StatusCode.UNAUTHENTICATED: "the client's token is missing or not accepted",
+    grpc.StatusCode.PERMISSION_DENIED: "the client's token may not call WatchInvalidations",
+    grpc.StatusCode.UNIMPLEMENTED: "the server is older than WatchInvalidations",
+}
+
+
+def warn_refused(code: grpc.StatusCode | None, warned: set[grpc.StatusCode]) -> None:
+    """Log once per code why the near-cache cannot watch (lookups still work,
+    by RPC)."""
+    if code is not None and code in REFUSALS and code not in warned:
+        warned.add(code)
+        log.warning(
+            "near-cache off: %s (%s); every lookup is an RPC until that changes",
+            REFUSALS[code],
+            code.name,
+        )
 
 
 class StreamWatcher:
@@ -293,6 +311,7 @@ class StreamWatcher:
         # Guards _call: the stream being read, cancelled by the monitor or close().
         self._lock = threading.Lock()
         self._call: Any = None
+        self._warned: set[grpc.StatusCode] = set()
         self._reader = threading.Thread(target=self._read, name="near-cache-stream", daemon=True)
         self._monitor = threading.Thread(
             target=self._watch_silence, name="near-cache-monitor", daemon=True
@@ -325,6 +344,7 @@ class StreamWatcher:
             except grpc.RpcError as exc:
                 code = exc.code() if callable(getattr(exc, "code", None)) else None
                 why = f"{code.name if code else 'error'}: {getattr(exc, 'details', lambda: '')()}"
+                warn_refused(code, self._warned)
             except Exception as exc:  # never let the thread die
                 why = f"{type(exc).__name__}: {exc}"
             finally:

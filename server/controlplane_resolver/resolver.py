@@ -529,6 +529,10 @@ class Resolver:
         if self._publish is not None:
             self._publish(kind, value)
 
+    def revision(self) -> int:
+        """The cache's current revision (docs/near-cache.md)."""
+        return self.cache.revision()
+
     def answer_validity(self) -> AnswerValidity:
         """The validity of the current call's answer, from the cached answers
         it was made of (docs/near-cache.md)."""

@@ -174,3 +174,17 @@ def test_shard_bench_runs_and_reports_its_targets():
         assert row in report, f"the report lacks {row!r}:\n{report}"
     # Not a speed: every batch read each shard exactly once.
     assert "one query per shard per call: yes" in report, report
+
+
+@pytest.mark.timeout(300)
+def test_near_cache_bench_runs_and_reports_its_targets():
+    report = bench("near_cache.py", "--updates", "6", "--duration", "0.2", timeout=240)
+    for row in (
+        "near-cache hit vs Health/Check floor",
+        "commit → every client new answer",
+        "two of the servers killed in turn",
+    ):
+        assert row in report, f"the report lacks {row!r}:\n{report}"
+    # Not a speed: no client went back to an older answer once it had a newer one.
+    assert "older answer:" not in report
+    assert re.search(r"normal run: 0 older answers after a newer one", report), report

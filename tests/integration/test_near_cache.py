@@ -311,3 +311,29 @@ def test_the_near_cache_pins_its_misses_to_the_stream_s_server(start_server, cp,
         for _ in range(20):
             client.classify_run_id("run_" + "c" * 25)
     assert all(started(s, "ClassifyRunId") > 0 for s in servers)
+
+
+def test_the_stream_is_granted_like_any_method(start_server, tokens, cp, tenant):
+    from support.credentials import CONSOLE_TOKEN, ENGINE_TOKEN
+
+    tokens.write(f"engine  {ENGINE_TOKEN}  *", f"console {CONSOLE_TOKEN} ResolveEnv")
+    running = start_server(auth_tokens_file=str(tokens.path), **LONG_TTLS)
+    env_id = tenant.environment(cp, maximum_concurrency_limit=3)
+    stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(running.client.channel)
+    for metadata, code in (
+        ((), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", f"Bearer {CONSOLE_TOKEN}"),), grpc.StatusCode.PERMISSION_DENIED),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            next(stub.WatchInvalidations(pb.WatchInvalidationsRequest(), metadata=metadata))
+        assert refused.value.code() == code
+    # A client whose token may not watch answers every lookup by RPC.
+    with ResolverClient(running.address, token=CONSOLE_TOKEN, near_cache=True) as console:
+        for _ in range(3):
+            assert concurrency_limit(console, env_id) == 3
+        stats = console.near_cache_stats()
+        assert (stats.state, stats.hits, stats.stores) == (StreamState.CONNECTING, 0, 0)
+    with live(ResolverClient(running.address, token=ENGINE_TOKEN, near_cache=True)) as engine:
+        assert concurrency_limit(engine, env_id) == 3
+        assert concurrency_limit(engine, env_id) == 3
+        assert engine.near_cache_stats().hits == 1

@@ -24,14 +24,26 @@ class RenderedCache:
 
     def __init__(self, limit: int = 50_000) -> None:
         self._limit = limit
-        self._entries: dict[int, tuple[Any, Message]] = {}
+        self._entries: dict[int, tuple[Any, Any]] = {}
 
     def get(self, value: Any, render: Callable[[Any], M]) -> M:
+        """The message rendered from ``value``: rendered now by
+        ``render(value)`` the first time."""
+        message = self.peek(value)
+        if message is None:
+            message = render(value)
+            self.put(value, message)
+        return message  # type: ignore[no-any-return]
+
+    def peek(self, value: Any) -> Any:
+        """What was kept for ``value``, or None."""
         entry = self._entries.get(id(value))
         if entry is not None and entry[0] is value:
-            return entry[1]  # type: ignore[return-value]
-        message = render(value)
+            return entry[1]
+        return None
+
+    def put(self, value: Any, message: Any) -> None:
+        """Keep ``message`` for ``value`` (replacing what was kept)."""
         if len(self._entries) >= self._limit:
             self._entries.clear()
         self._entries[id(value)] = (value, message)
-        return message

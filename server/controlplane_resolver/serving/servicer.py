@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -16,7 +18,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from controlplane_resolver.cache import AnswerValidity, split_scope
+from controlplane_resolver.cache import split_scope
 from controlplane_resolver.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -138,6 +140,17 @@ _SCOPE_KINDS = {
     "all": pb.SCOPE_KIND_ALL,
 }
 _MAX_AGE_LIMIT_MS = 2**32 - 1
+#: How long a ResolveEnv response is reused while the cache's revision does
+#: not move; its max_age_ms is shorter by as much, so that it never
+#: promises more than the cache entry's remaining life.
+REUSE_S = 1.0
+
+
+@dataclass(frozen=True)
+class _Reusable:
+    response: pb.ResolveEnvResponse
+    revision: int
+    until: float
 
 
 def _fill_scope(message: pb.Scope, scope: str) -> None:
@@ -153,23 +166,24 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
     def __init__(self, resolver: Resolver | None = None) -> None:
         self.resolver = resolver
         self.feed: InvalidationFeed | None = None
-        # Environments are the hot path: render each cached answer once.
+        # Environments are the hot path: render each cached answer once,
+        # and reuse its ResolveEnv response while the revision stands still.
         self._rendered = RenderedCache()
+        self._env_responses = RenderedCache()
 
-    def _revised(self, r: Resolver, response: Any, validity: AnswerValidity | None = None) -> Any:
-        """``response`` with its ``revision`` set from the call's answer
-        (``validity``, when the caller has read it already)."""
-        if validity is None:
-            validity = r.answer_validity()
+    def _revised(self, r: Resolver, response: Any, shorter_by: float = 0.0) -> Any:
+        """``response`` with its ``revision`` set from the call's answer,
+        its max age ``shorter_by`` seconds shorter."""
+        validity = r.answer_validity()
         revision = response.revision
         if self.feed is not None:
             revision.server_id = self.feed.server_id
         revision.valid_at = validity.valid_at
-        if not revision.scopes:  # a rendered copy carries them already
-            for scope in validity.scopes:
-                _fill_scope(revision.scopes.add(), scope)
+        for scope in validity.scopes:
+            _fill_scope(revision.scopes.add(), scope)
         if validity.expires_in is not None:
-            revision.max_age_ms = min(_MAX_AGE_LIMIT_MS, int(validity.expires_in * 1000))
+            left_ms = int((validity.expires_in - shorter_by) * 1000)
+            revision.max_age_ms = max(0, min(_MAX_AGE_LIMIT_MS, left_ms))
         return response
 
     @_edge
@@ -177,14 +191,18 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         self, r: Resolver, request: pb.ResolveEnvRequest, context: Any
     ) -> pb.ResolveEnvResponse:
         env = r.resolve_env(request.environment_id)
-        validity = r.answer_validity()
+        # Read before the answer's validity: a response built after an
+        # invalidation carries a newer revision and is never reused.
+        revision = r.revision()
+        now = time.monotonic()
+        kept: _Reusable | None = self._env_responses.peek(env)
+        if kept is not None and kept.revision == revision and now < kept.until:
+            return kept.response
         response = pb.ResolveEnvResponse()
-        # The rendered copy carries the scopes (they are the answer's own);
-        # the revision and the age are the call's.
-        response.CopyFrom(
-            self._rendered.get(env, lambda e: self._revised(r, _env_response(e), validity))
-        )
-        return self._revised(r, response, validity)
+        response.CopyFrom(self._rendered.get(env, _env_response))
+        self._revised(r, response, shorter_by=REUSE_S)
+        self._env_responses.put(env, _Reusable(response, revision, now + REUSE_S))
+        return response
 
     @_edge
     def ResolveAuthenticatedEnv(

@@ -17,11 +17,52 @@ from typing import Any
 import grpc
 
 
+class _Slots:
+    """A counting semaphore whose uncontended path is one C lock round
+    trip (``threading.Semaphore`` runs Python code on every call)."""
+
+    def __init__(self, count: int) -> None:
+        # Guards _free and _waiting; _freed wakes waiters.
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self._free = count
+        self._waiting = 0
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now."""
+        with self._lock:
+            if self._free > 0:
+                self._free -= 1
+                return True
+            return False
+
+    def acquire(self, timeout: float) -> bool:
+        """Take a slot, waiting up to ``timeout`` seconds for one."""
+        with self._lock:
+            if self._free > 0:
+                self._free -= 1
+                return True
+            self._waiting += 1
+            try:
+                if not self._freed.wait_for(lambda: self._free > 0, timeout):
+                    return False
+                self._free -= 1
+                return True
+            finally:
+                self._waiting -= 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._free += 1
+            if self._waiting:
+                self._freed.notify()
+
+
 class WorkerSlots(grpc.ServerInterceptor):
     """Runs at most ``slots`` unary calls at once (streams pass through)."""
 
     def __init__(self, slots: int) -> None:
-        self._slots = threading.BoundedSemaphore(slots)
+        self._slots = _Slots(slots)
 
     def intercept_service(
         self,
@@ -36,7 +77,9 @@ class WorkerSlots(grpc.ServerInterceptor):
 
         def in_a_slot(request: Any, context: grpc.ServicerContext) -> Any:
             # No deadline: grpcio reports a remaining time far too long to wait on.
-            if not slots.acquire(timeout=min(context.time_remaining(), threading.TIMEOUT_MAX)):
+            if not slots.try_acquire() and not slots.acquire(
+                min(context.time_remaining(), threading.TIMEOUT_MAX)
+            ):
                 context.abort(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     "the caller's deadline passed while every worker thread was busy",
