@@ -16,7 +16,13 @@
  */
 
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import type { DescMessage, DescMethod, DescMethodUnary, MessageShape } from "@bufbuild/protobuf";
+import type {
+  DescMessage,
+  DescMethod,
+  DescMethodServerStreaming,
+  DescMethodUnary,
+  MessageShape,
+} from "@bufbuild/protobuf";
 import type { MethodDefinition, ServiceDefinition } from "@grpc/grpc-js";
 
 import { ControlPlaneResolverService } from "./gen/controlplane/resolver/v1/resolver_pb.js";
@@ -32,14 +38,15 @@ export function methodPath(method: DescMethod): string {
   return `/${method.parent.typeName}/${method.name}`;
 }
 
-/** A `@grpc/grpc-js` method definition that (de)serialises with protobuf-es. */
+/** A `@grpc/grpc-js` method definition that (de)serialises with protobuf-es
+ * (a unary method, or a server-streaming one such as `WatchInvalidations`). */
 export function grpcMethodDefinition<I extends DescMessage, O extends DescMessage>(
-  method: DescMethodUnary<I, O>,
+  method: DescMethodUnary<I, O> | DescMethodServerStreaming<I, O>,
 ): MethodDefinition<MessageShape<I>, MessageShape<O>> {
   return {
     path: methodPath(method),
     requestStream: false,
-    responseStream: false,
+    responseStream: method.methodKind === "server_streaming",
     originalName: method.localName,
     requestSerialize: (message: MessageShape<I>) => Buffer.from(toBinary(method.input, message)),
     requestDeserialize: (bytes: Buffer) => fromBinary(method.input, bytes),
@@ -54,9 +61,12 @@ export function grpcMethodDefinition<I extends DescMessage, O extends DescMessag
  * generated descriptor, so it follows the proto without a second generator. */
 export const serviceDefinition: ServiceDefinition = Object.fromEntries(
   ControlPlaneResolverService.methods.map((method) => {
-    if (method.methodKind !== "unary") {
-      throw new Error(`${methodPath(method)} is ${method.methodKind}: only unary RPCs are supported`);
+    if (method.methodKind !== "unary" && method.methodKind !== "server_streaming") {
+      throw new Error(`${methodPath(method)} is ${method.methodKind}: not supported`);
     }
-    return [method.localName, grpcMethodDefinition(method as DescMethodUnary)];
+    return [
+      method.localName,
+      grpcMethodDefinition(method as DescMethodUnary | DescMethodServerStreaming),
+    ];
   }),
 );
