@@ -713,7 +713,12 @@ class Resolver:
     ) -> StoreSelection:
         """Which store a waitpoint completion is written to (docs/design.md, "Waitpoint routing";
         the rules are :func:`waitpoints.select_store`'s). ``route_kind`` and
-        ``tree_owner_residency`` are enum names (``"MANUAL"``, ``"LEGACY"``)."""
+        ``tree_owner_residency`` are enum names (``"MANUAL"``, ``"LEGACY"``).
+
+        Raises FailedPrecondition (``SHARD_NOT_CONFIGURED``) when the
+        completion goes to a shard this server does not configure, as a read
+        of a run there would: the completion has nowhere to go that this
+        server knows."""
         kind = waitpoints.route_kind_named(route_kind)
         owner = None
         if tree_owner_residency is not None:
@@ -725,7 +730,7 @@ class Resolver:
                     reason="INVALID_ENUM",
                     metadata={"field": "tree_owner_residency"},
                 ) from None
-        return waitpoints.select_store(
+        selection = waitpoints.select_store(
             split_enabled=self.topology.split,
             waitpoint_id=waitpoint_id,
             route_kind=kind,
@@ -734,6 +739,9 @@ class Resolver:
             has_legacy_parent=has_legacy_parent,
             generation=self.generation,
         )
+        if selection.shard is not None:
+            self.topology.read_plan(Residency.NEW, selection.shard)
+        return selection
 
 
 def _environment_scopes(env: Environment) -> tuple[str, ...]:

@@ -322,6 +322,60 @@ def test_without_shards_v1_ids_carry_the_region(
     assert child.id.endswith("1") and not child.HasField("shard")
 
 
+# ----------------------------------------------------------------------- waitpoints
+
+
+def test_a_gen_2_waitpoint_is_completed_in_its_runs_shard(
+    sharded: Callable[..., Running],
+    cp: psycopg.Connection[Any],
+    tenant: Tenant,
+    shard_dsns: dict[str, str],
+) -> None:
+    """A gen-2 run's waitpoints carry the run's shard char (the platform's
+    mintWaitpointIdFor): SelectStoreForWaitpoint names the shard ReadRun
+    finds the run in; a pinned completion goes to the legacy store and names
+    none; an unconfigured shard is refused, as its reads are."""
+    env = tenant.environment(cp)
+    client = sharded().client
+    run = pb.UNBLOCK_ROUTE_KIND_RUN
+    for char, dsn in shard_dsns.items():
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            body = _run(conn, tenant, env, minting.new_run_ops_id_v2(char))
+        read = client.read_run("run_" + body)
+        assert read is not None and read.source == pb.RUN_SOURCE_RUN_OPS_SHARD
+        # A fresh core stamped with the run's shard char, as the platform mints it.
+        waitpoint = "waitpoint_" + minting.new_run_ops_id_v2(body[24])
+        answer = client.select_store_for_waitpoint(
+            waitpoint, run, tree_owner_residency=pb.RESIDENCY_NEW
+        )
+        assert (answer.store, answer.residency, answer.shard) == (
+            pb.STORE_RUN_OPS,
+            pb.RESIDENCY_NEW,
+            read.shard,
+        )
+        assert answer.pin_reason == pb.PIN_REASON_UNSPECIFIED
+        pinned = client.select_store_for_waitpoint(waitpoint, run, has_legacy_parent=True)
+        assert (pinned.store, pinned.residency, pinned.pin_reason) == (
+            pb.STORE_LEGACY,
+            pb.RESIDENCY_NEW,
+            pb.PIN_REASON_LEGACY_PARENT_DESCENDANT,
+        )
+        assert not pinned.HasField("shard")
+
+    v1 = client.select_store_for_waitpoint("waitpoint_" + minting.new_run_ops_id(), run)
+    assert v1.store == pb.STORE_RUN_OPS and not v1.HasField("shard")
+    legacy = client.select_store_for_waitpoint("waitpoint_" + minting.new_cuid(), run)
+    assert legacy.store == pb.STORE_LEGACY and not legacy.HasField("shard")
+
+    stray = "waitpoint_" + minting.new_run_ops_id_v2("z")
+    exc = _error(lambda: client.select_store_for_waitpoint(stray, run))
+    assert exc.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert exc.reason == "SHARD_NOT_CONFIGURED" and exc.metadata["shard"] == "z"
+    # Pinned to the legacy store, the unconfigured shard does not matter.
+    pinned = client.select_store_for_waitpoint(stray, run, cross_tree_idempotency=True)
+    assert pinned.store == pb.STORE_LEGACY and not pinned.HasField("shard")
+
+
 # ---------------------------------------------------------------- failure and safety
 
 
