@@ -14,12 +14,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import grpc
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
+from controlplane_resolver.cache import Slot
 from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.clusters import LocalCluster
 from controlplane_resolver.dev.migrate import migrate
@@ -86,6 +89,12 @@ def _run(conn: psycopg.Connection[Any], tenant: Tenant, env: str, body: str) -> 
         organization_id=tenant.organization_id,
     )
     return body
+
+
+def set_flags(cp: psycopg.Connection[Any], org_id: str, flags: Any) -> None:
+    cp.execute(
+        'UPDATE "Organization" SET "featureFlags" = %s WHERE "id" = %s', (Jsonb(flags), org_id)
+    )
 
 
 def _error(call: Callable[[], Any]) -> ResolverError:
@@ -308,6 +317,61 @@ def test_an_organization_override_pins_its_shard(
     stray = _org(cp, {"runOpsMintKind": "runOpsId", "runOpsShard": "q"})
     decision = client.resolve_mint_kind(stray)
     assert decision.shard_reason == "hash" and decision.shard in "abc"
+
+
+def test_a_flag_change_reaches_the_mint_with_the_records(
+    sharded: Callable[..., Running], cp: psycopg.Connection[Any]
+) -> None:
+    """A root mint decides by a plan derived once from the organization's
+    cached flag records: it holds while they are cached, and a change the
+    cache drops (Invalidate) is minted by at once — kind, shard override
+    and flip grace alike. The grace ends by the clock alone."""
+    running = sharded(listen_enabled=False, run_ops_mint_flip_grace_ms=3000)
+    client = running.client
+    stats = running.app.cache.stats(Slot.MINT_KIND)
+    org = _org(cp, {"runOpsMintKind": "runOpsId"})
+    hashed = minting.place_shard(org, ["a", "b", "c"])
+    other = next(c for c in "abc" if c != hashed)
+    assert client.mint_id(pb.ID_KIND_RUN, org).shard == hashed
+    loads = stats.loads
+
+    set_flags(cp, org, {"runOpsMintKind": "runOpsId", "runOpsShard": other})
+    assert client.mint_id(pb.ID_KIND_RUN, org).shard == hashed  # the cached records
+    assert stats.loads == loads
+    client.invalidate(organization_id=org)
+    minted = client.mint_id(pb.ID_KIND_RUN, org)
+    assert minted.shard == other and minted.id[24:] == other + "2"
+    assert client.resolve_mint_kind(org).shard_reason == "org_override"
+
+    set_flags(cp, org, {"runOpsMintKind": "cuid"})
+    client.invalidate(organization_id=org)
+    cuid = client.mint_id(pb.ID_KIND_RUN, org)
+    assert cuid.mint_kind == pb.MINT_KIND_CUID and not cuid.HasField("shard")
+
+    # Flipped back to run-ops ids just now: cuids until the grace ends, then
+    # run-ops ids in the hashed shard, from the same cached records.
+    flipped_at = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    set_flags(
+        cp,
+        org,
+        {
+            "runOpsMintKind": "runOpsId",
+            "runOpsMintKindPrev": "cuid",
+            "runOpsMintKindFlippedAt": flipped_at,
+        },
+    )
+    client.invalidate(organization_id=org)
+    during = client.resolve_mint_kind(org)
+    loads = stats.loads
+    assert (during.kind, during.reason) == (pb.MINT_KIND_CUID, "org_flag_grace")
+    assert not during.HasField("shard")
+    after = wait_until(
+        lambda: (d := client.resolve_mint_kind(org)).reason == "org_flag" and d,
+        timeout=10,
+        what="the flip grace to end",
+    )
+    assert (after.kind, after.shard) == (pb.MINT_KIND_RUN_OPS_ID, hashed)
+    assert stats.loads == loads  # the clock alone ended it
 
 
 def test_without_shards_v1_ids_carry_the_region(
