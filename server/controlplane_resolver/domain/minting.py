@@ -1,5 +1,6 @@
 """Minting new run and batch ids (docs/design.md, "Minting ids"): which kind an id gets,
-and the two id generators. Pure: no I/O, no gRPC.
+and the id generators. No database, no gRPC: the only inputs from outside are the
+clock and the OS's random bytes.
 
 Kinds and where they live
 -------------------------
