@@ -8,7 +8,7 @@ run to run.
 
 It starts two throwaway clusters and ``controlplane-resolver serve`` under
 callgrind (slow: start-up takes a minute or two), then for each scenario
-zeroes the counters, drives the server from bench/load.py (8 calls in
+zeroes the counters, drives the server from bench/load.py (``--concurrency`` calls in
 flight, no warm-up), dumps the counters and divides the instructions by
 the calls, after subtracting what the server's background threads (pool
 upkeep, the listener, gRPC's timers) execute in that time when idle.
@@ -21,6 +21,12 @@ itself?" for the server's own work (docs/benchmarks.md lists the targets); it le
 (network, scheduling) and, for ReadRun, PostgreSQL. ReadRun is measured on
 both routes: a new-shape id (run-ops only) and a legacy-shaped one (run-ops
 first, then the legacy database). Answers are checked as in bench/run.py.
+
+``--shards`` measures the base32hex generation instead (issue 14's targets):
+three run-ops shards as three more databases of the run-ops cluster, and
+MintId of a root run (a gen-2 id), ReadRun of gen-2 ids spread over the
+shards and, beside it, ReadRun of v1 ids (the run-ops database: one query,
+like a gen-2 read).
 """
 
 from __future__ import annotations
@@ -44,10 +50,27 @@ from run import (
     server_env,
     wait_serving,
 )
+from shards import SHARDS
+from shards import seed as seed_shards
 
 from controlplane_resolver.dev.clusters import LocalCluster, free_port
+from controlplane_resolver.dev.migrate import migrate
 
 SCENARIOS = ("health", "resolve_env", "classify", "read_run", "read_run_legacy")
+SHARD_SCENARIOS = ("health", "classify", "mint_base32hex", "read_run", "read_run_gen2")
+NAMES = {
+    "health": "Health/Check",
+    "resolve_env": "ResolveEnv, cache hit",
+    "classify": "ClassifyRunId",
+    "read_run": "ReadRun, uncached",
+    "read_run_legacy": "ReadRun, uncached, legacy id (run-ops miss, then legacy)",
+    "mint_base32hex": "MintId, base32hex root run (a gen-2 id)",
+}
+SHARD_NAMES = {
+    **NAMES,
+    "read_run": "ReadRun, uncached, a v1 id (the run-ops database)",
+    "read_run_gen2": "ReadRun, uncached, gen-2 ids over 3 shards",
+}
 
 
 def dump_instructions(pid: int, out_dir: Path) -> int:
@@ -74,7 +97,18 @@ def main() -> None:
         help="seconds of calls per measurement (under callgrind: ~100 calls/s)",
     )
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--shards", action="store_true", help="the base32hex generation over three shards"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="calls in flight (1: no two reads can share a coalesced query)",
+    )
     args = parser.parse_args()
+    scenarios = SHARD_SCENARIOS if args.shards else SCENARIOS
+    names = SHARD_NAMES if args.shards else NAMES
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is not installed: apt-get install valgrind")
 
@@ -83,7 +117,24 @@ def main() -> None:
     server = None
     try:
         cp_dsn, ro_dsn = create_databases(clusters)
-        ids = seed(cp_dsn, ro_dsn, environments=200, runs=1000)
+        settings: dict[str, str] = {}
+        if args.shards:
+            # Three more databases of the run-ops cluster: distinct databases
+            # pass the (non-strict) sentinel; the instructions are the server's.
+            shard_dsns = {}
+            for c in SHARDS:
+                shard_dsns[c] = clusters[1].create_database(f"shard_{c}")
+                migrate(shard_dsns[c], "run_ops")
+            ids = seed_shards(cp_dsn, ro_dsn, shard_dsns, runs=1000)
+            # ClassifyRunId and ReadRun of v1 ids: new residency, the run-ops database.
+            ids["runs"] = ids["v1_runs"]
+            settings = {
+                "RUN_OPS_ID_GENERATION": "base32hex",
+                "RUN_OPS_SHARDS": ",".join(f"{c}={d}" for c, d in shard_dsns.items()),
+                "RUN_OPS_MINT_KSUID_ENABLED": "1",
+            }
+        else:
+            ids = seed(cp_dsn, ro_dsn, environments=200, runs=1000)
         ids_file = out_dir / "ids.json"
         ids_file.write_text(json.dumps(ids))
         address = f"127.0.0.1:{free_port()}"
@@ -94,6 +145,7 @@ def main() -> None:
             RESOLVER_STARTUP_TIMEOUT_MS="600000",
             CONTROL_PLANE_CACHE_TTL_MS="3600000",
             CONTROL_PLANE_CACHE_HARD_TTL_MS="7200000",
+            **settings,
         )
         log = open(out_dir / "server.log", "w")
         print("starting the server under callgrind (a minute or two)…", flush=True)
@@ -112,7 +164,7 @@ def main() -> None:
         )
         wait_serving(address, timeout=600)
         # Fill the cache and take every code path once before counting.
-        for scenario in SCENARIOS:
+        for scenario in scenarios:
             load(address, scenario, str(ids_file), duration=2, concurrency=8, warmup=0)
 
         def zero() -> float:
@@ -121,20 +173,20 @@ def main() -> None:
             )
             return time.monotonic()
 
-        per_call: dict[str, list[float]] = {s: [] for s in SCENARIOS}
+        per_call: dict[str, list[float]] = {s: [] for s in scenarios}
         idle_rates = []
         for _ in range(args.repeat):
             started = zero()
             time.sleep(args.duration)
             idle_rates.append(dump_instructions(server.pid, out_dir) / (time.monotonic() - started))
-            for scenario in SCENARIOS:
+            for scenario in scenarios:
                 started = zero()
                 r = load(
                     address,
                     scenario,
                     str(ids_file),
                     duration=args.duration,
-                    concurrency=8,
+                    concurrency=args.concurrency,
                     warmup=0,
                 )
                 busy = dump_instructions(server.pid, out_dir) - idle_rates[-1] * (
@@ -150,24 +202,21 @@ def main() -> None:
         floor = statistics.median(per_call["health"])
         print("\n| scenario | server instructions per call (median) | ÷ Health/Check |")
         print("|---|---:|---:|")
-        for name, key in (
-            ("Health/Check", "health"),
-            ("ResolveEnv, cache hit", "resolve_env"),
-            ("ClassifyRunId", "classify"),
-            ("ReadRun, uncached", "read_run"),
-            ("ReadRun, uncached, legacy id (run-ops miss, then legacy)", "read_run_legacy"),
-        ):
+        for key in scenarios:
+            name = names[key]
             median = statistics.median(per_call[key])
             spread = f"{min(per_call[key]) / 1000:.0f}–{max(per_call[key]) / 1000:.0f} k"
             print(f"| {name} | {median / 1000:.1f} k ({spread}) | {median / floor:.3f} |")
         print(
-            f"\n{args.repeat} measurements of {args.duration:g} s per scenario, 8 calls in "
+            f"\n{args.repeat} measurements of {args.duration:g} s per scenario, "
+            f"{args.concurrency} calls in "
             f"flight, server under valgrind --tool=callgrind; idle background "
             f"{statistics.median(idle_rates) / 1e6:.2f} M instructions/s subtracted."
         )
         print(
             f"reproduce: .venv/bin/python bench/instructions.py --duration {args.duration:g} "
-            f"--repeat {args.repeat}"
+            f"--repeat {args.repeat}{' --shards' if args.shards else ''}"
+            + (f" --concurrency {args.concurrency}" if args.concurrency != 8 else "")
         )
         fail_on_wrong_answers()
     finally:

@@ -52,8 +52,9 @@ TASKRUN = 'FROM "TaskRun"'
 
 
 def seed(cp_dsn: str, ro_dsn: str, shard_dsns: dict[str, str], runs: int) -> dict[str, Any]:
-    """``runs`` ksuid runs in run-ops and ``runs`` gen-2 runs spread evenly
-    over the shards, and an organization that mints run-ops ids."""
+    """``runs`` ksuid runs and ``runs`` v1 runs in run-ops, ``runs`` gen-2
+    runs spread evenly over the shards, and an organization that mints
+    run-ops ids."""
     conns = {c: psycopg.connect(dsn) for c, dsn in shard_dsns.items()}
     try:
         with psycopg.connect(cp_dsn) as cp, psycopg.connect(ro_dsn) as ro:
@@ -63,7 +64,7 @@ def seed(cp_dsn: str, ro_dsn: str, shard_dsns: dict[str, str], runs: int) -> dic
                 demo.insert_environment(cp, project_id=project, organization_id=org)
                 for _ in range(20)
             ]
-            ksuids, gen2 = [], []
+            ksuids, v1, gen2 = [], [], []
             for i in range(runs):
                 owner = {
                     "environment_id": envs[i % len(envs)],
@@ -71,6 +72,7 @@ def seed(cp_dsn: str, ro_dsn: str, shard_dsns: dict[str, str], runs: int) -> dic
                     "organization_id": org,
                 }
                 ksuids.append(demo.insert_run(ro, id=minting.new_ksuid(), **owner))
+                v1.append(demo.insert_run(ro, id=minting.new_run_ops_id(), **owner))
                 char = SHARDS[i % len(SHARDS)]
                 gen2.append(
                     demo.insert_run(conns[char], id=minting.new_run_ops_id_v2(char), **owner)
@@ -82,7 +84,7 @@ def seed(cp_dsn: str, ro_dsn: str, shard_dsns: dict[str, str], runs: int) -> dic
     finally:
         for conn in conns.values():
             conn.close()
-    return {"runs": ksuids, "gen2_runs": gen2, "mint_organization": [org]}
+    return {"runs": ksuids, "v1_runs": v1, "gen2_runs": gen2, "mint_organization": [org]}
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg
 
@@ -133,6 +133,10 @@ class Resolver:
         self.mint_ksuid_enabled = mint_ksuid_enabled
         #: The id rule (RUN_OPS_ID_GENERATION), from the topology that routes by it.
         self.generation = topology.generation
+        #: The shards new root runs are placed on (fixed for the process).
+        self._shard_chars = tuple(topology.shard_chars)
+        #: Each cached flag records object's root-mint plan, while it is cached.
+        self._root_mint_plans: IdentityMemo[MintFlags, minting.RootMintPlan] = IdentityMemo()
         #: Any caller can send unclassifiable ids: at most a line a minute.
         self.unclassifiable_id_warning = RateLimitedWarning(
             log, "run id body of %d characters is unclassifiable; reading it as legacy"
@@ -613,49 +617,43 @@ class Resolver:
         """The base32hex generation's decision (``runOpsMintKind``, with its
         flip grace), and for a run-ops root run with shards configured, the
         organization's shard (its ``runOpsShard`` override, else rendezvous
-        hashing). A child of a gen-2 parent stays in the parent's shard."""
-        flags: MintFlags | FlagLookup | None = None
+        hashing). A child of a gen-2 parent stays in the parent's shard; a
+        v1 parent's child is a v1 id in the run-ops database, like it.
 
-        def read_flags() -> MintFlags | FlagLookup:
-            nonlocal flags
-            flags = self._run_ops_mint_flags(org_id)
-            return flags
-
+        The plan of a flag records object (:func:`minting.plan_root_mint`:
+        source, kinds, shard) is computed once and reused while the records
+        stay cached, so a cached organization's mint decides by a clock
+        comparison."""
         decision = minting.decide_run_ops_mint_kind(
             master_switch_enabled=self.mint_ksuid_enabled,
             split_enabled=self.topology.split,
             parent=parent,
-            read_flags=read_flags,
+            read_flags=lambda: self._run_ops_mint_flags(org_id),
             now_ms=time.time_ns() // 1_000_000,
             grace_ms=self.topology.mint_flip_grace_ms,
+            plan=lambda flags: self._root_mint_plans.get(
+                flags, lambda f: minting.plan_root_mint(f, org_id, self._shard_chars)
+            ),
         )
-        if decision.shard is not None:
+        if parent is not None and decision.shard is not None:
             # A gen-2 parent's shard: a child this server could not read is
             # refused (FAILED_PRECONDITION, SHARD_NOT_CONFIGURED), as its reads are.
             self.topology.read_plan(Residency.NEW, decision.shard)
-            return decision
-        shards = self.topology.shard_chars
-        if decision.kind is not MintKind.RUN_OPS_ID or not shards:
-            return decision
-        if parent is not None:
-            # A v1 parent: its child is a v1 id in the run-ops database, like it.
-            return decision
-        override = (
-            flags.organization.get(minting.SHARD_OVERRIDE_FLAG)
-            if isinstance(flags, MintFlags)
-            else None
-        )
-        shard, why = minting.choose_shard(org_id, shards, override)
-        return replace(decision, shard=shard, shard_reason=why)
+        return decision
 
     def _run_ops_mint_flags(self, org_id: str) -> MintFlags | FlagLookup:
         """The organization's and the global mint flag records through the
         ``MINT_KIND`` slot (key ``(org, "base32hex")``); invalidating the
-        organization or any of the three global keys drops the entry."""
+        organization or any of the three global keys drops the entry. A
+        fresh entry is returned before anything else is built."""
+        key = (org_id, Generation.BASE32HEX.value)
+        cached = self.cache.fresh(Slot.MINT_KIND, key)
+        if cached is not MISSING:
+            return cached  # type: ignore[no-any-return]
         try:
             flags: MintFlags = self._cached(
                 Slot.MINT_KIND,
-                (org_id, Generation.BASE32HEX.value),
+                key,
                 lambda: queries.mint_flags(
                     self.control_plane_replica,
                     org_id,
@@ -742,7 +740,12 @@ class Resolver:
     ) -> StoreSelection:
         """Which store a waitpoint completion is written to (docs/design.md, "Waitpoint routing";
         the rules are :func:`waitpoints.select_store`'s). ``route_kind`` and
-        ``tree_owner_residency`` are enum names (``"MANUAL"``, ``"LEGACY"``)."""
+        ``tree_owner_residency`` are enum names (``"MANUAL"``, ``"LEGACY"``).
+
+        Raises FailedPrecondition (``SHARD_NOT_CONFIGURED``) when the
+        completion goes to a shard this server does not configure, as a read
+        of a run there would: the completion has nowhere to go that this
+        server knows."""
         kind = waitpoints.route_kind_named(route_kind)
         owner = None
         if tree_owner_residency is not None:
@@ -754,7 +757,7 @@ class Resolver:
                     reason="INVALID_ENUM",
                     metadata={"field": "tree_owner_residency"},
                 ) from None
-        return waitpoints.select_store(
+        selection = waitpoints.select_store(
             split_enabled=self.topology.split,
             waitpoint_id=waitpoint_id,
             route_kind=kind,
@@ -763,6 +766,9 @@ class Resolver:
             has_legacy_parent=has_legacy_parent,
             generation=self.generation,
         )
+        if selection.shard is not None:
+            self.topology.read_plan(Residency.NEW, selection.shard)
+        return selection
 
 
 def _environment_scopes(env: Environment) -> tuple[str, ...]:
@@ -824,6 +830,32 @@ def _plan_names(topology: Topology, c: Classification) -> str:
         else f"the {s.value} database"
         for s, db in topology.read_plan(c.route, c.shard)
     )
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class IdentityMemo(Generic[K, V]):
+    """``derive(key)`` remembered per key object, for keys that are immutable
+    cached answers: while a key stays cached its derived value is reused;
+    once the cache drops it the next answer is a new object, derived anew.
+    Keyed by identity and holding the key, so an id is never reused while
+    its entry is here. Bounded: cleared when it outgrows ``limit``."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._limit = limit
+        self._entries: dict[int, tuple[K, V]] = {}
+
+    def get(self, key: K, derive: Callable[[K], V]) -> V:
+        entry = self._entries.get(id(key))
+        if entry is not None and entry[0] is key:
+            return entry[1]
+        value = derive(key)
+        if len(self._entries) >= self._limit:
+            self._entries.clear()
+        self._entries[id(key)] = (key, value)
+        return value
 
 
 class RateLimitedWarning:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import grpc
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
+from controlplane_resolver.cache import Slot
 from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.clusters import LocalCluster
 from controlplane_resolver.dev.migrate import migrate
@@ -86,6 +89,12 @@ def _run(conn: psycopg.Connection[Any], tenant: Tenant, env: str, body: str) -> 
         organization_id=tenant.organization_id,
     )
     return body
+
+
+def set_flags(cp: psycopg.Connection[Any], org_id: str, flags: Any) -> None:
+    cp.execute(
+        'UPDATE "Organization" SET "featureFlags" = %s WHERE "id" = %s', (Jsonb(flags), org_id)
+    )
 
 
 def _error(call: Callable[[], Any]) -> ResolverError:
@@ -310,6 +319,61 @@ def test_an_organization_override_pins_its_shard(
     assert decision.shard_reason == "hash" and decision.shard in "abc"
 
 
+def test_a_flag_change_reaches_the_mint_with_the_records(
+    sharded: Callable[..., Running], cp: psycopg.Connection[Any]
+) -> None:
+    """A root mint decides by a plan derived once from the organization's
+    cached flag records: it holds while they are cached, and a change the
+    cache drops (Invalidate) is minted by at once — kind, shard override
+    and flip grace alike. The grace ends by the clock alone."""
+    running = sharded(listen_enabled=False, run_ops_mint_flip_grace_ms=3000)
+    client = running.client
+    stats = running.app.cache.stats(Slot.MINT_KIND)
+    org = _org(cp, {"runOpsMintKind": "runOpsId"})
+    hashed = minting.place_shard(org, ["a", "b", "c"])
+    other = next(c for c in "abc" if c != hashed)
+    assert client.mint_id(pb.ID_KIND_RUN, org).shard == hashed
+    loads = stats.loads
+
+    set_flags(cp, org, {"runOpsMintKind": "runOpsId", "runOpsShard": other})
+    assert client.mint_id(pb.ID_KIND_RUN, org).shard == hashed  # the cached records
+    assert stats.loads == loads
+    client.invalidate(organization_id=org)
+    minted = client.mint_id(pb.ID_KIND_RUN, org)
+    assert minted.shard == other and minted.id[24:] == other + "2"
+    assert client.resolve_mint_kind(org).shard_reason == "org_override"
+
+    set_flags(cp, org, {"runOpsMintKind": "cuid"})
+    client.invalidate(organization_id=org)
+    cuid = client.mint_id(pb.ID_KIND_RUN, org)
+    assert cuid.mint_kind == pb.MINT_KIND_CUID and not cuid.HasField("shard")
+
+    # Flipped back to run-ops ids just now: cuids until the grace ends, then
+    # run-ops ids in the hashed shard, from the same cached records.
+    flipped_at = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    set_flags(
+        cp,
+        org,
+        {
+            "runOpsMintKind": "runOpsId",
+            "runOpsMintKindPrev": "cuid",
+            "runOpsMintKindFlippedAt": flipped_at,
+        },
+    )
+    client.invalidate(organization_id=org)
+    during = client.resolve_mint_kind(org)
+    loads = stats.loads
+    assert (during.kind, during.reason) == (pb.MINT_KIND_CUID, "org_flag_grace")
+    assert not during.HasField("shard")
+    after = wait_until(
+        lambda: (d := client.resolve_mint_kind(org)).reason == "org_flag" and d,
+        timeout=10,
+        what="the flip grace to end",
+    )
+    assert (after.kind, after.shard) == (pb.MINT_KIND_RUN_OPS_ID, hashed)
+    assert stats.loads == loads  # the clock alone ended it
+
+
 def test_without_shards_v1_ids_carry_the_region(
     sharded: Callable[..., Running], cp: psycopg.Connection[Any]
 ) -> None:
@@ -320,6 +384,60 @@ def test_without_shards_v1_ids_carry_the_region(
     assert minted.id.endswith("w1")  # us-west-2
     child = client.mint_id(pb.ID_KIND_RUN, org, parent_id=minted.friendly_id)
     assert child.id.endswith("1") and not child.HasField("shard")
+
+
+# ----------------------------------------------------------------------- waitpoints
+
+
+def test_a_gen_2_waitpoint_is_completed_in_its_runs_shard(
+    sharded: Callable[..., Running],
+    cp: psycopg.Connection[Any],
+    tenant: Tenant,
+    shard_dsns: dict[str, str],
+) -> None:
+    """A gen-2 run's waitpoints carry the run's shard char (the platform's
+    mintWaitpointIdFor): SelectStoreForWaitpoint names the shard ReadRun
+    finds the run in; a pinned completion goes to the legacy store and names
+    none; an unconfigured shard is refused, as its reads are."""
+    env = tenant.environment(cp)
+    client = sharded().client
+    run = pb.UNBLOCK_ROUTE_KIND_RUN
+    for char, dsn in shard_dsns.items():
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            body = _run(conn, tenant, env, minting.new_run_ops_id_v2(char))
+        read = client.read_run("run_" + body)
+        assert read is not None and read.source == pb.RUN_SOURCE_RUN_OPS_SHARD
+        # A fresh core stamped with the run's shard char, as the platform mints it.
+        waitpoint = "waitpoint_" + minting.new_run_ops_id_v2(body[24])
+        answer = client.select_store_for_waitpoint(
+            waitpoint, run, tree_owner_residency=pb.RESIDENCY_NEW
+        )
+        assert (answer.store, answer.residency, answer.shard) == (
+            pb.STORE_RUN_OPS,
+            pb.RESIDENCY_NEW,
+            read.shard,
+        )
+        assert answer.pin_reason == pb.PIN_REASON_UNSPECIFIED
+        pinned = client.select_store_for_waitpoint(waitpoint, run, has_legacy_parent=True)
+        assert (pinned.store, pinned.residency, pinned.pin_reason) == (
+            pb.STORE_LEGACY,
+            pb.RESIDENCY_NEW,
+            pb.PIN_REASON_LEGACY_PARENT_DESCENDANT,
+        )
+        assert not pinned.HasField("shard")
+
+    v1 = client.select_store_for_waitpoint("waitpoint_" + minting.new_run_ops_id(), run)
+    assert v1.store == pb.STORE_RUN_OPS and not v1.HasField("shard")
+    legacy = client.select_store_for_waitpoint("waitpoint_" + minting.new_cuid(), run)
+    assert legacy.store == pb.STORE_LEGACY and not legacy.HasField("shard")
+
+    stray = "waitpoint_" + minting.new_run_ops_id_v2("z")
+    exc = _error(lambda: client.select_store_for_waitpoint(stray, run))
+    assert exc.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert exc.reason == "SHARD_NOT_CONFIGURED" and exc.metadata["shard"] == "z"
+    # Pinned to the legacy store, the unconfigured shard does not matter.
+    pinned = client.select_store_for_waitpoint(stray, run, cross_tree_idempotency=True)
+    assert pinned.store == pb.STORE_LEGACY and not pinned.HasField("shard")
 
 
 # ---------------------------------------------------------------- failure and safety

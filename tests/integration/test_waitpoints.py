@@ -10,7 +10,8 @@ import grpc
 import pytest
 
 from controlplane_resolver.dev import demo
-from controlplane_resolver.domain.residency import Residency
+from controlplane_resolver.domain import minting
+from controlplane_resolver.domain.residency import Generation, Residency
 from controlplane_resolver.domain.waitpoints import (
     CATALOGUE,
     PinReason,
@@ -124,6 +125,51 @@ def test_truth_table_split_off_is_always_legacy(kind, waitpoint, owner, cross_tr
     )
 
 
+@pytest.mark.parametrize("kind, waitpoint, owner, cross_tree, legacy_parent", COMBINATIONS)
+def test_a_gen_2_waitpoint_is_completed_in_the_shard_its_id_names(
+    kind, waitpoint, owner, cross_tree, legacy_parent
+):
+    """base32hex: the same table, a gen-2 id for the NEW waitpoint; the shard
+    is reported exactly when the completion goes to the run-ops family."""
+    ids = {
+        Residency.LEGACY: "waitpoint_" + demo.new_cuid(),
+        Residency.NEW: "waitpoint_" + minting.new_run_ops_id_v2("b"),
+    }
+    selection = select_store(
+        split_enabled=True,
+        waitpoint_id=ids[waitpoint],
+        route_kind=kind,
+        tree_owner_residency=owner,
+        cross_tree_idempotency=cross_tree,
+        has_legacy_parent=legacy_parent,
+        generation=Generation.BASE32HEX,
+    )
+    store, pin = expected_route(kind, waitpoint, owner, cross_tree, legacy_parent)
+    assert (selection.store, selection.pin_reason) == (store, pin)
+    assert selection.residency is waitpoint
+    assert selection.shard == ("b" if store is Store.RUN_OPS else None)
+
+
+def test_only_gen_2_waitpoints_name_a_shard():
+    def shard(waitpoint_id, generation=Generation.BASE32HEX, split=True):
+        s = select_store(
+            split_enabled=split,
+            waitpoint_id=waitpoint_id,
+            route_kind=RouteKind.MANUAL,
+            generation=generation,
+        )
+        return s.store, s.shard
+
+    v1 = "waitpoint_" + minting.new_run_ops_id("us-east-1")
+    assert shard(v1) == (Store.RUN_OPS, None)  # the run-ops database itself
+    assert shard("waitpoint_" + minting.new_ksuid()) == (Store.LEGACY, None)
+    assert shard(NEW_WAITPOINT, Generation.KSUID) == (Store.RUN_OPS, None)
+    gen2 = "waitpoint_" + minting.new_run_ops_id_v2("7")
+    assert shard(gen2) == (Store.RUN_OPS, "7")
+    assert shard(gen2.removeprefix("waitpoint_")) == (Store.RUN_OPS, "7")
+    assert shard(gen2, split=False) == (Store.LEGACY, None)  # one store
+
+
 def test_named_rows_of_the_table():
     def route(**kw):
         s = select_store(split_enabled=True, **kw)
@@ -221,6 +267,7 @@ def test_truth_table_over_grpc(start_server):
         assert answer.store == _STORE[store], case
         assert answer.residency == _RESIDENCY[waitpoint], case
         assert answer.pin_reason == _PIN[pin], case
+        assert not answer.HasField("shard"), case  # the ksuid generation has none
         single = split_off.select_store_for_waitpoint(
             WAITPOINTS[waitpoint], _route_kind(kind), **kwargs
         )

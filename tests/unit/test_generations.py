@@ -8,7 +8,10 @@ Pure: no database, no server.
 
 from __future__ import annotations
 
+import base64
+import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Mapping
 
@@ -138,6 +141,46 @@ def test_base32hex_core_matches_a_big_integer_reference() -> None:
     assert run_ops_core(now_ms=2**48 - 1, random=b"\xff" * 9) == "v" * 24
 
 
+@given(st.integers(min_value=0, max_value=2**48 - 1), st.binary(min_size=9, max_size=9))
+def test_base32hex_core_matches_the_standard_librarys_encoder(ms: int, tail: bytes) -> None:
+    expected = base64.b32hexencode(ms.to_bytes(6, "big") + tail).decode("ascii").lower()
+    assert run_ops_core(now_ms=ms, random=tail) == expected
+
+
+def test_random_blocks_hand_out_each_byte_once_across_refills_and_threads() -> None:
+    pool = minting.RandomBlocks(block=90)  # a refill every 10 takes
+    taken: list[bytes] = []
+    lock = threading.Lock()
+
+    def take_many() -> None:
+        mine = [pool.take(9) for _ in range(500)]
+        with lock:
+            taken.extend(mine)
+
+    threads = [threading.Thread(target=take_many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(taken) == 2000 and all(len(b) == 9 for b in taken)
+    assert len(set(taken)) == 2000  # 72 random bits each: a repeat is a reuse
+
+
+def test_a_forked_child_never_hands_out_its_parents_bytes() -> None:
+    pool = minting.RandomBlocks(block=4096)
+    pool.take(9)  # the parent holds a block it has barely used
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next bytes, to the parent
+        os.write(write, pool.take(9))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 9)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 9 and child != pool.take(9)
+
+
 def test_v1_layout_region_and_timestamp_round_trip() -> None:
     for region, char in [
         ("us-east-1", "e"),
@@ -257,6 +300,28 @@ def test_flip_grace_keeps_the_previous_kind_then_switches() -> None:
     assert decide({}, glob).kind is MintKind.RUN_OPS_ID
     # An unparseable stamp is no stamp.
     assert decide(dict(flipped, runOpsMintKindFlippedAt="soon"), {}).reason == "org_flag"
+
+
+def test_a_root_mint_plan_decides_as_the_rule_and_places_only_run_ops_ids() -> None:
+    flipped = {
+        "runOpsMintKind": "runOpsId",
+        "runOpsMintKindPrev": "cuid",
+        "runOpsMintKindFlippedAt": iso(T),
+        "runOpsShard": "b",
+    }
+    plan = minting.plan_root_mint(MintFlags(flipped, {}), "org1", ["a", "b", "c"])
+    # During the grace: the previous kind, a cuid, which has no shard.
+    assert plan.decide(T + 10, 1000) == minting.MintKindDecision(MintKind.CUID, "org_flag_grace")
+    assert plan.decide(T + 1000, 1000) == minting.MintKindDecision(
+        MintKind.RUN_OPS_ID, "org_flag", "b", "org_override"
+    )
+    hashed = minting.plan_root_mint(MintFlags({"runOpsMintKind": "runOpsId"}, {}), "org1", "abc")
+    assert hashed.decide(T, 0).shard == place_shard("org1", "abc")
+    # Without shards (v1 ids), and with no allowed value anywhere.
+    assert minting.plan_root_mint(MintFlags(flipped, {})).decide(T + 1000, 1000).shard is None
+    assert minting.plan_root_mint(MintFlags({}, {}), "org1", "abc").decide(T, 0) == (
+        minting.MintKindDecision(MintKind.CUID, "default")
+    )
 
 
 # ------------------------------------------------------------------------ placement

@@ -1,5 +1,6 @@
 """Minting new run and batch ids (docs/design.md, "Minting ids"): which kind an id gets,
-and the two id generators. Pure: no I/O, no gRPC.
+and the id generators. No database, no gRPC: the only inputs from outside are the
+clock and the OS's random bytes.
 
 Kinds and where they live
 -------------------------
@@ -12,7 +13,7 @@ Kinds and where they live
   ``"c"`` (cuid v1 layout). A run with a cuid lives in the legacy location.
 * **run-ops ids** (the base32hex generation, ``RUN_OPS_ID_GENERATION``):
   26 lowercase characters, 24 of base32hex encoding 6 bytes of big-endian
-  Unix milliseconds then 9 bytes from :mod:`secrets`, then a region char and
+  Unix milliseconds then 9 bytes from the OS's CSPRNG, then a region char and
   ``1`` (v1: the run-ops database) or a shard char and ``2`` (gen-2: that
   shard). :func:`decide_run_ops_mint_kind` is that generation's decision
   (``runOpsMintKind``, with its flip grace) and :func:`choose_shard` places
@@ -62,7 +63,6 @@ flip; ``0`` disables caching. A failed read is never cached.
 
 from __future__ import annotations
 
-import base64
 import enum
 import hashlib
 import itertools
@@ -76,6 +76,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from controlplane_resolver.domain.residency import (
+    BASE32HEX,
     CUID_LENGTH,
     KSUID_LENGTH,
     POSITIONAL_CHARS,
@@ -258,16 +259,6 @@ def read_resolution(flags: Mapping[str, object]) -> MintResolution:
     )
 
 
-def effective_kind(r: MintResolution, now_ms: int, grace_ms: int) -> tuple[MintKind, bool]:
-    """The kind in force at ``now_ms``: the previous kind until ``grace_ms``
-    after the flip, then the new one; ``(kind, in_grace)``."""
-    if r.prev is None or r.flipped_at_ms is None:
-        return r.kind, False
-    if now_ms < r.flipped_at_ms + grace_ms:
-        return r.prev, True
-    return r.kind, False
-
-
 def decide_run_ops_mint_kind(
     *,
     master_switch_enabled: bool,
@@ -276,6 +267,7 @@ def decide_run_ops_mint_kind(
     read_flags: Callable[[], MintFlags | FlagLookup],
     now_ms: int,
     grace_ms: int,
+    plan: Callable[[MintFlags], RootMintPlan] | None = None,
 ) -> MintKindDecision:
     """The base32hex generation's decision (``computeRunIdMintKind`` and
     ``resolveMintFlag``): a parent's residency first (a ``NEW`` parent mints
@@ -283,7 +275,11 @@ def decide_run_ops_mint_kind(
     switch and the split; then ``runOpsMintKind``, source-consistent: the
     organization's value when it sets an allowed one (with its own grace
     stamp), else the global rows (with theirs); the previous kind stays in
-    force until ``grace_ms`` after ``runOpsMintKindFlippedAt``."""
+    force until ``grace_ms`` after ``runOpsMintKindFlippedAt``.
+
+    ``plan(flags)`` turns the records into a :class:`RootMintPlan` (default
+    :func:`plan_root_mint` without shards: no shard is chosen); a caller
+    that places root runs on shards, or reuses plans, passes its own."""
     if parent is not None:
         if parent.residency is Residency.NEW:
             if parent.shard is not None:
@@ -298,15 +294,73 @@ def decide_run_ops_mint_kind(
         return MintKindDecision(MintKind.CUID, "split_off")
     flags = read_flags()
     if isinstance(flags, FlagLookup):
-        return MintKindDecision(MintKind.CUID, flags.value)
+        return _FLAG_READ_FAILED
+    return (plan or plan_root_mint)(flags).decide(now_ms, grace_ms)
+
+
+_FLAG_READ_FAILED = MintKindDecision(MintKind.CUID, FlagLookup.READ_FAILED.value)
+
+
+class RootMintPlan:
+    """What one set of flag records decides for an organization's root runs,
+    whatever the clock: the source (``org_flag``, ``global_flag`` or
+    ``default``), the decision after any flip grace and the one during it,
+    and, with shards, the shard a run-ops id goes to. Immutable; ``decide``
+    builds nothing, so a plan computed once per records object answers every
+    mint that reads those records."""
+
+    __slots__ = ("_after", "_during", "_grace_ends_ms")
+
+    def __init__(
+        self,
+        source: str,
+        resolution: MintResolution | None,
+        shard: tuple[str, str] | None = None,
+    ) -> None:
+        def decision(kind: MintKind, reason: str) -> MintKindDecision:
+            if kind is MintKind.RUN_OPS_ID and shard is not None:
+                return MintKindDecision(kind, reason, *shard)
+            return MintKindDecision(kind, reason)
+
+        if resolution is None:
+            self._after = decision(MintKind.CUID, source)
+            self._during, self._grace_ends_ms = self._after, None
+            return
+        self._after = decision(resolution.kind, source)
+        if resolution.prev is None or resolution.flipped_at_ms is None:
+            self._during, self._grace_ends_ms = self._after, None
+        else:
+            self._during = decision(resolution.prev, source + "_grace")
+            self._grace_ends_ms = resolution.flipped_at_ms
+
+    def decide(self, now_ms: int, grace_ms: int) -> MintKindDecision:
+        """The decision at ``now_ms``: with a flip stamped
+        (``runOpsMintKindPrev`` and ``runOpsMintKindFlippedAt`` both valid),
+        the previous kind until ``grace_ms`` after the flip, then the flag's;
+        without one, the flag's."""
+        if self._grace_ends_ms is not None and now_ms < self._grace_ends_ms + grace_ms:
+            return self._during
+        return self._after
+
+
+def plan_root_mint(
+    flags: MintFlags, organization_id: str = "", shards: Sequence[str] = ()
+) -> RootMintPlan:
+    """The :class:`RootMintPlan` of ``flags``, source-consistent
+    (``resolveMintFlag``): the organization's record when it sets an allowed
+    ``runOpsMintKind``, else the global one, else ``default`` (cuid). With
+    ``shards``, a run-ops id's shard is :func:`choose_shard`'s for
+    ``organization_id`` and its ``runOpsShard`` override."""
     if _flag_kind(flags.organization, MINT_KIND_FLAG) is not None:
         source, record = "org_flag", flags.organization
     elif _flag_kind(flags.global_flags, MINT_KIND_FLAG) is not None:
         source, record = "global_flag", flags.global_flags
     else:
-        return MintKindDecision(MintKind.CUID, "default")
-    kind, in_grace = effective_kind(read_resolution(record), now_ms, grace_ms)
-    return MintKindDecision(kind, source + ("_grace" if in_grace else ""))
+        return RootMintPlan("default", None)
+    shard = None
+    if shards:
+        shard = choose_shard(organization_id, shards, flags.organization.get(SHARD_OVERRIDE_FLAG))
+    return RootMintPlan(source, read_resolution(record), shard)
 
 
 def place_shard(organization_id: str, shards: Sequence[str]) -> str:
@@ -348,16 +402,67 @@ def region_char(region: str | None) -> str:
     return REGION_CODES.get(region or "", DEFAULT_REGION_CHAR)
 
 
+class RandomBlocks:
+    """Bytes from the OS's CSPRNG (:func:`os.urandom`), read ``block`` bytes
+    at a time and handed out in order, each byte once. One read serves many
+    ids: :func:`os.urandom` lets other threads run while it waits on the
+    kernel, and on a busy threaded server every such hand-off of the
+    interpreter lock costs more than the read. A forked child starts with an
+    empty block (``os.register_at_fork``), so no two processes hand out the
+    same bytes. Thread-safe."""
+
+    def __init__(self, block: int = 4096) -> None:
+        self._block = block
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer, self._at = b"", 0
+
+    def take(self, n: int) -> bytes:
+        """``n`` (at most ``block``) bytes never handed out before."""
+        with self._lock:
+            at = self._at
+            if at + n > len(self._buffer):
+                self._buffer, at = os.urandom(self._block), 0
+            self._at = at + n
+            return self._buffer[at : at + n]
+
+
+_random_blocks = RandomBlocks()
+#: Every pair of base32hex digits, by the 10 bits they write.
+_BASE32HEX_PAIRS = tuple(a + b for a in BASE32HEX for b in BASE32HEX)
+
+
 def run_ops_core(*, now_ms: int | None = None, random: bytes | None = None) -> str:
     """24 lowercase base32hex chars: 6 bytes of big-endian Unix milliseconds
-    then 9 bytes from the OS's CSPRNG (:func:`secrets.token_bytes`)."""
+    then 9 bytes from the OS's CSPRNG (:class:`RandomBlocks`); ``now_ms`` and
+    ``random`` pin those parts for tests."""
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    tail = secrets.token_bytes(_RUN_OPS_RANDOM_BYTES) if random is None else random
+    tail = _random_blocks.take(_RUN_OPS_RANDOM_BYTES) if random is None else random
     if not 0 <= ms < 2**48 or len(tail) != _RUN_OPS_RANDOM_BYTES:
         raise ValueError("a run-ops core needs 0 <= ms < 2^48 and 9 random bytes")
-    # 15 bytes are exactly 24 base32hex digits: no padding. The standard
-    # library's encoder writes the RFC 4648 alphabet in capitals.
-    return base64.b32hexencode(ms.to_bytes(6, "big") + tail).decode("ascii").lower()
+    # The 15 bytes as one 120-bit number, written 10 bits (two digits) at a
+    # time, most significant first: exactly 24 digits, no padding.
+    n = (ms << 72) | int.from_bytes(tail, "big")
+    p = _BASE32HEX_PAIRS
+    return (
+        p[n >> 110]
+        + p[(n >> 100) & 1023]
+        + p[(n >> 90) & 1023]
+        + p[(n >> 80) & 1023]
+        + p[(n >> 70) & 1023]
+        + p[(n >> 60) & 1023]
+        + p[(n >> 50) & 1023]
+        + p[(n >> 40) & 1023]
+        + p[(n >> 30) & 1023]
+        + p[(n >> 20) & 1023]
+        + p[(n >> 10) & 1023]
+        + p[n & 1023]
+    )
 
 
 def new_run_ops_id(region: str | None = None, *, now_ms: int | None = None) -> str:

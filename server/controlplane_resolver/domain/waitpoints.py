@@ -17,7 +17,7 @@ table against the proto's ``UnblockRouteKind``).
   generation; unclassifiable (``ksuid`` only: ``base32hex`` classification
   is total) → :class:`~.errors.InvalidArgument` naming the id (an error,
   not a guess); a gen-2 waitpoint's store is ``RUN_OPS`` (the run-ops
-  family; its shard is in its id);
+  family) and its shard the one its id names;
   then pin to the legacy store, checking in this order and reporting the
   first that holds:
 
@@ -32,10 +32,15 @@ table against the proto's ``UnblockRouteKind``).
      (``has_legacy_parent``);
 
   no pin → the store of the waitpoint's own residency (``NEW`` → run-ops,
-  ``LEGACY`` → legacy). Pins are reported even when the waitpoint is legacy
-  itself (the rule held; the store is the same).
+  ``LEGACY`` → legacy), and for a gen-2 waitpoint the shard its id names
+  (the platform stamps a gen-2 run's waitpoints with the run's shard char).
+  Pins are reported even when the waitpoint is legacy itself (the rule held;
+  the store is the same).
 
-The reported residency is always the waitpoint's own.
+The reported residency is always the waitpoint's own; the reported shard is
+where the completion is written, so a pinned completion has none. Whether
+this server configures that shard is not this module's question (the
+resolver refuses one it does not).
 """
 
 from __future__ import annotations
@@ -161,6 +166,9 @@ class StoreSelection:
     residency: Residency
     #: The pin that sent the completion to the legacy store; ``None`` when none.
     pin_reason: PinReason | None
+    #: The shard the completion is written to: a gen-2 waitpoint's shard char
+    #: when the store is ``RUN_OPS``; ``None`` otherwise.
+    shard: str | None = None
 
 
 _STORE_OF = {Residency.NEW: Store.RUN_OPS, Residency.LEGACY: Store.LEGACY}
@@ -205,5 +213,6 @@ def select_store(
         pin = PinReason.CROSS_TREE_IDEMPOTENCY
     elif has_legacy_parent:
         pin = PinReason.LEGACY_PARENT_DESCENDANT
-    store = Store.LEGACY if pin is not None else _STORE_OF[c.residency]
-    return StoreSelection(store, c.residency, pin)
+    if pin is not None:
+        return StoreSelection(Store.LEGACY, c.residency, pin)
+    return StoreSelection(_STORE_OF[c.residency], c.residency, None, c.shard)

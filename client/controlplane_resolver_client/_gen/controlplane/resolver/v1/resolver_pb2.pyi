@@ -1777,23 +1777,33 @@ class SelectStoreForWaitpointResponse(_message.Message):
     STORE_FIELD_NUMBER: _builtins.int
     RESIDENCY_FIELD_NUMBER: _builtins.int
     PIN_REASON_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
     store: Global___Store.ValueType
     residency: Global___Residency.ValueType
     """The waitpoint's own residency."""
     pin_reason: Global___PinReason.ValueType
     """The pin that sent the completion to the legacy store; unset when none."""
+    shard: _builtins.str
+    """The run-ops shard the completion is written to: a gen-2 waitpoint id's
+    shard char when store is STORE_RUN_OPS (the shard's database, not the
+    run-ops database). Unset for every other answer: the run-ops database, a
+    legacy store (pinned or not), the ksuid generation.
+    """
     def __init__(
         self,
         *,
         store: Global___Store.ValueType = ...,
         residency: Global___Residency.ValueType = ...,
         pin_reason: Global___PinReason.ValueType = ...,
+        shard: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "shard", b"shard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pin_reason", b"pin_reason", "residency", b"residency", "store", b"store"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "pin_reason", b"pin_reason", "residency", b"residency", "shard", b"shard", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__shard: _TypeAlias = _typing.Literal["shard"]  # noqa: Y015
+    _WhichOneofArgType__shard: _TypeAlias = _typing.Literal["_shard", b"_shard"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shard) -> _WhichOneofReturnType__shard | None: ...
 
 Global___SelectStoreForWaitpointResponse: _TypeAlias = SelectStoreForWaitpointResponse  # noqa: Y015
 
