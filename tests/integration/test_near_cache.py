@@ -69,6 +69,8 @@ def test_a_hit_is_answered_without_a_call(start_server, cp, tenant):
         assert started(running, "ResolveEnv") - before_missing == 2
     samples = running.app.metrics.registry
     assert samples.get_sample_value("resolver_watch_streams_started_total") >= 1
+    # The closed client's stream is gone from the server within a heartbeat.
+    wait_until(lambda: samples.get_sample_value("resolver_watch_streams") == 0, timeout=5)
 
 
 def test_invalidate_here_reaches_the_near_cache(start_server, cp, tenant):

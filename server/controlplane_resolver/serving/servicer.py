@@ -10,7 +10,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -18,7 +17,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from controlplane_resolver.cache import split_scope
+from controlplane_resolver.cache import AnswerValidity, split_scope
 from controlplane_resolver.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -140,17 +139,21 @@ _SCOPE_KINDS = {
     "all": pb.SCOPE_KIND_ALL,
 }
 _MAX_AGE_LIMIT_MS = 2**32 - 1
-#: How long a ResolveEnv response is reused while the cache's revision does
-#: not move; its max_age_ms is shorter by as much, so that it never
-#: promises more than the cache entry's remaining life.
-REUSE_S = 1.0
+#: A ResolveEnv response is reused while the cache's revision does not
+#: move, for a tenth of its answer's remaining life (at most 10 s); its
+#: max_age_ms is shorter by as much, so that it never promises more than
+#: the cache entry's remaining life.
+REUSE_SHARE = 0.1
+REUSE_MAX_S = 10.0
 
 
-@dataclass(frozen=True)
-class _Reusable:
-    response: pb.ResolveEnvResponse
-    revision: int
-    until: float
+def _stamp(revision: pb.AnswerRevision, validity: AnswerValidity, shorter_by: float = 0.0) -> None:
+    """The parts of ``revision`` that belong to this call: ``valid_at`` and
+    the max age (``shorter_by`` seconds shorter)."""
+    revision.valid_at = validity.valid_at
+    if validity.expires_in is not None:
+        left_ms = int((validity.expires_in - shorter_by) * 1000)
+        revision.max_age_ms = max(0, min(_MAX_AGE_LIMIT_MS, left_ms))
 
 
 def _fill_scope(message: pb.Scope, scope: str) -> None:
@@ -169,22 +172,22 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         # Environments are the hot path: render each cached answer once,
         # and reuse its ResolveEnv response while the revision stands still.
         self._rendered = RenderedCache()
+        self._env_templates = RenderedCache()
         self._env_responses = RenderedCache()
 
-    def _revised(self, r: Resolver, response: Any, shorter_by: float = 0.0) -> Any:
-        """``response`` with its ``revision`` set from the call's answer,
-        its max age ``shorter_by`` seconds shorter."""
+    def _revised(self, r: Resolver, response: Any) -> Any:
+        """``response`` with its ``revision`` set from the call's answer."""
         validity = r.answer_validity()
-        revision = response.revision
+        self._scoped(response.revision, validity)
+        _stamp(response.revision, validity)
+        return response
+
+    def _scoped(self, revision: pb.AnswerRevision, validity: AnswerValidity) -> None:
+        """The parts of ``revision`` that belong to the answer itself."""
         if self.feed is not None:
             revision.server_id = self.feed.server_id
-        revision.valid_at = validity.valid_at
         for scope in validity.scopes:
             _fill_scope(revision.scopes.add(), scope)
-        if validity.expires_in is not None:
-            left_ms = int((validity.expires_in - shorter_by) * 1000)
-            revision.max_age_ms = max(0, min(_MAX_AGE_LIMIT_MS, left_ms))
-        return response
 
     @_edge
     def ResolveEnv(
@@ -195,13 +198,23 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         # invalidation carries a newer revision and is never reused.
         revision = r.revision()
         now = time.monotonic()
-        kept: _Reusable | None = self._env_responses.peek(env)
-        if kept is not None and kept.revision == revision and now < kept.until:
-            return kept.response
+        kept: tuple[pb.ResolveEnvResponse, int, float] | None = self._env_responses.peek(env)
+        if kept is not None and kept[1] == revision and now < kept[2]:
+            return kept[0]
+        validity = r.answer_validity()
+
+        def template(e: Any) -> pb.ResolveEnvResponse:
+            rendered = pb.ResolveEnvResponse()
+            rendered.CopyFrom(self._rendered.get(e, _env_response))
+            self._scoped(rendered.revision, validity)  # the answer's own: kept
+            return rendered
+
         response = pb.ResolveEnvResponse()
-        response.CopyFrom(self._rendered.get(env, _env_response))
-        self._revised(r, response, shorter_by=REUSE_S)
-        self._env_responses.put(env, _Reusable(response, revision, now + REUSE_S))
+        response.CopyFrom(self._env_templates.get(env, template))
+        reuse_s = min(REUSE_MAX_S, (validity.expires_in or 0.0) * REUSE_SHARE)
+        _stamp(response.revision, validity, shorter_by=reuse_s)
+        if reuse_s > 0:
+            self._env_responses.put(env, (response, revision, now + reuse_s))
         return response
 
     @_edge
