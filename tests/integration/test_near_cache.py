@@ -339,3 +339,49 @@ def test_the_stream_is_granted_like_any_method(start_server, tokens, cp, tenant)
         assert concurrency_limit(engine, env_id) == 3
         assert concurrency_limit(engine, env_id) == 3
         assert engine.near_cache_stats().hits == 1
+
+
+def test_the_asyncio_client_falls_through_when_its_stream_is_cut(databases, cp, tenant):
+    import asyncio
+
+    from controlplane_resolver_client import AsyncResolverClient
+
+    from support.processes import ServerProcess
+
+    env = {
+        "CONTROL_PLANE_DATABASE_URL": databases.control_plane,
+        "RUN_OPS_DATABASE_URL": databases.run_ops,
+        "RUN_OPS_SPLIT_ENABLED": "1",
+        "REALTIME_BACKEND_NATIVE_ENABLED": "1",
+        "CONTROL_PLANE_CACHE_TTL_MS": "600000",
+        "CONTROL_PLANE_CACHE_HARD_TTL_MS": "600000",
+        "RESOLVER_LOG_LEVEL": "WARNING",
+    }
+    env_id = tenant.environment(cp, maximum_concurrency_limit=3)
+    server = ServerProcess(env).wait_serving()
+
+    async def until(predicate: Any, what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not predicate():
+            assert asyncio.get_running_loop().time() < deadline, what
+            await asyncio.sleep(0.01)  # polling interval, not synchronisation
+
+    async def scenario() -> None:
+        async with AsyncResolverClient(server.address, near_cache=True, timeout=2) as client:
+            stats = client.near_cache_stats
+            await until(lambda: stats().state is StreamState.LIVE, "stream live")
+            assert (await client.resolve_env(env_id)).maximum_concurrency_limit == 3
+            assert (await client.resolve_env(env_id)).maximum_concurrency_limit == 3
+            assert stats().hits == 1
+            server.proc.kill()
+            server.proc.wait()
+            await until(lambda: stats().state is StreamState.CONNECTING, "stream broken")
+            assert stats().entries == 0
+            with pytest.raises(ResolverError) as failure:
+                await client.resolve_env(env_id)
+            assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.terminate()

@@ -86,6 +86,16 @@ def abort(
     context.abort_with_status(status)
 
 
+def _not_ready(context: grpc.ServicerContext) -> None:
+    abort(
+        context,
+        grpc.StatusCode.UNAVAILABLE,
+        "the resolver is starting: start-up checks and pools are not ready yet",
+        "NOT_READY",
+        retry_after_s=1.0,
+    )
+
+
 def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
     """Translate domain errors into statuses; anything unexpected is INTERNAL."""
 
@@ -93,13 +103,7 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: ResolverServicer, request: Any, context: grpc.ServicerContext) -> Any:
         resolver = self.resolver
         if resolver is None:
-            abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                "the resolver is starting: start-up checks and pools are not ready yet",
-                "NOT_READY",
-                retry_after_s=1.0,
-            )
+            _not_ready(context)
         try:
             return method(self, resolver, request, context)
         except OperationError as exc:
@@ -358,13 +362,7 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
     ) -> Iterator[pb.WatchInvalidationsResponse]:
         feed = self.feed
         if feed is None or self.resolver is None:
-            abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                "the resolver is starting: start-up checks and pools are not ready yet",
-                "NOT_READY",
-                retry_after_s=1.0,
-            )
+            _not_ready(context)
             return
         events = feed.watch(context.cancel)
         try:

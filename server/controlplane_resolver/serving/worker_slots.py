@@ -63,6 +63,9 @@ class WorkerSlots(grpc.ServerInterceptor):
 
     def __init__(self, slots: int) -> None:
         self._slots = _Slots(slots)
+        #: Wrapped handlers by the handler they wrap (one per method): the
+        #: wrapper holds nothing of a call's, so it is made once.
+        self._wrapped: dict[int, tuple[Any, Any]] = {}
 
     def intercept_service(
         self,
@@ -72,6 +75,15 @@ class WorkerSlots(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
+        made = self._wrapped.get(id(handler))
+        if made is not None and made[0] is handler:
+            return made[1]
+        wrapped = self._wrap(handler)
+        if len(self._wrapped) < 1000:  # the methods served, and a few more
+            self._wrapped[id(handler)] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: Any) -> Any:
         behavior = handler.unary_unary
         slots = self._slots
 
