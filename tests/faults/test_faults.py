@@ -281,10 +281,11 @@ def _sigterm(server: Server, platform: Platform, *, during_hang: bool, grace_s: 
         tallies,
         None,
         f"exit {took:.2f} s after SIGTERM, code {server.proc.returncode}; CANCELLED: "
-        f"{len(cut)} accepted calls cut, {at_once} at arrival by grpc core's shutdown",
+        f"{len(cut)} accepted calls cut, {at_once} at arrival",
     )
-    # No call that a handler had started on ends CANCELLED.
-    assert not cut, cut
+    # No call ends CANCELLED: neither one a handler had started on nor one
+    # that reached the server as it stopped.
+    assert not cut and not at_once, (cut, at_once)
     assert server.proc.returncode == 0
     assert took <= grace_s + 1.0 * SLACK
 
@@ -376,6 +377,8 @@ def test_rolling_restart_with_the_typed_client(platform: Platform, stop_after: l
             platform.control_plane,
             platform.run_ops,
             RESOLVER_SHUTDOWN_GRACE_MS="2000",
+            # As deployments do: clients move to the other server meanwhile.
+            RESOLVER_SHUTDOWN_PAUSE_MS="300",
             RESOLVER_METRICS_ADDR=f"127.0.0.1:{metrics}",
         )
         server = Server(env, port=port)
@@ -442,11 +445,10 @@ def test_rolling_restart_with_the_typed_client(platform: Platform, stop_after: l
         f"{ {c: n for c, n in starting.codes.items() if c != 'OK'} or 0 }",
     )
     assert all(t.wrong == 0 for t in phases.values())
-    assert set(phases["serving"].codes) == {"OK"}, phases["serving"].codes
-    # While a server drains, the other answers: nothing fails but the calls
-    # grpc core cancels at arrival as it shuts down (never accepted).
-    assert not [took for took in draining.cancelled_after if took > ACCEPTED_S]
-    assert set(draining.codes) <= {"OK", "CANCELLED"}, (draining.codes, draining.details)
+    # The typed client watches each server's health: a draining server is
+    # left during its pause, so no call fails, in any phase.
+    for t in phases.values():
+        assert set(t.codes) <= {"OK"}, (t.name, t.codes, t.details)
 
 
 def _served(metrics_port: int) -> float:

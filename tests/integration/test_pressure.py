@@ -15,6 +15,9 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from controlplane_resolver.cache import Slot
 from controlplane_resolver_client import ResolverError, pb
@@ -201,3 +204,40 @@ def test_call_cancelled_by_its_caller_is_counted_as_cancelled(
     )
     assert handled(finished, "ResolveEnv", "CANCELLED") == 1
     assert handled(finished, "ResolveEnv", "OK") == 0
+
+
+def test_a_drain_answers_new_calls_shutting_down_while_calls_in_flight_finish(
+    start_server, cp, tenant: Tenant
+) -> None:
+    running = start_server(db_timeout_ms=10_000, listen_enabled=False)
+    env_id = tenant.environment(cp)
+    stats = running.app.cache.stats(Slot.ENVIRONMENT)
+    with environments_locked(running), grpc.insecure_channel(running.address) as channel:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        in_flight = Background(lambda: running.client.resolve_env(env_id, timeout=20))
+        wait_until(lambda: stats.loads == 1, timeout=5)
+        stopping = Background(lambda: running.app.stop(grace=20, pause=0))
+        wait_until(lambda: running.app.admission.draining, timeout=5)
+        # A new call (one attempt, bare channel) is answered at once, with
+        # a reason and a zero retry delay: retried elsewhere, never CANCELLED.
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ClassifyRunId(pb.ClassifyRunIdRequest(id="c" * 25), timeout=10)
+        assert time.monotonic() - started < 1.0
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        status = rpc_status.from_call(refused.value)
+        assert status is not None
+        info = error_details_pb2.ErrorInfo()
+        status.details[0].Unpack(info)
+        assert info.reason == "SHUTTING_DOWN"
+        assert dict(refused.value.trailing_metadata())["grpc-retry-pushback-ms"] == "0"
+        # Health checks are answered still: NOT_SERVING.
+        checked = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # The call taken on before the drain is still waiting, not cut.
+        assert not in_flight.finished and not stopping.finished
+    # Released: the call in flight is answered, then the drain ends.
+    assert in_flight.join(10).id == env_id
+    stopping.join(10)
+    assert running.app.admission.refused["draining"] >= 1

@@ -200,6 +200,20 @@ def test_valid_token_works_missing_or_wrong_token_is_unauthenticated_without_det
     channel.close()
 
 
+def test_with_health_closed_the_typed_client_still_calls(start_server, tokens: Tokens) -> None:
+    # The channel's health watch carries no token: refused UNIMPLEMENTED, it
+    # turns the watch off (gRFC A17); refused otherwise, it would take the
+    # server for unhealthy and never call it.
+    running = start_server(auth_tokens_file=str(tokens.path), open_health=False)
+    with client_for(running, ENGINE_TOKEN) as engine:
+        assert classify(engine)
+    with grpc.insecure_channel(running.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as checked:
+            health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert checked.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_token_rotation_adds_then_retires_a_token_without_restart(
     start_server, tokens: Tokens
 ) -> None:

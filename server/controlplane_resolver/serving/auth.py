@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 SERVICE_PREFIX = "/controlplane.resolver.v1.ControlPlaneResolverService/"
 SECRET_METHOD = "ResolveAuthenticatedEnv"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+HEALTH_WATCH = HEALTH_PREFIX + "Watch"
 REFLECTION_PREFIX = "/grpc.reflection."
 
 
@@ -255,6 +256,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
         # Looking the handler up reveals nothing to the caller: it only
         # tells which kind of handler the refusal must be.
         handler = continuation(details)
+        if client is None and method == HEALTH_WATCH:
+            # A channel's own health watch (gRFC A17, the typed client's
+            # service config) carries no token. UNIMPLEMENTED turns the
+            # watch off and the channel calls the server; any other refusal
+            # would make the channel take the server for unhealthy for good.
+            return _deny(
+                handler,
+                grpc.StatusCode.UNIMPLEMENTED,
+                "watching health needs a token here (RESOLVER_OPEN_HEALTH is off): call Check",
+            )
         if client is None:
             return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
         short = method.rsplit("/", 1)[-1]

@@ -28,6 +28,7 @@ from controlplane_resolver.config import Settings
 from controlplane_resolver.errors import ConfigError, StartCancelled, Unavailable
 from controlplane_resolver.invalidation.listener import InvalidationListener, ListenerState
 from controlplane_resolver.resolver import Resolver
+from controlplane_resolver.serving.admission import Admission, AdmissionExecutor
 from controlplane_resolver.serving.auth import AuthInterceptor, TokenFile, is_loopback
 from controlplane_resolver.serving.observability import CallInterceptor, Metrics, StateCollector
 from controlplane_resolver.serving.servicer import ResolverServicer
@@ -149,7 +150,12 @@ class ResolverApp:
         self.metrics.registry.register(self.state_metrics)
         self.servicer = ResolverServicer()
         self.health = health.HealthServicer()
-        interceptors: list[grpc.ServerInterceptor] = [CallInterceptor(self.metrics)]
+        self.executor = AdmissionExecutor(settings.max_workers)
+        self.admission = Admission(self.metrics)
+        interceptors: list[grpc.ServerInterceptor] = [
+            self.admission,
+            CallInterceptor(self.metrics),
+        ]
         if self.tokens is not None:
             interceptors.append(
                 AuthInterceptor(
@@ -159,9 +165,7 @@ class ResolverApp:
                 )
             )
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=settings.max_workers, thread_name_prefix="grpc-worker"
-            ),
+            self.executor,
             interceptors=interceptors,
             options=server_options(settings),
             # Beyond this many calls in progress or queued, grpcio answers
@@ -369,10 +373,24 @@ class ResolverApp:
                 raise StartCancelled("start-up cancelled while the listener connected")
         return False
 
-    def stop(self, grace: float | None = None, pause: float | None = None) -> None:
-        """Report NOT_SERVING, wait ``pause`` seconds for load balancers,
-        drain in-flight calls for up to ``grace`` seconds, then close the
-        listener and pools. Defaults come from the settings. Idempotent."""
+    def stop(
+        self, grace: float | None = None, pause: float | None = None, *, close_server: bool = True
+    ) -> None:
+        """Report NOT_SERVING, wait ``pause`` seconds (clients that watch
+        health, and load balancers, move to other replicas meanwhile), then
+        drain: new calls are answered UNAVAILABLE (``SHUTTING_DOWN``) while
+        the calls in flight get up to ``grace`` seconds to finish; then stop
+        the server and close the listener and pools. Defaults come from the
+        settings. Idempotent.
+
+        grpc core's own shutdown (``close_server=True``) cancels the calls
+        it has received but no thread has taken yet, and their callers see
+        CANCELLED, which clients do not retry. A process that exits next
+        passes ``close_server=False``: the server is left answering
+        ``SHUTTING_DOWN``, and pools, listener and metrics endpoint are left
+        open, until the exit closes every connection at once (a call still
+        open then ends UNAVAILABLE at its caller; docs/operations.md,
+        "Draining")."""
         with self._stopping:
             if self._stopped.is_set():
                 return
@@ -387,27 +405,39 @@ class ResolverApp:
             if pause > 0:
                 log.info("NOT_SERVING; draining in %.1fs", pause)
                 time.sleep(pause)  # the documented pause, not synchronisation
-            stopped = self.server.stop(grace)
+            self.admission.drain()
             # Calls still waiting for a database near the end of the grace
-            # are answered UNAVAILABLE (retried elsewhere) before grpcio
-            # would cut them off as CANCELLED.
+            # are answered UNAVAILABLE (retried elsewhere) before the grace
+            # ends and the process with it.
             resolver = self.servicer.resolver
-            if not stopped.wait(max(0.0, grace - DRAIN_MARGIN_S)) and resolver is not None:
-                resolver.drain()
-            stopped.wait()
-            if self.health_server is not None:
-                self.health_server.stop(0).wait()
-            if self.servicer.resolver is not None:
-                self.servicer.resolver.close()
-            if self.listener is not None:
-                self.listener.stop()
-            if self.topology is not None:
-                self.topology.close()
-            if self.cache is not None:
-                self.cache.close()
-            self.metrics.close()
+            if not self.executor.wait_idle(max(0.0, grace - DRAIN_MARGIN_S)):
+                if resolver is not None:
+                    resolver.drain()
+                if not self.executor.wait_idle(min(grace, DRAIN_MARGIN_S)):
+                    log.warning(
+                        "%d calls still running at the end of the %.1fs grace "
+                        "(RESOLVER_SHUTDOWN_GRACE_MS) are cut: raise it if calls need longer",
+                        self.executor.in_flight,
+                        grace,
+                    )
+            if close_server:
+                self.server.stop(0).wait()
+                if self.health_server is not None:
+                    self.health_server.stop(0).wait()
+                self._close_resources()
             self._stopped.set()
             log.info("stopped")
+
+    def _close_resources(self) -> None:
+        if self.servicer.resolver is not None:
+            self.servicer.resolver.close()
+        if self.listener is not None:
+            self.listener.stop()
+        if self.topology is not None:
+            self.topology.close()
+        if self.cache is not None:
+            self.cache.close()
+        self.metrics.close()
 
     def wait(self) -> None:
         """Block until :meth:`stop` has finished."""
