@@ -504,3 +504,63 @@ def test_sigkill_of_a_child_process(platform: Platform, stop_after: list[Any]) -
     )
     assert tally.wrong == 0
     assert server.proc.poll() is None  # the parent lives on
+
+
+def test_overload_answers_resource_exhausted_at_once(
+    platform: Platform, stop_after: list[Any]
+) -> None:
+    limit = 16
+    server = serve(platform, stop_after, RESOLVER_MAX_CONCURRENT_RPCS=str(limit))
+    calls = Calls(server.address)
+    stop_after.append(calls)
+    warm(calls, platform)
+    # Four times as many callers as the limit, each calling again as soon
+    # as answered (a refused one after the retry delay, as a client honours
+    # it), over four connections configured as the typed client's.
+    channels = [
+        grpc.insecure_channel(
+            server.address, options=channel_options([("grpc.use_local_subchannel_pool", 1)])
+        )
+        for _ in range(4)
+    ]
+    stubs = [resolver_pb2_grpc.ControlPlaneResolverServiceStub(c) for c in channels]
+    env_id = platform.env_ids[0]
+    flood, refused_after = Tally("flood"), Tally("refusals")
+    pushbacks: set[float] = set()
+
+    def call(i: int) -> None:
+        stub = stubs[i % len(stubs)]
+        started = time.monotonic()
+        pushback = flood.call(
+            lambda: stub.ResolveEnv(pb.ResolveEnvRequest(environment_id=env_id), timeout=5),
+            5,
+            lambda r: r.environment.id == env_id,
+        )
+        if pushback is not None:
+            refused_after.latencies.append(time.monotonic() - started)
+            pushbacks.add(pushback)
+            time.sleep(pushback)  # the client's retry delay: pacing
+
+    probe_tallies, probe_step = probes(calls, platform)
+    load, probing = Load(4 * limit, call), Load(3, probe_step)
+    time.sleep(scaled(20, 5))  # the overload's duration
+    load.stop()
+    probing.stop()
+    for channel in channels:
+        channel.close()
+    record(
+        f"overload: {4 * limit} callers, limit {limit} (RESOLVER_MAX_CONCURRENT_RPCS)",
+        [flood, *probe_tallies],
+        None,
+        f"refusals answered in p50 {refused_after.percentile(0.5) * 1000:.1f} ms, "
+        f"p99 {refused_after.p99() * 1000:.1f} ms, retry delay {sorted(pushbacks)} s; "
+        f"hits/Classify/health p99 {max(t.p99() for t in probe_tallies) * 1000:.1f} ms",
+    )
+    assert flood.wrong == 0
+    assert set(flood.codes) <= {"OK", "RESOURCE_EXHAUSTED"}, (flood.codes, flood.details)
+    assert flood.codes["RESOURCE_EXHAUSTED"] > 0 and pushbacks == {0.1}, pushbacks
+    # Answered in well under the callers' 5 s deadline, not after waiting in a queue.
+    assert refused_after.p99() < 0.5 * SLACK
+    for t in probe_tallies:
+        assert set(t.codes) <= {"OK", "RESOURCE_EXHAUSTED"}, (t.name, t.codes)
+    assert set(probe_tallies[2].codes) == {"OK"}, probe_tallies[2].codes  # health

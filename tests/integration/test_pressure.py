@@ -144,7 +144,8 @@ def test_call_whose_deadline_passed_before_it_was_served_never_touches_the_datab
 
 def test_overload_is_refused_at_once_and_recovers(start_server, cp, tenant: Tenant) -> None:
     # The bulkhead admits all four (its default would refuse two of them at
-    # once, tested in test_bulkheads): here the server's call limit is full.
+    # once, tested in test_bulkheads): here the server's call limit is full,
+    # and further calls are answered at once on the express threads.
     running = start_server(
         max_concurrent_rpcs=4,
         max_workers=4,
@@ -166,6 +167,18 @@ def test_overload_is_refused_at_once_and_recovers(start_server, cp, tenant: Tena
         refusals.append(timed_failure(lambda: classify(client, timeout=10)))
         assert {code for code, _ in refusals} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
         assert max(took for _, took in refusals) < 1.0
+        # With a reason and a retry delay (one attempt, bare channel).
+        with grpc.insecure_channel(running.address) as channel:
+            stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ClassifyRunId(pb.ClassifyRunIdRequest(id="c" * 25), timeout=10)
+        status = rpc_status.from_call(refused.value)
+        assert status is not None
+        info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+        status.details[0].Unpack(info)
+        status.details[1].Unpack(retry)
+        assert (info.reason, retry.retry_delay.ToMilliseconds()) == ("OVERLOADED", 100)
+        assert "RESOLVER_MAX_CONCURRENT_RPCS" in refused.value.details()
         assert not any(call.finished for call in blocked)
     assert [call.join(10) for call in blocked] == envs
     # Recovered: a burst within the limit is served in full.

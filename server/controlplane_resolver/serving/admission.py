@@ -11,9 +11,22 @@ for a worker. This module decides at that hand-off (docs/operations.md,
   policies retry on another replica, never a call left for grpc core to
   cancel. :meth:`AdmissionExecutor.wait_idle` tells when the calls taken on
   before the drain have all finished.
+* **Overload.** At most ``limit`` calls are in progress or waiting for a
+  worker (:attr:`AdmissionExecutor.in_flight`); the next is answered
+  ``RESOURCE_EXHAUSTED`` with the reason ``OVERLOADED`` and a retry delay
+  (:data:`OVERLOAD_RETRY_S`), at once, instead of queueing until its
+  deadline.
 * **Express threads.** Refusals and health checks run on a few threads of
   their own (:class:`Express`), never queued behind the calls waiting for a
   worker: they answer at once without blocking on anything.
+
+Admission sees only the calls grpcio's polling thread has taken off the
+wire; a burst of thousands of calls at once outpaces that one thread, and
+calls still waiting in grpc core can then end CANCELLED, as with any
+grpcio server (docs/faults.md). Beyond the limit plus :data:`EXPRESS_QUEUE`
+calls grpcio refuses calls itself (:func:`grpc_limit`:
+``RESOURCE_EXHAUSTED`` without a retry delay), which bounds the refusals
+waiting for an express thread.
 """
 
 from __future__ import annotations
@@ -31,6 +44,12 @@ from controlplane_resolver.serving.servicer import abort
 
 #: Threads that run refusals and health checks (:class:`Express`).
 EXPRESS_WORKERS = 2
+#: The retry delay of an OVERLOADED refusal: calls of a saturated server
+#: finish within milliseconds, so a place frees soon.
+OVERLOAD_RETRY_S = 0.1
+#: Refusals and health checks that may wait for an express thread at once
+#: (at least): beyond the limit and this many, grpcio refuses calls itself.
+EXPRESS_QUEUE = 256
 #: Methods that are never refused: health checks answer NOT_SERVING
 #: during a drain, and a probe must always get an answer.
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -105,6 +124,11 @@ class AdmissionExecutor(futures.ThreadPoolExecutor):
         super().shutdown(wait, cancel_futures=cancel_futures)
 
 
+def grpc_limit(limit: int) -> int:
+    """grpcio's ``maximum_concurrent_rpcs`` for an admission ``limit``."""
+    return limit + max(limit, EXPRESS_QUEUE)
+
+
 def _shutting_down(_request: Any, context: grpc.ServicerContext) -> None:
     abort(
         context,
@@ -115,16 +139,35 @@ def _shutting_down(_request: Any, context: grpc.ServicerContext) -> None:
     )
 
 
+def _overloaded(limit: int) -> Callable[[Any, grpc.ServicerContext], None]:
+    def refuse(_request: Any, context: grpc.ServicerContext) -> None:
+        abort(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the server is overloaded: {limit} calls are in progress or waiting for a "
+            "thread (RESOLVER_MAX_CONCURRENT_RPCS); retry after the delay, or add replicas",
+            "OVERLOADED",
+            retry_after_s=OVERLOAD_RETRY_S,
+        )
+
+    return refuse
+
+
 class Admission(grpc.ServerInterceptor):
     """Place it first among the interceptors: it sees every call as handed
-    to the thread pool. Refusals are counted in ``metrics`` (by method and
+    to ``executor``. Refusals are counted in ``metrics`` (by method and
     code) and in :attr:`refused`."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, executor: AdmissionExecutor, limit: int, metrics: Metrics | None = None
+    ) -> None:
+        self._executor = executor
+        self.limit = limit
         self._metrics = metrics
         self._draining = False
+        self._refuse_overload = _overloaded(limit)
         #: Calls refused, by cause.
-        self.refused = {"draining": 0}
+        self.refused = {"draining": 0, "overload": 0}
 
     @property
     def draining(self) -> bool:
@@ -148,6 +191,10 @@ class Admission(grpc.ServerInterceptor):
             return handler._replace(unary_unary=Express(handler.unary_unary))
         if self._draining:
             return self._refuse(handler, method, "draining", "UNAVAILABLE", _shutting_down)
+        if self._executor.in_flight >= self.limit:
+            return self._refuse(
+                handler, method, "overload", "RESOURCE_EXHAUSTED", self._refuse_overload
+            )
         return handler
 
     def _refuse(

@@ -28,7 +28,7 @@ from controlplane_resolver.config import Settings
 from controlplane_resolver.errors import ConfigError, StartCancelled, Unavailable
 from controlplane_resolver.invalidation.listener import InvalidationListener, ListenerState
 from controlplane_resolver.resolver import Resolver
-from controlplane_resolver.serving.admission import Admission, AdmissionExecutor
+from controlplane_resolver.serving.admission import Admission, AdmissionExecutor, grpc_limit
 from controlplane_resolver.serving.auth import AuthInterceptor, TokenFile, is_loopback
 from controlplane_resolver.serving.observability import CallInterceptor, Metrics, StateCollector
 from controlplane_resolver.serving.servicer import ResolverServicer
@@ -151,7 +151,7 @@ class ResolverApp:
         self.servicer = ResolverServicer()
         self.health = health.HealthServicer()
         self.executor = AdmissionExecutor(settings.max_workers)
-        self.admission = Admission(self.metrics)
+        self.admission = Admission(self.executor, settings.max_concurrent_rpcs, self.metrics)
         interceptors: list[grpc.ServerInterceptor] = [
             self.admission,
             CallInterceptor(self.metrics),
@@ -168,9 +168,9 @@ class ResolverApp:
             self.executor,
             interceptors=interceptors,
             options=server_options(settings),
-            # Beyond this many calls in progress or queued, grpcio answers
-            # RESOURCE_EXHAUSTED at once instead of growing a queue.
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            # Admission refuses beyond the limit (RESOURCE_EXHAUSTED with a
+            # retry delay); grpcio's own refusal bounds the refusals queued.
+            maximum_concurrent_rpcs=grpc_limit(settings.max_concurrent_rpcs),
         )
         resolver_pb2_grpc.add_ControlPlaneResolverServiceServicer_to_server(
             self.servicer, self.server
