@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from controlplane_resolver.cache import Slot
+from controlplane_resolver.dev import demo
 from controlplane_resolver_client import ResolverError, pb
 from controlplane_resolver_client.v1 import resolver_pb2_grpc
 
@@ -254,3 +255,82 @@ def test_a_drain_answers_new_calls_shutting_down_while_calls_in_flight_finish(
     assert in_flight.join(10).id == env_id
     stopping.join(10)
     assert running.app.admission.refused["draining"] >= 1
+
+
+# ------------------------------------------------- loads nobody waits for
+
+
+RUNS_LOCK = 'LOCK TABLE "TaskRun" IN ACCESS EXCLUSIVE MODE'
+
+
+def lock_waiters(dsn: str) -> int:
+    """The resolver's run-ops connections waiting for a lock right now."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'controlplane-resolver:run-ops' "
+            "AND wait_event_type = 'Lock'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("method", ["ReadRun", "BatchReadRuns"])
+def test_a_run_read_nobody_waits_for_is_cancelled(start_server, databases, method) -> None:
+    # Statements may run 20 s: only the cancellation can end the wait below
+    # while the table stays locked.
+    running = start_server(db_timeout_ms=20_000, listen_enabled=False)
+    run_id = demo.new_ksuid()  # a NEW run: read on run-ops alone
+    with psycopg.connect(databases.run_ops) as locker:
+        locker.execute(RUNS_LOCK)
+        with grpc.insecure_channel(running.address) as channel:
+            stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as failed:
+                if method == "ReadRun":
+                    stub.ReadRun(pb.ReadRunRequest(run_id=run_id), timeout=1.0)
+                else:
+                    stub.BatchReadRuns(pb.BatchReadRunsRequest(run_ids=[run_id]), timeout=1.0)
+            assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert time.monotonic() - started < 2.0
+        # The caller has gone: its query stops waiting for the lock, which
+        # is still held, long before the statement timeout.
+        wait_until(lambda: lock_waiters(databases.run_ops) == 0, timeout=5)
+        locker.rollback()
+    # The reader serves again (the cancelled connection was given back).
+    with grpc.insecure_channel(running.address) as channel:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as absent:
+            stub.ReadRun(pb.ReadRunRequest(run_id=run_id), timeout=10)
+        assert absent.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_batch_run_reads_pass_the_bulkhead_as_single_reads_do(start_server, databases) -> None:
+    running = start_server(db_max_waiting=1, db_timeout_ms=20_000, listen_enabled=False)
+    with (
+        psycopg.connect(databases.run_ops) as locker,
+        grpc.insecure_channel(running.address) as channel,
+    ):
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        locker.execute(RUNS_LOCK)
+        waiting = stub.BatchReadRuns.future(
+            pb.BatchReadRunsRequest(run_ids=[demo.new_ksuid()]), timeout=20
+        )
+        wait_until(lambda: lock_waiters(databases.run_ops) == 1, timeout=5)
+        # The run-ops bulkhead is full: batch and single reads of it are
+        # refused at once, with a retry delay, not queued behind the lock.
+        for call in (
+            lambda: stub.BatchReadRuns(
+                pb.BatchReadRunsRequest(run_ids=[demo.new_ksuid()]), timeout=10
+            ),
+            lambda: stub.ReadRun(pb.ReadRunRequest(run_id=demo.new_ksuid()), timeout=10),
+        ):
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert time.monotonic() - started < 1.0
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "waiting for it" in refused.value.details()
+            assert dict(refused.value.trailing_metadata())["grpc-retry-pushback-ms"] == "500"
+        locker.rollback()
+        assert waiting.result(timeout=10).results[0].not_found
