@@ -29,7 +29,13 @@ from controlplane_resolver.errors import ConfigError, StartCancelled, Unavailabl
 from controlplane_resolver.invalidation.listener import InvalidationListener, ListenerState
 from controlplane_resolver.resolver import Resolver
 from controlplane_resolver.serving.admission import Admission, AdmissionExecutor, grpc_limit
-from controlplane_resolver.serving.auth import AuthInterceptor, TokenFile, is_loopback
+from controlplane_resolver.serving.auth import (
+    AuthInterceptor,
+    CertificateGrantsInterceptor,
+    GrantsFile,
+    TokenFile,
+    is_loopback,
+)
 from controlplane_resolver.serving.observability import CallInterceptor, Metrics, StateCollector
 from controlplane_resolver.serving.servicer import ResolverServicer
 from controlplane_resolver.serving.tls import RotatingCertificates, TlsFiles, server_credentials
@@ -164,6 +170,11 @@ class ResolverApp:
                     open_reflection=settings.open_reflection,
                 )
             )
+        self.grants = (
+            GrantsFile(settings.tls_client_grants_file) if settings.tls_client_grants_file else None
+        )
+        if self.grants is not None:
+            interceptors.append(CertificateGrantsInterceptor(self.grants))
         self.server = grpc.server(
             self.executor,
             interceptors=interceptors,
@@ -208,6 +219,13 @@ class ResolverApp:
                 "serving %s WITHOUT authentication: any caller that reaches it can "
                 "read API keys with ResolveAuthenticatedEnv",
                 settings.addr,
+            )
+        elif tokens is None and not settings.tls_client_grants_file:
+            log.warning(
+                "mutual TLS without RESOLVER_AUTH_TOKENS_FILE or RESOLVER_TLS_CLIENT_GRANTS_FILE: "
+                "every certificate the client CA signed may call every method, "
+                "ResolveAuthenticatedEnv (API keys) included; grant methods per certificate "
+                "in RESOLVER_TLS_CLIENT_GRANTS_FILE"
             )
         return tokens
 
