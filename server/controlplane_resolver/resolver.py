@@ -58,6 +58,7 @@ from controlplane_resolver.domain.values import (
 )
 from controlplane_resolver.domain.waitpoints import StoreSelection
 from controlplane_resolver.errors import (
+    SHUTTING_DOWN_RETRY_S,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -806,7 +807,7 @@ def _shutting_down() -> Unavailable:
     return Unavailable(
         "the server is shutting down; retry (another replica answers)",
         reason="SHUTTING_DOWN",
-        retry_after_s=0.0,
+        retry_after_s=SHUTTING_DOWN_RETRY_S,
     )
 
 

@@ -234,7 +234,7 @@ def test_a_drain_answers_new_calls_shutting_down_while_calls_in_flight_finish(
         stopping = Background(lambda: running.app.stop(grace=20, pause=0))
         wait_until(lambda: running.app.admission.draining, timeout=5)
         # A new call (one attempt, bare channel) is answered at once, with
-        # a reason and a zero retry delay: retried elsewhere, never CANCELLED.
+        # a reason and a 10 ms retry delay: retried elsewhere, never CANCELLED.
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as refused:
             stub.ClassifyRunId(pb.ClassifyRunIdRequest(id="c" * 25), timeout=10)
@@ -245,7 +245,7 @@ def test_a_drain_answers_new_calls_shutting_down_while_calls_in_flight_finish(
         info = error_details_pb2.ErrorInfo()
         status.details[0].Unpack(info)
         assert info.reason == "SHUTTING_DOWN"
-        assert dict(refused.value.trailing_metadata())["grpc-retry-pushback-ms"] == "0"
+        assert dict(refused.value.trailing_metadata())["grpc-retry-pushback-ms"] == "10"
         # Health checks are answered still: NOT_SERVING.
         checked = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING

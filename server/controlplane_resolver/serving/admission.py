@@ -7,7 +7,7 @@ for a worker. This module decides at that hand-off (docs/operations.md,
 
 * **Draining.** Once :meth:`Admission.drain` is called, every new call
   (health checks aside) is answered ``UNAVAILABLE`` with the reason
-  ``SHUTTING_DOWN`` and a zero retry delay: an answer, which clients' retry
+  ``SHUTTING_DOWN`` and a 10 ms retry delay: an answer, which clients' retry
   policies retry on another replica, never a call left for grpc core to
   cancel. :meth:`AdmissionExecutor.wait_idle` tells when the calls taken on
   before the drain have all finished.
@@ -39,6 +39,7 @@ from typing import Any
 
 import grpc
 
+from controlplane_resolver.errors import SHUTTING_DOWN_RETRY_S
 from controlplane_resolver.serving.observability import Metrics
 from controlplane_resolver.serving.servicer import abort
 
@@ -135,7 +136,7 @@ def _shutting_down(_request: Any, context: grpc.ServicerContext) -> None:
         grpc.StatusCode.UNAVAILABLE,
         "the server is shutting down; retry (another replica answers)",
         "SHUTTING_DOWN",
-        retry_after_s=0.0,
+        retry_after_s=SHUTTING_DOWN_RETRY_S,
     )
 
 
