@@ -588,7 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    code = _main(argv)
+    try:
+        code = _main(argv)
+    except BaseException:
+        if not _left_serving.is_set():
+            raise
+        log.exception("failed after serving")
+        code = EXIT_RUNTIME
     if _left_serving.is_set():
         # A drained server still answers SHUTTING_DOWN; the exit closes its
         # connections. Interpreter shutdown would first stop its thread
