@@ -216,7 +216,10 @@ class AsyncResolverClient:
         value = near.get(key)
         if value is not MISSING:
             return value  # type: ignore[no-any-return]
-        response = await call(rpc, request, timeout, self._near_stub)
+        # Only an answer from the stream's server can be kept: while the
+        # stream is not live, ask the balanced (health-checked) channel.
+        stub = self._near_stub if near.live() else self.stub
+        response = await call(rpc, request, timeout, stub)
         if response is None:
             return None
         value = unwrap(response)

@@ -408,7 +408,10 @@ class ResolverClient:
         value = near.get(key)
         if value is not MISSING:
             return value  # type: ignore[no-any-return]
-        response = call(getattr(self._near_stub, rpc), request, timeout)
+        # Only an answer from the stream's server can be kept: while the
+        # stream is not live, ask the balanced (health-checked) channel.
+        stub = self._near_stub if near.live() else self.stub
+        response = call(getattr(stub, rpc), request, timeout)
         if response is None:
             return None
         value = unwrap(response)

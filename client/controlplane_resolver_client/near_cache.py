@@ -251,6 +251,10 @@ class NearCache:
             self._live_until = 0.0
             self._entries.clear()
 
+    def live(self) -> bool:
+        """Whether answers are kept and served from memory now."""
+        return self._clock() < self._live_until
+
     def silent_for(self) -> float:
         """Seconds past the stream's silence limit (negative while within it,
         or 0 when not live)."""

@@ -65,6 +65,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.load(os.environ, vars(args))
 
 
+#: Set once a drained server was left answering SHUTTING_DOWN: the process
+#: must then end without running interpreter shutdown, which would stop the
+#: server's threads under it (main() calls os._exit).
+_left_serving = threading.Event()
+
+
 def _serve_until_signalled(
     settings: Settings, *, on_ready: Any = None, decision: Any = None
 ) -> int:
@@ -90,7 +96,10 @@ def _serve_until_signalled(
     if on_ready is not None and not stop.is_set():
         on_ready(app)
     stop.wait()
-    app.stop()
+    # The server keeps answering SHUTTING_DOWN until the process exits
+    # (main() ends it at once): see ResolverApp.stop.
+    _left_serving.set()
+    app.stop(close_server=False)
     return 0
 
 
@@ -579,6 +588,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+    except BaseException:
+        if not _left_serving.is_set():
+            raise
+        log.exception("failed after serving")
+        code = EXIT_RUNTIME
+    if _left_serving.is_set():
+        # A drained server still answers SHUTTING_DOWN; the exit closes its
+        # connections. Interpreter shutdown would first stop its thread
+        # pool under its polling thread.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, os.environ.get("RESOLVER_LOG_FORMAT", "text"))
     try:

@@ -74,6 +74,8 @@ class _Waiter(Generic[K, V]):
     key: K
     done: _Signal = field(default_factory=_Signal)
     lead: bool = False
+    #: Gave up waiting while its batch was loading.
+    gone: bool = False
     found: bool = False
     value: V | None = None
     error: BaseException | None = None
@@ -105,9 +107,17 @@ class ReadCoalescer(Generic[K, V]):
         max_batch: int = 128,
         gather_s: float = 0.0,
         start: Callable[[Callable[[], None]], None] | None = None,
+        abandon: Callable[[], None] | None = None,
     ) -> None:
         self._load_many = load_many
         self._start = start
+        #: Called (under the lock) when every caller of the batch loading
+        #: now has given up; with ``start`` only.
+        self._abandon = abandon
+        #: The batch being loaded on ``start``'s thread.
+        self._loading: list[_Waiter[K, V]] | None = None
+        #: Batches abandoned (for stats and tests).
+        self.abandoned = 0
         #: Once set, every wait ends (a drain): see :meth:`abort_waits`.
         self.aborting = threading.Event()
         self._max_batch = max_batch
@@ -179,6 +189,12 @@ class ReadCoalescer(Generic[K, V]):
             with self._lock:
                 if me in self._queue:
                     self._queue.remove(me)
+                elif self._loading is not None and me in self._loading:
+                    me.gone = True
+                    if all(w.gone for w in self._loading):
+                        self.abandoned += 1
+                        if self._abandon is not None:
+                            self._abandon()
             why = "the server is shutting down" if self.aborting.is_set() else f"{timeout:.3f}s"
             raise WaitTimeout(f"gave up waiting for a batched read ({why})")
         if me.error is not None:
@@ -208,6 +224,8 @@ class ReadCoalescer(Generic[K, V]):
         with self._lock:
             self._gather()
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            if detached:
+                self._loading = batch
         keys = list(dict.fromkeys(w.key for w in batch))
         self._last_batch = len(batch)
         stats = self.stats
@@ -224,6 +242,8 @@ class ReadCoalescer(Generic[K, V]):
                 if w.key in found:
                     w.found, w.value = True, found[w.key]
         if detached:
+            with self._lock:
+                self._loading = None
             for w in batch:
                 w.done.set()
             return

@@ -379,6 +379,13 @@ class Settings:
         None,
         "PEM CA bundle: require client certificates signed by it (mutual TLS)",
     )
+    tls_client_grants_file: str | None = setting(
+        "RESOLVER_TLS_CLIENT_GRANTS_FILE",
+        parse_str,
+        None,
+        "the resolver's methods per client certificate, one identity (CN or SAN) a line: "
+        "IDENTITY [METHOD ...] (mutual TLS; re-read on change)",
+    )
     auth_tokens_file: str | None = setting(
         "RESOLVER_AUTH_TOKENS_FILE",
         parse_str,
@@ -561,6 +568,11 @@ class Settings:
             raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
         if settings.tls_client_ca and not settings.tls_cert:
             raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if settings.tls_client_grants_file and not settings.tls_client_ca:
+            raise ConfigError(
+                "--tls-client-grants-file grants methods to client certificates: it needs "
+                "--tls-client-ca (mutual TLS)"
+            )
         if settings.control_plane_cache_ttl_ms > 0 and (
             settings.control_plane_cache_hard_ttl_ms < settings.control_plane_cache_ttl_ms
         ):

@@ -47,6 +47,12 @@ class FailedPrecondition(OperationError):
     reason = "FAILED_PRECONDITION"
 
 
+#: The retry delay of a SHUTTING_DOWN answer: retry at once, elsewhere. Not
+#: 0: a grpc-retry-pushback-ms of 0 leaves grpc C-core clients (grpcio)
+#: waiting until their deadline instead of retrying.
+SHUTTING_DOWN_RETRY_S = 0.01
+
+
 class Unavailable(OperationError):
     """A database could not answer (down, pool exhausted, timed out). Never
     reported as absence: the caller should retry, after ``retry_after_s``

@@ -5,7 +5,6 @@ raises :mod:`~controlplane_resolver.errors` of its own.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -60,6 +59,7 @@ from controlplane_resolver.domain.values import (
 )
 from controlplane_resolver.domain.waitpoints import StoreSelection
 from controlplane_resolver.errors import (
+    SHUTTING_DOWN_RETRY_S,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -68,7 +68,12 @@ from controlplane_resolver.errors import (
     Unavailable,
 )
 from controlplane_resolver.storage import queries
-from controlplane_resolver.storage.database import Database, PinnedConnection
+from controlplane_resolver.storage.database import (
+    Database,
+    PinnedConnection,
+    QueryHandle,
+    cancellable,
+)
 from controlplane_resolver.storage.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -119,11 +124,14 @@ class Resolver:
         self._pinned = {db: PinnedConnection(db) for db in topology.databases}
         # Batches run on each database's own threads (Database.start): a
         # caller only waits for its read, up to its deadline.
+        # A batch whose callers have all gone has its query cancelled.
+        loads = {db: _CancellableLoad(self._pinned[db]) for db in topology.databases}
         self._run_readers = {
             db: ReadCoalescer(
-                functools.partial(_load_runs, self._pinned[db]),
+                loads[db],
                 gather_s=run_read_gather_s,
                 start=db.start,
+                abandon=loads[db].cancel,
             )
             for db in topology.databases
         }
@@ -439,36 +447,48 @@ class Resolver:
         each admitted by its database first; the caller waits for all of
         them within one budget. The first failure is raised."""
         wait_s, by_deadline = self._wait_budget()
+        handles = [QueryHandle() for _ in work]
         with ExitStack() as admitted:
             for db, _keys in work:
                 admitted.enter_context(db.admit())
             pending: list[tuple[threading.Event, dict[str, Any]]] = []
-            for db, keys in work:
-                done = threading.Event()
-                box: dict[str, Any] = {}
+            try:
+                for (db, keys), handle in zip(work, handles, strict=True):
+                    done = threading.Event()
+                    box: dict[str, Any] = {}
 
-                def run(
-                    db: Database = db,
-                    keys: list[tuple[str, bool]] = keys,
-                    box: dict[str, Any] = box,
-                    done: threading.Event = done,
-                ) -> None:
-                    try:
-                        box["value"] = _load_runs(db, keys)
-                    except BaseException as exc:
-                        box["error"] = exc
-                    finally:
-                        done.set()
+                    def run(
+                        db: Database = db,
+                        keys: list[tuple[str, bool]] = keys,
+                        box: dict[str, Any] = box,
+                        done: threading.Event = done,
+                        handle: QueryHandle = handle,
+                    ) -> None:
+                        try:
+                            with cancellable(handle):
+                                box["value"] = _load_runs(db, keys)
+                        except BaseException as exc:
+                            box["error"] = exc
+                        finally:
+                            done.set()
 
-                db.start(run)
-                pending.append((done, box))
-            deadline = time.monotonic() + wait_s
-            for done, _box in pending:
-                left = max(0.0, deadline - time.monotonic())
-                if not self.cache.wait_for(done, left):
-                    raise self._gave_up(
-                        TimeoutError(f"gave up after {wait_s:.3f}s"), by_deadline, "a run database"
-                    )
+                    db.start(run)
+                    pending.append((done, box))
+                deadline = time.monotonic() + wait_s
+                for done, _box in pending:
+                    left = max(0.0, deadline - time.monotonic())
+                    if not self.cache.wait_for(done, left):
+                        raise self._gave_up(
+                            TimeoutError(f"gave up after {wait_s:.3f}s"),
+                            by_deadline,
+                            "a run database",
+                        )
+            except BaseException:
+                # Nobody waits for these reads any more: free their
+                # connections (and any lock they wait for) now.
+                for handle in handles:
+                    handle.cancel()
+                raise
         for _done, box in pending:
             if "error" in box:
                 raise box["error"]
@@ -784,6 +804,26 @@ def _authenticated_scopes(env: AuthenticatedEnvironment) -> tuple[str, ...]:
     return scopes
 
 
+class _CancellableLoad:
+    """A run reader's batch load (:func:`_load_runs` on a pinned connection)
+    whose running query :meth:`cancel` cancels: the reader calls it once
+    every caller of the batch has given up."""
+
+    def __init__(self, pinned: PinnedConnection) -> None:
+        self._pinned = pinned
+        self._handle: QueryHandle | None = None
+
+    def __call__(self, keys: Sequence[tuple[str, bool]]) -> dict[tuple[str, bool], TaskRun]:
+        self._handle = handle = QueryHandle()
+        with cancellable(handle):
+            return _load_runs(self._pinned, keys)
+
+    def cancel(self) -> None:
+        handle = self._handle
+        if handle is not None:
+            handle.cancel()
+
+
 def _load_runs(
     db: Database | PinnedConnection, keys: Sequence[tuple[str, bool]]
 ) -> dict[tuple[str, bool], TaskRun]:
@@ -802,7 +842,7 @@ def _shutting_down() -> Unavailable:
     return Unavailable(
         "the server is shutting down; retry (another replica answers)",
         reason="SHUTTING_DOWN",
-        retry_after_s=0.0,
+        retry_after_s=SHUTTING_DOWN_RETRY_S,
     )
 
 

@@ -31,7 +31,7 @@ from controlplane_resolver_client import (
     pb,
     service_config,
 )
-from controlplane_resolver_client.v1 import resolver_pb2_grpc
+from controlplane_resolver_client.v1 import SERVICE_NAME, resolver_pb2_grpc
 
 from support.polling import wait_until
 from support.scraping import handled, scrape
@@ -71,6 +71,12 @@ def starting_server() -> Iterator[ResolverApp]:
     assert [type(e).__name__ for e in ended] == ["StartCancelled"]
 
 
+#: For the tests below, which count the attempts a server still starting
+#: answers: with health checking the channel would see it NOT_SERVING and
+#: not call it at all (test_the_channel_leaves_a_server_that_is_not_serving).
+NO_HEALTH_CHECKS = [("grpc.inhibit_health_checking", 1)]
+
+
 def attempts_per_call(app: ResolverApp, client: ResolverClient, calls: int) -> list[int]:
     """Make ``calls`` ResolveEnv calls that the server answers UNAVAILABLE;
     return the server's count of attempts after each."""
@@ -99,7 +105,9 @@ def test_service_config_retries_unavailable_with_retry_throttling() -> None:
         ("grpc.enable_retries", 1),
     ]
     with starting_server() as app:
-        with ResolverClient(f"127.0.0.1:{app.port}", timeout=10) as client:
+        with ResolverClient(
+            f"127.0.0.1:{app.port}", timeout=10, options=NO_HEALTH_CHECKS
+        ) as client:
             # A6 with 10 tokens: every failed attempt takes one, and retries
             # stop at half. The first call makes 4 attempts (10 → 6 tokens),
             # the second 1 (→ 5), and from then on no call is retried: an
@@ -108,8 +116,27 @@ def test_service_config_retries_unavailable_with_retry_throttling() -> None:
         assert attempts == [4, 5, 6, 7, 8, 9]
         # The tokens belong to the channel: another client (another channel)
         # starts with a full bucket. Hence one client per process.
-        with ResolverClient(f"127.0.0.1:{app.port}", timeout=10) as another:
+        with ResolverClient(
+            f"127.0.0.1:{app.port}", timeout=10, options=NO_HEALTH_CHECKS
+        ) as another:
             assert attempts_per_call(app, another, 2) == [13, 14]
+
+
+def test_the_channel_leaves_a_server_that_is_not_serving() -> None:
+    """The service config watches each server's health (gRFC A17): a server
+    still starting, or draining, is not called; the call fails in the
+    client, without an attempt reaching the server."""
+    assert json.loads(service_config())["healthCheckConfig"] == {"serviceName": SERVICE_NAME}
+    with starting_server() as app:
+        with (
+            ResolverClient(f"127.0.0.1:{app.port}", timeout=1) as client,
+            pytest.raises(ResolverError) as failed,
+        ):
+            client.resolve_env(demo.new_cuid())
+        assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+        assert failed.value.request_id is None  # not answered by the server
+        assert app.metrics_port is not None
+        assert handled(scrape(app.metrics_port), "ResolveEnv", "UNAVAILABLE") == 0
 
 
 def test_grpc_validates_the_service_config_it_is_given() -> None:
@@ -136,7 +163,8 @@ def test_grpc_validates_the_service_config_it_is_given() -> None:
 def test_a_channel_from_create_channel_carries_the_service_config() -> None:
     with starting_server() as app, warnings.catch_warnings():
         warnings.simplefilter("error")  # no BareChannelWarning
-        with ResolverClient(channel=create_channel(f"127.0.0.1:{app.port}"), timeout=10) as c:
+        channel = create_channel(f"127.0.0.1:{app.port}", options=NO_HEALTH_CHECKS)
+        with ResolverClient(channel=channel, timeout=10) as c:
             assert attempts_per_call(app, c, 2) == [4, 5]
 
 

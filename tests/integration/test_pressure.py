@@ -15,8 +15,12 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from controlplane_resolver.cache import Slot
+from controlplane_resolver.dev import demo
 from controlplane_resolver_client import ResolverError, pb
 from controlplane_resolver_client.v1 import resolver_pb2_grpc
 
@@ -141,7 +145,8 @@ def test_call_whose_deadline_passed_before_it_was_served_never_touches_the_datab
 
 def test_overload_is_refused_at_once_and_recovers(start_server, cp, tenant: Tenant) -> None:
     # The bulkhead admits all four (its default would refuse two of them at
-    # once, tested in test_bulkheads): here the server's call limit is full.
+    # once, tested in test_bulkheads): here the server's call limit is full,
+    # and further calls are answered at once on the express threads.
     running = start_server(
         max_concurrent_rpcs=4,
         max_workers=4,
@@ -163,6 +168,18 @@ def test_overload_is_refused_at_once_and_recovers(start_server, cp, tenant: Tena
         refusals.append(timed_failure(lambda: classify(client, timeout=10)))
         assert {code for code, _ in refusals} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
         assert max(took for _, took in refusals) < 1.0
+        # With a reason and a retry delay (one attempt, bare channel).
+        with grpc.insecure_channel(running.address) as channel:
+            stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ClassifyRunId(pb.ClassifyRunIdRequest(id="c" * 25), timeout=10)
+        status = rpc_status.from_call(refused.value)
+        assert status is not None
+        info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+        status.details[0].Unpack(info)
+        status.details[1].Unpack(retry)
+        assert (info.reason, retry.retry_delay.ToMilliseconds()) == ("OVERLOADED", 100)
+        assert "RESOLVER_MAX_CONCURRENT_RPCS" in refused.value.details()
         assert not any(call.finished for call in blocked)
     assert [call.join(10) for call in blocked] == envs
     # Recovered: a burst within the limit is served in full.
@@ -201,3 +218,144 @@ def test_call_cancelled_by_its_caller_is_counted_as_cancelled(
     )
     assert handled(finished, "ResolveEnv", "CANCELLED") == 1
     assert handled(finished, "ResolveEnv", "OK") == 0
+
+
+def test_a_drain_answers_new_calls_shutting_down_while_calls_in_flight_finish(
+    start_server, cp, tenant: Tenant
+) -> None:
+    running = start_server(db_timeout_ms=10_000, listen_enabled=False)
+    env_id = tenant.environment(cp)
+    stats = running.app.cache.stats(Slot.ENVIRONMENT)
+    with environments_locked(running), grpc.insecure_channel(running.address) as channel:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        in_flight = Background(lambda: running.client.resolve_env(env_id, timeout=20))
+        wait_until(lambda: stats.loads == 1, timeout=5)
+        stopping = Background(lambda: running.app.stop(grace=20, pause=0))
+        wait_until(lambda: running.app.admission.draining, timeout=5)
+        # A new call (one attempt, bare channel) is answered at once, with
+        # a reason and a 10 ms retry delay: retried elsewhere, never CANCELLED.
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ClassifyRunId(pb.ClassifyRunIdRequest(id="c" * 25), timeout=10)
+        assert time.monotonic() - started < 1.0
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        status = rpc_status.from_call(refused.value)
+        assert status is not None
+        info = error_details_pb2.ErrorInfo()
+        status.details[0].Unpack(info)
+        assert info.reason == "SHUTTING_DOWN"
+        assert dict(refused.value.trailing_metadata())["grpc-retry-pushback-ms"] == "10"
+        # Health checks are answered still: NOT_SERVING.
+        checked = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # The call taken on before the drain is still waiting, not cut.
+        assert not in_flight.finished and not stopping.finished
+    # Released: the call in flight is answered, then the drain ends.
+    assert in_flight.join(10).id == env_id
+    stopping.join(10)
+    assert running.app.admission.refused["draining"] >= 1
+
+
+def test_a_drain_ends_watch_streams_first_and_refuses_new_ones(
+    start_server, cp, tenant: Tenant
+) -> None:
+    running = start_server(db_timeout_ms=10_000, listen_enabled=False)
+    env_id = tenant.environment(cp)
+    stats = running.app.cache.stats(Slot.ENVIRONMENT)
+    with environments_locked(running), grpc.insecure_channel(running.address) as channel:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        watching = stub.WatchInvalidations(pb.WatchInvalidationsRequest())
+        assert next(watching).WhichOneof("event") == "start"
+        in_flight = Background(lambda: running.client.resolve_env(env_id, timeout=20))
+        wait_until(lambda: stats.loads == 1, timeout=5)
+        stopping = Background(lambda: running.app.stop(grace=20, pause=0))
+        wait_until(lambda: running.app.admission.draining, timeout=5)
+        # The open stream has ended, without an error: its client moves on.
+        assert [m.WhichOneof("event") for m in watching] in ([], ["heartbeat"])
+        with pytest.raises(grpc.RpcError) as refused:
+            next(stub.WatchInvalidations(pb.WatchInvalidationsRequest(), timeout=10))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert not in_flight.finished
+    assert in_flight.join(10).id == env_id
+    stopping.join(10)
+    assert running.app.feed.get_stats().dropped["closed"] == 1
+
+
+# ------------------------------------------------- loads nobody waits for
+
+
+RUNS_LOCK = 'LOCK TABLE "TaskRun" IN ACCESS EXCLUSIVE MODE'
+
+
+def lock_waiters(dsn: str) -> int:
+    """The resolver's run-ops connections waiting for a lock right now."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'controlplane-resolver:run-ops' "
+            "AND wait_event_type = 'Lock'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("method", ["ReadRun", "BatchReadRuns"])
+def test_a_run_read_nobody_waits_for_is_cancelled(start_server, databases, method) -> None:
+    # Statements may run 20 s: only the cancellation can end the wait below
+    # while the table stays locked.
+    running = start_server(db_timeout_ms=20_000, listen_enabled=False)
+    run_id = demo.new_ksuid()  # a NEW run: read on run-ops alone
+    with psycopg.connect(databases.run_ops) as locker:
+        locker.execute(RUNS_LOCK)
+        with grpc.insecure_channel(running.address) as channel:
+            stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as failed:
+                if method == "ReadRun":
+                    stub.ReadRun(pb.ReadRunRequest(run_id=run_id), timeout=1.0)
+                else:
+                    stub.BatchReadRuns(pb.BatchReadRunsRequest(run_ids=[run_id]), timeout=1.0)
+            assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert time.monotonic() - started < 2.0
+        # The caller has gone: its query stops waiting for the lock, which
+        # is still held, long before the statement timeout.
+        wait_until(lambda: lock_waiters(databases.run_ops) == 0, timeout=5)
+        locker.rollback()
+    # The reader serves again (the cancelled connection was given back).
+    with grpc.insecure_channel(running.address) as channel:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as absent:
+            stub.ReadRun(pb.ReadRunRequest(run_id=run_id), timeout=10)
+        assert absent.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_batch_run_reads_pass_the_bulkhead_as_single_reads_do(start_server, databases) -> None:
+    running = start_server(db_max_waiting=1, db_timeout_ms=20_000, listen_enabled=False)
+    with (
+        psycopg.connect(databases.run_ops) as locker,
+        grpc.insecure_channel(running.address) as channel,
+    ):
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        locker.execute(RUNS_LOCK)
+        waiting = stub.BatchReadRuns.future(
+            pb.BatchReadRunsRequest(run_ids=[demo.new_ksuid()]), timeout=20
+        )
+        wait_until(lambda: lock_waiters(databases.run_ops) == 1, timeout=5)
+        # The run-ops bulkhead is full: batch and single reads of it are
+        # refused at once, with a retry delay, not queued behind the lock.
+        for call in (
+            lambda: stub.BatchReadRuns(
+                pb.BatchReadRunsRequest(run_ids=[demo.new_ksuid()]), timeout=10
+            ),
+            lambda: stub.ReadRun(pb.ReadRunRequest(run_id=demo.new_ksuid()), timeout=10),
+        ):
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert time.monotonic() - started < 1.0
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "waiting for it" in refused.value.details()
+            assert dict(refused.value.trailing_metadata())["grpc-retry-pushback-ms"] == "500"
+        locker.rollback()
+        assert waiting.result(timeout=10).results[0].not_found

@@ -153,6 +153,73 @@ def test_mismatched_certificate_and_key_at_start_is_a_configuration_error(
     assert str(pki.key_file) in str(refused.value)
 
 
+def test_client_certificates_call_only_the_methods_granted_to_them(
+    start_server, pki: Pki, tmp_path: Path, cp, tenant: Tenant
+) -> None:
+    grants = tmp_path / "grants"
+    # By SAN (the engine's certificate names engine-node-1 as a DNS name
+    # too) and by CN.
+    write_atomically(grants, b"engine-node-1 ClassifyRunId ResolveEnv\nconsole *\n")
+    running = start_server(
+        **pki.settings(mutual=True), tls_client_grants_file=str(grants), listen_enabled=False
+    )
+    env_id = tenant.environment(cp)
+    console = pki.client_ca.issue("console", server=False)
+    unlisted = pki.client_ca.issue("unlisted", server=False)
+
+    def connect(issued: Any) -> ResolverClient:
+        return ResolverClient(
+            running.address, tls_ca=pki.server_ca.pem, tls_cert=issued.cert, tls_key=issued.key
+        )
+
+    with connect(pki.client) as engine:
+        assert classify(engine)
+        assert engine.resolve_env(env_id).id == env_id
+        denied = rejection(lambda: engine.resolve_authenticated_env(env_id))
+        assert denied.code == grpc.StatusCode.PERMISSION_DENIED
+        assert "'engine-node-1' may not call ResolveAuthenticatedEnv" in denied.message
+        assert rejection(lambda: engine.assert_env_exists(env_id)).code == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+    with connect(console) as by_star:
+        assert by_star.resolve_env(env_id).id == env_id
+        # "*" is every method but the one that returns API keys.
+        assert rejection(lambda: by_star.resolve_authenticated_env(env_id)).code == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+    with connect(unlisted) as stranger:
+        assert rejection(lambda: classify(stranger)).code == grpc.StatusCode.PERMISSION_DENIED
+        # Health is not governed by the grants.
+        health = health_pb2_grpc.HealthStub(stranger.channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
+    # Granted by a rewrite of the file, without a restart.
+    write_atomically(
+        grants,
+        b"engine-node-1 ClassifyRunId ResolveEnv\nconsole * ResolveAuthenticatedEnv\n",
+        grants.stat().st_mtime + 1,
+    )
+    with connect(console) as granted:
+
+        def secret_allowed() -> bool:
+            try:
+                return granted.resolve_authenticated_env(env_id).id == env_id
+            except ResolverError as exc:
+                assert exc.code == grpc.StatusCode.PERMISSION_DENIED
+                return False
+
+        wait_until(secret_allowed, timeout=10, what="the rewritten grants to apply")
+
+
+def test_grants_without_mutual_tls_are_a_configuration_error(databases: Databases) -> None:
+    with pytest.raises(ConfigError, match="needs --tls-client-ca"):
+        Settings.load(
+            {
+                "CONTROL_PLANE_DATABASE_URL": databases.control_plane,
+                "RESOLVER_TLS_CLIENT_GRANTS_FILE": "/nonexistent",
+            }
+        )
+
+
 # ------------------------------------------------------------------- tokens
 
 
@@ -198,6 +265,20 @@ def test_valid_token_works_missing_or_wrong_token_is_unauthenticated_without_det
         assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert failed.value.details() == failures[0].message
     channel.close()
+
+
+def test_with_health_closed_the_typed_client_still_calls(start_server, tokens: Tokens) -> None:
+    # The channel's health watch carries no token: refused UNIMPLEMENTED, it
+    # turns the watch off (gRFC A17); refused otherwise, it would take the
+    # server for unhealthy and never call it.
+    running = start_server(auth_tokens_file=str(tokens.path), open_health=False)
+    with client_for(running, ENGINE_TOKEN) as engine:
+        assert classify(engine)
+    with grpc.insecure_channel(running.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as checked:
+            health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert checked.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_token_rotation_adds_then_retires_a_token_without_restart(

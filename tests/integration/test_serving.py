@@ -13,7 +13,7 @@ import psycopg
 from grpc_health.v1 import health_pb2
 
 from controlplane_resolver.dev.clusters import free_port
-from controlplane_resolver_client import ResolverClient, pb
+from controlplane_resolver_client import ResolverClient, ResolverError, pb
 from controlplane_resolver_client.v1 import resolver_pb2_grpc
 
 from support.polling import wait_until
@@ -115,13 +115,22 @@ def test_sigterm_under_load_fails_no_call_in_flight(databases, cp, tenant):
     failures: list[BaseException] = []
     completed = [0]
 
+    signalled = threading.Event()
+
     def steady_load() -> None:
         # A well-behaved caller: stops sending once health says NOT_SERVING,
-        # as a load balancer would.
+        # as a load balancer would. The typed client's channel watches
+        # health itself: once it has seen NOT_SERVING it sends nothing (the
+        # call fails in the client, unanswered by any server), which is no
+        # call in flight failing.
         while not draining.is_set():
             try:
                 assert client.resolve_env(hot) is not None
                 completed[0] += 1
+            except ResolverError as exc:
+                if not (signalled.is_set() and exc.request_id is None):
+                    failures.append(exc)
+                return
             except BaseException as exc:
                 failures.append(exc)
                 return
@@ -141,6 +150,7 @@ def test_sigterm_under_load_fails_no_call_in_flight(databases, cp, tenant):
         for t in steady + slow:
             t.start()
         wait_until(lambda: completed[0] > 50, timeout=10)
+        signalled.set()
         server.proc.send_signal(signal.SIGTERM)
         wait_until(
             lambda: health_status(server.address) == health_pb2.HealthCheckResponse.NOT_SERVING,

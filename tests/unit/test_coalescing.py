@@ -174,3 +174,59 @@ def test_a_lone_read_never_gathers():
     assert c.get("a") == "A"  # would take 30 s if it gathered
     assert c.get("a") == "A"
     assert c.stats.gathered == 0
+
+
+class TwoGates:
+    """load_many whose first two batches each block until their gate opens."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gates = [threading.Event(), threading.Event()]
+
+    def __call__(self, keys):
+        self.batches.append(list(keys))
+        if len(self.batches) <= len(self.gates):
+            assert self.gates[len(self.batches) - 1].wait(10)
+        return {k: k.upper() for k in keys}
+
+
+def test_a_detached_batch_is_abandoned_only_once_every_caller_has_gone():
+    loader = TwoGates()
+    abandoned: list[list[str]] = []
+    c = ReadCoalescer(
+        loader,
+        start=lambda work: threading.Thread(target=work, daemon=True).start(),
+        abandon=lambda: abandoned.append(loader.batches[-1]),
+    )
+    results: dict[str, object] = {}
+
+    def get(key: str, timeout: float) -> None:
+        try:
+            results[key] = c.get(key, timeout=timeout)
+        except Exception as exc:
+            results[key] = type(exc).__name__
+
+    # "x" loads first; "a" and "b" queue meanwhile and share the next batch.
+    first = threading.Thread(target=get, args=("x", 10))
+    first.start()
+    wait_until(lambda: loader.batches == [["x"]], timeout=5)
+    callers = [
+        threading.Thread(target=get, args=("a", 0.5)),
+        threading.Thread(target=get, args=("b", 3.0)),
+    ]
+    for t in callers:
+        t.start()
+    wait_until(lambda: c.waiting() == 2, timeout=5)
+    loader.gates[0].set()
+    first.join(5)
+    assert results["x"] == "X"
+    wait_until(lambda: loader.batches[1:] == [["a", "b"]], timeout=5)
+    callers[0].join(5)
+    # "a" gave up while "b" still waits: the batch keeps loading for "b".
+    assert results["a"] == "WaitTimeout"
+    assert abandoned == [] and c.abandoned == 0
+    callers[1].join(10)
+    # "b" gave up too: nobody waits, the batch is abandoned, once.
+    assert results["b"] == "WaitTimeout"
+    assert abandoned == [["a", "b"]] and c.abandoned == 1
+    loader.gates[1].set()

@@ -15,6 +15,19 @@ constant time. A missing or unknown token is ``UNAUTHENTICATED`` with no
 detail; a known token calling a method it may not call is
 ``PERMISSION_DENIED`` — decided here, before any handler runs, so a denied
 caller never learns whether a row exists.
+
+Under mutual TLS, the certificate grants file gives the resolver's methods
+per client certificate, in the same shape::
+
+    # IDENTITY (certificate CN or SAN)   METHODS (optional; default "*")
+    engine.workers.svc                    *
+    console                               ResolveAuthenticatedEnv ResolveEnv
+
+A certificate may call a method of the resolver's service when a line whose
+identity is its subject CN or one of its subject alternative names allows
+it (``*`` as above). Other certificates, and other methods, are
+``PERMISSION_DENIED``, decided before the handler's own code runs
+(:class:`CertificateGrantsInterceptor`). The file is re-read when it changes.
 """
 
 from __future__ import annotations
@@ -40,12 +53,21 @@ log = logging.getLogger(__name__)
 SERVICE_PREFIX = "/controlplane.resolver.v1.ControlPlaneResolverService/"
 SECRET_METHOD = "ResolveAuthenticatedEnv"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+HEALTH_WATCH = HEALTH_PREFIX + "Watch"
 REFLECTION_PREFIX = "/grpc.reflection."
 
 
 class TokenFileError(ConfigError):
-    """The tokens file is missing, unreadable or malformed (the message
-    names the file and line, never a token)."""
+    """The tokens file (or the certificate grants file) is missing,
+    unreadable or malformed (the message names the file and line, never a
+    token)."""
+
+
+def _allows(methods: frozenset[str], method: str) -> bool:
+    """Whether ``methods`` (short names, ``*``) allow ``method``."""
+    if method in methods:
+        return True
+    return "*" in methods and method != SECRET_METHOD
 
 
 def token_digest(token: bytes) -> bytes:
@@ -63,9 +85,40 @@ class Client:
     methods: frozenset[str] = frozenset({"*"})
 
     def may_call(self, method: str) -> bool:
-        if method in self.methods:
-            return True
-        return "*" in self.methods and method != SECRET_METHOD
+        return _allows(self.methods, method)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The methods one client certificate identity may call."""
+
+    identity: str
+    methods: frozenset[str] = frozenset({"*"})
+
+    def may_call(self, method: str) -> bool:
+        return _allows(self.methods, method)
+
+
+def parse_grants(text: str, source: str = "certificate grants file") -> list[Grant]:
+    """Parse the certificate grants file format. Raises
+    :class:`TokenFileError` naming the line."""
+    grants = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        identity, *methods = line.split()
+        short = [m.rsplit("/", 1)[-1] for m in methods or ["*"]]
+        for m in short:
+            if m != "*" and not m.isidentifier():
+                raise TokenFileError(
+                    f"{source} line {number}: {m!r} is not a method name; expected "
+                    "'IDENTITY [METHOD …]' (methods like ResolveEnv, or *)"
+                )
+        grants.append(Grant(identity, frozenset(short)))
+    if not grants:
+        raise TokenFileError(f"{source} has no identity lines")
+    return grants
 
 
 def parse_tokens(text: str, source: str = "tokens file") -> list[Client]:
@@ -120,10 +173,17 @@ class TokenFile:
             self._signature = self._stat()
             text = self._read()
         except OSError as exc:
-            raise TokenFileError(f"cannot read the tokens file: {exc}") from None
-        self.clients = parse_tokens(text, path)
+            raise TokenFileError(f"cannot read the {self.what} {path}: {exc}") from None
+        self.clients: list[Any] = self._parse(text)
         self._checked = clock()
         self.reloads = 0
+
+    #: What the file is, and what it holds, in messages.
+    what = "tokens file"
+    entries = "tokens"
+
+    def _parse(self, text: str) -> list[Any]:
+        return parse_tokens(text, self.path)
 
     def _stat(self) -> tuple[int, int, int]:
         # The inode too: a file replaced by rename (how secret mounts
@@ -135,7 +195,7 @@ class TokenFile:
         with open(self.path) as f:
             return f.read()
 
-    def current(self) -> list[Client]:
+    def current(self) -> list[Any]:
         now = self._clock()
         if now - self._checked >= self._interval:
             with self._lock:
@@ -149,14 +209,14 @@ class TokenFile:
             signature = self._stat()
             if signature == self._signature:
                 return
-            clients = parse_tokens(self._read(), self.path)
+            clients = self._parse(self._read())
         except (OSError, TokenFileError) as exc:
-            log.warning("keeping the previous tokens: %s", exc)
+            log.warning("keeping the previous %s: %s", self.entries, exc)
             return
         self._signature = signature
         self.clients = clients
         self.reloads += 1
-        log.info("tokens file reloaded: %d client lines", len(clients))
+        log.info("%s reloaded: %d lines", self.what, len(clients))
 
     def authenticate(self, presented: bytes) -> Client | None:
         """The client owning ``presented``, compared in constant time
@@ -167,6 +227,68 @@ class TokenFile:
             if hmac.compare_digest(client.token_digest, digest) and match is None:
                 match = client
         return match
+
+
+class GrantsFile(TokenFile):
+    """The certificate grants file, re-read as :class:`TokenFile` is."""
+
+    what = "certificate grants file"
+    entries = "grants"
+
+    def _parse(self, text: str) -> list[Any]:
+        return parse_grants(text, self.path)
+
+    def allows(self, identities: list[str], method: str) -> bool:
+        """Whether a certificate with these identities may call ``method``
+        (a short name)."""
+        return any(g.identity in identities and g.may_call(method) for g in self.current())
+
+
+def certificate_identities(context: grpc.ServicerContext) -> list[str]:
+    """The client certificate's subject CN and subject alternative names."""
+    auth = context.auth_context() or {}
+    names = [
+        *auth.get("x509_common_name", ()),
+        *auth.get("x509_subject_alternative_name", ()),
+    ]
+    return [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names]
+
+
+class CertificateGrantsInterceptor(grpc.ServerInterceptor):
+    """Checks the client certificate of every call to the resolver's
+    service against the grants file (mutual TLS). Other services (health,
+    reflection) are not governed by it. The check runs on the worker thread
+    before the handler's own code: the certificate is known there only."""
+
+    def __init__(self, grants: GrantsFile) -> None:
+        self.grants = grants
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = continuation(details)
+        method = details.method
+        if handler is None or handler.unary_unary is None or not method.startswith(SERVICE_PREFIX):
+            return handler
+        short = method[len(SERVICE_PREFIX) :]
+        behavior = handler.unary_unary
+        grants = self.grants
+
+        def granted(request: Any, context: grpc.ServicerContext) -> Any:
+            identities = certificate_identities(context)
+            if not grants.allows(identities, short):
+                shown = identities[0] if identities else "without an identity"
+                callinfo.note("client", shown)
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"client certificate {shown!r} may not call {short}: grant it in "
+                    "RESOLVER_TLS_CLIENT_GRANTS_FILE",
+                )
+            return behavior(request, context)
+
+        return handler._replace(unary_unary=granted)
 
 
 def current_client() -> str | None:
@@ -255,6 +377,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
         # Looking the handler up reveals nothing to the caller: it only
         # tells which kind of handler the refusal must be.
         handler = continuation(details)
+        if client is None and method == HEALTH_WATCH:
+            # A channel's own health watch (gRFC A17, the typed client's
+            # service config) carries no token. UNIMPLEMENTED turns the
+            # watch off and the channel calls the server; any other refusal
+            # would make the channel take the server for unhealthy for good.
+            return _deny(
+                handler,
+                grpc.StatusCode.UNIMPLEMENTED,
+                "watching health needs a token here (RESOLVER_OPEN_HEALTH is off): call Check",
+            )
         if client is None:
             return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid credentials")
         short = method.rsplit("/", 1)[-1]

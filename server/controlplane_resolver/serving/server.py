@@ -30,12 +30,18 @@ from controlplane_resolver.invalidation.feed import InvalidationFeed
 from controlplane_resolver.invalidation.listener import InvalidationListener, ListenerState
 from controlplane_resolver.invalidation.publisher import InvalidationPublisher
 from controlplane_resolver.resolver import Resolver
-from controlplane_resolver.serving.auth import AuthInterceptor, TokenFile, is_loopback
+from controlplane_resolver.serving.admission import Admission, AdmissionExecutor, grpc_limit
+from controlplane_resolver.serving.auth import (
+    AuthInterceptor,
+    CertificateGrantsInterceptor,
+    GrantsFile,
+    TokenFile,
+    is_loopback,
+)
 from controlplane_resolver.serving.observability import CallInterceptor, Metrics, StateCollector
 from controlplane_resolver.serving.servicer import ResolverServicer
 from controlplane_resolver.serving.tls import RotatingCertificates, TlsFiles, server_credentials
 from controlplane_resolver.serving.watchdog import ProgressWatchdog
-from controlplane_resolver.serving.worker_slots import WorkerSlots
 from controlplane_resolver.storage.topology import SplitDecision, Topology, decide_split
 from controlplane_resolver_client.v1 import SERVICE, SERVICE_NAME, resolver_pb2_grpc
 
@@ -154,7 +160,16 @@ class ResolverApp:
         self.metrics.registry.register(self.state_metrics)
         self.servicer = ResolverServicer()
         self.health = health.HealthServicer()
-        interceptors: list[grpc.ServerInterceptor] = [CallInterceptor(self.metrics)]
+        # Each watch stream holds a thread of the executor's stream pool for
+        # its life, beside the max_workers that serve calls.
+        self.executor = AdmissionExecutor(
+            settings.max_workers, stream_workers=settings.watch_max_streams
+        )
+        self.admission = Admission(self.executor, settings.max_concurrent_rpcs, self.metrics)
+        interceptors: list[grpc.ServerInterceptor] = [
+            self.admission,
+            CallInterceptor(self.metrics),
+        ]
         if self.tokens is not None:
             interceptors.append(
                 AuthInterceptor(
@@ -163,18 +178,18 @@ class ResolverApp:
                     open_reflection=settings.open_reflection,
                 )
             )
-        interceptors.append(WorkerSlots(settings.max_workers))
+        self.grants = (
+            GrantsFile(settings.tls_client_grants_file) if settings.tls_client_grants_file else None
+        )
+        if self.grants is not None:
+            interceptors.append(CertificateGrantsInterceptor(self.grants))
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(
-                # Each watch stream holds a thread of its own for its life.
-                max_workers=settings.max_workers + settings.watch_max_streams,
-                thread_name_prefix="grpc-worker",
-            ),
+            self.executor,
             interceptors=interceptors,
             options=server_options(settings),
-            # Beyond this many calls in progress or queued, grpcio answers
-            # RESOURCE_EXHAUSTED at once instead of growing a queue.
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            # Admission refuses beyond the limit (RESOURCE_EXHAUSTED with a
+            # retry delay); grpcio's own refusal bounds the refusals queued.
+            maximum_concurrent_rpcs=grpc_limit(settings.max_concurrent_rpcs),
         )
         resolver_pb2_grpc.add_ControlPlaneResolverServiceServicer_to_server(
             self.servicer, self.server
@@ -214,6 +229,13 @@ class ResolverApp:
                 "serving %s WITHOUT authentication: any caller that reaches it can "
                 "read API keys with ResolveAuthenticatedEnv",
                 settings.addr,
+            )
+        elif tokens is None and not settings.tls_client_grants_file:
+            log.warning(
+                "mutual TLS without RESOLVER_AUTH_TOKENS_FILE or RESOLVER_TLS_CLIENT_GRANTS_FILE: "
+                "every certificate the client CA signed may call every method, "
+                "ResolveAuthenticatedEnv (API keys) included; grant methods per certificate "
+                "in RESOLVER_TLS_CLIENT_GRANTS_FILE"
             )
         return tokens
 
@@ -396,10 +418,24 @@ class ResolverApp:
                 raise StartCancelled("start-up cancelled while the listener connected")
         return False
 
-    def stop(self, grace: float | None = None, pause: float | None = None) -> None:
-        """Report NOT_SERVING, wait ``pause`` seconds for load balancers,
-        drain in-flight calls for up to ``grace`` seconds, then close the
-        listener and pools. Defaults come from the settings. Idempotent."""
+    def stop(
+        self, grace: float | None = None, pause: float | None = None, *, close_server: bool = True
+    ) -> None:
+        """Report NOT_SERVING, wait ``pause`` seconds (clients that watch
+        health, and load balancers, move to other replicas meanwhile), then
+        drain: new calls are answered UNAVAILABLE (``SHUTTING_DOWN``) while
+        the calls in flight get up to ``grace`` seconds to finish; then stop
+        the server and close the listener and pools. Defaults come from the
+        settings. Idempotent.
+
+        grpc core's own shutdown (``close_server=True``) cancels the calls
+        it has received but no thread has taken yet, and their callers see
+        CANCELLED, which clients do not retry. A process that exits next
+        passes ``close_server=False``: the server is left answering
+        ``SHUTTING_DOWN``, and pools, listener and metrics endpoint are left
+        open, until the exit closes every connection at once (a call still
+        open then ends UNAVAILABLE at its caller; docs/operations.md,
+        "Draining")."""
         with self._stopping:
             if self._stopped.is_set():
                 return
@@ -415,31 +451,43 @@ class ResolverApp:
                 log.info("NOT_SERVING; draining in %.1fs", pause)
                 time.sleep(pause)  # the documented pause, not synchronisation
             if self.feed is not None:
-                # Watchers end now and reconnect elsewhere; their threads free.
+                # Watchers end now and reconnect elsewhere.
                 self.feed.close()
-            stopped = self.server.stop(grace)
+            self.admission.drain()
             # Calls still waiting for a database near the end of the grace
-            # are answered UNAVAILABLE (retried elsewhere) before grpcio
-            # would cut them off as CANCELLED.
+            # are answered UNAVAILABLE (retried elsewhere) before the grace
+            # ends and the process with it.
             resolver = self.servicer.resolver
-            if not stopped.wait(max(0.0, grace - DRAIN_MARGIN_S)) and resolver is not None:
-                resolver.drain()
-            stopped.wait()
-            if self.health_server is not None:
-                self.health_server.stop(0).wait()
-            if self.servicer.resolver is not None:
-                self.servicer.resolver.close()
-            if self.listener is not None:
-                self.listener.stop()
-            if self.publisher is not None:
-                self.publisher.close()
-            if self.topology is not None:
-                self.topology.close()
-            if self.cache is not None:
-                self.cache.close()
-            self.metrics.close()
+            if not self.executor.wait_idle(max(0.0, grace - DRAIN_MARGIN_S)):
+                if resolver is not None:
+                    resolver.drain()
+                if not self.executor.wait_idle(min(grace, DRAIN_MARGIN_S)):
+                    log.warning(
+                        "%d calls still running at the end of the %.1fs grace "
+                        "(RESOLVER_SHUTDOWN_GRACE_MS) are cut: raise it if calls need longer",
+                        self.executor.in_flight,
+                        grace,
+                    )
+            if close_server:
+                self.server.stop(0).wait()
+                if self.health_server is not None:
+                    self.health_server.stop(0).wait()
+                self._close_resources()
             self._stopped.set()
             log.info("stopped")
+
+    def _close_resources(self) -> None:
+        if self.servicer.resolver is not None:
+            self.servicer.resolver.close()
+        if self.listener is not None:
+            self.listener.stop()
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.topology is not None:
+            self.topology.close()
+        if self.cache is not None:
+            self.cache.close()
+        self.metrics.close()
 
     def wait(self) -> None:
         """Block until :meth:`stop` has finished."""

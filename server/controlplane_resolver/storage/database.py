@@ -13,6 +13,10 @@ with it (docs/operations.md, "When a database is slow, down or hung"):
   server never answers is ended by closing its socket (:class:`_Reaper`)
   after the database timeout: ``statement_timeout`` is enforced by the
   server, which cannot enforce it while hung;
+* **cancellation**: work started under a :class:`QueryHandle`
+  (:func:`cancellable`) exposes the connection of its running statement,
+  and :meth:`QueryHandle.cancel` asks the server to cancel it (a loaded
+  answer nobody waits for any more is not worth a connection and a lock);
 * **a circuit**: after :data:`CIRCUIT_THRESHOLD` consecutive connection
   failures the database is known down: calls are refused at once and a
   background probe connects every ``probe_interval_s`` until it answers;
@@ -259,6 +263,67 @@ def _shut(conn: psycopg.Connection[Any]) -> None:
         s.close()
 
 
+_current = threading.local()
+
+
+class QueryHandle:
+    """The statement a piece of database work is running, so that another
+    thread can cancel it. Work runs under it with :func:`cancellable`; a
+    statement started after :meth:`cancel` is refused before it is sent."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: tuple[Database, psycopg.Connection[Any]] | None = None
+        self.cancelled = False
+
+    @contextmanager
+    def running(self, db: Database, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """Mark ``conn`` as running a statement of this work for the block."""
+        with self._lock:
+            if self.cancelled:
+                raise db._unavailable("its statement was cancelled: no caller waits for it")
+            self._running = (db, conn)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running = None
+
+    def cancel(self) -> None:
+        """Cancel the running statement (if any) and refuse the next ones.
+        Returns at once: the request goes out on a thread of its own."""
+        with self._lock:
+            self.cancelled = True
+            running = self._running
+        if running is not None:
+            db, conn = running
+            db.cancel_statement(conn)
+
+
+@contextmanager
+def cancellable(handle: QueryHandle | None) -> Iterator[None]:
+    """Run the block's statements (on this thread) under ``handle``."""
+    previous = getattr(_current, "handle", None)
+    _current.handle = handle
+    try:
+        yield
+    finally:
+        _current.handle = previous
+
+
+@contextmanager
+def _statement(db: Database, conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A statement on ``conn``: watched by the reaper, cancellable by the
+    current :class:`QueryHandle`."""
+    handle: QueryHandle | None = getattr(_current, "handle", None)
+    with db._reaper.watching(conn):
+        if handle is None:
+            yield
+        else:
+            with handle.running(db, conn):
+                yield
+
+
 class Database:
     """A pool to one database, named by its :class:`DatabaseRole`.
 
@@ -428,6 +493,19 @@ class Database:
             self._running.release()
             raise
 
+    def cancel_statement(self, conn: psycopg.Connection[Any]) -> None:
+        """Ask the server to cancel ``conn``'s running statement (it fails
+        with ``QueryCanceled``), from a daemon thread: a hung server may
+        never answer the request, and the caller does not wait for it."""
+
+        def cancel() -> None:
+            try:
+                conn.cancel_safe(timeout=self.timeout_s)
+            except Exception:  # the statement ended, or the server is gone
+                log.debug("cancelling a statement failed", exc_info=True)
+
+        threading.Thread(target=cancel, name=f"cancel-{self.role.value}", daemon=True).start()
+
     # ----------------------------------------------------------- queries
 
     @contextmanager
@@ -436,7 +514,7 @@ class Database:
         with (
             self.translated_errors(),
             self.pool.connection(timeout=timeout_s or self.timeout_s) as conn,
-            self._reaper.watching(conn),
+            _statement(self, conn),
         ):
             yield conn
 
@@ -451,6 +529,11 @@ class Database:
             raise self._unavailable("no connection was free or reachable in time") from None
         except psycopg.errors.QueryCanceled:
             self.circuit.success()
+            handle: QueryHandle | None = getattr(_current, "handle", None)
+            if handle is not None and handle.cancelled:
+                raise self._unavailable(
+                    "its statement was cancelled: no caller waits for it", quiet=True
+                ) from None
             raise self._unavailable("a statement exceeded the statement timeout") from None
         except psycopg.OperationalError as exc:
             self.circuit.failure()
@@ -508,7 +591,7 @@ class PinnedConnection:
             try:
                 if self._cursor is None:
                     self._cursor = self._conn.cursor(row_factory=tuple_row)
-                with self.db._reaper.watching(self._conn):
+                with _statement(self.db, self._conn):
                     return self._cursor.execute(sql, params).fetchall()
             except BaseException:
                 self.release()
