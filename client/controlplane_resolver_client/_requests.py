@@ -1,9 +1,28 @@
-"""Request messages of the typed clients' methods, built in one place for
-the threaded and the asyncio client."""
+"""Request messages of the typed clients' methods, and what each method
+takes from its response: in one place for the threaded and the asyncio
+client."""
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from .v1 import resolver_pb2 as pb
+
+T = TypeVar("T")
+
+
+def environment_of(response: Any) -> Any:
+    """ResolveEnv's and ResolveAuthenticatedEnv's answer."""
+    return response.environment
+
+
+def itself(response: T) -> T:
+    return response
+
+
+def true(_response: Any) -> bool:
+    """AssertEnvExists: any answer but NOT_FOUND means it exists."""
+    return True
 
 
 def worker_version(

@@ -17,12 +17,11 @@ import grpc
 import grpc.aio
 
 from . import _requests
+from ._requests import environment_of, itself, true
 from .client import (
     DEFAULT_TIMEOUT_S,
     ResolverError,
-    _environment_of,
-    _itself,
-    _true,
+    _own,
     channel_options,
 )
 from .near_cache import (
@@ -102,7 +101,7 @@ class AsyncResolverClient:
         self._near_stub = self.stub
         self._watch_task: asyncio.Task[None] | None = None
         if near_cache:
-            self.near_cache = near_cache if isinstance(near_cache, NearCache) else NearCache()
+            self.near_cache = _own(near_cache, self)
             if target is not None:
                 self._near_channel = create_aio_channel(
                     target,
@@ -146,24 +145,34 @@ class AsyncResolverClient:
 
     async def _watch(self, cache: NearCache) -> None:
         """Keep the stream open, reconnecting with backoff; a stream silent
-        past its limit is cancelled."""
+        past its limit (:meth:`NearCache.silent_for`) is cancelled. One read
+        is kept pending across checks of the limit: cancelling a read
+        cancels the whole call."""
         delay = RECONNECT_FIRST_S
         warned: set[grpc.StatusCode] = set()
         while True:
             why = "ended by the server"
+            cache.on_opening()
             call = self._near_stub.WatchInvalidations(
                 pb.WatchInvalidationsRequest(), metadata=self._metadata
             )
+            read: asyncio.Future[Any] | None = None
             try:
                 while True:
-                    limit = -cache.silent_for() if cache.silent_for() < 0 else 1.0
-                    try:
-                        message = await asyncio.wait_for(call.read(), timeout=max(0.01, limit))
-                    except asyncio.TimeoutError:
+                    if read is None:
+                        read = asyncio.ensure_future(call.read())
+                    done, _ = await asyncio.wait({read}, timeout=max(0.01, -cache.silent_for()))
+                    if not done:
                         if cache.silent_for() > 0:
-                            why = "silent past its heartbeat limit"
+                            why = "silent past its limit"
                             break
                         continue
+                    try:
+                        message = read.result()
+                    except asyncio.CancelledError:  # the read, not this task
+                        why = "its read was cancelled"
+                        break
+                    read = None
                     if message is grpc.aio.EOF:
                         break
                     cache.on_message(message)
@@ -171,8 +180,12 @@ class AsyncResolverClient:
             except grpc.RpcError as exc:
                 why = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
                 warn_refused(exc.code(), warned)  # type: ignore[attr-defined]
+            except Exception as exc:  # never let the task die
+                why = f"{type(exc).__name__}: {exc}"
             finally:
                 call.cancel()
+                if read is not None and not read.done():
+                    read.cancel()
             cache.on_broken(why)
             await asyncio.sleep(delay)  # reconnect backoff
             delay = min(delay * 2, RECONNECT_CAP_S)
@@ -237,7 +250,7 @@ class AsyncResolverClient:
             "ResolveEnv",
             pb.ResolveEnvRequest(environment_id=environment_id),
             timeout,
-            _environment_of,
+            environment_of,
         )
 
     async def resolve_authenticated_env(
@@ -249,7 +262,7 @@ class AsyncResolverClient:
             "ResolveAuthenticatedEnv",
             pb.ResolveAuthenticatedEnvRequest(environment_id=environment_id),
             timeout,
-            _environment_of,
+            environment_of,
         )
 
     async def resolve_worker_version(
@@ -266,7 +279,7 @@ class AsyncResolverClient:
             "ResolveWorkerVersion",
             _requests.worker_version(environment_id, environment_type, worker_id),
             timeout,
-            _itself,
+            itself,
         )
 
     async def assert_env_exists(self, environment_id: str, *, timeout: float | None = None) -> bool:
@@ -276,7 +289,7 @@ class AsyncResolverClient:
             "AssertEnvExists",
             pb.AssertEnvExistsRequest(environment_id=environment_id),
             timeout,
-            _true,
+            true,
         )
         return exists is not None
 
@@ -289,7 +302,7 @@ class AsyncResolverClient:
             "ResolveMintKind",
             _requests.mint_kind(organization_id, parent_id),
             timeout,
-            _itself,
+            itself,
             not_found_is_none=False,
         )
         assert decision is not None  # NOT_FOUND raises here

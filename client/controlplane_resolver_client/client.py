@@ -43,6 +43,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from . import _requests
+from ._requests import environment_of, itself, true
 from .near_cache import MISSING, NearCache, NearCacheStats, StreamWatcher
 from .v1 import resolver_pb2 as pb
 from .v1 import resolver_pb2_grpc
@@ -330,7 +331,7 @@ class ResolverClient:
         self._near_channel: grpc.Channel | None = None
         self._watcher: StreamWatcher | None = None
         if near_cache:
-            self.near_cache = near_cache if isinstance(near_cache, NearCache) else NearCache()
+            self.near_cache = _own(near_cache, self)
             self._near_stub = self.stub
             if target is not None:
                 self._near_channel = create_channel(
@@ -432,7 +433,7 @@ class ResolverClient:
             "ResolveEnv",
             pb.ResolveEnvRequest(environment_id=environment_id),
             timeout,
-            _environment_of,
+            environment_of,
         )
 
     def resolve_authenticated_env(
@@ -445,7 +446,7 @@ class ResolverClient:
             "ResolveAuthenticatedEnv",
             pb.ResolveAuthenticatedEnvRequest(environment_id=environment_id),
             timeout,
-            _environment_of,
+            environment_of,
         )
 
     def resolve_worker_version(
@@ -463,7 +464,7 @@ class ResolverClient:
             "ResolveWorkerVersion",
             _requests.worker_version(environment_id, environment_type, worker_id),
             timeout,
-            _itself,
+            itself,
         )
 
     def read_run(
@@ -483,7 +484,7 @@ class ResolverClient:
             "AssertEnvExists",
             pb.AssertEnvExistsRequest(environment_id=environment_id),
             timeout,
-            _true,
+            true,
         )
         return exists is not None
 
@@ -512,7 +513,7 @@ class ResolverClient:
             "ResolveMintKind",
             _requests.mint_kind(organization_id, parent_id),
             timeout,
-            _itself,
+            itself,
             not_found_is_none=False,
         )
         assert decision is not None  # NOT_FOUND raises here
@@ -585,13 +586,11 @@ class ResolverClient:
         return list(response.results)
 
 
-def _environment_of(response: Any) -> Any:
-    return response.environment
-
-
-def _itself(response: T) -> T:
-    return response
-
-
-def _true(_response: Any) -> bool:
-    return True
+def _own(near_cache: bool | NearCache, client: object) -> NearCache:
+    """The near-cache a client was given (or a new one), now the client's
+    own: its stream's state cannot be shared."""
+    cache = near_cache if isinstance(near_cache, NearCache) else NearCache()
+    if cache.owner is not None:
+        raise ValueError("this NearCache belongs to another client: give each client its own")
+    cache.owner = client
+    return cache

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 
 #: A stream silent for this many heartbeat intervals is taken as broken.
 SILENT_INTERVALS = 3
+#: A stream that has not started this long after it was opened is taken as
+#: broken (the server is hung, or queues the stream).
+START_TIMEOUT_S = 10.0
+#: Invalidations remembered at most; beyond, everything is dropped instead.
+MAX_SCOPES = 100_000
 #: What :meth:`NearCache.get` returns when it has no answer to give.
 MISSING: Any = object()
 
@@ -90,7 +95,9 @@ class _Entry:
 class NearCache:
     """Answers by key, and the state of the stream that keeps them valid.
     Thread-safe: reads take no lock; the stream's messages and stores
-    serialise on one lock."""
+    serialise on one lock. The counters of :meth:`get_stats` are plain
+    integers, approximate under concurrent lookups. One client's own: give
+    each client a NearCache of its own."""
 
     def __init__(
         self,
@@ -122,6 +129,10 @@ class NearCache:
         self._history: deque[tuple[float, tuple[int, str], int]] = deque()
         self._hits = self._misses = self._stores = self._not_kept = 0
         self._invalidations = self._starts = self._breaks = 0
+        #: When the stream was last heard from (or opened): a stream silent
+        #: past its limit, started or not, is broken.
+        self._heard_at = clock()
+        self.owner: object | None = None
 
     # ---------------------------------------------------------------- reads
 
@@ -178,6 +189,7 @@ class NearCache:
         now = self._clock()
         event = message.WhichOneof("event")
         with self._lock:
+            self._heard_at = now
             if event == "start":
                 self._entries.clear()
                 self._seen.clear()
@@ -198,6 +210,12 @@ class NearCache:
                 scope = message.invalidation.scope
                 if scope.kind == pb.SCOPE_KIND_ALL:
                     self._global = message.revision
+                elif len(self._seen) >= MAX_SCOPES:
+                    # Too many to remember: drop everything instead.
+                    self._global = message.revision
+                    self._entries.clear()
+                    self._seen.clear()
+                    self._history.clear()
                 else:
                     key = (scope.kind, scope.id)
                     self._seen[key] = message.revision
@@ -224,9 +242,11 @@ class NearCache:
         history = self._history
         while history and history[0][0] < cutoff:
             _, key, revision = history.popleft()
+            # The floor first: a reader never sees the scope forgotten
+            # before the floor covers it.
+            self._floor = max(self._floor, revision)
             if self._seen.get(key) == revision:
                 del self._seen[key]
-            self._floor = max(self._floor, revision)
 
     def on_broken(self, why: str) -> None:
         """The stream broke (or closed): drop everything, answer nothing from
@@ -255,12 +275,19 @@ class NearCache:
         """Whether answers are kept and served from memory now."""
         return self._clock() < self._live_until
 
+    def on_opening(self) -> None:
+        """A new stream is being opened: its start is due within
+        :data:`START_TIMEOUT_S`."""
+        with self._lock:
+            self._heard_at = self._clock()
+
     def silent_for(self) -> float:
-        """Seconds past the stream's silence limit (negative while within it,
-        or 0 when not live)."""
-        if self._live_until == 0.0:
-            return 0.0
-        return self._clock() - self._live_until
+        """Seconds past the stream's silence limit (negative while within
+        it): three heartbeat intervals once started, :data:`START_TIMEOUT_S`
+        before."""
+        started = self._server_id != ""
+        limit = self._silence_s if started else START_TIMEOUT_S
+        return self._clock() - self._heard_at - limit
 
     def get_stats(self) -> NearCacheStats:
         return NearCacheStats(
@@ -337,12 +364,13 @@ class StreamWatcher:
         while not self._closed.is_set():
             why = "ended by the server"
             try:
+                self._cache.on_opening()
                 call = self._open_stream()
                 with self._lock:
                     self._call = call
                 if self._closed.is_set():
                     call.cancel()
-                for message in _messages(call):
+                for message in call:
                     self._cache.on_message(message)
                     delay = RECONNECT_FIRST_S
             except grpc.RpcError as exc:
@@ -361,12 +389,8 @@ class StreamWatcher:
 
     def _watch_silence(self) -> None:
         while not self._closed.wait(0.1):
-            if self._cache.silent_for() > 0:
-                self._cache.on_broken("silent past its heartbeat limit")
-                with self._lock:
-                    if self._call is not None:
-                        self._call.cancel()
-
-
-def _messages(call: Any) -> Iterator[pb.WatchInvalidationsResponse]:
-    yield from call
+            with self._lock:
+                call = self._call
+            if call is not None and self._cache.silent_for() > 0:
+                self._cache.on_broken("silent past its limit")
+                call.cancel()  # the reader reconnects

@@ -192,24 +192,29 @@ class Epochs:
 
     def bump(self, scope: str, cause: str) -> int:
         with self._lock:
-            self._counter += 1
+            # The epoch is written before the counter moves: a reader that
+            # sees revision R (stamp()) then finds R's epoch in place, so an
+            # answer is never said valid at the revision that replaced it. A
+            # fill stamped in between gets R - 1, and is refused as stale.
+            revision = self._counter + 1
             now = self._clock()
             self._forget_before(now - self._retention_s)
             if scope == GLOBAL_SCOPE:
-                self._global = self._counter
+                self._global = revision
             elif len(self._epochs) >= self._max_scopes and scope not in self._epochs:
                 # Too many to remember: invalidate everything instead.
-                self._global = self._counter
+                self._global = revision
                 self._epochs.clear()
                 self._history.clear()
                 scope = GLOBAL_SCOPE
             else:
-                self._epochs[scope] = self._counter
-                self._history.append((now, scope, self._counter))
+                self._epochs[scope] = revision
+                self._history.append((now, scope, revision))
+            self._counter = revision
             self.invalidations[cause] = self.invalidations.get(cause, 0) + 1
             if self.on_bump is not None:
-                self.on_bump(self._counter, scope)
-            return self._counter
+                self.on_bump(revision, scope)
+            return revision
 
     def _forget_before(self, cutoff: float) -> None:
         history = self._history
@@ -735,7 +740,7 @@ class Cache:
         left = min(s.hard_deadline for s in sources) - self._clock()
         return AnswerValidity(valid_at, scopes, max(0.0, left))
 
-    def not_kept(self) -> AnswerSource:
+    def unkeepable_source(self) -> AnswerSource:
         """A source that makes an answer not to be kept by anyone (one that
         changes with time, not with an invalidation)."""
         return AnswerSource(self.epochs.stamp(), (), 0.0)

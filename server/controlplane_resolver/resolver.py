@@ -630,7 +630,7 @@ class Resolver:
         if decision.reason.endswith("_grace") or decision.reason == FlagLookup.READ_FAILED.value:
             # Inside a flip's grace window, or after a failed flag read, the
             # decision changes with time alone: no caller may keep it.
-            callinfo.note_source(self.cache.not_kept())
+            callinfo.note_source(self.cache.unkeepable_source())
         return decision
 
     def _run_ops_mint_kind(self, org_id: str, parent: Classification | None) -> MintKindDecision:

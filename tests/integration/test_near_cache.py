@@ -380,8 +380,37 @@ def test_the_asyncio_client_falls_through_when_its_stream_is_cut(databases, cp, 
             with pytest.raises(ResolverError) as failure:
                 await client.resolve_env(env_id)
             assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+            # The same address again: the task reconnects and starts clean.
+            set_concurrency_limit(cp, env_id, 4)
+            replacements.append(ServerProcess(env, port=server.port).wait_serving())
+            await until(lambda: stats().state is StreamState.LIVE, "stream live again")
+            assert (await client.resolve_env(env_id)).maximum_concurrency_limit == 4
+            assert stats().stream_starts == 2
 
+    replacements: list[ServerProcess] = []
     try:
         asyncio.run(scenario())
     finally:
         server.terminate()
+        for replacement in replacements:
+            replacement.terminate()
+
+
+def test_health_watches_take_no_stream_thread(start_server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    running = start_server(watch_max_streams=1)
+    channel = grpc.insecure_channel(running.address)
+    health = health_pb2_grpc.HealthStub(channel)
+    watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(6)]
+    try:
+        for watch in watches:
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        stream = stub.WatchInvalidations(pb.WatchInvalidationsRequest())
+        assert next(stream).WhichOneof("event") == "start"
+        stream.cancel()
+    finally:
+        for watch in watches:
+            watch.cancel()
+        channel.close()

@@ -181,3 +181,44 @@ def test_entries_are_bounded():
         cache.put(i, i, answer(12, ENV))
     assert cache.get_stats().entries == 3
     assert cache.get(0) is MISSING and cache.get(4) == 4
+
+
+def test_a_stream_that_never_starts_is_taken_as_broken():
+    from controlplane_resolver_client.near_cache import START_TIMEOUT_S
+
+    cache, clock = new_cache()
+    cache.on_opening()
+    clock.now += START_TIMEOUT_S - 0.1
+    assert cache.silent_for() < 0
+    clock.now += 0.2
+    assert cache.silent_for() > 0
+
+
+def test_too_many_remembered_invalidations_drop_everything(monkeypatch):
+    from controlplane_resolver_client import near_cache
+
+    monkeypatch.setattr(near_cache, "MAX_SCOPES", 2)
+    cache, _ = new_cache()
+    start(cache, 10)
+    cache.put("k", "v", answer(12, ORG))
+    invalidation(cache, 13, pb.SCOPE_KIND_ENVIRONMENT, "a")
+    invalidation(cache, 14, pb.SCOPE_KIND_ENVIRONMENT, "b")
+    assert cache.get("k") == "v"
+    invalidation(cache, 15, pb.SCOPE_KIND_ENVIRONMENT, "c")  # one too many
+    assert cache.get("k") is MISSING
+    assert not cache.put("k", "v", answer(14, ORG))
+    assert cache.put("k", "v", answer(15, ORG))
+
+
+def test_a_near_cache_belongs_to_one_client():
+    import pytest
+
+    from controlplane_resolver_client import ResolverClient
+
+    shared = NearCache()
+    first = ResolverClient("127.0.0.1:1", near_cache=shared)
+    try:
+        with pytest.raises(ValueError, match="belongs to another client"):
+            ResolverClient("127.0.0.1:1", near_cache=shared)
+    finally:
+        first.close()

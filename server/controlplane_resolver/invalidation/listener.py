@@ -51,9 +51,7 @@ class InvalidationListener:
     """A daemon thread that keeps one ``LISTEN`` connection open.
 
     ``on_state`` is called (from the listener thread) on every state change;
-    the app uses it to report the listener in health. Notifications whose
-    sending backend's pid ``sent_here`` recognises were applied already by
-    this process (it published them) and are skipped. Reconnects with
+    the app uses it to report the listener in health. Reconnects with
     exponential backoff (``min_backoff_s`` doubling up to ``max_backoff_s``).
     """
 
@@ -63,7 +61,6 @@ class InvalidationListener:
         target: InvalidationTarget,
         *,
         on_state: Callable[[ListenerState], None] = lambda _s: None,
-        sent_here: Callable[[int], bool] = lambda _pid: False,
         min_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
         poll_s: float = 0.1,
@@ -72,7 +69,6 @@ class InvalidationListener:
         self._dsn = dsn
         self._target = target
         self._on_state = on_state
-        self._sent_here = sent_here
         self._min_backoff_s = min_backoff_s
         self._max_backoff_s = max_backoff_s
         # poll_s bounds how long stop() waits; ping_s how soon a silently
@@ -133,9 +129,8 @@ class InvalidationListener:
                     last_ping = time.monotonic()
                     while not self._stop.is_set():
                         for notify in conn.notifies(timeout=self._poll_s):
-                            if not self._sent_here(notify.pid):
-                                self.notifications += 1
-                                apply_notification(self._target, notify.payload)
+                            self.notifications += 1
+                            apply_notification(self._target, notify.payload)
                         if time.monotonic() - last_ping >= self._ping_s:
                             # A dead server is not always noticed by waiting alone.
                             conn.execute("SELECT 1")

@@ -29,14 +29,6 @@ class InvalidationPublisher:
         # Guards the connection: one notification at a time.
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
-        #: The backend pid of the connection, once open: listeners in this
-        #: process skip what it sent (:meth:`sent`).
-        self._pid: int | None = None
-
-    def sent(self, pid: int) -> bool:
-        """Whether a notification from backend ``pid`` was sent by this
-        publisher (so this process applied it already)."""
-        return pid == self._pid
 
     def publish(self, kind: str, ident: str) -> None:
         """NOTIFY every listening resolver process of one invalidation."""
@@ -55,7 +47,6 @@ class InvalidationPublisher:
                         application_name="controlplane-resolver:publisher",
                         **socket_kwargs(self._timeout_s),
                     )
-                    self._pid = self._conn.info.backend_pid
                 self._conn.execute(
                     "SELECT pg_notify(%s, %s)",
                     (CHANNEL, payload(kind, ident)),

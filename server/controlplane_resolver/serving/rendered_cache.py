@@ -11,7 +11,8 @@ M = TypeVar("M", bound=Message)
 
 
 class RenderedCache:
-    """Messages rendered from cached values, reused while the value is.
+    """Messages rendered from cached values (or anything made from them),
+    reused while the value is.
 
     Cached answers are immutable objects that live as long as their cache
     entry, so the message rendered from one can be reused for every call

@@ -338,14 +338,12 @@ class ResolverApp:
                 self.settings.control_plane_database_url,
                 timeout_s=self.settings.db_timeout_ms / 1000,
             )
-            publisher = self.publisher
             if self.settings.listen_enabled:
                 self.health.set(LISTENER_HEALTH_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
                 self.listener = InvalidationListener(
                     self.settings.control_plane_database_url,
                     self.cache,
                     on_state=self._on_listener_state,
-                    sent_here=publisher.sent,
                 )
                 self.state_metrics.attach(listener_stats=self.listener.get_stats)
                 self.listener.start()
@@ -356,6 +354,8 @@ class ResolverApp:
                         f"primary within {pool_wait_s:g}s: check the primary is reachable, or "
                         "set RESOLVER_LISTEN_ENABLED=0 to rely on TTLs alone"
                     )
+            # The feed first: answers carry its server id from the first call.
+            self.servicer.feed = self.feed
             self.servicer.resolver = Resolver(
                 self.topology,
                 self.cache,
@@ -364,7 +364,6 @@ class ResolverApp:
                 run_read_gather_s=self.settings.run_read_gather_us / 1e6,
                 publish=self.publisher.publish,
             )
-            self.servicer.feed = self.feed
             self.state_metrics.attach(run_read_stats=self.servicer.resolver.run_read_stats)
             if not bind_early:
                 self._serve_ports()

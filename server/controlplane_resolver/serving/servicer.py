@@ -173,8 +173,11 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
     def __init__(self, resolver: Resolver | None = None) -> None:
         self.resolver = resolver
         self.feed: InvalidationFeed | None = None
-        # Environments are the hot path: render each cached answer once,
-        # and reuse its ResolveEnv response while the revision stands still.
+        # Environments are the hot path. Three layers, each keyed by the
+        # cached answer itself: its Environment message (ResolveEnv and
+        # BatchResolveEnvs), its ResolveEnv response with the answer's own
+        # revision parts (server id, scopes), and that response stamped for
+        # the current revision, reused while the revision stands still.
         self._rendered = RenderedCache()
         self._env_templates = RenderedCache()
         self._env_responses = RenderedCache()
