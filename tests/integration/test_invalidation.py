@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2
 from controlplane_resolver.cache import Slot
 from controlplane_resolver.dev import demo
 from controlplane_resolver.domain.minting import MINT_FLAG
+from controlplane_resolver.errors import Unavailable
 from controlplane_resolver.invalidation import triggers
 from controlplane_resolver.invalidation.protocol import CHANNEL
 from controlplane_resolver.serving.server import LISTENER_HEALTH_NAME
@@ -252,3 +253,34 @@ def test_triggers_install_and_uninstall_are_idempotent(own_clusters):
             "SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%s)", (names,)
         ).fetchone()[0]
         assert count == 0
+
+
+def test_the_publisher_recognises_its_own_echo_once_and_nothing_else(databases):
+    from controlplane_resolver.invalidation.publisher import InvalidationPublisher
+
+    publisher = InvalidationPublisher(databases.control_plane, timeout_s=5)
+    with psycopg.connect(databases.control_plane, autocommit=True) as listening:
+        listening.execute(f"LISTEN {CHANNEL}")
+        publisher.publish("environment", "echo-test")
+        with psycopg.connect(databases.control_plane, autocommit=True) as writer:
+            # Another session sends the very same payload.
+            writer.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "environment:echo-test"))
+        received = []
+        deadline = time.monotonic() + 5
+        while len(received) < 2 and time.monotonic() < deadline:
+            received.extend(listening.notifies(timeout=0.2, stop_after=2))
+    assert [n.payload for n in received] == ["environment:echo-test"] * 2
+    ours, theirs = received
+    assert publisher.is_echo(ours.pid, ours.payload)
+    assert not publisher.is_echo(ours.pid, ours.payload)  # once
+    assert not publisher.is_echo(theirs.pid, theirs.payload)
+    # A broken connection forgets its pid: PostgreSQL may give it to another session.
+    publisher.publish("environment", "echo-test-2")
+    with psycopg.connect(databases.control_plane, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s", (ours.pid,)
+        )
+    with pytest.raises(Unavailable):
+        publisher.publish("environment", "echo-test-3")
+    assert not publisher.is_echo(ours.pid, "environment:echo-test-2")
+    publisher.close()

@@ -51,7 +51,9 @@ class InvalidationListener:
     """A daemon thread that keeps one ``LISTEN`` connection open.
 
     ``on_state`` is called (from the listener thread) on every state change;
-    the app uses it to report the listener in health. Reconnects with
+    the app uses it to report the listener in health. A notification
+    ``is_echo`` recognises (this process's own ``Invalidate``, applied when it
+    was called) is not applied again. Reconnects with
     exponential backoff (``min_backoff_s`` doubling up to ``max_backoff_s``).
     """
 
@@ -61,6 +63,7 @@ class InvalidationListener:
         target: InvalidationTarget,
         *,
         on_state: Callable[[ListenerState], None] = lambda _s: None,
+        is_echo: Callable[[int, str], bool] = lambda _pid, _payload: False,
         min_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
         poll_s: float = 0.1,
@@ -69,6 +72,7 @@ class InvalidationListener:
         self._dsn = dsn
         self._target = target
         self._on_state = on_state
+        self._is_echo = is_echo
         self._min_backoff_s = min_backoff_s
         self._max_backoff_s = max_backoff_s
         # poll_s bounds how long stop() waits; ping_s how soon a silently
@@ -129,8 +133,9 @@ class InvalidationListener:
                     last_ping = time.monotonic()
                     while not self._stop.is_set():
                         for notify in conn.notifies(timeout=self._poll_s):
-                            self.notifications += 1
-                            apply_notification(self._target, notify.payload)
+                            if not self._is_echo(notify.pid, notify.payload):
+                                self.notifications += 1
+                                apply_notification(self._target, notify.payload)
                         if time.monotonic() - last_ping >= self._ping_s:
                             # A dead server is not always noticed by waiting alone.
                             conn.execute("SELECT 1")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 
 import psycopg
 
@@ -17,11 +19,24 @@ from controlplane_resolver.storage.database import socket_kwargs
 log = logging.getLogger(__name__)
 
 
+#: How long a published notification waits for its echo (it takes
+#: milliseconds): one not back by then is no longer recognised.
+ECHO_WAIT_S = 10.0
+#: Echoes awaited at most; beyond, the oldest is no longer recognised.
+MAX_AWAITED = 10_000
+
+
 class InvalidationPublisher:
     """One connection to the control-plane primary, opened on first use
     and again after a failure. :meth:`publish` waits up to ``timeout_s``
     and raises :class:`~controlplane_resolver.errors.Unavailable` when the
-    primary does not take the notification."""
+    primary does not take the notification.
+
+    The process that publishes has applied the invalidation already, and
+    its own listener hears it again: :meth:`is_echo` recognises that echo (the
+    same payload from this connection's backend within
+    :data:`ECHO_WAIT_S`), so it is not applied twice. An echo not recognised
+    (after a reconnect, or late) is applied again, which is harmless."""
 
     def __init__(self, dsn: str, *, timeout_s: float) -> None:
         self._dsn = dsn
@@ -29,6 +44,28 @@ class InvalidationPublisher:
         # Guards the connection: one notification at a time.
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
+        # Guards the awaited echoes and the backend pid they come from.
+        self._echo_lock = threading.Lock()
+        self._pid: int | None = None
+        #: (time sent, payload) of notifications whose echo is awaited.
+        self._awaited: deque[tuple[float, str]] = deque()
+
+    def is_echo(self, pid: int, text: str) -> bool:
+        """Whether a notification (sending backend ``pid``, payload ``text``)
+        is this publisher's own, sent within :data:`ECHO_WAIT_S`; each sent
+        notification is recognised once."""
+        with self._echo_lock:
+            awaited = self._awaited
+            cutoff = time.monotonic() - ECHO_WAIT_S
+            while awaited and awaited[0][0] < cutoff:
+                awaited.popleft()
+            if pid != self._pid:
+                return False
+            for i, (_, payload_sent) in enumerate(awaited):
+                if payload_sent == text:
+                    del awaited[i]
+                    return True
+            return False
 
     def publish(self, kind: str, ident: str) -> None:
         """NOTIFY every listening resolver process of one invalidation."""
@@ -47,9 +84,18 @@ class InvalidationPublisher:
                         application_name="controlplane-resolver:publisher",
                         **socket_kwargs(self._timeout_s),
                     )
+                    with self._echo_lock:
+                        self._pid = self._conn.info.backend_pid
+                        self._awaited.clear()
+                text = payload(kind, ident)
+                with self._echo_lock:
+                    # Before it is sent: the echo may come back at once.
+                    if len(self._awaited) >= MAX_AWAITED:
+                        self._awaited.popleft()
+                    self._awaited.append((time.monotonic(), text))
                 self._conn.execute(
                     "SELECT pg_notify(%s, %s)",
-                    (CHANNEL, payload(kind, ident)),
+                    (CHANNEL, text),
                     prepare=False,
                 )
             except psycopg.Error as exc:
@@ -69,6 +115,10 @@ class InvalidationPublisher:
             self._lock.release()
 
     def _close(self) -> None:
+        with self._echo_lock:
+            # The backend is gone: its pid may go to another session.
+            self._pid = None
+            self._awaited.clear()
         if self._conn is not None:
             try:
                 self._conn.close()

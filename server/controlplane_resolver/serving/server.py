@@ -344,6 +344,7 @@ class ResolverApp:
                     self.settings.control_plane_database_url,
                     self.cache,
                     on_state=self._on_listener_state,
+                    is_echo=self.publisher.is_echo,
                 )
                 self.state_metrics.attach(listener_stats=self.listener.get_stats)
                 self.listener.start()
