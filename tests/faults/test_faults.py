@@ -396,7 +396,7 @@ def test_rolling_restart_with_the_typed_client(platform: Platform, stop_after: l
         ],
     )
     # Calls are tallied by phase: while an old server drains (SIGTERM to
-    # exit), and while its replacement starts (bound, not yet SERVING).
+    # exit), and while its replacement starts (its port not yet bound).
     phases = {
         "serving": Tally("serving"),
         "draining": Tally("draining"),
