@@ -56,6 +56,12 @@ HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 LISTENER_HEALTH_NAME = "controlplane-resolver.invalidation-listener"
 
 
+#: Calls received that may wait in grpc core for grpcio's polling thread
+#: (see server_options): about five seconds of its pace on a 2-core machine
+#: (docs/faults.md), so those still waiting beyond are mostly past their deadline.
+PENDING_CALLS = 10_000
+
+
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """Channel arguments of the server (docs/operations.md, "Connections")."""
     return [
@@ -74,6 +80,14 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # those without a call for five minutes (clients reconnect on use).
         ("grpc.max_connection_idle_ms", 300_000),
         ("grpc.max_receive_message_length", 1 << 20),
+        # Calls grpc core has received but grpcio's polling thread has not
+        # taken yet wait in a backlog, which grpc core bounds by cancelling
+        # calls (CANCELLED, which clients do not retry) beyond 1,000 (some,
+        # at random) and 3,000 (all) by default: a burst of thousands at once
+        # ended partly CANCELLED. With a larger backlog they reach admission
+        # and get answers (docs/faults.md, "burst").
+        ("grpc.server.max_pending_requests", PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
     ]
 
 
