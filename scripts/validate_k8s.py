@@ -675,7 +675,7 @@ def _words(text: str) -> frozenset[str]:
 _GRPC_LABELS = frozenset({"grpc_type", "grpc_service", "grpc_method"})
 _CACHE_COUNTERS = _words(
     "hits negative_hits misses stale_serves joins loads load_errors refreshes "
-    "refresh_failures evictions discarded_fills"
+    "refresh_failures evictions discarded_fills abandoned"
 )
 
 #: Every series the server exports (sample names, as PromQL sees them) and

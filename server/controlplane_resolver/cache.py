@@ -15,7 +15,10 @@ Pieces, each small and named:
   after it.
 * :class:`_Entries` — a slot's bounded store; a hit reads it without a lock.
 * Single-flight (:class:`_Flight`) — concurrent misses for one key run one
-  load; the others wait for the leader's value or error.
+  load; the others wait for the leader's value or error. A load run off the
+  callers' threads keeps running while one caller still waits for it; once
+  every one has given up, its ``abandon`` hook is called (the resolver
+  cancels the statement) and the next caller starts a new load.
 * Answer validity — every answer a call gets is noted as a *source* of the
   call (:func:`callinfo.note_source`); :meth:`Cache.answer_validity` turns a
   call's sources into the revision (epoch counter) up to which the answer
@@ -121,6 +124,8 @@ class SlotStats:
     refresh_failures: int = 0
     evictions: int = 0
     discarded_fills: int = 0
+    #: Loads whose every waiter gave up before they ended (``abandon`` called).
+    abandoned: int = 0
 
 
 @dataclass(frozen=True)
@@ -310,6 +315,13 @@ class _Flight:
     error: BaseException | None = None
     #: The stored entry, or an AnswerSource when the value was not stored.
     source: Any = None
+    #: Callers waiting for the load (the leader too when the load runs on
+    #: ``start``'s thread); changed under the slot's lock.
+    waiters: int = 0
+    #: Called once when the last waiter gives up before the load ends; None
+    #: for loads nobody may abandon (background refreshes, loads run on the
+    #: leader's thread).
+    abandon: Callable[[], None] | None = None
 
 
 #: Runs work off the calling thread, or raises to refuse it.
@@ -440,6 +452,7 @@ class Cache:
         wait_s: float | None = None,
         start: Starter | None = None,
         admit: Callable[[], AbstractContextManager[Any]] | None = None,
+        abandon: Callable[[], None] | None = None,
     ) -> Any:
         """Return the cached answer for ``key`` or load it.
 
@@ -456,6 +469,14 @@ class Cache:
         carries on for the callers still waiting after it leaves.
         ``admit()``, when given, is entered around a miss's load or wait
         (never around a hit or a stale serve) and may refuse it by raising.
+
+        ``abandon()``, given with ``start``, is kept by a caller that leads
+        the load: it is called once (quickly, it must not block or raise)
+        when every caller waiting for the load has given up (its wait timed
+        out, was aborted, or ``admit`` refused it) before the load ended. The
+        flight is then forgotten: a caller arriving later starts a new load,
+        and whatever the abandoned load ends with is stored only if it is a
+        value (errors never are). A background refresh is never abandoned.
         """
         store = self._slots[slot]
         now = self._clock()
@@ -500,24 +521,34 @@ class Cache:
                 flight = self._begin(store, key)
                 callinfo.note("cache", "miss")
                 leader = True
-        with ExitStack() as stack:
-            try:
-                if admit is not None:
-                    stack.enter_context(admit())
-                if leader and start is not None:
-                    start(lambda: self._lead_quietly(store, key, flight, load, scopes, scopes_of))
-            except BaseException as exc:
-                if leader:
-                    store.stats.load_errors += 1
-                    flight.error = exc
-                    with store.lock:
-                        self._finish(store, key, flight)
-                raise
-            if leader and start is None:
-                value = self._lead(store, key, flight, load, scopes, scopes_of)
-                callinfo.note_source(flight.source)
-                return value
-            return self._await(slot, flight, wait_s)
+                if start is not None:
+                    flight.abandon = abandon
+            if start is not None:
+                flight.waiters += 1
+        try:
+            with ExitStack() as stack:
+                try:
+                    if admit is not None:
+                        stack.enter_context(admit())
+                    if leader and start is not None:
+                        start(
+                            lambda: self._lead_quietly(store, key, flight, load, scopes, scopes_of)
+                        )
+                except BaseException as exc:
+                    if leader:
+                        store.stats.load_errors += 1
+                        flight.error = exc
+                        with store.lock:
+                            self._finish(store, key, flight)
+                    raise
+                if leader and start is None:
+                    value = self._lead(store, key, flight, load, scopes, scopes_of)
+                    callinfo.note_source(flight.source)
+                    return value
+                return self._await(slot, flight, wait_s)
+        finally:
+            if start is not None and not flight.done.is_set():
+                self._leave(store, key, flight)
 
     def _await(self, slot: Slot, flight: _Flight, wait_s: float | None) -> Any:
         if not self.wait_for(flight.done, wait_s):
@@ -528,6 +559,22 @@ class Cache:
             raise flight.error
         callinfo.note_source(flight.source)
         return flight.value
+
+    def _leave(self, store: _SlotStore, key: Hashable, flight: _Flight) -> None:
+        """A waiter of ``flight`` gave up before the load ended. The last one
+        to go abandons the load (see :meth:`get`)."""
+        with store.lock:
+            flight.waiters -= 1
+            if flight.waiters > 0 or flight.done.is_set() or flight.abandon is None:
+                return
+            abandon, flight.abandon = flight.abandon, None
+            if store.flights.get(key) is flight:
+                del store.flights[key]
+            store.stats.abandoned += 1
+        try:
+            abandon()
+        except Exception:  # the hook must not raise; a waiter's error is its own
+            log.exception("abandoning a %s load failed", store.slot.value)
 
     def wait_for(self, done: threading.Event, wait_s: float | None) -> bool:
         """Wait for ``done`` up to ``wait_s``; False early once

@@ -208,18 +208,28 @@ class Resolver:
         scopes: tuple[str, ...],
         scopes_of: Callable[[Any], tuple[str, ...]] | None = None,
     ) -> Any:
+        """``cache.get`` of a control-plane answer: the load runs on the
+        replica's threads, each caller waits up to its own budget, and a load
+        every caller has given up on has its statement cancelled."""
         db = self.control_plane_replica  # every cached answer is read there
         wait_s, by_deadline = self._wait_budget()
+        handle = QueryHandle()
+
+        def cancellable_load() -> Any:
+            with cancellable(handle):
+                return load()
+
         try:
             return self.cache.get(
                 slot,
                 key,
-                load,
+                cancellable_load,
                 scopes=scopes,
                 scopes_of=scopes_of,
                 wait_s=wait_s,
                 start=db.start,
                 admit=db.admit,
+                abandon=handle.cancel,
             )
         except FlightTimeout as exc:
             raise self._gave_up(exc, by_deadline, "the database") from None
@@ -228,14 +238,16 @@ class Resolver:
         self, db: Database, work: Callable[[], Any], wait_s: float, by_deadline: bool
     ) -> Any:
         """``work()`` on one of ``db``'s threads; this caller waits up to
-        ``wait_s`` for it (the work carries on, bounded by the database
-        timeout, if the caller leaves)."""
+        ``wait_s`` for it. Nobody else waits for it: when the caller leaves,
+        the work's running statement is cancelled."""
         done = threading.Event()
         box: dict[str, Any] = {}
+        handle = QueryHandle()
 
         def run() -> None:
             try:
-                box["value"] = work()
+                with cancellable(handle):
+                    box["value"] = work()
             except BaseException as exc:
                 box["error"] = exc
             finally:
@@ -243,6 +255,7 @@ class Resolver:
 
         db.start(run)
         if not self.cache.wait_for(done, wait_s):
+            handle.cancel()
             raise self._gave_up(
                 TimeoutError(f"gave up after {wait_s:.3f}s"), by_deadline, "the database"
             )

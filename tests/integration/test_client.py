@@ -8,19 +8,20 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import types
 import typing
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from controlplane_resolver.config import Settings
 from controlplane_resolver.dev import demo
-from controlplane_resolver.dev.clusters import free_port
+from controlplane_resolver.dev.clusters import LocalCluster, free_port
 from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver_client import (
     BareChannelWarning,
@@ -34,69 +35,87 @@ from controlplane_resolver_client import (
 from controlplane_resolver_client.v1 import SERVICE_NAME, resolver_pb2_grpc
 
 from support.polling import wait_until
-from support.scraping import handled, scrape
+from support.scraping import handled, scrape, scrape_server
 from support.servers import Running
 
 
-@contextmanager
-def starting_server() -> Iterator[ResolverApp]:
-    """A real server still starting: its database never answers, so it is
-    bound and answers every call UNAVAILABLE (``NOT_READY``) until the test
-    ends, then its start-up is cancelled."""
-    settings = Settings(
-        control_plane_database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
-        run_ops_split_enabled=False,
-        listen_enabled=False,
-        addr="127.0.0.1:0",
-        metrics_addr="127.0.0.1:0",
-    )
-    app = ResolverApp(settings)
-    cancel = threading.Event()
-    ended: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            app.start(pool_wait_s=120, cancel=cancel)
-        except BaseException as exc:  # StartCancelled, asserted below
-            ended.append(exc)
-
-    starter = threading.Thread(target=start, name="app-start")
-    starter.start()
+@pytest.fixture(scope="module")
+def outage() -> Iterator[ResolverApp]:
+    """A real server whose only database was killed (``pg_ctl stop -m
+    immediate``) after it started: once its circuit is open it answers every
+    call that needs the database UNAVAILABLE at once (``DATABASE_UNAVAILABLE``,
+    retry after the 100 ms probe interval), as it would through an outage.
+    Shared by the module: tests count attempts as differences, each on a
+    channel (and so a retry throttle) of its own."""
+    cluster = LocalCluster("outage").start()
     try:
-        wait_until(lambda: app.port and app.metrics_port, timeout=10, what="the ports to be bound")
-        yield app
+        settings = Settings(
+            control_plane_database_url=cluster.dsn(),
+            run_ops_split_enabled=False,
+            listen_enabled=False,
+            addr="127.0.0.1:0",
+            metrics_addr="127.0.0.1:0",
+            db_timeout_ms=1000,
+            db_probe_interval_ms=100,
+        )
+        app = ResolverApp(settings)
+        app.start(pool_wait_s=30)
+        try:
+            cluster.stop("immediate")
+            db = app.topology.control_plane_replica if app.topology else None
+            assert db is not None
+            with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+                stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+
+                def refused_at_once() -> bool:
+                    try:
+                        stub.ResolveEnv(
+                            pb.ResolveEnvRequest(environment_id=demo.new_cuid()), timeout=3
+                        )
+                    except grpc.RpcError:
+                        pass
+                    return db.circuit.open
+
+                wait_until(refused_at_once, timeout=30, what="the circuit to open")
+            yield app
+        finally:
+            app.stop(grace=0)
     finally:
-        cancel.set()
-        starter.join(30)
-    assert [type(e).__name__ for e in ended] == ["StartCancelled"]
+        cluster.destroy()
 
 
-#: For the tests below, which count the attempts a server still starting
-#: answers: with health checking the channel would see it NOT_SERVING and
-#: not call it at all (test_the_channel_leaves_a_server_that_is_not_serving).
+#: Channel options of the tests below that count attempts: each channel
+#: then makes no health-check stream of its own.
 NO_HEALTH_CHECKS = [("grpc.inhibit_health_checking", 1)]
+
+
+def refusals(app: ResolverApp) -> int:
+    """ResolveEnv attempts the server has answered UNAVAILABLE so far."""
+    assert app.metrics_port is not None
+    return int(handled(scrape(app.metrics_port), "ResolveEnv", "UNAVAILABLE"))
 
 
 def attempts_per_call(app: ResolverApp, client: ResolverClient, calls: int) -> list[int]:
     """Make ``calls`` ResolveEnv calls that the server answers UNAVAILABLE;
-    return the server's count of attempts after each."""
-    assert app.metrics_port is not None
+    return the attempts that reached the server, counted from the first
+    call, after each."""
+    base = refusals(app)
     seen = []
     for _ in range(calls):
         with pytest.raises(ResolverError) as failed:
             client.resolve_env(demo.new_cuid())
         assert (failed.value.code, failed.value.reason) == (
             grpc.StatusCode.UNAVAILABLE,
-            "NOT_READY",
+            "DATABASE_UNAVAILABLE",
         )
-        seen.append(int(handled(scrape(app.metrics_port), "ResolveEnv", "UNAVAILABLE")))
+        seen.append(refusals(app) - base)
     return seen
 
 
 # ------------------------------------------------------------ service config
 
 
-def test_service_config_retries_unavailable_with_retry_throttling() -> None:
+def test_service_config_retries_unavailable_with_retry_throttling(outage: ResolverApp) -> None:
     config = json.loads(service_config())
     assert config["retryThrottling"] == {"maxTokens": 10, "tokenRatio": 0.1}
     assert config["methodConfig"][0]["retryPolicy"]["maxAttempts"] == 4
@@ -104,78 +123,102 @@ def test_service_config_retries_unavailable_with_retry_throttling() -> None:
         ("grpc.service_config", service_config()),
         ("grpc.enable_retries", 1),
     ]
-    with starting_server() as app:
-        with ResolverClient(
-            f"127.0.0.1:{app.port}", timeout=10, options=NO_HEALTH_CHECKS
-        ) as client:
-            # A6 with 10 tokens: every failed attempt takes one, and retries
-            # stop at half. The first call makes 4 attempts (10 → 6 tokens),
-            # the second 1 (→ 5), and from then on no call is retried: an
-            # outage multiplies the load by at most 4 for its first calls.
-            attempts = attempts_per_call(app, client, 6)
-        assert attempts == [4, 5, 6, 7, 8, 9]
-        # The tokens belong to the channel: another client (another channel)
-        # starts with a full bucket. Hence one client per process.
-        with ResolverClient(
-            f"127.0.0.1:{app.port}", timeout=10, options=NO_HEALTH_CHECKS
-        ) as another:
-            assert attempts_per_call(app, another, 2) == [13, 14]
+    app = outage
+    with ResolverClient(f"127.0.0.1:{app.port}", timeout=10, options=NO_HEALTH_CHECKS) as client:
+        # A6 with 10 tokens: every failed attempt takes one, and retries
+        # stop at half. The first call makes 4 attempts (10 → 6 tokens),
+        # the second 1 (→ 5), and from then on no call is retried: an
+        # outage multiplies the load by at most 4 for its first calls.
+        started = time.monotonic()
+        attempts = attempts_per_call(app, client, 6)
+        took = time.monotonic() - started
+    assert attempts == [4, 5, 6, 7, 8, 9]
+    # Each retry waited for the server's pushback (100 ms: the probe interval).
+    assert took >= 0.3
+    # The tokens belong to the channel: another client (another channel)
+    # starts with a full bucket. Hence one client per process.
+    with ResolverClient(f"127.0.0.1:{app.port}", timeout=10, options=NO_HEALTH_CHECKS) as another:
+        assert attempts_per_call(app, another, 2) == [4, 5]
 
 
-def test_the_channel_leaves_a_server_that_is_not_serving() -> None:
+def test_the_channel_leaves_a_server_that_is_not_serving(start_server) -> None:
     """The service config watches each server's health (gRFC A17): a server
-    still starting, or draining, is not called; the call fails in the
-    client, without an attempt reaching the server."""
+    that says NOT_SERVING (here: one that is stopping, in its pause, still
+    answering every call) is not called; the call fails in the client,
+    without an attempt reaching the server."""
     assert json.loads(service_config())["healthCheckConfig"] == {"serviceName": SERVICE_NAME}
-    with starting_server() as app:
+    running = start_server(metrics_addr="127.0.0.1:0")
+    app: ResolverApp = running.app
+    run_id = "run_" + demo.new_ksuid()
+    stopping = threading.Thread(target=app.stop, kwargs={"grace": 0, "pause": 5}, name="stop")
+    stopping.start()
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            wait_until(
+                lambda: (
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                    == health_pb2.HealthCheckResponse.NOT_SERVING
+                ),
+                timeout=5,
+                what="NOT_SERVING",
+            )
+        # In its pause the server still answers a channel that ignores health…
+        with ResolverClient(running.address, timeout=2, options=NO_HEALTH_CHECKS) as ignoring:
+            assert ignoring.classify_run_id(run_id).classifiable
+        # …but a channel that watches health does not call it.
         with (
-            ResolverClient(f"127.0.0.1:{app.port}", timeout=1) as client,
+            ResolverClient(running.address, timeout=1) as client,
             pytest.raises(ResolverError) as failed,
         ):
-            client.resolve_env(demo.new_cuid())
+            client.classify_run_id(run_id)
         assert failed.value.code == grpc.StatusCode.UNAVAILABLE
         assert failed.value.request_id is None  # not answered by the server
-        assert app.metrics_port is not None
-        assert handled(scrape(app.metrics_port), "ResolveEnv", "UNAVAILABLE") == 0
+        samples = scrape_server(running)
+        assert handled(samples, "ClassifyRunId", "OK") == 1
+        assert handled(samples, "ClassifyRunId", "UNAVAILABLE") == 0
+    finally:
+        stopping.join(30)
 
 
-def test_grpc_validates_the_service_config_it_is_given() -> None:
+def test_grpc_validates_the_service_config_it_is_given(outage: ResolverApp) -> None:
     """The check that makes the test above meaningful: grpcio parses the
     config, and an invalid throttling section fails the channel's calls, so
     ours was accepted, not ignored."""
     config = json.loads(service_config())
     config["retryThrottling"]["maxTokens"] = 0
-    with starting_server() as app:
-        options = [("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1)]
-        with grpc.insecure_channel(f"127.0.0.1:{app.port}", options=options) as channel:
-            stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
-            with pytest.raises(grpc.RpcError) as failed:
-                stub.ResolveEnv(pb.ResolveEnvRequest(environment_id=demo.new_cuid()), timeout=5)
-        assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "retryThrottling" in failed.value.details()
-        assert app.metrics_port is not None
-        assert handled(scrape(app.metrics_port), "ResolveEnv", "UNAVAILABLE") == 0
+    app = outage
+    before = refusals(app)
+    options = [("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1)]
+    with grpc.insecure_channel(f"127.0.0.1:{app.port}", options=options) as channel:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.ResolveEnv(pb.ResolveEnvRequest(environment_id=demo.new_cuid()), timeout=5)
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "retryThrottling" in failed.value.details()
+    assert refusals(app) == before
 
 
 # ------------------------------------------------------- caller's channels
 
 
-def test_a_channel_from_create_channel_carries_the_service_config() -> None:
-    with starting_server() as app, warnings.catch_warnings():
+def test_a_channel_from_create_channel_carries_the_service_config(outage: ResolverApp) -> None:
+    app = outage
+    with warnings.catch_warnings():
         warnings.simplefilter("error")  # no BareChannelWarning
         channel = create_channel(f"127.0.0.1:{app.port}", options=NO_HEALTH_CHECKS)
         with ResolverClient(channel=channel, timeout=10) as c:
             assert attempts_per_call(app, c, 2) == [4, 5]
 
 
-def test_a_bare_channel_warns_and_gets_no_retries() -> None:
-    with starting_server() as app:
-        with pytest.warns(BareChannelWarning, match=r"channel_options\(\)") as caught:
-            client = ResolverClient(channel=grpc.insecure_channel(f"127.0.0.1:{app.port}"))
-        # Once, pointing at the caller's line.
-        assert [w.filename for w in caught if w.category is BareChannelWarning] == [__file__]
-        with client:
-            assert attempts_per_call(app, client, 2) == [1, 2]
+def test_a_bare_channel_warns_and_gets_no_retries(outage: ResolverApp) -> None:
+    app = outage
+    with pytest.warns(BareChannelWarning, match=r"channel_options\(\)") as caught:
+        client = ResolverClient(channel=grpc.insecure_channel(f"127.0.0.1:{app.port}"))
+    # Once, pointing at the caller's line.
+    assert [w.filename for w in caught if w.category is BareChannelWarning] == [__file__]
+    with client:
+        assert attempts_per_call(app, client, 2) == [1, 2]
 
 
 def test_the_bare_channel_warning_is_written_once_per_calling_line(server: Running) -> None:

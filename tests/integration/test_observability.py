@@ -636,6 +636,16 @@ LEVELS = {
 }
 
 
+def lock_waiters(cp: psycopg.Connection[Any]) -> int:
+    """The resolvers' connections waiting for a lock right now."""
+    row = cp.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND application_name LIKE 'controlplane-resolver%'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_call_log_level_follows_the_status_code(
     start_server, cp, tenant: Tenant, call_lines: Callable[[], list[dict[str, Any]]]
 ) -> None:
@@ -674,10 +684,12 @@ def test_call_log_level_follows_the_status_code(
                 )
             )
         )
-        # The caller cancels while the call waits; the answer comes later.
-        started = running.app.metrics.progress()[0]
+        # The caller cancels while the call waits for the lock; the answer
+        # comes later. (The loads above, which nobody waits for any more,
+        # have stopped waiting for the lock by now.)
+        wait_until(lambda: lock_waiters(cp) == 0, timeout=5)
         pending = stub.ResolveEnv.future(pb.ResolveEnvRequest(environment_id=cancelled), timeout=30)
-        wait_until(lambda: running.app.metrics.progress()[0] > started, timeout=5)
+        wait_until(lambda: lock_waiters(cp) == 1, timeout=5)
         assert pending.cancel()
         codes.append("CANCELLED")
         locker.rollback()

@@ -45,6 +45,20 @@ def environments_locked(running: Running) -> Iterator[None]:
             locker.rollback()
 
 
+def lock_waiters(dsn: str, role: str) -> int:
+    """The resolver's connections of ``role`` (``control-plane``,
+    ``run-ops``) waiting for a lock in ``dsn``'s database right now."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = %s AND datname = current_database() "
+            "AND wait_event_type = 'Lock'",
+            (f"controlplane-resolver:{role}",),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def timed_failure(call: Callable[[], Any]) -> tuple[grpc.StatusCode, float]:
     """The status a failing call ends with, and how long it took."""
     started = time.monotonic()
@@ -89,11 +103,11 @@ def test_each_callers_deadline_bounds_its_own_wait_and_fails_no_other(
     client = running.client
     env_id = tenant.environment(cp)
     stats = running.app.cache.stats(Slot.ENVIRONMENT)
+    dsn = running.app.settings.control_plane_database_url
     with environments_locked(running):
         # The first caller leads the load, which blocks on the lock.
-        code, took = timed_failure(lambda: client.resolve_env(env_id, timeout=0.3))
-        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and took < 1.0
-        assert stats.loads == 1
+        leader = Background(lambda: client.resolve_env(env_id, timeout=1.5))
+        wait_until(lambda: stats.loads == 1, timeout=5)
         # A second caller joins the blocked load with a short deadline.
         code, took = timed_failure(lambda: client.resolve_env(env_id, timeout=0.3))
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED and took < 1.0
@@ -104,13 +118,18 @@ def test_each_callers_deadline_bounds_its_own_wait_and_fails_no_other(
             lambda: handled(scrape_server(running), "ResolveEnv", "DEADLINE_EXCEEDED") >= 1,
             timeout=2,
         )
-        # A third caller with time to spare joins the same load.
+        # A third caller with time to spare joins the same load before the
+        # leader gives up, and keeps it running after the leader has gone.
         patient = Background(lambda: client.resolve_env(env_id, timeout=20))
         wait_until(lambda: stats.joins == 2, timeout=5)
+        with pytest.raises(ResolverError) as gone:
+            leader.join(5)
+        assert gone.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert not patient.finished
+        assert stats.abandoned == 0 and lock_waiters(dsn, "control-plane") == 1
     # Released: the one load completes and the patient caller gets the value.
     assert patient.join(10).id == env_id
-    assert stats.loads == 1 and stats.load_errors == 0
+    assert stats.loads == 1 and stats.load_errors == 0 and stats.abandoned == 0
     assert client.resolve_env(env_id).id == env_id  # now cached
     assert stats.hits == 1
     s = scrape_server(running)
@@ -119,6 +138,46 @@ def test_each_callers_deadline_bounds_its_own_wait_and_fails_no_other(
     wait_until(
         lambda: handled(scrape_server(running), "ResolveEnv", "DEADLINE_EXCEEDED") == 2, timeout=5
     )
+
+
+def test_a_cached_load_nobody_waits_for_is_cancelled(start_server, cp, tenant: Tenant) -> None:
+    # Statements may run 20 s: only the cancellation can end the lock wait
+    # below while the table stays locked.
+    running = start_server(db_timeout_ms=20_000, listen_enabled=False)
+    client = running.client
+    env_id = tenant.environment(cp)
+    stats = running.app.cache.stats(Slot.ENVIRONMENT)
+    dsn = running.app.settings.control_plane_database_url
+    with environments_locked(running):
+        leader = Background(lambda: client.resolve_env(env_id, timeout=1.0))
+        wait_until(lambda: lock_waiters(dsn, "control-plane") == 1, timeout=5)
+        code, _took = timed_failure(lambda: client.resolve_env(env_id, timeout=0.3))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and stats.joins == 1
+        # One caller still waits: the load runs on.
+        assert lock_waiters(dsn, "control-plane") == 1 and stats.abandoned == 0
+        with pytest.raises(ResolverError) as gone:
+            leader.join(5)
+        assert gone.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        # Nobody waits any more: the statement stops waiting for the lock,
+        # which is still held, long before the statement timeout.
+        wait_until(lambda: lock_waiters(dsn, "control-plane") == 0, timeout=5)
+        assert stats.abandoned == 1
+    # The cancellation was not cached: the next caller loads the answer.
+    assert client.resolve_env(env_id, timeout=10).id == env_id
+    assert stats.loads == 2
+
+
+def test_a_batch_load_its_caller_gave_up_on_is_cancelled(start_server, cp, tenant: Tenant) -> None:
+    running = start_server(db_timeout_ms=20_000, listen_enabled=False)
+    env_id = tenant.environment(cp)
+    dsn = running.app.settings.control_plane_database_url
+    with environments_locked(running), grpc.insecure_channel(running.address) as channel:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.BatchResolveEnvs(pb.BatchResolveEnvsRequest(environment_ids=[env_id]), timeout=1.0)
+        assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(lambda: lock_waiters(dsn, "control-plane") == 0, timeout=5)
+    assert running.client.resolve_env(env_id, timeout=10).id == env_id
 
 
 def test_call_whose_deadline_passed_before_it_was_served_never_touches_the_database(
@@ -288,18 +347,6 @@ def test_a_drain_ends_watch_streams_first_and_refuses_new_ones(
 RUNS_LOCK = 'LOCK TABLE "TaskRun" IN ACCESS EXCLUSIVE MODE'
 
 
-def lock_waiters(dsn: str) -> int:
-    """The resolver's run-ops connections waiting for a lock right now."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = 'controlplane-resolver:run-ops' "
-            "AND wait_event_type = 'Lock'"
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 @pytest.mark.parametrize("method", ["ReadRun", "BatchReadRuns"])
 def test_a_run_read_nobody_waits_for_is_cancelled(start_server, databases, method) -> None:
     # Statements may run 20 s: only the cancellation can end the wait below
@@ -320,7 +367,7 @@ def test_a_run_read_nobody_waits_for_is_cancelled(start_server, databases, metho
             assert time.monotonic() - started < 2.0
         # The caller has gone: its query stops waiting for the lock, which
         # is still held, long before the statement timeout.
-        wait_until(lambda: lock_waiters(databases.run_ops) == 0, timeout=5)
+        wait_until(lambda: lock_waiters(databases.run_ops, "run-ops") == 0, timeout=5)
         locker.rollback()
     # The reader serves again (the cancelled connection was given back).
     with grpc.insecure_channel(running.address) as channel:
@@ -341,7 +388,7 @@ def test_batch_run_reads_pass_the_bulkhead_as_single_reads_do(start_server, data
         waiting = stub.BatchReadRuns.future(
             pb.BatchReadRunsRequest(run_ids=[demo.new_ksuid()]), timeout=20
         )
-        wait_until(lambda: lock_waiters(databases.run_ops) == 1, timeout=5)
+        wait_until(lambda: lock_waiters(databases.run_ops, "run-ops") == 1, timeout=5)
         # The run-ops bulkhead is full: batch and single reads of it are
         # refused at once, with a retry delay, not queued behind the lock.
         for call in (

@@ -172,19 +172,23 @@ def test_sigterm_during_start_up_exits_promptly(databases):
     from controlplane_resolver.dev.clusters import free_port
 
     # A control plane nobody answers on: start-up waits for it.
+    health_addr = f"127.0.0.1:{free_port()}"
     env = {
         "CONTROL_PLANE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
         "RESOLVER_LISTEN_ENABLED": "0",
         "RESOLVER_STARTUP_TIMEOUT_MS": "120000",
+        "RESOLVER_HEALTH_ADDR": health_addr,
     }
     server = ServerProcess(env)
     try:
-        # Bound but not ready: health answers NOT_SERVING while pools wait.
+        # Not ready: the health port answers NOT_SERVING while pools wait,
+        # and the service's port is not bound.
         wait_until(
-            lambda: health_status(server.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
+            lambda: health_status(health_addr) == health_pb2.HealthCheckResponse.NOT_SERVING,
             timeout=10,
             interval=0.05,
         )
+        assert health_status(server.address) is None
         sent = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(10) == 0, server.output()

@@ -6,9 +6,10 @@ Contract under test:
 * the realtime interlock refuses before any network call, and a refused
   configuration never binds the port;
 * with split off no run-ops pool is opened and no probe runs;
-* health says ``NOT_SERVING`` (and the resolver answers ``UNAVAILABLE`` /
-  ``NOT_READY``) until every pool has a working connection, then
-  ``SERVING``; on stop it says ``NOT_SERVING`` before in-flight calls drain;
+* the service's port is bound only once every pool has a working
+  connection (the health port, bound at once, says ``NOT_SERVING`` until
+  then, and ``SERVING`` once the port is bound); on stop health says
+  ``NOT_SERVING`` before in-flight calls drain;
 * reflection lists the resolver and the health service.
 """
 
@@ -34,7 +35,7 @@ from controlplane_resolver.dev.clusters import LocalCluster, free_port
 from controlplane_resolver.errors import Refusal, Unavailable
 from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver.storage.topology import decide_split
-from controlplane_resolver_client import BareChannelWarning, ResolverClient, ResolverError, pb
+from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.v1 import SERVICE_NAME
 
 from support.polling import wait_until
@@ -194,13 +195,17 @@ def test_split_off_opens_no_run_ops_pool_and_runs_no_probe(
 # --------------------------------------------------------------------- health
 
 
-def test_health_is_not_serving_until_the_database_answers(
+def test_the_port_is_bound_only_once_the_database_answers(
     own_clusters: tuple[LocalCluster, LocalCluster],
 ) -> None:
     control_plane, _run_ops = own_clusters
     control_plane.stop()
+    port = free_port()
     settings = Settings(
-        control_plane_database_url=control_plane.dsn(), addr="127.0.0.1:0", db_timeout_ms=1000
+        control_plane_database_url=control_plane.dsn(),
+        addr=f"127.0.0.1:{port}",
+        health_addr="127.0.0.1:0",
+        db_timeout_ms=1000,
     )
     app = ResolverApp(settings)
     failure: list[BaseException] = []
@@ -214,32 +219,33 @@ def test_health_is_not_serving_until_the_database_answers(
     starter = threading.Thread(target=start, name="app-start")
     starter.start()
     try:
-        port = wait_until(lambda: app.port, timeout=10, what="the port to be bound")
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            assert health_status(channel) == NOT_SERVING
-            assert health_status(channel, SERVICE_NAME) == NOT_SERVING
-
-            # A raw channel (no retry policy): the first answer is the one we
-            # see. Not closed here: the client would close the shared channel.
-            with pytest.warns(BareChannelWarning):
-                client = ResolverClient(channel=channel, timeout=5)
-            with pytest.raises(ResolverError) as info:
-                client.resolve_env(demo.new_cuid())
-            assert info.value.code == grpc.StatusCode.UNAVAILABLE
-            assert info.value.reason == "NOT_READY"
+        health_port = wait_until(
+            lambda: app.health_port, timeout=10, what="the health port to be bound"
+        )
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as probe:
+            # Probes hear NOT_SERVING from the start; the service's port is
+            # not bound while the database is down: a caller finds it closed
+            # and goes elsewhere, instead of getting an answer that is not one.
+            assert health_status(probe) == NOT_SERVING
+            assert health_status(probe, SERVICE_NAME) == NOT_SERVING
+            assert not port_is_listening(port)
+            assert app.port is None
 
             control_plane.start()
             wait_until(
-                lambda: health_status(channel) == SERVING,
+                lambda: health_status(probe) == SERVING,
                 timeout=30,
                 what="health to turn SERVING once the database is up",
             )
-            assert health_status(channel, SERVICE_NAME) == SERVING
+            # SERVING is reported once the port is bound.
+            assert port_is_listening(port) and app.port == port
             starter.join(timeout=10)
             assert not starter.is_alive() and not failure
-
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                assert health_status(channel, SERVICE_NAME) == SERVING
             # Serving for real: the database answers "absent".
-            assert client.resolve_env(demo.new_cuid()) is None
+            with ResolverClient(f"127.0.0.1:{port}", timeout=5) as client:
+                assert client.resolve_env(demo.new_cuid()) is None
     finally:
         if not control_plane.running:
             control_plane.start()  # lets a still-waiting start() finish

@@ -841,6 +841,113 @@ def test_flight_started_before_an_invalidation_is_not_joined(cache: Cache) -> No
     assert (before.calls, after.calls) == (1, 1)
 
 
+# ------------------------------------------- loads nobody waits for any more
+
+
+def on_a_thread(work: Callable[[], None]) -> None:
+    """A ``start`` that runs the load on a thread of its own (as the
+    resolver runs it on the database's threads)."""
+    threading.Thread(target=work, daemon=True).start()
+
+
+def test_a_detached_load_is_abandoned_once_every_waiter_has_given_up(cache: Cache) -> None:
+    gate = Gate()
+    abandoned: list[str] = []
+    load = CountingLoad(
+        Boom("cancelled"), "value", on_call=lambda n: gate.wait() if n == 1 else None
+    )
+
+    def get(name: str, wait_s: float) -> Any:
+        return env_get(
+            cache,
+            "a",
+            load,
+            wait_s=wait_s,
+            start=on_a_thread,
+            abandon=lambda: abandoned.append(name),
+        )
+
+    leader = Background(lambda: get("leader", 1.0))
+    wait_for(lambda: load.calls == 1, "the leader's load started")
+    # A joiner gives up first: the leader still waits, nothing is abandoned.
+    with pytest.raises(FlightTimeout):
+        get("joiner", 0.05)
+    assert abandoned == [] and cache.stats(SLOT).joins == 1
+    # The leader gives up too: nobody waits, the load is abandoned, once,
+    # through the hook of the caller that started it.
+    with pytest.raises(FlightTimeout):
+        leader.result()
+    assert abandoned == ["leader"] and cache.stats(SLOT).abandoned == 1
+    # The flight is forgotten: the next caller starts a load of its own
+    # instead of joining one that is being cancelled.
+    assert get("late", DEADLINE_S) == "value"
+    assert load.calls == 2
+    # The abandoned load ends in an error (its statement was cancelled):
+    # not stored, and the value the later load stored stays.
+    gate.open()
+    wait_for(lambda: cache.stats(SLOT).load_errors == 1, "the abandoned load ended")
+    assert env_get(cache, "a", load) == "value"
+    assert load.calls == 2 and abandoned == ["leader"]
+
+
+def test_a_caller_that_joins_before_the_others_give_up_keeps_the_load(cache: Cache) -> None:
+    gate = Gate()
+    abandoned: list[str] = []
+    load = CountingLoad("value", on_call=lambda _n: gate.wait())
+
+    def get(wait_s: float) -> Any:
+        return env_get(
+            cache,
+            "a",
+            load,
+            wait_s=wait_s,
+            start=on_a_thread,
+            abandon=lambda: abandoned.append("abandoned"),
+        )
+
+    leader = Background(lambda: get(1.0))
+    wait_for(lambda: load.calls == 1, "the leader's load started")
+    patient = Background(lambda: get(DEADLINE_S))
+    wait_for(lambda: cache.stats(SLOT).joins == 1, "a patient caller joined")
+    with pytest.raises(FlightTimeout):
+        leader.result()
+    assert abandoned == []
+    gate.open()
+    assert patient.result() == "value"
+    assert load.calls == 1 and abandoned == [] and cache.stats(SLOT).abandoned == 0
+
+
+def test_a_background_refresh_is_never_abandoned(cache: Cache, clock: FakeClock) -> None:
+    gate = Gate()
+    abandoned: list[str] = []
+    load = CountingLoad("old", "new", on_call=lambda n: gate.wait() if n == 2 else None)
+
+    def get(wait_s: float) -> Any:
+        return env_get(
+            cache,
+            "a",
+            load,
+            wait_s=wait_s,
+            start=on_a_thread,
+            abandon=lambda: abandoned.append("abandoned"),
+        )
+
+    assert get(DEADLINE_S) == "old"
+    clock.advance(SOFT + 1)
+    assert get(DEADLINE_S) == "old"  # stale: refreshed in the background
+    wait_for(lambda: load.calls == 2, "the refresh started")
+    # Past the hard deadline a caller waits for the refresh, and gives up:
+    # the refresh still runs (it waits for nobody).
+    clock.advance(HARD)
+    with pytest.raises(FlightTimeout):
+        get(0.05)
+    assert abandoned == [] and cache.stats(SLOT).abandoned == 0
+    gate.open()
+    wait_for(lambda: cache.fresh(SLOT, "a") == "new", "the refresh stored its value")
+    assert get(DEADLINE_S) == "new"
+    assert load.calls == 2
+
+
 # ----------------------------------------------------------- thread safety
 
 

@@ -4,9 +4,12 @@
  * - `dev`: every RPC once, with a check of what it answered, NOT_FOUND →
  *   null, errors with their ErrorInfo reason, deadlines and cancellation;
  * - `serve` with bearer tokens and mutual TLS, against dev's databases;
- * - `serve` that never becomes ready (its database does not exist), which
- *   answers UNAVAILABLE / NOT_READY: the channel's retries, the retry
- *   throttle and round robin, counted in the server's own metrics.
+ * - `serve` whose database went away (its link to dev's database cut),
+ *   which answers UNAVAILABLE / DATABASE_UNAVAILABLE with a retry delay: the
+ *   channel's retries and their pushback, the retry throttle and round
+ *   robin, counted in the server's own metrics;
+ * - `serve` that never becomes ready (its database does not exist), whose
+ *   port is not bound: round robin leaves it out, and no call fails.
  */
 
 import assert from "node:assert/strict";
@@ -22,9 +25,11 @@ import { Code, ResolverClient, ResolverError, pb, serviceConfig } from "@control
 import {
   handledCount,
   makePki,
+  metricValue,
   serverBinary,
   silentListener,
   startDev,
+  startLink,
   startServe,
 } from "./support/servers.js";
 import type { DevServer, Example, Pki, Served } from "./support/servers.js";
@@ -64,6 +69,7 @@ function str(example: Example | undefined, key: string): string {
 let dev: DevServer;
 let secure: Served;
 let starting: Served;
+let outage: Served;
 let pki: Pki;
 let tokensFile: string;
 const ENGINE_TOKEN = crypto.randomBytes(18).toString("base64url");
@@ -91,7 +97,7 @@ before(
     serverBinary(); // a clear message when .venv is missing
     // dev (clusters, demo data) and the server that never gets ready start
     // together. That one's database is on port 1, where nothing listens: it
-    // waits for it (up to RESOLVER_STARTUP_TIMEOUT_MS) answering NOT_READY.
+    // waits for it (up to RESOLVER_STARTUP_TIMEOUT_MS) with its port unbound.
     const neverDb = "127.0.0.1:1/platform";
     [dev, starting] = await Promise.all([
       startDev(),
@@ -101,6 +107,29 @@ before(
         readyPattern: /metrics on http:/,
       }),
     ]);
+    // A server over dev's control-plane database, through a link that is
+    // then cut: the database is gone. Once its circuit is open, every call
+    // that needs the database is answered UNAVAILABLE at once, with a retry
+    // delay of the probe interval (1 s).
+    const link = await startLink(dev.controlPlaneDb.split("/")[0]!);
+    outage = await startServe("serve (database gone)", {
+      controlPlaneDb: `127.0.0.1:${link.port}/${dev.controlPlaneDb.split("/")[1]}`,
+      env: { RESOLVER_LISTEN_ENABLED: "0", RESOLVER_DB_TIMEOUT_MS: "1000" },
+    });
+    await link.cut();
+    const circuitOpen = async (): Promise<boolean> =>
+      (await metricValue(outage.metricsPort, "resolver_db_circuit_open", 'database="control-plane"')) === 1;
+    // Its own target string: grpc-js keeps one retry throttle per target.
+    const poke = new ResolverClient(`ipv4:127.0.0.1:${outage.port}`);
+    try {
+      const deadline = Date.now() + 30_000;
+      while (!(await circuitOpen())) {
+        assert.ok(Date.now() < deadline, "the circuit did not open within 30 s");
+        await poke.resolveEnv(ABSENT_CUID, { timeoutMs: 3000 }).catch(() => null);
+      }
+    } finally {
+      poke.close();
+    }
     const ex = dev.examples;
     const readRuns = ex.ReadRun ?? [];
     const prodEnv = str(ex.ResolveEnv?.[0], "environmentId");
@@ -148,7 +177,12 @@ before(
 
 after(
   async () => {
-    await Promise.allSettled([dev?.process.stop(), secure?.process.stop(), starting?.process.stop()]);
+    await Promise.allSettled([
+      dev?.process.stop(),
+      secure?.process.stop(),
+      starting?.process.stop(),
+      outage?.process.stop(),
+    ]);
     if (pki) fs.rmSync(pki.dir, { recursive: true, force: true });
     if (dev) {
       assert.match(dev.process.stdout, /removed the throwaway clusters/, dev.process.tail());
@@ -461,24 +495,29 @@ describe("bearer tokens over mutual TLS (`serve` with a tokens file and a client
   });
 });
 
-describe("retries of UNAVAILABLE (a server still starting answers NOT_READY)", () => {
-  test("4 attempts, then the retry throttle stops retrying", T, async () => {
-    const client = new ResolverClient(`127.0.0.1:${starting.port}`);
+describe("retries of UNAVAILABLE (a server whose database is gone)", () => {
+  test("4 attempts after the server's retry delay, then the retry throttle stops retrying", T, async () => {
+    const client = new ResolverClient(`127.0.0.1:${outage.port}`);
     const attempts = (): Promise<number> =>
-      handledCount(starting.metricsPort, "ClassifyRunId", "UNAVAILABLE");
+      handledCount(outage.metricsPort, "ResolveEnv", "UNAVAILABLE");
     try {
       const before = await attempts();
-      const first = await failure(client.classifyRunId("run_x"));
+      const started = Date.now();
+      const first = await failure(client.resolveEnv(ABSENT_CUID));
+      const took = Date.now() - started;
       assert.equal(first.code, Code.UNAVAILABLE);
-      assert.equal(first.reason, "NOT_READY");
-      // maxAttempts 4: the call and three retries reached the server.
+      assert.equal(first.reason, "DATABASE_UNAVAILABLE");
+      // maxAttempts 4: the call and three retries reached the server…
       assert.equal((await settled(attempts, before + 4)) - before, 4);
+      // …each retry after the server's pushback (1 s: its probe interval),
+      // not the service config's backoff (50 ms, doubling: 350 ms at most).
+      assert.ok(took >= 2900, `three retries took ${took} ms`);
 
       // gRFC A6 throttle (maxTokens 10, tokenRatio 0.1): each failed attempt
       // took a token (10 → 6); the next failure leaves 5, not more than
       // half, so that call is not retried.
-      const second = await failure(client.classifyRunId("run_x"));
-      assert.equal(second.reason, "NOT_READY");
+      const second = await failure(client.resolveEnv(ABSENT_CUID));
+      assert.equal(second.reason, "DATABASE_UNAVAILABLE");
       assert.equal((await settled(attempts, before + 5)) - before, 5);
     } finally {
       client.close();
@@ -486,12 +525,12 @@ describe("retries of UNAVAILABLE (a server still starting answers NOT_READY)", (
   });
 
   test("round robin: the retry goes to the next address and succeeds", T, async () => {
-    // Two addresses: the starting server and dev. Once both are connected,
-    // calls alternate between them; one that lands on the starting server is
-    // retried on dev. Calls go on (40 at most) until one has.
-    const client = new ResolverClient(`ipv4:127.0.0.1:${starting.port},127.0.0.1:${dev.port}`);
+    // Two addresses: the server whose database is gone, and dev. Once both
+    // are connected, calls alternate between them; one that lands on the
+    // first is retried on dev. Calls go on (40 at most) until one has.
+    const client = new ResolverClient(`ipv4:127.0.0.1:${outage.port},127.0.0.1:${dev.port}`);
     const refusals = (): Promise<number> =>
-      handledCount(starting.metricsPort, "ResolveEnv", "UNAVAILABLE");
+      handledCount(outage.metricsPort, "ResolveEnv", "UNAVAILABLE");
     try {
       const before = await refusals();
       for (let call = 0; call < 40 && (await refusals()) === before; call++) {
@@ -499,7 +538,24 @@ describe("retries of UNAVAILABLE (a server still starting answers NOT_READY)", (
         assert.equal(env?.id, ids.prodEnv);
         await new Promise((resolve) => setTimeout(resolve, 25));
       }
-      assert.ok((await refusals()) > before, "no call reached the starting server");
+      assert.ok((await refusals()) > before, "no call reached the server whose database is gone");
+    } finally {
+      client.close();
+    }
+  });
+});
+
+describe("a server still starting", () => {
+  test("is not bound: round robin leaves it out and no call fails", T, async () => {
+    const client = new ResolverClient(`ipv4:127.0.0.1:${starting.port},127.0.0.1:${dev.port}`);
+    try {
+      for (let call = 0; call < 20; call++) {
+        const env = await client.resolveEnv(ids.prodEnv);
+        assert.equal(env?.id, ids.prodEnv);
+      }
+      // Not one attempt reached it (its metrics endpoint is up meanwhile).
+      assert.equal(await handledCount(starting.metricsPort, "ResolveEnv", "UNAVAILABLE"), 0);
+      assert.equal(await handledCount(starting.metricsPort, "ResolveEnv", "OK"), 0);
     } finally {
       client.close();
     }

@@ -27,8 +27,10 @@ for a worker. This module decides at that hand-off (docs/operations.md,
 
 Admission sees only the calls grpcio's polling thread has taken off the
 wire; a burst of thousands of calls at once outpaces that one thread, and
-calls still waiting in grpc core can then end CANCELLED, as with any
-grpcio server (docs/faults.md). Beyond the limit plus :data:`EXPRESS_QUEUE`
+the calls not taken yet wait in grpc core's backlog (bounded by the
+server's options, :data:`~controlplane_resolver.serving.server.PENDING_CALLS`:
+beyond it grpc core cancels them), or end DEADLINE_EXCEEDED when the
+backlog outlasts their deadline (docs/faults.md). Beyond the limit plus :data:`EXPRESS_QUEUE`
 calls grpcio refuses calls itself (:func:`grpc_limit`:
 ``RESOURCE_EXHAUSTED`` without a retry delay), which bounds the refusals
 waiting for an express thread.

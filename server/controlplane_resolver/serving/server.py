@@ -2,10 +2,13 @@
 health, reflection, authentication, TLS, metrics and an orderly shutdown.
 
 Start-up order (docs/design.md, "Start-up and shutdown"): the split
-decision and its interlocks run before the port is bound, so a refused
-configuration never serves. The server then starts with health
-``NOT_SERVING`` while the pools open and the invalidation listener
-connects, and turns ``SERVING`` once both are ready.
+decision and its interlocks run first, so a refused configuration never
+serves. The pools open and the invalidation listener connects before the
+service's port is bound: a client (or a load balancer) never reaches a
+process that cannot answer yet, it finds the port closed and goes to
+another. The health port (``RESOLVER_HEALTH_ADDR``), when configured, is
+bound at once and says ``NOT_SERVING`` until the service port is bound and
+``SERVING``.
 
 Shutdown: health turns ``NOT_SERVING``, an optional pause lets load
 balancers notice, ``server.stop(grace)`` drains in-flight calls, and only
@@ -53,6 +56,12 @@ HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 LISTENER_HEALTH_NAME = "controlplane-resolver.invalidation-listener"
 
 
+#: Calls received that may wait in grpc core for grpcio's polling thread
+#: (see server_options): about five seconds of its pace on a 2-core machine
+#: (docs/faults.md), so those still waiting beyond are mostly past their deadline.
+PENDING_CALLS = 10_000
+
+
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """Channel arguments of the server (docs/operations.md, "Connections")."""
     return [
@@ -71,6 +80,14 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # those without a call for five minutes (clients reconnect on use).
         ("grpc.max_connection_idle_ms", 300_000),
         ("grpc.max_receive_message_length", 1 << 20),
+        # Calls grpc core has received but grpcio's polling thread has not
+        # taken yet wait in a backlog, which grpc core bounds by cancelling
+        # calls (CANCELLED, which clients do not retry) beyond 1,000 (some,
+        # at random) and 3,000 (all) by default: a burst of thousands at once
+        # ended partly CANCELLED. With a larger backlog they reach admission
+        # and get answers (docs/faults.md, "burst").
+        ("grpc.server.max_pending_requests", PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
     ]
 
 
@@ -254,6 +271,7 @@ class ResolverApp:
             self.feed.set_listening(state is ListenerState.LISTENING)
 
     def _bind(self) -> int:
+        """Bind the service's port (not started yet)."""
         s = self.settings
         try:
             if s.tls_cert and s.tls_key:
@@ -267,17 +285,23 @@ class ResolverApp:
             port = 0
         if port == 0:
             raise OSError(f"could not listen on {s.addr}: is the port in use?")
-        if self.health_server is not None and s.health_addr:
-            try:
-                self.health_port = self.health_server.add_insecure_port(s.health_addr)
-            except RuntimeError:
-                self.health_port = 0
-            if self.health_port == 0:
-                raise OSError(
-                    f"could not listen on {s.health_addr} (RESOLVER_HEALTH_ADDR): "
-                    "is the port in use?"
-                )
         return port
+
+    def _serve_health_port(self) -> None:
+        """Bind and start the health port, when one is configured (with one
+        process, at the start of start-up: probes see NOT_SERVING meanwhile)."""
+        s = self.settings
+        if self.health_server is None or not s.health_addr:
+            return
+        try:
+            self.health_port = self.health_server.add_insecure_port(s.health_addr)
+        except RuntimeError:
+            self.health_port = 0
+        if self.health_port == 0:
+            raise OSError(
+                f"could not listen on {s.health_addr} (RESOLVER_HEALTH_ADDR): is the port in use?"
+            )
+        self.health_server.start()
 
     def start(
         self,
@@ -286,7 +310,9 @@ class ResolverApp:
         cancel: threading.Event | None = None,
         decision: SplitDecision | None = None,
     ) -> None:
-        """Check, bind, open pools and the listener, then report SERVING.
+        """Check, open pools and the listener, then bind the service's port
+        and report SERVING (with one process, the health port, if any, is
+        bound first).
 
         Raises :class:`~controlplane_resolver.storage.interlocks.Refusal` (before binding)
         for a refused split configuration, and
@@ -302,17 +328,17 @@ class ResolverApp:
         self.decision = decision or decide_split(self.settings)
         for line in self.decision.describe():
             log.info("%s", line)
-        # One of several processes sharing the port binds only once ready:
-        # the kernel hands every bound process a share of new connections,
-        # and a process still starting would fail its share.
-        bind_early = self.settings.processes == 1
-        if bind_early:
-            self._serve_ports()
         if self.settings.metrics_addr:
             self.metrics_port = self.metrics.serve_http(self.settings.metrics_addr)
             host = self.settings.metrics_addr.rpartition(":")[0] or "0.0.0.0"
             log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
+        # The health port of one of several processes sharing it is bound
+        # once ready too: a probe must not see one process still starting
+        # while the others serve.
+        health_early = self.settings.processes == 1
         try:
+            if health_early:
+                self._serve_health_port()
             self.topology = Topology(self.decision, self.settings)
             for db in self.topology.databases:
                 db.set_limits(
@@ -366,8 +392,13 @@ class ResolverApp:
                 publish=self.publisher.publish,
             )
             self.state_metrics.attach(run_read_stats=self.servicer.resolver.run_read_stats)
-            if not bind_early:
-                self._serve_ports()
+            # Bound only now, once ready: a process still starting is not
+            # reachable (with --processes N the kernel would otherwise hand
+            # it a share of the shared port's connections), so callers and
+            # load balancers go to a replica that can answer.
+            self._serve_ports()
+            if not health_early:
+                self._serve_health_port()
         except BaseException:
             self.stop(grace=0, pause=0)
             raise
@@ -405,8 +436,6 @@ class ResolverApp:
     def _serve_ports(self) -> None:
         self.port = self._bind()
         self.server.start()
-        if self.health_server is not None:
-            self.health_server.start()
 
     def _wait_listening(self, wait_s: float, cancel: threading.Event | None) -> bool:
         assert self.listener is not None

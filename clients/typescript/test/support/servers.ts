@@ -1,8 +1,8 @@
 /**
  * Real resolver processes for the tests: `controlplane-resolver dev` (two
  * throwaway PostgreSQL clusters with demo data) and `controlplane-resolver
- * serve` (against the dev databases, or against none so that it stays in
- * start-up). Every process listens on loopback only and is stopped with
+ * serve` (against the dev databases, through a link the test can cut, or
+ * against none so that it stays in start-up). Every process listens on loopback only and is stopped with
  * SIGINT (dev then removes its clusters); if the test process itself is
  * stopped, its exit handler still signals them.
  */
@@ -253,6 +253,61 @@ export async function startServe(name: string, options: ServeOptions): Promise<S
     options.timeoutMs ?? 60_000,
   );
   return { process: proc, port, metricsPort };
+}
+
+// ------------------------------------------------------------ faults
+
+/** A TCP forwarder on a port of its own to `target` (`host:port`): a
+ * server's way to a database that the test can take away. */
+export interface Link {
+  port: number;
+  /** Close the port and every connection through it: from now on the
+   * database is unreachable (connections refused), as if it had died. */
+  cut(): Promise<void>;
+}
+
+export async function startLink(target: string): Promise<Link> {
+  const [host, port] = [target.slice(0, target.lastIndexOf(":")), Number(target.slice(target.lastIndexOf(":") + 1))];
+  const open = new Set<net.Socket>();
+  const server = net.createServer((inbound) => {
+    const outbound = net.connect(port, host);
+    const drop = (): void => {
+      inbound.destroy();
+      outbound.destroy();
+      open.delete(inbound);
+      open.delete(outbound);
+    };
+    for (const socket of [inbound, outbound]) {
+      open.add(socket);
+      socket.on("error", drop).on("close", drop);
+    }
+    inbound.pipe(outbound);
+    outbound.pipe(inbound);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve());
+  });
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    cut: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const socket of open) socket.destroy();
+      }),
+  };
+}
+
+/** A gauge or counter of /metrics with exactly these labels (0 when absent). */
+export async function metricValue(metricsPort: number, name: string, labels: string): Promise<number> {
+  const response = await fetch(`http://127.0.0.1:${metricsPort}/metrics`, {
+    signal: AbortSignal.timeout(5000),
+  });
+  const wanted = `${name}{${labels}} `;
+  for (const line of (await response.text()).split("\n")) {
+    if (line.startsWith(wanted)) return Number(line.slice(wanted.length));
+  }
+  return 0;
 }
 
 /** `grpc_server_handled_total` of one method and code, from /metrics. */
