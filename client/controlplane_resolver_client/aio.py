@@ -28,6 +28,7 @@ from .near_cache import (
     MISSING,
     RECONNECT_CAP_S,
     RECONNECT_FIRST_S,
+    RENEW_AFTER,
     NearCache,
     NearCacheStats,
     warn_refused,
@@ -103,11 +104,9 @@ class AsyncResolverClient:
         if near_cache:
             self.near_cache = _own(near_cache, self)
             if target is not None:
+                self._pinned = (target, credentials, options)
                 self._near_channel = create_aio_channel(
-                    target,
-                    credentials=credentials,
-                    options=options,
-                    pinned=True,
+                    target, credentials=credentials, options=options, pinned=True
                 )
                 self._near_stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(
                     self._near_channel
@@ -137,6 +136,18 @@ class AsyncResolverClient:
 
     # ---------------------------------------------------------- near-cache
 
+    async def _renew_channel(self) -> None:
+        """A new pinned channel, which picks among the target's addresses
+        afresh (the old one's server refuses the stream)."""
+        target, credentials, options = self._pinned
+        old = self._near_channel
+        self._near_channel = create_aio_channel(
+            target, credentials=credentials, options=options, pinned=True
+        )
+        self._near_stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(self._near_channel)
+        if old is not None:
+            await old.close()
+
     def _start_watch(self) -> None:
         if self.near_cache is not None and self._watch_task is None:
             self._watch_task = asyncio.get_running_loop().create_task(
@@ -150,8 +161,10 @@ class AsyncResolverClient:
         cancels the whole call."""
         delay = RECONNECT_FIRST_S
         warned: set[grpc.StatusCode] = set()
+        unstarted = 0
         while True:
             why = "ended by the server"
+            started = False
             cache.on_opening()
             call = self._near_stub.WatchInvalidations(
                 pb.WatchInvalidationsRequest(), metadata=self._metadata
@@ -176,6 +189,7 @@ class AsyncResolverClient:
                     if message is grpc.aio.EOF:
                         break
                     cache.on_message(message)
+                    started = True
                     delay = RECONNECT_FIRST_S
             except grpc.RpcError as exc:
                 why = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
@@ -187,6 +201,12 @@ class AsyncResolverClient:
                 if read is not None and not read.done():
                     read.cancel()
             cache.on_broken(why)
+            unstarted = 0 if started else unstarted + 1
+            if unstarted >= RENEW_AFTER and self._near_channel is not None:
+                unstarted = 0
+                await self._renew_channel()
+                cache.on_renewed()
+                delay = RECONNECT_FIRST_S  # a new channel starts afresh
             await asyncio.sleep(delay)  # reconnect backoff
             delay = min(delay * 2, RECONNECT_CAP_S)
 

@@ -333,20 +333,31 @@ class ResolverClient:
         if near_cache:
             self.near_cache = _own(near_cache, self)
             self._near_stub = self.stub
+            renew: Callable[[], None] | None = None
             if target is not None:
-                self._near_channel = create_channel(
-                    target,
-                    credentials=credentials,
-                    options=options,
-                    pinned=True,
-                )
-                self._near_stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(
-                    self._near_channel
-                )
-            stub, metadata = self._near_stub, self._metadata
+                pinned_target, pinned_options = target, options
+
+                def renew_channel() -> None:
+                    # A new channel picks among the target's addresses afresh.
+                    old = self._near_channel
+                    self._near_channel = create_channel(
+                        pinned_target, credentials=credentials, options=pinned_options, pinned=True
+                    )
+                    self._near_stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(
+                        self._near_channel
+                    )
+                    if old is not None:
+                        old.close()
+
+                renew = renew_channel
+                renew()
+            metadata = self._metadata
             self._watcher = StreamWatcher(
                 self.near_cache,
-                lambda: stub.WatchInvalidations(pb.WatchInvalidationsRequest(), metadata=metadata),
+                lambda: self._near_stub.WatchInvalidations(
+                    pb.WatchInvalidationsRequest(), metadata=metadata
+                ),
+                renew,
             )
             self._watcher.start()
 

@@ -45,6 +45,10 @@ SILENT_INTERVALS = 3
 START_TIMEOUT_S = 10.0
 #: Invalidations remembered at most; beyond, everything is dropped instead.
 MAX_SCOPES = 100_000
+#: Streams in a row that end before they start (the server refuses them:
+#: too many watchers, draining) before the client renews its pinned channel,
+#: which then picks an address afresh.
+RENEW_AFTER = 5
 #: What :meth:`NearCache.get` returns when it has no answer to give.
 MISSING: Any = object()
 
@@ -82,6 +86,8 @@ class NearCacheStats:
     stream_starts: int
     #: Streams that broke (each dropped every answer).
     stream_breaks: int
+    #: Times the pinned channel was renewed after refused streams.
+    channel_renewals: int
 
 
 @dataclass
@@ -128,7 +134,7 @@ class NearCache:
         self._seen: dict[tuple[int, str], int] = {}
         self._history: deque[tuple[float, tuple[int, str], int]] = deque()
         self._hits = self._misses = self._stores = self._not_kept = 0
-        self._invalidations = self._starts = self._breaks = 0
+        self._invalidations = self._starts = self._breaks = self._renewals = 0
         #: When the stream was last heard from (or opened): a stream silent
         #: past its limit, started or not, is broken.
         self._heard_at = clock()
@@ -300,7 +306,12 @@ class NearCache:
             invalidations=self._invalidations,
             stream_starts=self._starts,
             stream_breaks=self._breaks,
+            channel_renewals=self._renewals,
         )
+
+    def on_renewed(self) -> None:
+        """The client renewed its pinned channel (counted)."""
+        self._renewals += 1
 
 
 #: Reconnect delays of the watch stream: doubling from the first, capped.
@@ -335,9 +346,13 @@ class StreamWatcher:
         self,
         cache: NearCache,
         open_stream: Callable[[], Any],
+        renew: Callable[[], None] | None = None,
     ) -> None:
+        """``renew()``, when given, replaces the channel ``open_stream`` uses
+        after :data:`RENEW_AFTER` streams in a row ended before starting."""
         self._cache = cache
         self._open_stream = open_stream
+        self._renew = renew
         self._closed = threading.Event()
         # Guards _call: the stream being read, cancelled by the monitor or close().
         self._lock = threading.Lock()
@@ -361,8 +376,10 @@ class StreamWatcher:
 
     def _read(self) -> None:
         delay = RECONNECT_FIRST_S
+        unstarted = 0
         while not self._closed.is_set():
             why = "ended by the server"
+            started = False
             try:
                 self._cache.on_opening()
                 call = self._open_stream()
@@ -372,6 +389,7 @@ class StreamWatcher:
                     call.cancel()
                 for message in call:
                     self._cache.on_message(message)
+                    started = True
                     delay = RECONNECT_FIRST_S
             except grpc.RpcError as exc:
                 code = exc.code() if callable(getattr(exc, "code", None)) else None
@@ -383,6 +401,12 @@ class StreamWatcher:
                 with self._lock:
                     self._call = None
             self._cache.on_broken(why)
+            unstarted = 0 if started else unstarted + 1
+            if unstarted >= RENEW_AFTER and self._renew is not None:
+                unstarted = 0
+                self._renew()
+                self._cache.on_renewed()
+                delay = RECONNECT_FIRST_S  # a new channel starts afresh
             if self._closed.wait(delay):
                 return
             delay = min(delay * 2, RECONNECT_CAP_S)

@@ -24,11 +24,11 @@ LONG_TTLS = {
 }
 
 
-def live(client: ResolverClient) -> ResolverClient:
+def live(client: ResolverClient, timeout: float = 10) -> ResolverClient:
     """``client`` once its near-cache stream is live."""
     wait_until(
         lambda: client.near_cache_stats().state is StreamState.LIVE,  # type: ignore[union-attr]
-        timeout=10,
+        timeout=timeout,
         what="near-cache stream live",
     )
     return client
@@ -414,3 +414,25 @@ def test_health_watches_take_no_stream_thread(start_server):
         for watch in watches:
             watch.cancel()
         channel.close()
+
+
+def test_a_refused_stream_renews_the_pinned_channel_until_a_replica_takes_it(
+    start_server, cp, tenant
+):
+    full = start_server(watch_max_streams=0, **LONG_TTLS)  # refuses every watcher
+    env_id = tenant.environment(cp, maximum_concurrency_limit=3)
+    with ResolverClient(full.address, near_cache=True) as alone:
+        # Its one replica refuses it: lookups are RPCs, and the channel is
+        # renewed after RENEW_AFTER refused streams in a row.
+        wait_until(lambda: alone.near_cache_stats().channel_renewals >= 1, timeout=15)
+        assert concurrency_limit(alone, env_id) == 3
+        assert alone.near_cache_stats().state is StreamState.CONNECTING
+    other = start_server(**LONG_TTLS)
+    target = f"ipv4:{full.address},{other.address}"
+    with ResolverClient(target, near_cache=True) as client:
+        # Whichever replica it tries first, it ends up watching the other one
+        # (each renewal picks at random: allow for a few unlucky picks).
+        live(client, timeout=30)
+        assert concurrency_limit(client, env_id) == 3
+        assert concurrency_limit(client, env_id) == 3
+        assert client.near_cache_stats().hits == 1
