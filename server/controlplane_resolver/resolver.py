@@ -69,6 +69,7 @@ from controlplane_resolver.errors import (
 )
 from controlplane_resolver.storage import queries
 from controlplane_resolver.storage.database import (
+    SHED_CAUSE,
     Database,
     PinnedConnection,
     QueryHandle,
@@ -624,7 +625,8 @@ class Resolver:
         the order is :func:`minting.decide_mint_kind`'s: a parent's kind first,
         whatever the gates say). Raises InvalidArgument for an unclassifiable
         parent; never fails for a database error: the flag read falls back to
-        cuid, uncached."""
+        cuid, uncached. Raises Unavailable when the bulkhead refused the flag
+        read (the database untried: the caller retries)."""
         org_id = checked_id(organization_id, "organization_id")
         parent = (
             classify(checked_id(parent_id, "parent_id"), self.generation)
@@ -696,6 +698,10 @@ class Resolver:
                 scopes=(org_scope(org_id), *(flag_scope(k) for k in minting.MINT_KIND_FLAGS)),
             )
         except (Unavailable, psycopg.Error) as exc:
+            if isinstance(exc, Unavailable) and exc.metadata.get("cause") == SHED_CAUSE:
+                # Shed by the bulkhead, the flag unread: the caller retries
+                # (minting cuid is for a flag read that failed).
+                raise
             log.warning(
                 "could not read the %s flag of organization %s (%s): minting cuid",
                 minting.MINT_KIND_FLAG,
@@ -719,6 +725,10 @@ class Resolver:
                 scopes=(org_scope(org_id), flag_scope(minting.MINT_FLAG)),
             )
         except (Unavailable, psycopg.Error) as exc:
+            if isinstance(exc, Unavailable) and exc.metadata.get("cause") == SHED_CAUSE:
+                # Shed by the bulkhead, the flag unread: the caller retries
+                # (minting cuid is for a flag read that failed).
+                raise
             # Errors are never cached, so the next call reads again.
             log.warning(
                 "could not read the %s flag of organization %s (%s): minting cuid",

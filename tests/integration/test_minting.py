@@ -485,3 +485,46 @@ def test_classify_run_id_over_grpc(start_server):
         single = split_off.classify_run_id(raw_id)
         assert list(single.read_order) == [pb.RUN_SOURCE_CONTROL_PLANE], raw_id
         assert (single.body_length, single.classifiable) == (body_length, classifiable), raw_id
+
+
+def test_a_flag_read_the_bulkhead_refused_is_retried_never_minted_as_cuid(start_server, cp):
+    import threading
+
+    from controlplane_resolver_client.v1 import resolver_pb2_grpc
+
+    running = start_server(
+        run_ops_mint_ksuid_enabled=True,
+        db_max_waiting=1,
+        db_timeout_ms=10_000,
+        listen_enabled=False,
+    )
+    first, second = _org(cp, {"runOpsMintKsuid": "ksuid"}), _org(cp, {"runOpsMintKsuid": "ksuid"})
+    answers: list[Any] = []
+    with psycopg.connect(cp.info.dsn) as locker:
+        locker.execute('LOCK TABLE "Organization" IN ACCESS EXCLUSIVE MODE')
+        # The first read waits on the lock and holds the database's one place.
+        reader = threading.Thread(target=lambda: answers.append(_kind(running.client, first)))
+        reader.start()
+        wait_until(
+            lambda: (
+                cp.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%%Organization%%'"
+                ).fetchone()[0]
+                >= 1
+            ),
+            what="the first flag read waiting on the lock",
+        )
+        # One attempt, no retries: the refused read is UNAVAILABLE, not a cuid.
+        with grpc.insecure_channel(running.address) as channel:
+            stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.MintId(
+                    pb.MintIdRequest(kind=pb.ID_KIND_RUN, organization_id=second), timeout=5
+                )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "already waiting" in refused.value.details()
+        locker.commit()
+    reader.join(15)
+    assert answers == [(pb.MINT_KIND_KSUID, "org_flag")]
+    assert running.client.mint_id(pb.ID_KIND_RUN, second).mint_kind == pb.MINT_KIND_KSUID

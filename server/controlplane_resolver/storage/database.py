@@ -59,6 +59,9 @@ CIRCUIT_THRESHOLD = 3
 #: attempts is given up after this long and a new one (from a 1 s delay)
 #: starts on the next demand, so no delay between attempts exceeds it.
 RECONNECT_CAP_S = 2.0
+#: ``Unavailable.metadata["cause"]`` of a call the bulkhead refused (the
+#: database was not tried: it may be healthy and busy).
+SHED_CAUSE = "bulkhead"
 #: A query still running this long past the database timeout has a server
 #: that does not answer: its socket is closed (docs/operations.md).
 REAP_MARGIN_S = 1.0
@@ -462,6 +465,7 @@ class Database:
                 f"{self.max_waiting} calls are already waiting for it",
                 retry_after_s=0.5,
                 quiet=True,
+                shed=True,
             )
         try:
             yield
@@ -479,6 +483,7 @@ class Database:
                 f"{self.max_running} of its queries are still running",
                 retry_after_s=0.5,
                 quiet=True,
+                shed=True,
             )
 
         def run() -> None:
@@ -556,13 +561,18 @@ class Database:
             return conn.cursor(row_factory=tuple_row).execute(sql, params).fetchall()
 
     def _unavailable(
-        self, what: str, *, retry_after_s: float = 1.0, quiet: bool = False
+        self, what: str, *, retry_after_s: float = 1.0, quiet: bool = False, shed: bool = False
     ) -> Unavailable:
+        """``shed``: the call was refused by the bulkhead without trying the
+        database (``metadata.cause`` says ``bulkhead``)."""
         if not quiet:
             log.warning("database %s (%s) unavailable: %s", self.role.value, self.label, what)
+        metadata = {"database": self.role.value}
+        if shed:
+            metadata["cause"] = SHED_CAUSE
         return Unavailable(
             f"the {self.role.value} database ({self.label}) is unavailable: {what}; retry later",
-            metadata={"database": self.role.value},
+            metadata=metadata,
             retry_after_s=retry_after_s,
         )
 
