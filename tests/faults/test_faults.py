@@ -264,7 +264,10 @@ def _sigterm(server: Server, platform: Platform, *, during_hang: bool, grace_s: 
     load, probing = Load(16, cold_step), Load(3, probe_step)
     wait_until(lambda: cold.calls >= 16, 10)
     with hung(platform.control_plane) if during_hang else contextlib.nullcontext():
-        time.sleep(1.0)  # the load (and the hang) before the signal
+        # The load goes on (under a hang: the bulkhead full, refusals
+        # answered) before the signal.
+        answered = cold.calls
+        wait_until(lambda: cold.calls >= answered + 16, 10)
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         server.proc.wait(grace_s + 10)

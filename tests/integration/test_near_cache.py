@@ -14,7 +14,7 @@ from controlplane_resolver_client import ResolverClient, ResolverError, StreamSt
 from controlplane_resolver_client.v1 import SERVICE_NAME, resolver_pb2_grpc
 
 from support.environments import concurrency_limit, set_concurrency_limit
-from support.polling import wait_until
+from support.polling import wait_until, wait_until_async
 
 #: TTLs long enough that only an invalidation explains a new answer.
 LONG_TTLS = {
@@ -32,6 +32,19 @@ def live(client: ResolverClient, timeout: float = 10) -> ResolverClient:
         what="near-cache stream live",
     )
     return client
+
+
+def process_env(databases: Any) -> dict[str, str]:
+    """Settings of a ``serve`` process over the session databases, with
+    :data:`LONG_TTLS`."""
+    return {
+        "CONTROL_PLANE_DATABASE_URL": databases.control_plane,
+        "RUN_OPS_DATABASE_URL": databases.run_ops,
+        "RUN_OPS_SPLIT_ENABLED": "1",
+        "REALTIME_BACKEND_NATIVE_ENABLED": "1",
+        **{name.upper(): str(ms) for name, ms in LONG_TTLS.items()},
+        "RESOLVER_LOG_LEVEL": "WARNING",
+    }
 
 
 def started(running: Any, method: str) -> float:
@@ -180,15 +193,7 @@ def test_a_load_that_began_before_an_invalidation_is_not_kept(start_server, cp, 
 def test_a_cut_stream_falls_through_at_once_and_drops_everything(databases, cp, tenant):
     from support.processes import ServerProcess
 
-    env = {
-        "CONTROL_PLANE_DATABASE_URL": databases.control_plane,
-        "RUN_OPS_DATABASE_URL": databases.run_ops,
-        "RUN_OPS_SPLIT_ENABLED": "1",
-        "REALTIME_BACKEND_NATIVE_ENABLED": "1",
-        "CONTROL_PLANE_CACHE_TTL_MS": "600000",
-        "CONTROL_PLANE_CACHE_HARD_TTL_MS": "600000",
-        "RESOLVER_LOG_LEVEL": "WARNING",
-    }
+    env = process_env(databases)
     env_id = tenant.environment(cp, maximum_concurrency_limit=3)
     first = ServerProcess(env).wait_serving()
     try:
@@ -278,10 +283,7 @@ def test_the_asyncio_client_keeps_and_drops_as_the_threaded_one(start_server, cp
     async def scenario() -> None:
         async with AsyncResolverClient(running.address, near_cache=True) as client:
             stats = client.near_cache_stats
-            deadline = asyncio.get_running_loop().time() + 10
-            while stats().state is not StreamState.LIVE:
-                assert asyncio.get_running_loop().time() < deadline, "stream not live"
-                await asyncio.sleep(0.01)  # polling interval, not synchronisation
+            await wait_until_async(lambda: stats().state is StreamState.LIVE, 10, what="live")
             before = started(running, "ResolveEnv")
             for _ in range(10):
                 assert (await client.resolve_env(env_id)).maximum_concurrency_limit == 3
@@ -292,9 +294,8 @@ def test_the_asyncio_client_keeps_and_drops_as_the_threaded_one(start_server, cp
             assert (await client.classify_run_id("run_" + "c" * 25)).classifiable
             set_concurrency_limit(cp, env_id, 6)
             await client.invalidate(environment_id=env_id)
-            while (await client.resolve_env(env_id)).maximum_concurrency_limit != 6:
-                assert asyncio.get_running_loop().time() < deadline, "invalidation not seen"
-                await asyncio.sleep(0.01)  # polling interval, not synchronisation
+            await wait_until_async(lambda: stats().invalidations >= 1, 5, what="invalidation")
+            assert (await client.resolve_env(env_id)).maximum_concurrency_limit == 6
 
     asyncio.run(scenario())
 
@@ -348,23 +349,12 @@ def test_the_asyncio_client_falls_through_when_its_stream_is_cut(databases, cp, 
 
     from support.processes import ServerProcess
 
-    env = {
-        "CONTROL_PLANE_DATABASE_URL": databases.control_plane,
-        "RUN_OPS_DATABASE_URL": databases.run_ops,
-        "RUN_OPS_SPLIT_ENABLED": "1",
-        "REALTIME_BACKEND_NATIVE_ENABLED": "1",
-        "CONTROL_PLANE_CACHE_TTL_MS": "600000",
-        "CONTROL_PLANE_CACHE_HARD_TTL_MS": "600000",
-        "RESOLVER_LOG_LEVEL": "WARNING",
-    }
+    env = process_env(databases)
     env_id = tenant.environment(cp, maximum_concurrency_limit=3)
     server = ServerProcess(env).wait_serving()
 
-    async def until(predicate: Any, what: str) -> None:
-        deadline = asyncio.get_running_loop().time() + 10
-        while not predicate():
-            assert asyncio.get_running_loop().time() < deadline, what
-            await asyncio.sleep(0.01)  # polling interval, not synchronisation
+    def until(predicate: Any, what: str) -> Any:
+        return wait_until_async(predicate, 10, what=what)
 
     async def scenario() -> None:
         async with AsyncResolverClient(server.address, near_cache=True, timeout=2) as client:
