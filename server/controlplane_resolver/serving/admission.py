@@ -49,7 +49,6 @@ import grpc
 from controlplane_resolver.errors import SHUTTING_DOWN_RETRY_S
 from controlplane_resolver.serving.observability import Metrics
 from controlplane_resolver.serving.servicer import abort
-from controlplane_resolver_client.v1 import SERVICE_NAME
 
 #: Threads that run refusals and health checks (:class:`Express`).
 EXPRESS_WORKERS = 2
@@ -62,8 +61,6 @@ EXPRESS_QUEUE = 256
 #: Methods that are never refused: health checks answer NOT_SERVING
 #: during a drain, and a probe must always get an answer.
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-#: The resolver's own methods.
-SERVICE_PREFIX = f"/{SERVICE_NAME}/"
 
 
 class Express:
@@ -224,10 +221,10 @@ class Admission(grpc.ServerInterceptor):
         if (
             handler is not None
             and handler.unary_stream is not None
-            and details.method.startswith(SERVICE_PREFIX)
+            and not getattr(handler.unary_stream, "experimental_non_blocking", False)
         ):
-            # Our own streams (WatchInvalidations). Health Watch is left as it
-            # is: grpcio serves it without holding a thread.
+            # A stream that holds its thread (WatchInvalidations). One grpcio
+            # serves without a thread (health Watch) is left as it is.
             if self._draining:
                 self.refused["draining"] += 1
                 return handler._replace(unary_stream=Express(_shutting_down_stream))
