@@ -72,6 +72,12 @@ class Unavailable(OperationError):
         self.retry_after_s = retry_after_s
 
 
+class Shed(Unavailable):
+    """:class:`Unavailable` without the database having been tried: its
+    bulkhead was full (it may be healthy and busy). ``metadata.cause`` is
+    ``bulkhead``."""
+
+
 class DeadlineExceeded(OperationError):
     """The caller's deadline passed before an answer was ready."""
 

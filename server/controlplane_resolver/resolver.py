@@ -65,11 +65,11 @@ from controlplane_resolver.errors import (
     InvalidArgument,
     NotFound,
     OperationError,
+    Shed,
     Unavailable,
 )
 from controlplane_resolver.storage import queries
 from controlplane_resolver.storage.database import (
-    SHED_CAUSE,
     Database,
     PinnedConnection,
     QueryHandle,
@@ -698,7 +698,7 @@ class Resolver:
                 scopes=(org_scope(org_id), *(flag_scope(k) for k in minting.MINT_KIND_FLAGS)),
             )
         except (Unavailable, psycopg.Error) as exc:
-            if isinstance(exc, Unavailable) and exc.metadata.get("cause") == SHED_CAUSE:
+            if isinstance(exc, Shed):
                 # Shed by the bulkhead, the flag unread: the caller retries
                 # (minting cuid is for a flag read that failed).
                 raise
@@ -725,7 +725,7 @@ class Resolver:
                 scopes=(org_scope(org_id), flag_scope(minting.MINT_FLAG)),
             )
         except (Unavailable, psycopg.Error) as exc:
-            if isinstance(exc, Unavailable) and exc.metadata.get("cause") == SHED_CAUSE:
+            if isinstance(exc, Shed):
                 # Shed by the bulkhead, the flag unread: the caller retries
                 # (minting cuid is for a flag read that failed).
                 raise

@@ -86,6 +86,15 @@ def abort(
     context.abort_with_status(status)
 
 
+def _status_of(exc: OperationError) -> grpc.StatusCode:
+    """The status of a domain error: its class's, or its nearest base's."""
+    for cls in type(exc).__mro__:
+        code = _STATUS.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
 def _not_ready(context: grpc.ServicerContext) -> None:
     abort(
         context,
@@ -109,7 +118,7 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
         except OperationError as exc:
             abort(
                 context,
-                _STATUS.get(type(exc), grpc.StatusCode.INTERNAL),
+                _status_of(exc),
                 str(exc),
                 exc.reason,
                 exc.metadata,

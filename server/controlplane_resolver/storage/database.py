@@ -47,7 +47,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from controlplane_resolver import callinfo
 from controlplane_resolver.config import redact_dsn
 from controlplane_resolver.domain.roles import DatabaseRole
-from controlplane_resolver.errors import StartCancelled, Unavailable
+from controlplane_resolver.errors import Shed, StartCancelled, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,6 @@ CIRCUIT_THRESHOLD = 3
 #: attempts is given up after this long and a new one (from a 1 s delay)
 #: starts on the next demand, so no delay between attempts exceeds it.
 RECONNECT_CAP_S = 2.0
-#: ``Unavailable.metadata["cause"]`` of a call the bulkhead refused (the
-#: database was not tried: it may be healthy and busy).
-SHED_CAUSE = "bulkhead"
 #: A query still running this long past the database timeout has a server
 #: that does not answer: its socket is closed (docs/operations.md).
 REAP_MARGIN_S = 1.0
@@ -564,16 +561,20 @@ class Database:
         self, what: str, *, retry_after_s: float = 1.0, quiet: bool = False, shed: bool = False
     ) -> Unavailable:
         """``shed``: the call was refused by the bulkhead without trying the
-        database (``metadata.cause`` says ``bulkhead``)."""
+        database (:class:`~controlplane_resolver.errors.Shed`)."""
         if not quiet:
             log.warning("database %s (%s) unavailable: %s", self.role.value, self.label, what)
-        metadata = {"database": self.role.value}
+        message = (
+            f"the {self.role.value} database ({self.label}) is unavailable: {what}; retry later"
+        )
         if shed:
-            metadata["cause"] = SHED_CAUSE
+            return Shed(
+                message,
+                metadata={"database": self.role.value, "cause": "bulkhead"},
+                retry_after_s=retry_after_s,
+            )
         return Unavailable(
-            f"the {self.role.value} database ({self.label}) is unavailable: {what}; retry later",
-            metadata=metadata,
-            retry_after_s=retry_after_s,
+            message, metadata={"database": self.role.value}, retry_after_s=retry_after_s
         )
 
 
