@@ -305,6 +305,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             wrong_items += sum(w for _, w in outcomes)
             warmup_calls += len(calls)
         busy_before = machine_busy()
+        cpu_before = time.process_time()
         start = time.perf_counter()
         stop_at = start + args.duration
 
@@ -332,6 +333,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         await asyncio.gather(*(worker(calls[i % len(calls)]) for i in range(args.concurrency)))
         seconds = time.perf_counter() - start
+        client_cpu = time.process_time() - cpu_before
         busy, total = (a - b for a, b in zip(machine_busy(), busy_before))
     finally:
         for channel in channels:
@@ -352,6 +354,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "wrong_example": wrong.example,
         "p50_ms": latencies[n // 2] * 1000 if n else None,
         "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else None,
+        # This load generator's own CPU per call: when it nears a whole core,
+        # the generator, not the server, bounds calls/s.
+        "client_cpu_us": client_cpu * 1e6 / max(1, n + errors + shed),
+        "client_cores": client_cpu / seconds,
         "busy_cores": busy / max(1, total) * (os.cpu_count() or 1),
     }
     if fresh is not None:

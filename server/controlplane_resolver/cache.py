@@ -48,7 +48,7 @@ from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from controlplane_resolver import callinfo
+from controlplane_resolver import blocking, callinfo
 
 log = logging.getLogger(__name__)
 
@@ -579,6 +579,12 @@ class Cache:
     def wait_for(self, done: threading.Event, wait_s: float | None) -> bool:
         """Wait for ``done`` up to ``wait_s``; False early once
         :attr:`aborting` is set (a drain ends every wait)."""
+        if done.is_set():
+            return True
+        with blocking.waiting():
+            return self._wait_for(done, wait_s)
+
+    def _wait_for(self, done: threading.Event, wait_s: float | None) -> bool:
         if done.wait(min(0.05, wait_s) if wait_s is not None else 0.05):
             return True
         deadline = None if wait_s is None else time.monotonic() + wait_s - 0.05

@@ -35,6 +35,8 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from controlplane_resolver import blocking
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -203,6 +205,10 @@ class ReadCoalescer(Generic[K, V]):
 
     def _wait(self, done: _Signal, timeout: float | None) -> bool:
         """``done.wait(timeout)``, ended early by :meth:`abort_waits`."""
+        with blocking.waiting():
+            return self._wait_blocking(done, timeout)
+
+    def _wait_blocking(self, done: _Signal, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else deadline - time.monotonic()

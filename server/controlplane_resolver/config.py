@@ -481,6 +481,14 @@ class Settings:
         "threads serving calls (they share one interpreter lock: more threads add "
         "contention; docs/benchmarks.md has the measurements behind the default)",
     )
+    running_workers: int = setting(
+        "RESOLVER_RUNNING_WORKERS",
+        parse_positive,
+        2,
+        "of those threads, how many run at once outside their waits on databases: a "
+        "thread that finishes a call takes the next queued one without a thread switch "
+        '(docs/benchmarks.md, "The worker pool")',
+    )
     watch_max_streams: int = setting(
         "RESOLVER_WATCH_MAX_STREAMS",
         whole_number(),

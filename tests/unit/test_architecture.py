@@ -18,7 +18,7 @@ CLIENT = ROOT / "client" / "controlplane_resolver_client"
 #: Top-level parts of the server package, lowest layer first. A module may
 #: import its own layer and the layers below it, never one above.
 LAYERS: list[set[str]] = [
-    {"errors", "config", "callinfo"},
+    {"errors", "config", "callinfo", "blocking"},
     {"domain", "cache", "coalescing"},
     {"storage", "invalidation"},
     {"resolver"},

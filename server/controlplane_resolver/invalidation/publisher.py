@@ -11,6 +11,7 @@ from collections import deque
 
 import psycopg
 
+from controlplane_resolver import blocking
 from controlplane_resolver.config import redact_dsn
 from controlplane_resolver.errors import Unavailable
 from controlplane_resolver.invalidation.protocol import CHANNEL, payload
@@ -69,6 +70,10 @@ class InvalidationPublisher:
 
     def publish(self, kind: str, ident: str) -> None:
         """NOTIFY every listening resolver process of one invalidation."""
+        with blocking.waiting():  # on the primary, from this thread
+            self._publish(kind, ident)
+
+    def _publish(self, kind: str, ident: str) -> None:
         if not self._lock.acquire(timeout=self._timeout_s):
             raise Unavailable(
                 "the invalidation could not be published: earlier ones are still waiting for "

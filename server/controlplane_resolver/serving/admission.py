@@ -49,6 +49,7 @@ import grpc
 from controlplane_resolver.errors import SHUTTING_DOWN_RETRY_S
 from controlplane_resolver.serving.observability import Metrics
 from controlplane_resolver.serving.servicer import abort
+from controlplane_resolver.serving.workers import RUNNING, WorkerPool
 
 #: Threads that run refusals and health checks (:class:`Express`).
 EXPRESS_WORKERS = 2
@@ -89,16 +90,20 @@ class Stream:
         return self.behavior(request, context)
 
 
-class AdmissionExecutor(futures.ThreadPoolExecutor):
+class AdmissionExecutor(futures.Executor):
     """The server's thread pool. Work for an :class:`Express` behaviour runs
     on :data:`EXPRESS_WORKERS` threads of its own, work for a
     :class:`Stream` on ``stream_workers`` threads (and a few more, so that a
-    stream refused for want of room is refused at once); other work is
+    stream refused for want of room is refused at once); other work runs on
+    a :class:`~controlplane_resolver.serving.workers.WorkerPool` of
+    ``max_workers`` threads, ``running`` of them running at once, and is
     counted from hand-off to end (:attr:`in_flight`: running or waiting for
     a worker)."""
 
-    def __init__(self, max_workers: int, *, stream_workers: int = 0) -> None:
-        super().__init__(max_workers=max_workers, thread_name_prefix="grpc-worker")
+    def __init__(
+        self, max_workers: int, *, running: int = RUNNING, stream_workers: int = 0
+    ) -> None:
+        self.workers = WorkerPool(max_workers, running, thread_name_prefix="grpc-worker")
         self._express = futures.ThreadPoolExecutor(
             max_workers=EXPRESS_WORKERS, thread_name_prefix="grpc-express"
         )
@@ -125,7 +130,7 @@ class AdmissionExecutor(futures.ThreadPoolExecutor):
                 self._done()
 
         try:
-            return super().submit(counted)
+            return self.workers.submit(counted)
         except BaseException:
             self._done()
             raise
@@ -150,7 +155,7 @@ class AdmissionExecutor(futures.ThreadPoolExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._express.shutdown(wait, cancel_futures=cancel_futures)
         self._streams.shutdown(wait, cancel_futures=cancel_futures)
-        super().shutdown(wait, cancel_futures=cancel_futures)
+        self.workers.shutdown(wait, cancel_futures=cancel_futures)
 
 
 def grpc_limit(limit: int) -> int:

@@ -180,7 +180,9 @@ class ResolverApp:
         # Each watch stream holds a thread of the executor's stream pool for
         # its life, beside the max_workers that serve calls.
         self.executor = AdmissionExecutor(
-            settings.max_workers, stream_workers=settings.watch_max_streams
+            settings.max_workers,
+            running=settings.running_workers,
+            stream_workers=settings.watch_max_streams,
         )
         self.admission = Admission(self.executor, settings.max_concurrent_rpcs, self.metrics)
         interceptors: list[grpc.ServerInterceptor] = [

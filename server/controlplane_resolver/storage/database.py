@@ -44,7 +44,7 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from controlplane_resolver import callinfo
+from controlplane_resolver import blocking, callinfo
 from controlplane_resolver.config import redact_dsn
 from controlplane_resolver.domain.roles import DatabaseRole
 from controlplane_resolver.errors import Shed, StartCancelled, Unavailable
@@ -456,7 +456,7 @@ class Database:
         left = callinfo.remaining()
         if left is not None:
             wait = max(0.0, min(wait, left))
-        if not self._waiting.acquire(timeout=wait):
+        if not self._waiting.acquire(blocking=False) and not self._wait_for_place(wait):
             self.refused["bulkhead"] += 1
             raise self._unavailable(
                 f"{self.max_waiting} calls are already waiting for it",
@@ -468,6 +468,12 @@ class Database:
             yield
         finally:
             self._waiting.release()
+
+    def _wait_for_place(self, wait: float) -> bool:
+        if not wait:
+            return False
+        with blocking.waiting():
+            return self._waiting.acquire(timeout=wait)
 
     def start(self, work: Callable[[], None]) -> None:
         """Run ``work`` on one of this database's threads (at most

@@ -1,0 +1,218 @@
+"""The worker pool: the threads that serve calls, few of them running at once.
+
+Every call's Python code shares one interpreter lock. A call answered from
+memory (a cached environment, a classification, a minted id) holds it from
+start to end; a call that reads a database spends most of its time waiting
+for a database thread. With a plain thread pool each call wakes a sleeping
+thread of its own, and under load a dozen threads take turns at the lock:
+every turn is a context switch, and on this stack the switches cost more
+than a cached answer itself (docs/benchmarks.md, "The worker pool").
+
+:class:`WorkerPool` keeps up to ``max_workers`` threads but starts a call
+only while fewer than ``running`` of them are running. A thread that
+finishes a call takes the next queued one at once, without sleeping, so
+under load a couple of threads serve answers back to back. A thread about
+to wait says so (:func:`controlplane_resolver.blocking.waiting`): it stops
+counting as running and the next queued call starts on another thread, so
+calls that wait on databases still overlap up to ``max_workers``.
+
+A wait nobody declared (a lock held elsewhere, a log write to a full pipe)
+cannot stall the queue for long: when calls are queued and no call has
+started, finished or begun a declared wait for ``stall_s``, one more call
+starts beyond the limit (counted in :attr:`WorkerStats.stall_starts`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane_resolver import blocking
+
+#: Threads running calls at once, outside declared waits: one holds the
+#: interpreter lock while another is in grpc's C code (docs/benchmarks.md).
+RUNNING = 2
+#: With calls queued, how long no call may start or finish before one more
+#: starts beyond the running limit.
+STALL_S = 0.02
+
+_Work = tuple[futures.Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+@dataclass
+class WorkerStats:
+    """Plain counters and levels, read without the pool's lock."""
+
+    #: Threads started so far (at most ``max_workers``).
+    threads: int = 0
+    #: Calls started.
+    started: int = 0
+    #: Calls started beyond the running limit because the queue stalled.
+    stall_starts: int = 0
+
+
+class WorkerPool(futures.Executor):
+    """``submit(fn, ...)`` queues ``fn`` and returns its future; ``fn`` runs
+    on one of at most ``max_workers`` threads, started while fewer than
+    ``running`` threads run (see the module's docstring). ``shutdown``
+    refuses new work and, with ``wait``, returns once the queued and running
+    calls are done."""
+
+    def __init__(
+        self,
+        max_workers: int,
+        running: int = RUNNING,
+        *,
+        stall_s: float = STALL_S,
+        thread_name_prefix: str = "worker",
+    ) -> None:
+        if max_workers < 1 or running < 1:
+            raise ValueError("max_workers and running must be at least 1")
+        self._max_workers = max_workers
+        self._limit = min(running, max_workers)
+        self._stall_s = stall_s
+        self._prefix = thread_name_prefix
+        # Guards every field below; idle threads wait on it for work.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._queue: deque[_Work] = deque()
+        self._threads: list[threading.Thread] = []
+        #: Threads waiting for work.
+        self._idle = 0
+        #: Threads running a call outside a declared wait.
+        self._running = 0
+        #: Threads woken (or started) for work that have not taken it yet:
+        #: counted so that a burst of calls wakes no more threads than may run.
+        self._waking = 0
+        #: When a call last started, finished or began a declared wait.
+        self._progress = time.monotonic()
+        #: An idle thread waits with a timeout, to catch a stall.
+        self._watching = False
+        self._shutdown = False
+        self.stats = WorkerStats()
+
+    # ------------------------------------------------------------ callers
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        future: futures.Future[Any] = futures.Future()
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._queue.append((future, fn, args, kwargs))
+            if self._running + self._waking < self._limit or not (self._watching or self._waking):
+                # A thread to start it now, or one to watch for a stall.
+                self._wake_one()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            self._waking = 0
+            if cancel_futures:
+                while self._queue:
+                    self._queue.popleft()[0].cancel()
+            self._work.notify_all()
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                thread.join()
+
+    def queued(self) -> int:
+        """Calls waiting for a thread."""
+        return len(self._queue)
+
+    # ------------------------------------------- its threads (blocking.py)
+
+    def begin_wait(self) -> None:
+        with self._lock:
+            self._running -= 1
+            self._progress = time.monotonic()
+            if self._queue and self._running + self._waking < self._limit:
+                self._wake_one()
+
+    def end_wait(self) -> None:
+        with self._lock:
+            self._running += 1
+
+    # ----------------------------------------------------------- internals
+
+    def _wake_one(self) -> None:
+        """Under the lock: wake an idle thread, or start one."""
+        if self._idle > self._waking:
+            self._waking += 1
+            self._work.notify()
+        elif len(self._threads) < self._max_workers:
+            self._waking += 1
+            thread = threading.Thread(
+                target=self._serve,
+                name=f"{self._prefix}_{len(self._threads)}",
+                daemon=True,
+            )
+            self._threads.append(thread)
+            self.stats.threads = len(self._threads)
+            thread.start()
+
+    def _next(self, woken: bool) -> _Work | None:
+        """Under the lock: the next call this thread may start (counted as
+        running), waiting for one; None once shut down and drained.
+        ``woken``: this thread was woken or started for work."""
+        while True:
+            if woken and self._waking:
+                self._waking -= 1
+            woken = False
+            if self._queue:
+                stalled = time.monotonic() - self._progress >= self._stall_s
+                if self._running < self._limit or stalled:
+                    work = self._queue.popleft()
+                    if self._running >= self._limit:
+                        self.stats.stall_starts += 1
+                        if self._queue and not self._watching:
+                            self._wake_one()  # the next watcher
+                    self._running += 1
+                    self.stats.started += 1
+                    self._progress = time.monotonic()
+                    return work
+            elif self._shutdown:
+                return None
+            watch = bool(self._queue) and not self._watching
+            self._idle += 1
+            if watch:
+                self._watching = True
+            try:
+                woken = self._work.wait(self._stall_s if watch else None)
+            finally:
+                self._idle -= 1
+                if watch:
+                    self._watching = False
+
+    def _serve(self) -> None:
+        blocking.attach(self)
+        lock = self._lock
+        woken = True
+        with lock:
+            while True:
+                work = self._next(woken)
+                woken = False
+                if work is None:
+                    return
+                future, fn, args, kwargs = work
+                lock.release()
+                try:
+                    if future.set_running_or_notify_cancel():
+                        try:
+                            result = fn(*args, **kwargs)
+                        except BaseException as exc:
+                            future.set_exception(exc)
+                        else:
+                            future.set_result(result)
+                finally:
+                    # Drop the references before waiting for more work.
+                    work = future = fn = args = kwargs = None  # type: ignore[assignment]
+                    lock.acquire()
+                    self._running -= 1
+                    self._progress = time.monotonic()
