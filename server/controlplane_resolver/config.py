@@ -135,6 +135,25 @@ def parse_shard_map(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def parse_shard_chars(name: str, raw: str) -> tuple[str, ...]:
+    """``c`` or ``c,d`` → ``("c", "d")``, in the given order: shard chars,
+    each one of ``[a-z0-9]`` and given once; blanks around a char are
+    allowed. Whether each is a configured shard is checked by
+    :meth:`Settings.load`, which knows ``RUN_OPS_SHARDS``."""
+    out: list[str] = []
+    for i, entry in enumerate(raw.split(",") if raw.strip() else ()):
+        char = entry.strip()
+        if len(char) != 1 or char not in _SHARD_CHARS:
+            raise ConfigError(
+                f"{name}: entry {i + 1} ({entry.strip()!r}) is not a shard char: write "
+                "<char>[,<char>...] with each char one of a-z, 0-9"
+            )
+        if char in out:
+            raise ConfigError(f"{name}: shard {char!r} is given twice")
+        out.append(char)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: its field of :class:`Settings`, environment variable,
@@ -280,6 +299,13 @@ class Settings:
         (),
         "read replicas of shards, same form as RUN_OPS_SHARDS (a shard without one is "
         "read on its primary)",
+    )
+    run_ops_shards_not_placed: tuple[str, ...] = setting(
+        "RUN_OPS_SHARDS_NOT_PLACED",
+        parse_shard_chars,
+        (),
+        "shards of RUN_OPS_SHARDS that are read but get no new root runs: <char>[,<char>...] "
+        "(a shard's first rollout step; children of its runs stay in it)",
     )
     run_ops_id_generation: str = setting(
         "RUN_OPS_ID_GENERATION",
@@ -601,6 +627,20 @@ class Settings:
                 f"RUN_OPS_SHARD_READ_REPLICA_URLS names shard {stray[0]!r}, which "
                 "RUN_OPS_SHARDS does not configure"
             )
+        stray = [c for c in settings.run_ops_shards_not_placed if c not in shard_chars]
+        if stray:
+            raise ConfigError(
+                f"RUN_OPS_SHARDS_NOT_PLACED names shard {stray[0]!r}, which RUN_OPS_SHARDS "
+                "does not configure: a shard is read before it is placed, so add "
+                f"{stray[0]}=<dsn> to RUN_OPS_SHARDS, or remove {stray[0]!r} from "
+                "RUN_OPS_SHARDS_NOT_PLACED"
+            )
+        if shard_chars and shard_chars <= set(settings.run_ops_shards_not_placed):
+            raise ConfigError(
+                "RUN_OPS_SHARDS_NOT_PLACED names every shard of RUN_OPS_SHARDS "
+                f"({', '.join(sorted(shard_chars))}): new root runs would have no shard to go "
+                "to; leave at least one shard placed (remove it from RUN_OPS_SHARDS_NOT_PLACED)"
+            )
         return settings
 
     def public_items(self) -> list[tuple[str, str]]:
@@ -612,6 +652,8 @@ class Settings:
                 value = redact_dsn(value) if value else "(unset)"
             elif opt.parse is parse_shard_map:
                 value = ",".join(f"{c}={redact_dsn(d)}" for c, d in value) or "(unset)"
+            elif opt.parse is parse_shard_chars:
+                value = ",".join(value) or "(unset)"
             out.append((opt.field, str(value)))
         return out
 

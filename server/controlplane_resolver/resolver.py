@@ -142,8 +142,10 @@ class Resolver:
         self.mint_ksuid_enabled = mint_ksuid_enabled
         #: The id rule (RUN_OPS_ID_GENERATION), from the topology that routes by it.
         self.generation = topology.generation
-        #: The shards new root runs are placed on (fixed for the process).
+        #: The configured shards, and those of them new root runs are not
+        #: placed on (RUN_OPS_SHARDS_NOT_PLACED); fixed for the process.
         self._shard_chars = tuple(topology.shard_chars)
+        self._not_placed_shards = topology.not_placed_shards
         #: Each cached flag records object's root-mint plan, while it is cached.
         self._root_mint_plans: IdentityMemo[MintFlags, minting.RootMintPlan] = IdentityMemo()
         #: Any caller can send unclassifiable ids: at most a line a minute.
@@ -651,9 +653,10 @@ class Resolver:
     def _run_ops_mint_kind(self, org_id: str, parent: Classification | None) -> MintKindDecision:
         """The base32hex generation's decision (``runOpsMintKind``, with its
         flip grace), and for a run-ops root run with shards configured, the
-        organization's shard (its ``runOpsShard`` override, else rendezvous
-        hashing). A child of a gen-2 parent stays in the parent's shard; a
-        v1 parent's child is a v1 id in the run-ops database, like it.
+        organization's shard over the placed shards (its ``runOpsShard``
+        override, else rendezvous hashing). A child of a gen-2 parent stays
+        in the parent's shard, placed or not; a v1 parent's child is a v1 id
+        in the run-ops database, like it.
 
         The plan of a flag records object (:func:`minting.plan_root_mint`:
         source, kinds, shard) is computed once and reused while the records
@@ -667,7 +670,10 @@ class Resolver:
             now_ms=time.time_ns() // 1_000_000,
             grace_ms=self.topology.mint_flip_grace_ms,
             plan=lambda flags: self._root_mint_plans.get(
-                flags, lambda f: minting.plan_root_mint(f, org_id, self._shard_chars)
+                flags,
+                lambda f: minting.plan_root_mint(
+                    f, org_id, self._shard_chars, self._not_placed_shards
+                ),
             ),
         )
         if parent is not None and decision.shard is not None:

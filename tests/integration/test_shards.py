@@ -592,6 +592,46 @@ def test_check_warns_of_runs_the_generation_routes_elsewhere(
     assert "base32hex ids" in done.stdout
 
 
+def test_check_shows_which_shards_are_placed(
+    databases: Databases, shard_dsns: dict[str, str]
+) -> None:
+    import os
+    import subprocess
+
+    from controlplane_resolver.config import OPTIONS
+
+    ours = {name for opt in OPTIONS for name in opt.names}
+    env = {k: v for k, v in os.environ.items() if k not in ours}
+    env.update(
+        CONTROL_PLANE_DATABASE_URL=databases.control_plane,
+        RUN_OPS_DATABASE_URL=databases.run_ops,
+        RUN_OPS_SPLIT_ENABLED="1",
+        REALTIME_BACKEND_NATIVE_ENABLED="1",
+        RUN_OPS_ID_GENERATION="base32hex",
+        RUN_OPS_SHARDS=",".join(f"{c}={dsn}" for c, dsn in shard_dsns.items()),
+        RUN_OPS_SHARDS_NOT_PLACED="c",
+    )
+    cli = str(CLI)
+    done = subprocess.run([cli, "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    shards = {
+        line.split(":")[0].strip(): line.rpartition("[")[2]
+        for line in done.stdout.splitlines()
+        if line.startswith("  run-ops shard ")
+    }
+    assert shards == {
+        "run-ops shard a": "placed]",
+        "run-ops shard b": "placed]",
+        "run-ops shard c": "not placed (read only)]",
+    }
+    assert "  run_ops_shards_not_placed = c  [RUN_OPS_SHARDS_NOT_PLACED]" in done.stdout
+    # Holding back every shard, or one not configured, is a configuration error.
+    for bad, cause in (("a,b,c", "names every shard"), ("d", "does not configure")):
+        env.update(RUN_OPS_SHARDS_NOT_PLACED=bad)
+        done = subprocess.run([cli, "check"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and cause in done.stderr, (done.returncode, done.stderr)
+
+
 # ----------------------------------------------------------------- observability
 
 
@@ -633,6 +673,92 @@ def test_adding_a_fourth_shard_moves_only_its_share_of_organizations(
     assert {org: four.resolve_mint_kind(org).shard for org in orgs[:20]} == {
         org: after[org] for org in orgs[:20]
     }
+
+
+# ------------------------------------------------------- read but not placed
+
+
+def test_a_not_placed_shard_is_read_but_gets_no_new_roots(
+    sharded: Callable[..., Running],
+    cp: psycopg.Connection[Any],
+    tenant: Tenant,
+    shard_dsns: dict[str, str],
+) -> None:
+    """RUN_OPS_SHARDS_NOT_PLACED=c: shard c's runs are read (ReadRun,
+    BatchReadRuns, waitpoints) and its trees grow in it, but no root run is
+    placed on it, not even by an override; placement over a and b is the
+    placement of a server without c."""
+    env = tenant.environment(cp)
+    with psycopg.connect(shard_dsns["c"], autocommit=True) as conn:
+        in_c = "run_" + _run(conn, tenant, env, minting.new_run_ops_id_v2("c"))
+    held = sharded(run_ops_shards_not_placed=("c",), metrics_addr="127.0.0.1:0")
+    client = held.client
+
+    read = client.read_run(in_c)
+    assert read is not None and read.source == pb.RUN_SOURCE_RUN_OPS_SHARD and read.shard == "c"
+    (batch,) = client.batch_read_runs([in_c])
+    assert batch.source == pb.RUN_SOURCE_RUN_OPS_SHARD and batch.shard == "c"
+    waitpoint = "waitpoint_" + minting.new_run_ops_id_v2("c")
+    answer = client.select_store_for_waitpoint(
+        waitpoint, pb.UNBLOCK_ROUTE_KIND_RUN, tree_owner_residency=pb.RESIDENCY_NEW
+    )
+    assert (answer.store, answer.shard) == (pb.STORE_RUN_OPS, "c")
+
+    # Root runs: over a and b alone, as a server that does not configure c.
+    orgs = [_org(cp, {"runOpsMintKind": "runOpsId"}) for _ in range(90)]
+    without_c = sharded(
+        run_ops_shards=tuple((c, dsn) for c, dsn in shard_dsns.items() if c != "c")
+    ).client
+    placed = {org: client.resolve_mint_kind(org) for org in orgs}
+    assert {org: (d.shard, d.shard_reason) for org, d in placed.items()} == {
+        org: (without_c.resolve_mint_kind(org).shard, "hash") for org in orgs
+    }
+    assert {d.shard for d in placed.values()} == {"a", "b"}
+    assert {client.mint_id(pb.ID_KIND_RUN, org).shard for org in orgs[:20]} <= {"a", "b"}
+
+    # An override naming c is ignored (the hash decides); one naming a or b holds.
+    pinned_c = _org(cp, {"runOpsMintKind": "runOpsId", "runOpsShard": "c"})
+    decision = client.resolve_mint_kind(pinned_c)
+    assert (decision.shard, decision.shard_reason) == (
+        minting.place_shard(pinned_c, "ab"),
+        "hash",
+    )
+    assert client.mint_id(pb.ID_KIND_RUN, pinned_c).shard in "ab"
+    pinned_b = _org(cp, {"runOpsMintKind": "runOpsId", "runOpsShard": "b"})
+    assert client.mint_id(pb.ID_KIND_RUN, pinned_b).shard == "b"
+
+    # A tree never spans shards: children (and batches) of a run in c stay in c.
+    for kind in (pb.ID_KIND_RUN, pb.ID_KIND_BATCH):
+        child = client.mint_id(kind, orgs[0], parent_id=in_c)
+        assert child.shard == "c" and child.id[24:] == "c2"
+    decision = client.resolve_mint_kind(orgs[0], parent_id=in_c)
+    assert (decision.shard, decision.shard_reason) == ("c", "parent_shard")
+
+    # Its pool is a database like any other in the metrics.
+    from support.scraping import scrape_server
+
+    samples = scrape_server(held)
+    assert any(
+        name == "resolver_pool_connections" and ("database", "run-ops shard c") in labels
+        for name, labels in samples
+    )
+
+
+def test_placing_a_held_back_shard_moves_only_its_share_onto_it(
+    sharded: Callable[..., Running], cp: psycopg.Connection[Any]
+) -> None:
+    """The rollout's second step (c leaves RUN_OPS_SHARDS_NOT_PLACED) is,
+    for placement, exactly adding c: only about a third of organizations
+    move, and only onto c."""
+    orgs = [_org(cp, {"runOpsMintKind": "runOpsId"}) for _ in range(200)]
+    held = sharded(run_ops_shards_not_placed=("c",)).client
+    placed = sharded().client
+    before = {org: held.resolve_mint_kind(org).shard for org in orgs}
+    after = {org: placed.resolve_mint_kind(org).shard for org in orgs}
+    assert set(before.values()) == {"a", "b"}
+    moved = [org for org in orgs if before[org] != after[org]]
+    assert all(after[org] == "c" for org in moved), "an organization moved between a and b"
+    assert 40 <= len(moved) <= 95, len(moved)  # its fair share: 1/3 of 200
 
 
 def test_a_child_of_an_unconfigured_shard_is_refused(

@@ -361,6 +361,36 @@ def test_override_wins_when_it_names_a_configured_shard() -> None:
     assert choose_shard("org1", ["a", "b"], 7)[1] == "hash"
 
 
+def test_a_not_placed_shard_is_placed_as_if_it_were_absent() -> None:
+    """RUN_OPS_SHARDS_NOT_PLACED: placement over the other shards equals
+    placement without the not-placed shard; placing it later moves only its
+    fair share, and only onto it (the rollout's second step is "add a shard")."""
+    held = {org: choose_shard(org, "abcd", None, {"d"}) for org in ORGS}
+    assert held == {org: (place_shard(org, "abc"), "hash") for org in ORGS}
+    assert {shard for shard, _ in held.values()} == {"a", "b", "c"}
+    placed = {org: choose_shard(org, "abcd", None)[0] for org in ORGS}
+    moved = [org for org in ORGS if held[org][0] != placed[org]]
+    assert all(placed[org] == "d" for org in moved)
+    assert 0.20 < len(moved) / len(ORGS) < 0.30  # expected 1/4
+    # Two shards held back: the rest alone, whatever the order of either list.
+    assert all(
+        choose_shard(org, "dcba", None, ("d", "b"))[0] == place_shard(org, "ac") for org in ORGS
+    )
+
+
+def test_an_override_naming_a_not_placed_shard_is_ignored() -> None:
+    assert choose_shard("org1", "abc", "c", {"c"}) == (place_shard("org1", "ab"), "hash")
+    assert choose_shard("org1", "abc", "b", {"c"}) == ("b", "org_override")
+    plan = minting.plan_root_mint(
+        MintFlags({"runOpsMintKind": "runOpsId", "runOpsShard": "c"}, {}), "org1", "abc", {"c"}
+    )
+    assert plan.decide(T, 0) == minting.MintKindDecision(
+        MintKind.RUN_OPS_ID, "org_flag", place_shard("org1", "ab"), "hash"
+    )
+    with pytest.raises(ValueError):
+        choose_shard("org1", "ab", None, {"a", "b"})
+
+
 # ------------------------------------------------------------------------- settings
 
 
@@ -386,6 +416,48 @@ def test_shard_map_parses_and_redacts() -> None:
     printed = dict(s.public_items())
     assert "sekret" not in printed["run_ops_shards"] and "h1:5432/ro" in printed["run_ops_shards"]
     assert "sekret" not in printed["run_ops_shard_read_replica_urls"]
+
+
+def test_not_placed_shards_parse_and_print() -> None:
+    s = load(
+        RUN_OPS_ID_GENERATION="base32hex",
+        RUN_OPS_SHARDS="a=postgresql://h/ro,b=postgresql://g/ro,c=postgresql://f/ro",
+        RUN_OPS_SHARDS_NOT_PLACED=" c , b",
+    )
+    assert s.run_ops_shards_not_placed == ("c", "b")
+    assert dict(s.public_items())["run_ops_shards_not_placed"] == "c,b"
+    assert s.source_of("run_ops_shards_not_placed") == "RUN_OPS_SHARDS_NOT_PLACED"
+    assert load().run_ops_shards_not_placed == ()
+    assert dict(load().public_items())["run_ops_shards_not_placed"] == "(unset)"
+
+
+SHARDS_AB = {
+    "RUN_OPS_ID_GENERATION": "base32hex",
+    "RUN_OPS_SHARDS": "a=postgresql://h/ro,b=postgresql://g/ro",
+}
+
+
+@pytest.mark.parametrize(
+    "not_placed, message",
+    [
+        (
+            "c",
+            r"RUN_OPS_SHARDS_NOT_PLACED names shard 'c', which RUN_OPS_SHARDS does not "
+            r"configure: .* add c=<dsn> to RUN_OPS_SHARDS",
+        ),
+        ("a,b", r"names every shard of RUN_OPS_SHARDS \(a, b\).*leave at least one shard placed"),
+        ("b,a,b", r"RUN_OPS_SHARDS_NOT_PLACED: shard 'b' is given twice"),
+        ("a,", r"RUN_OPS_SHARDS_NOT_PLACED: entry 2 \(''\) is not a shard char"),
+        ("A", r"RUN_OPS_SHARDS_NOT_PLACED: entry 1 \('A'\) is not a shard char"),
+        ("ab", r"entry 1 \('ab'\) is not a shard char"),
+    ],
+)
+def test_bad_not_placed_shards_are_refused(not_placed: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(**SHARDS_AB, RUN_OPS_SHARDS_NOT_PLACED=not_placed)
+    # Without any shard, naming one is the same mistake.
+    with pytest.raises(ConfigError, match="RUN_OPS_SHARDS_NOT_PLACED"):
+        load(RUN_OPS_SHARDS_NOT_PLACED="a")
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ Kinds and where they live
   ``1`` (v1: the run-ops database) or a shard char and ``2`` (gen-2: that
   shard). :func:`decide_run_ops_mint_kind` is that generation's decision
   (``runOpsMintKind``, with its flip grace) and :func:`choose_shard` places
-  a root run's organization on a shard (rendezvous hashing, or the
-  organization's ``runOpsShard`` override).
+  a root run's organization on a placed shard (rendezvous hashing, or the
+  organization's ``runOpsShard`` override; ``RUN_OPS_SHARDS_NOT_PLACED``
+  names shards that are read but not placed on).
 
 Both generators are written here rather than taken from PyPI: ``svix-ksuid``
 pulls in ``python-baseconv`` (unmaintained since 2019) for one base62
@@ -72,7 +73,7 @@ import socket
 import string
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from controlplane_resolver.domain.residency import (
@@ -344,13 +345,17 @@ class RootMintPlan:
 
 
 def plan_root_mint(
-    flags: MintFlags, organization_id: str = "", shards: Sequence[str] = ()
+    flags: MintFlags,
+    organization_id: str = "",
+    shards: Sequence[str] = (),
+    not_placed: Collection[str] = (),
 ) -> RootMintPlan:
     """The :class:`RootMintPlan` of ``flags``, source-consistent
     (``resolveMintFlag``): the organization's record when it sets an allowed
     ``runOpsMintKind``, else the global one, else ``default`` (cuid). With
     ``shards``, a run-ops id's shard is :func:`choose_shard`'s for
-    ``organization_id`` and its ``runOpsShard`` override."""
+    ``organization_id`` and its ``runOpsShard`` override, over the shards
+    not in ``not_placed``."""
     if _flag_kind(flags.organization, MINT_KIND_FLAG) is not None:
         source, record = "org_flag", flags.organization
     elif _flag_kind(flags.global_flags, MINT_KIND_FLAG) is not None:
@@ -359,7 +364,9 @@ def plan_root_mint(
         return RootMintPlan("default", None)
     shard = None
     if shards:
-        shard = choose_shard(organization_id, shards, flags.organization.get(SHARD_OVERRIDE_FLAG))
+        shard = choose_shard(
+            organization_id, shards, flags.organization.get(SHARD_OVERRIDE_FLAG), not_placed
+        )
     return RootMintPlan(source, read_resolution(record), shard)
 
 
@@ -380,14 +387,29 @@ def place_shard(organization_id: str, shards: Sequence[str]) -> str:
     return max(sorted(shards), key=score)
 
 
-def choose_shard(organization_id: str, shards: Sequence[str], override: object) -> tuple[str, str]:
-    """``(shard, reason)``: the organization's ``runOpsShard`` override when it
-    names a configured shard (``org_override``), else :func:`place_shard`
-    (``hash``). An override naming no configured shard is ignored: an id
-    that cannot be routed is never minted."""
-    if isinstance(override, str) and override in shards:
+def choose_shard(
+    organization_id: str,
+    shards: Sequence[str],
+    override: object,
+    not_placed: Collection[str] = (),
+) -> tuple[str, str]:
+    """``(shard, reason)`` of a root run: the organization's ``runOpsShard``
+    override when it names a placed shard (``org_override``), else
+    :func:`place_shard` over the placed shards (``hash``). The placed shards
+    are ``shards`` less ``not_placed`` (``RUN_OPS_SHARDS_NOT_PLACED``: read,
+    but not placed on), so placement is exactly what it would be without the
+    not-placed shards, and placing one later moves only its fair share.
+
+    An override naming no configured shard is ignored (an id that cannot be
+    routed is never minted), and so is one naming a not-placed shard, as the
+    platform ignores a pin outside its active mint-shard set: "not placed"
+    holds for every new root, so a shard that some replicas cannot read yet
+    (or one being drained) gets none. Raises :class:`ValueError` when no
+    shard is placed (the configuration refuses that)."""
+    placed = [s for s in shards if s not in not_placed]
+    if isinstance(override, str) and override in placed:
         return override, "org_override"
-    return place_shard(organization_id, shards), "hash"
+    return place_shard(organization_id, placed), "hash"
 
 
 #: One lowercase ``[a-z0-9]`` char per region (the platform's ``REGION_CODES``).

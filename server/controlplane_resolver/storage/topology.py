@@ -38,6 +38,8 @@ class SplitDecision:
     dsns: dict[DatabaseRole, str]
     #: Shard char → the DSN its reads use (its read replica when one is set).
     shards: dict[str, str] = field(default_factory=dict)
+    #: The shards read but not placed on (``RUN_OPS_SHARDS_NOT_PLACED``).
+    not_placed: frozenset[str] = frozenset()
 
     def describe(self) -> list[str]:
         lines = [f"split mode: {'ON' if self.split else 'off'}"]
@@ -46,7 +48,8 @@ class SplitDecision:
         for role, dsn in self.dsns.items():
             lines.append(f"{role.value}: {redact_dsn(dsn)}")
         for char, dsn in self.shards.items():
-            lines.append(f"{ShardRole(char).value}: {redact_dsn(dsn)}")
+            placed = "not placed (read only)" if char in self.not_placed else "placed"
+            lines.append(f"{ShardRole(char).value}: {redact_dsn(dsn)} [{placed}]")
         return lines
 
 
@@ -99,7 +102,13 @@ def decide_split(settings: Settings, *, probe_timeout_s: float = 5.0) -> SplitDe
     dsns[DatabaseRole.LEGACY] = legacy
     replicas = dict(settings.run_ops_shard_read_replica_urls)
     shards = {c: replicas.get(c, dsn) for c, dsn in settings.run_ops_shards}
-    return SplitDecision(split=True, sentinel=sentinel, dsns=dsns, shards=shards)
+    return SplitDecision(
+        split=True,
+        sentinel=sentinel,
+        dsns=dsns,
+        shards=shards,
+        not_placed=frozenset(settings.run_ops_shards_not_placed),
+    )
 
 
 class Topology:
@@ -176,8 +185,14 @@ class Topology:
 
     @property
     def shard_chars(self) -> list[str]:
-        """The configured shards new root runs are placed on (none with split off)."""
+        """The configured shards, each read (none with split off); new root
+        runs are placed on those not in :attr:`not_placed_shards`."""
         return sorted(self.shards)
+
+    @property
+    def not_placed_shards(self) -> frozenset[str]:
+        """The configured shards that get no new root runs (``RUN_OPS_SHARDS_NOT_PLACED``)."""
+        return self.decision.not_placed
 
     def read_plan(
         self, route: Residency, shard: str | None = None
