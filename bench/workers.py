@@ -6,8 +6,8 @@ server processes over real PostgreSQL clusters, every answer checked.
 Two servers run side by side over the same databases and every round
 measures both, alternating which goes first:
 
-* ``few`` — ``RESOLVER_RUNNING_WORKERS=2`` (the default): a thread that
-  finishes a call takes the next queued one itself;
+* ``few`` — ``RESOLVER_RUNNING_WORKERS=2`` (the default; ``--running``): a
+  thread that finishes a call takes the next queued one itself;
 * ``all`` — ``RESOLVER_RUNNING_WORKERS`` = ``RESOLVER_MAX_WORKERS`` (12):
   every call may wake a thread of its own, as a plain thread pool does.
 
@@ -40,6 +40,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--environments", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument(
+        "--running", type=int, default=2, help="RESOLVER_RUNNING_WORKERS of the `few` server"
+    )
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     args = parser.parse_args()
 
     clusters = [
@@ -54,7 +58,7 @@ def main() -> None:
         cp_dsn, ro_dsn = bench.create_databases(clusters)
         _ids, ids_file = bench.seeded(cp_dsn, ro_dsn, args.environments, args.runs)
         with open(bench.SERVER_LOG, "w") as log:
-            for setup, running in ((few, 2), (every, MAX_WORKERS)):
+            for setup, running in ((few, args.running), (every, MAX_WORKERS)):
                 env = bench.server_env(
                     cp_dsn,
                     ro_dsn,
@@ -75,11 +79,12 @@ def main() -> None:
                 r["switches"] = (bench.context_switches(pid) - switches) / calls
                 return r
 
-            ratios: dict[str, list[float]] = {s: [] for s in SCENARIOS}
+            scenarios = args.scenarios.split(",")
+            ratios: dict[str, list[float]] = {s: [] for s in scenarios}
             seen: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for round_no in range(args.rounds):
                 line = []
-                for scenario in SCENARIOS:
+                for scenario in scenarios:
                     results = {}
                     for setup in bench.in_turn([few, every], round_no):
                         results[setup.label] = measure(setup, scenario)
@@ -97,7 +102,7 @@ def main() -> None:
             f"  {'scenario':<12} {'few ÷ all calls/s':>22} {'CPU µs/call':>16} "
             f"{'switches/call':>16}"
         )
-        for scenario in SCENARIOS:
+        for scenario in scenarios:
             f, a = seen[("few", scenario)], seen[("all", scenario)]
             print(
                 f"  {scenario:<12} {med(ratios[scenario]):>10.2f}"

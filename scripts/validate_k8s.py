@@ -708,6 +708,9 @@ SERVER_METRICS: dict[str, frozenset[str]] = {
     "resolver_watch_invalidations_total": frozenset(),
     "resolver_watch_events_sent_total": frozenset(),
     "resolver_watch_streams_dropped_total": frozenset({"reason"}),
+    "resolver_worker_threads": frozenset(),
+    "resolver_worker_wakes_total": frozenset(),
+    "resolver_worker_stall_starts_total": frozenset(),
 }
 #: Served by the supervisor of ``serve --processes N`` only, beside every
 #: process's samples (which then carry the label ``process``).

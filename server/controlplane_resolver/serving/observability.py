@@ -46,6 +46,7 @@ from controlplane_resolver.coalescing import CoalescerStats
 from controlplane_resolver.invalidation.feed import FeedStats
 from controlplane_resolver.invalidation.listener import ListenerState, ListenerStats
 from controlplane_resolver.runtime.metrics_http import MetricsEndpoint, serve_metrics
+from controlplane_resolver.serving.workers import WorkerStats
 from controlplane_resolver.storage.topology import SplitDecision
 
 call_log = logging.getLogger("controlplane_resolver.calls")
@@ -404,6 +405,7 @@ class StateCollector:
         self._listener_stats: Callable[[], ListenerStats] | None = None
         self._guard_stats: Callable[[], dict[str, dict[str, int]]] | None = None
         self._feed_stats: Callable[[], FeedStats] | None = None
+        self._worker_stats: Callable[[], WorkerStats] | None = None
 
     def attach(
         self,
@@ -415,8 +417,10 @@ class StateCollector:
         listener_stats: Callable[[], ListenerStats] | None = None,
         guard_stats: Callable[[], dict[str, dict[str, int]]] | None = None,
         feed_stats: Callable[[], FeedStats] | None = None,
+        worker_stats: Callable[[], WorkerStats] | None = None,
     ) -> None:
         """Start exporting the sources given (the others stay as they are)."""
+        self._worker_stats = worker_stats or self._worker_stats
         self._feed_stats = feed_stats or self._feed_stats
         self._guard_stats = guard_stats or self._guard_stats
         self._cache_stats = cache_stats or self._cache_stats
@@ -446,6 +450,8 @@ class StateCollector:
             yield from _guard_families(self._guard_stats())
         if self._feed_stats is not None:
             yield from _feed_families(self._feed_stats())
+        if self._worker_stats is not None:
+            yield from _worker_families(self._worker_stats())
 
 
 _CACHE_COUNTERS = tuple(f.name for f in dataclasses.fields(SlotStats))
@@ -588,3 +594,23 @@ def _feed_families(stats: FeedStats) -> Iterator[Any]:
     for reason, count in stats.dropped.items():
         dropped.add_metric([reason], count)
     yield from (watchers, started, published, sent, dropped)
+
+
+def _worker_families(stats: WorkerStats) -> Iterator[Any]:
+    threads = GaugeMetricFamily(
+        "resolver_worker_threads", "Threads of the worker pool (at most RESOLVER_MAX_WORKERS)."
+    )
+    threads.add_metric([], stats.threads)
+    wakes = CounterMetricFamily(
+        "resolver_worker_wakes",
+        "Idle worker threads woken for a call (under load, far fewer than the calls: a "
+        "thread that finishes one takes the next).",
+    )
+    wakes.add_metric([], stats.wakes)
+    stalls = CounterMetricFamily(
+        "resolver_worker_stall_starts",
+        "Calls started beyond RESOLVER_RUNNING_WORKERS because no call had started or "
+        "finished for 20 ms (a wait the code does not declare; steady growth is a bug to report).",
+    )
+    stalls.add_metric([], stats.stall_starts)
+    yield from (threads, wakes, stalls)

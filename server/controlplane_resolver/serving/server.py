@@ -184,6 +184,7 @@ class ResolverApp:
             running=settings.running_workers,
             stream_workers=settings.watch_max_streams,
         )
+        self.state_metrics.attach(worker_stats=lambda: self.executor.workers.stats)
         self.admission = Admission(self.executor, settings.max_concurrent_rpcs, self.metrics)
         interceptors: list[grpc.ServerInterceptor] = [
             self.admission,

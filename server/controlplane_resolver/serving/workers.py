@@ -54,6 +54,9 @@ class WorkerStats:
     started: int = 0
     #: Calls started beyond the running limit because the queue stalled.
     stall_starts: int = 0
+    #: Idle threads woken for work (a thread switch each); under load,
+    #: far fewer than the calls started.
+    wakes: int = 0
 
 
 class WorkerPool(futures.Executor):
@@ -145,6 +148,7 @@ class WorkerPool(futures.Executor):
         """Under the lock: wake an idle thread, or start one."""
         if self._idle > self._waking:
             self._waking += 1
+            self.stats.wakes += 1
             self._work.notify()
         elif len(self._threads) < self._max_workers:
             self._waking += 1
