@@ -248,11 +248,15 @@ def load(
             "--warmup",
             str(warmup),
         ],
-        check=True,
         capture_output=True,
         text=True,
-    ).stdout
-    report: dict[str, Any] = json.loads(out)
+    )
+    if out.returncode:
+        raise SystemExit(
+            f"bench/load.py ({scenario} on {address}) failed with exit code {out.returncode}:\n"
+            + "\n".join(out.stderr.splitlines()[-12:])
+        )
+    report: dict[str, Any] = json.loads(out.stdout)
     if report["errors"]:
         raise SystemExit(
             f"{report['errors']} {scenario} calls to {address} failed; the "

@@ -107,7 +107,9 @@ class WorkerPool(futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._queue.append((future, fn, args, kwargs))
-            if self._running + self._waking < self._limit or not (self._watching or self._waking):
+            if self._running + self._waking < self._limit or not (
+                self._watching or self._waking
+            ):
                 # A thread to start it now, or one to watch for a stall.
                 self._wake_one()
         return future
@@ -161,14 +163,13 @@ class WorkerPool(futures.Executor):
             self.stats.threads = len(self._threads)
             thread.start()
 
-    def _next(self, woken: bool) -> _Work | None:
+    def _next(self, started: bool) -> _Work | None:
         """Under the lock: the next call this thread may start (counted as
         running), waiting for one; None once shut down and drained.
-        ``woken``: this thread was woken or started for work."""
+        ``started``: this thread was just started for work."""
+        if started and self._waking:
+            self._waking -= 1
         while True:
-            if woken and self._waking:
-                self._waking -= 1
-            woken = False
             if self._queue:
                 stalled = time.monotonic() - self._progress >= self._stall_s
                 if self._running < self._limit or stalled:
@@ -188,20 +189,27 @@ class WorkerPool(futures.Executor):
             if watch:
                 self._watching = True
             try:
-                woken = self._work.wait(self._stall_s if watch else None)
+                self._work.wait(self._stall_s if watch else None)
             finally:
                 self._idle -= 1
                 if watch:
                     self._watching = False
+                # Every return from a wait takes one pending wake, timeouts
+                # included: a watcher's timeout can race a notify() and
+                # swallow it while reporting a timeout. Counting too few
+                # wakes costs a spare wake later; too many would leave calls
+                # queued with nobody to run them.
+                if self._waking:
+                    self._waking -= 1
 
     def _serve(self) -> None:
         blocking.attach(self)
         lock = self._lock
-        woken = True
+        started = True
         with lock:
             while True:
-                work = self._next(woken)
-                woken = False
+                work = self._next(started)
+                started = False
                 if work is None:
                     return
                 future, fn, args, kwargs = work
