@@ -121,4 +121,3 @@ def test_shutdown_can_cancel_queued_calls() -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     assert queued.cancelled()
     gate.set()
-

@@ -107,9 +107,7 @@ class WorkerPool(futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._queue.append((future, fn, args, kwargs))
-            if self._running + self._waking < self._limit or not (
-                self._watching or self._waking
-            ):
+            if self._running + self._waking < self._limit or not (self._watching or self._waking):
                 # A thread to start it now, or one to watch for a stall.
                 self._wake_one()
         return future
