@@ -10,10 +10,11 @@ throwaway clusters, and every round measures A and B back to back
 (alternating which goes first), with bench/run.py's round: each scenario
 between two floor measurements, in a client process of its own. The report
 gives, per scenario, the median calls/s of each, B ÷ A, in how many rounds
-B served more, the ratios to each server's own floor and the server CPU per
+B served more, the ratios to each server's own floor, the server CPU per
 call (steadier than throughput, since time stolen by neighbours is not
-our CPU). Answers are checked as in bench/run.py: a wrong one is flagged and
-makes the comparison exit 1 after its report.
+our CPU) and the server threads' context switches per call. Answers are
+checked as in bench/run.py: a wrong one is flagged and makes the
+comparison exit 1 after its report.
 """
 
 from __future__ import annotations
@@ -119,9 +120,10 @@ def report(args: argparse.Namespace, a: Setup, b: Setup) -> None:
     print(f"\nA: {label(args.a)}\nB: {label(args.b)}\n")
     print(
         "| scenario | A calls/s | B calls/s | B ÷ A | rounds B served more | "
-        "A ratio to floor | B ratio to floor | A CPU/call | B CPU/call |"
+        "A ratio to floor | B ratio to floor | A CPU/call | B CPU/call | "
+        "A switches/call | B switches/call |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     floors_per_round = ROUND.count("health")
     for scenario in dict.fromkeys(ROUND):
         per_round = []
@@ -140,9 +142,10 @@ def report(args: argparse.Namespace, a: Setup, b: Setup) -> None:
             for s in (a, b)
         ]
         cpu = [f"{statistics.median(s.cpu_per_call[scenario]):.0f} µs" for s in (a, b)]
+        switches = [f"{statistics.median(s.switches_per_call[scenario]):.1f}" for s in (a, b)]
         print(
             f"| {scenario} | {ma:.0f} | {mb:.0f} | {mb / ma:.3f} | {wins}/{len(per_round[0])} "
-            f"| {ratios[0]} | {ratios[1]} | {cpu[0]} | {cpu[1]} |"
+            f"| {ratios[0]} | {ratios[1]} | {cpu[0]} | {cpu[1]} | {switches[0]} | {switches[1]} |"
         )
     flags = "".join(f" --a {k}={v}" for k, v in args.a) + "".join(
         f" --b {k}={v}" for k, v in args.b

@@ -463,6 +463,9 @@ class Setup:
     #: Server CPU per call: steadier than throughput on a shared machine,
     #: since time stolen by neighbours does not count as our CPU.
     cpu_per_call: dict[str, list[float]] = field(default_factory=dict)
+    #: Context switches of the server's threads per call: a thread pool's
+    #: hand-offs, which CPU per call shows only in part.
+    switches_per_call: dict[str, list[float]] = field(default_factory=dict)
     #: Cores of the whole machine busy while the scenario ran.
     busy_cores: dict[str, list[float]] = field(default_factory=dict)
     results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -506,12 +509,15 @@ def measure_round(setup: Setup, run: Any, cp_dsn: str) -> None:
         )
         before_m = scrape(setup.metrics_port) if scenario in ("resolve_env", "read_run") else {}
         cpu_before = cpu_seconds(setup.server.pid)
+        switches_before = context_switches(setup.server.pid)
         r = run(setup.address, scenario)
         setup.busy_cores.setdefault(scenario, []).append(r["busy_cores"])
+        calls = max(1, r["calls"] + r["errors"] + r["warmup_calls"])
         setup.cpu_per_call.setdefault(scenario, []).append(
-            (cpu_seconds(setup.server.pid) - cpu_before)
-            * 1e6
-            / max(1, r["calls"] + r["errors"] + r["warmup_calls"])
+            (cpu_seconds(setup.server.pid) - cpu_before) * 1e6 / calls
+        )
+        setup.switches_per_call.setdefault(scenario, []).append(
+            (context_switches(setup.server.pid) - switches_before) / calls
         )
         if scenario == "health":
             floors.append(r["rps"])
