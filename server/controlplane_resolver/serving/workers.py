@@ -5,8 +5,8 @@ memory (a cached environment, a classification, a minted id) holds it from
 start to end; a call that reads a database spends most of its time waiting
 for a database thread. With a plain thread pool each call wakes a sleeping
 thread of its own, and under load a dozen threads take turns at the lock:
-every turn is a context switch, and on this stack the switches cost more
-than a cached answer itself (docs/benchmarks.md, "The worker pool").
+every turn is a context switch (docs/benchmarks.md, "The worker pool",
+measures what that costs).
 
 :class:`WorkerPool` keeps up to ``max_workers`` threads but starts a call
 only while fewer than ``running`` of them are running. A thread that
@@ -16,8 +16,9 @@ to wait says so (:func:`controlplane_resolver.blocking.waiting`): it stops
 counting as running and the next queued call starts on another thread, so
 calls that wait on databases still overlap up to ``max_workers``.
 
-A wait nobody declared (a lock held elsewhere, a log write to a full pipe)
-cannot stall the queue for long: when calls are queued and no call has
+A wait nobody declared (grpcio's own wait for the request's message, a
+lock held elsewhere, a log write to a full pipe) cannot stall the queue for
+long: when calls are queued and no call has
 started, finished or begun a declared wait for ``stall_s``, one more call
 starts beyond the limit (counted in :attr:`WorkerStats.stall_starts`).
 """
@@ -34,8 +35,9 @@ from typing import Any
 
 from controlplane_resolver import blocking
 
-#: Threads running calls at once, outside declared waits: one holds the
-#: interpreter lock while another is in grpc's C code (docs/benchmarks.md).
+#: Threads running calls at once, outside declared waits: one can hold the
+#: interpreter lock while another is in grpc's C code or waits for its
+#: request's message.
 RUNNING = 2
 #: With calls queued, how long no call may start or finish before one more
 #: starts beyond the running limit.
