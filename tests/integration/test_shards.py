@@ -552,25 +552,13 @@ def test_check_warns_of_runs_the_generation_routes_elsewhere(
     tenant: Tenant,
     shard_dsns: dict[str, str],
 ) -> None:
-    import os
     import subprocess
-
-    from controlplane_resolver.config import OPTIONS
 
     env_id = tenant.environment(cp)
     _run(ro, tenant, env_id, minting.new_ksuid())
     with psycopg.connect(shard_dsns["b"], autocommit=True) as conn:
         _run(conn, tenant, env_id, minting.new_run_ops_id_v2("a"))  # shard a's id, in b
-    ours = {name for opt in OPTIONS for name in opt.names}
-    env = {k: v for k, v in os.environ.items() if k not in ours}
-    env.update(
-        CONTROL_PLANE_DATABASE_URL=databases.control_plane,
-        RUN_OPS_DATABASE_URL=databases.run_ops,
-        RUN_OPS_SPLIT_ENABLED="1",
-        REALTIME_BACKEND_NATIVE_ENABLED="1",
-        RUN_OPS_ID_GENERATION="base32hex",
-        RUN_OPS_SHARDS=",".join(f"{c}={dsn}" for c, dsn in shard_dsns.items()),
-    )
+    env = _check_env(databases, shard_dsns)
     cli = str(CLI)
     done = subprocess.run([cli, "check"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -595,22 +583,9 @@ def test_check_warns_of_runs_the_generation_routes_elsewhere(
 def test_check_shows_which_shards_are_placed(
     databases: Databases, shard_dsns: dict[str, str]
 ) -> None:
-    import os
     import subprocess
 
-    from controlplane_resolver.config import OPTIONS
-
-    ours = {name for opt in OPTIONS for name in opt.names}
-    env = {k: v for k, v in os.environ.items() if k not in ours}
-    env.update(
-        CONTROL_PLANE_DATABASE_URL=databases.control_plane,
-        RUN_OPS_DATABASE_URL=databases.run_ops,
-        RUN_OPS_SPLIT_ENABLED="1",
-        REALTIME_BACKEND_NATIVE_ENABLED="1",
-        RUN_OPS_ID_GENERATION="base32hex",
-        RUN_OPS_SHARDS=",".join(f"{c}={dsn}" for c, dsn in shard_dsns.items()),
-        RUN_OPS_SHARDS_NOT_PLACED="c",
-    )
+    env = _check_env(databases, shard_dsns, RUN_OPS_SHARDS_NOT_PLACED="c")
     cli = str(CLI)
     done = subprocess.run([cli, "check"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -774,3 +749,25 @@ def test_a_child_of_an_unconfigured_shard_is_refused(
         exc = _error(call)
         assert exc.code == grpc.StatusCode.FAILED_PRECONDITION
         assert exc.metadata["shard"] == "z"
+
+
+def _check_env(databases: Databases, shard_dsns: dict[str, str], **more: str) -> dict[str, str]:
+    """The environment of a `check` over the test databases and shards, in
+    the base32hex generation: this process's environment without any of the
+    resolver's own settings, then these."""
+    import os
+
+    from controlplane_resolver.config import OPTIONS
+
+    ours = {name for opt in OPTIONS for name in opt.names}
+    env = {k: v for k, v in os.environ.items() if k not in ours}
+    env.update(
+        CONTROL_PLANE_DATABASE_URL=databases.control_plane,
+        RUN_OPS_DATABASE_URL=databases.run_ops,
+        RUN_OPS_SPLIT_ENABLED="1",
+        REALTIME_BACKEND_NATIVE_ENABLED="1",
+        RUN_OPS_ID_GENERATION="base32hex",
+        RUN_OPS_SHARDS=",".join(f"{c}={dsn}" for c, dsn in shard_dsns.items()),
+        **more,
+    )
+    return env
