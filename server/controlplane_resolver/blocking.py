@@ -9,9 +9,9 @@ query, a load someone else leads — says so::
     with blocking.waiting():
         done.wait(timeout)
 
-and stops counting as running until the block ends. On a thread that no
-such pool runs (a test, a database's own thread), :func:`waiting` does
-nothing.
+and stops counting as running until the block ends; a wait inside a wait
+counts once. On a thread that no such pool runs (a test, a database's own
+thread), :func:`waiting` does nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def attach(pool: WaitAware) -> None:
     """Tell :func:`waiting` on this thread to report to ``pool``; called by
     the pool on each thread it starts."""
     _local.pool = pool
+    _local.depth = 0
 
 
 @contextmanager
@@ -46,11 +47,14 @@ def waiting() -> Iterator[None]:
     """Wrap a wait: while it lasts, this thread's pool (if any) counts the
     thread as waiting, not running."""
     pool: WaitAware | None = getattr(_local, "pool", None)
-    if pool is None:
+    if pool is None or _local.depth:
+        # Not a pool's thread, or inside a wait already (counted once).
         yield
         return
     pool.begin_wait()
+    _local.depth = 1
     try:
         yield
     finally:
+        _local.depth = 0
         pool.end_wait()

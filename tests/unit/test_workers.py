@@ -121,3 +121,92 @@ def test_shutdown_can_cancel_queued_calls() -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     assert queued.cancelled()
     gate.set()
+
+
+def test_calls_submitted_back_to_back_still_have_a_stall_watcher() -> None:
+    # With idle threads, the first call wakes one; the second must not count
+    # on that thread to watch for a stall, since it takes the first call.
+    pool = WorkerPool(max_workers=4, running=1, stall_s=0.05)
+    gate, running = threading.Event(), []
+    try:
+        _make_idle_threads(pool, 3)
+        first = pool.submit(held, gate, running)
+        second = pool.submit(lambda: "ran")
+        assert second.result(timeout=5) == "ran"
+        assert not first.done()
+    finally:
+        gate.set()
+        pool.shutdown()
+
+
+def test_shutdown_returns_when_threads_waited_for_room() -> None:
+    pool = WorkerPool(max_workers=4, running=1, stall_s=60)
+    gate, running = threading.Event(), []
+    _make_idle_threads(pool, 3)
+    first = pool.submit(held, gate, running)
+    wait_until(lambda: running, what="the first call running")
+    queued = pool.submit(lambda: "queued")  # behind the running limit
+    stopper = threading.Thread(target=pool.shutdown)
+    stopper.start()
+    gate.set()
+    assert queued.result(timeout=5) == "queued" and first.done()
+    stopper.join(10)
+    assert not stopper.is_alive(), "shutdown() still joining threads"
+
+
+def test_a_wait_inside_a_wait_counts_once() -> None:
+    pool = WorkerPool(max_workers=4, running=1, stall_s=60)
+    inner, release = threading.Event(), threading.Event()
+    started = []
+
+    def nested() -> None:
+        with blocking.waiting(), blocking.waiting():
+            inner.set()
+            release.wait(10)
+
+    def busy() -> None:
+        started.append(1)
+        release.wait(10)
+
+    try:
+        pool.submit(nested)
+        assert inner.wait(5)
+        # One declared wait frees one place: one more call may run, not two.
+        pool.submit(busy)
+        pool.submit(busy)
+        wait_until(lambda: started, what="one call started")
+        with pytest.raises(AssertionError):
+            wait_until(lambda: len(started) > 1, timeout=0.5, what="a second call started")
+        assert pool.queued() == 1
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_cancelled_queued_calls_never_run() -> None:
+    pool = WorkerPool(max_workers=1, running=1, stall_s=60)
+    gate, running = threading.Event(), []
+    pool.submit(held, gate, running)
+    wait_until(lambda: running, what="the first call running")
+    ran = []
+    queued = [pool.submit(ran.append, i) for i in range(3)]
+    assert pool.cancel_queued() == 3
+    assert all(f.cancelled() for f in queued)
+    gate.set()
+    pool.shutdown()
+    assert ran == []
+
+
+def _make_idle_threads(pool: WorkerPool, n: int) -> None:
+    """Leave ``n`` idle threads in ``pool``: calls that wait (declared) make
+    it start one each."""
+    gate = threading.Event()
+
+    def waits() -> None:
+        with blocking.waiting():
+            gate.wait(10)
+
+    calls = [pool.submit(waits) for _ in range(n)]
+    wait_until(lambda: pool.stats.threads == n, what=f"{n} threads")
+    gate.set()
+    futures.wait(calls, timeout=5)

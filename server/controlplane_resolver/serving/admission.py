@@ -155,7 +155,11 @@ class AdmissionExecutor(futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._express.shutdown(wait, cancel_futures=cancel_futures)
         self._streams.shutdown(wait, cancel_futures=cancel_futures)
-        self.workers.shutdown(wait, cancel_futures=cancel_futures)
+        if cancel_futures:
+            # Cancelled calls never run: they leave the count here.
+            for _ in range(self.workers.cancel_queued()):
+                self._done()
+        self.workers.shutdown(wait)
 
 
 def grpc_limit(limit: int) -> int:

@@ -25,6 +25,7 @@ starts beyond the limit (counted in :attr:`WorkerStats.stall_starts`).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -42,6 +43,8 @@ RUNNING = 2
 #: With calls queued, how long no call may start or finish before one more
 #: starts beyond the running limit.
 STALL_S = 0.02
+
+log = logging.getLogger(__name__)
 
 _Work = tuple[futures.Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
@@ -109,23 +112,28 @@ class WorkerPool(futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._queue.append((future, fn, args, kwargs))
-            if self._running + self._waking < self._limit or not (self._watching or self._waking):
-                # A thread to start it now, or one to watch for a stall.
-                self._wake_one()
+            self._wake_for_queue()
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if cancel_futures:
+            self.cancel_queued()
         with self._lock:
             self._shutdown = True
             self._waking = 0
-            if cancel_futures:
-                while self._queue:
-                    self._queue.popleft()[0].cancel()
             self._work.notify_all()
             threads = list(self._threads)
         if wait:
             for thread in threads:
                 thread.join()
+
+    def cancel_queued(self) -> int:
+        """Cancel the calls not started yet and return how many: their
+        functions never run. Their futures' callbacks run outside the pool's
+        lock."""
+        with self._lock:
+            queued, self._queue = list(self._queue), deque()
+        return sum(1 for future, *_ in queued if future.cancel())
 
     def queued(self) -> int:
         """Calls waiting for a thread."""
@@ -146,22 +154,39 @@ class WorkerPool(futures.Executor):
 
     # ----------------------------------------------------------- internals
 
+    def _wake_for_queue(self) -> None:
+        """Under the lock, with calls queued: wake a thread to start one now
+        if one may start, or one to watch for a stall if none watches and
+        none is on its way."""
+        if self._running + self._waking < self._limit or not (self._watching or self._waking):
+            self._wake_one()
+
     def _wake_one(self) -> None:
-        """Under the lock: wake an idle thread, or start one."""
+        """Under the lock: wake an idle thread, or start one. Never raises:
+        if the system refuses a new thread, the queued calls wait for a
+        thread that finishes."""
         if self._idle > self._waking:
             self._waking += 1
             self.stats.wakes += 1
             self._work.notify()
         elif len(self._threads) < self._max_workers:
-            self._waking += 1
             thread = threading.Thread(
                 target=self._serve,
                 name=f"{self._prefix}_{len(self._threads)}",
                 daemon=True,
             )
+            try:
+                thread.start()
+            except RuntimeError:  # "can't start new thread"
+                log.error(
+                    "could not start a worker thread (%d running): calls queue until one "
+                    "finishes; lower RESOLVER_MAX_WORKERS or raise the process's thread limit",
+                    len(self._threads),
+                )
+                return
+            self._waking += 1
             self._threads.append(thread)
             self.stats.threads = len(self._threads)
-            thread.start()
 
     def _next(self, started: bool) -> _Work | None:
         """Under the lock: the next call this thread may start (counted as
@@ -176,11 +201,16 @@ class WorkerPool(futures.Executor):
                     work = self._queue.popleft()
                     if self._running >= self._limit:
                         self.stats.stall_starts += 1
-                        if self._queue and not self._watching:
-                            self._wake_one()  # the next watcher
                     self._running += 1
                     self.stats.started += 1
                     self._progress = time.monotonic()
+                    if self._queue:
+                        # Calls submitted back to back may have counted on
+                        # this thread to start them or to watch for a stall.
+                        self._wake_for_queue()
+                    elif self._shutdown:
+                        # Threads that waited for room wait for nothing now.
+                        self._work.notify_all()
                     return work
             elif self._shutdown:
                 return None
