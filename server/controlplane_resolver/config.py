@@ -511,8 +511,9 @@ class Settings:
         "RESOLVER_RUNNING_WORKERS",
         parse_positive,
         2,
-        "of those threads, how many run at once outside their waits on databases: a "
-        "thread that finishes a call takes the next queued one without a thread switch "
+        "of those threads, how many run at once outside their waits on databases (2: one "
+        "can hold the interpreter lock while another is in grpc's C code); a thread that "
+        "finishes a call takes the next queued one without a thread switch "
         '(docs/benchmarks.md, "The worker pool")',
     )
     watch_max_streams: int = setting(

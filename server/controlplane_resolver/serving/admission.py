@@ -49,7 +49,7 @@ import grpc
 from controlplane_resolver.errors import SHUTTING_DOWN_RETRY_S
 from controlplane_resolver.serving.observability import Metrics
 from controlplane_resolver.serving.servicer import abort
-from controlplane_resolver.serving.workers import RUNNING, WorkerPool
+from controlplane_resolver.serving.workers import WorkerPool
 
 #: Threads that run refusals and health checks (:class:`Express`).
 EXPRESS_WORKERS = 2
@@ -100,9 +100,7 @@ class AdmissionExecutor(futures.Executor):
     counted from hand-off to end (:attr:`in_flight`: running or waiting for
     a worker)."""
 
-    def __init__(
-        self, max_workers: int, *, running: int = RUNNING, stream_workers: int = 0
-    ) -> None:
+    def __init__(self, max_workers: int, *, running: int, stream_workers: int = 0) -> None:
         self.workers = WorkerPool(max_workers, running, thread_name_prefix="grpc-worker")
         self._express = futures.ThreadPoolExecutor(
             max_workers=EXPRESS_WORKERS, thread_name_prefix="grpc-express"

@@ -36,10 +36,6 @@ from typing import Any
 
 from controlplane_resolver import blocking
 
-#: Threads running calls at once, outside declared waits: one can hold the
-#: interpreter lock while another is in grpc's C code or waits for its
-#: request's message.
-RUNNING = 2
 #: With calls queued, how long no call may start or finish before one more
 #: starts beyond the running limit.
 STALL_S = 0.02
@@ -74,7 +70,7 @@ class WorkerPool(futures.Executor):
     def __init__(
         self,
         max_workers: int,
-        running: int = RUNNING,
+        running: int,
         *,
         stall_s: float = STALL_S,
         thread_name_prefix: str = "worker",
