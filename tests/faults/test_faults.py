@@ -503,7 +503,8 @@ def test_sigkill_of_a_child_process(platform: Platform, stop_after: list[Any]) -
         "SIGKILL of one of 2 child processes, typed client, 8 callers",
         [tally],
         recover,
-        f"failed calls: {failed or 0}; recover = child replaced",
+        f"failed calls: {failed or 0}; recover = child replaced"
+        + (f"; e.g. {tally.details[0]}" if tally.details else ""),
     )
     assert tally.wrong == 0
     assert server.proc.poll() is None  # the parent lives on
