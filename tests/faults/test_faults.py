@@ -470,9 +470,39 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def _listening(pid: int, port: int) -> set[int]:
+    """The children of ``pid`` that hold a socket listening on ``port``
+    (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    bound = set()
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            fds = os.listdir(f"/proc/{child}/fd")
+            if any(_link(f"/proc/{child}/fd/{fd}") in inodes for fd in fds):
+                bound.add(child)
+    return bound
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
 def test_sigkill_of_a_child_process(platform: Platform, stop_after: list[Any]) -> None:
     server = serve(platform, stop_after, RESOLVER_PROCESSES="2")
-    wait_until(lambda: len(_children(server.proc.pid)) == 2, 15, 0.05, "two children")
+    # Both children bound: a child binds the port only once it is ready, and
+    # killing the only bound one would leave nothing to connect to.
+    wait_until(
+        lambda: len(_listening(server.proc.pid, server.port)) == 2, 15, 0.05, "two children bound"
+    )
     # Several channels: the kernel spreads connections over the children.
     clients = [ResolverClient(server.address, timeout=5) for _ in range(4)]
     tally = Tally("typed")
