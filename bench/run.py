@@ -330,7 +330,7 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process and its live children (the
     processes of ``serve --processes N``) have used so far (Linux /proc)."""
     total = 0
-    for candidate in [str(pid), *_children(pid)]:
+    for candidate in _process_tree(pid):
         try:
             fields = open(f"/proc/{candidate}/stat").read().rsplit(")", 1)[1].split()
         except FileNotFoundError:
@@ -344,7 +344,7 @@ def context_switches(pid: int) -> int:
     process and its live children so far (Linux /proc): with CPU per call,
     what shows a thread pool's hand-offs."""
     total = 0
-    for candidate in [str(pid), *_children(pid)]:
+    for candidate in _process_tree(pid):
         try:
             tasks = os.listdir(f"/proc/{candidate}/task")
         except FileNotFoundError:
@@ -358,6 +358,11 @@ def context_switches(pid: int) -> int:
                 if "ctxt_switches:" in line:
                     total += int(line.split()[1])
     return total
+
+
+def _process_tree(pid: int) -> list[str]:
+    """``pid`` and its live children (the processes of ``serve --processes N``)."""
+    return [str(pid), *_children(pid)]
 
 
 def _children(pid: int) -> Iterator[str]:

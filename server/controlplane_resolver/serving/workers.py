@@ -192,14 +192,14 @@ class WorkerPool(futures.Executor):
             self._waking -= 1
         while True:
             if self._queue:
-                stalled = time.monotonic() - self._progress >= self._stall_s
-                if self._running < self._limit or stalled:
+                now = time.monotonic()
+                if self._running < self._limit or now - self._progress >= self._stall_s:
                     work = self._queue.popleft()
                     if self._running >= self._limit:
                         self.stats.stall_starts += 1
                     self._running += 1
                     self.stats.started += 1
-                    self._progress = time.monotonic()
+                    self._progress = now
                     if self._queue:
                         # Calls submitted back to back may have counted on
                         # this thread to start them or to watch for a stall.
