@@ -37,16 +37,10 @@ from run import (
     measure_round,
     seeded,
     server_env,
+    setting,
 )
 
 from controlplane_resolver.dev.clusters import LocalCluster, free_port
-
-
-def setting(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=VALUE")
-    return name, value
 
 
 def main() -> None:

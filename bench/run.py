@@ -198,6 +198,14 @@ def server_env(cp_dsn: str, ro_dsn: str, **settings: str) -> dict[str, str]:
     return {**env, **settings}
 
 
+def setting(text: str) -> tuple[str, str]:
+    """A ``NAME=VALUE`` command-line argument: a server setting."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=VALUE")
+    return name, value
+
+
 def wait_serving(address: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:

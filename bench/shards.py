@@ -3,6 +3,9 @@ PostgreSQL clusters — control plane, run-ops and three run-ops shards —
 driven by bench/load.py in its own process, every answer checked.
 
     .venv/bin/python bench/shards.py [--rounds 3 --duration 2 --runs 3000]
+                                     [--setting NAME=VALUE …]
+
+``--setting`` gives both servers a setting (e.g. ``RESOLVER_RUN_READ_GATHER_US``).
 
 Two servers run side by side and every round measures both, alternating
 which goes first:
@@ -27,6 +30,10 @@ machine is shared and drifts. The targets:
   to the batch run's lower concurrency, ``--batch-concurrency``: a batch
   waits on every shard at once, and more batches in flight than the
   per-database bulkhead, ``RESOLVER_DB_MAX_WAITING``, are shed).
+
+Beside the ReadRun ratio it prints the run ids each coalesced query carried
+(the servers' /metrics): a shard sees a third of the reads, so its queries
+carry fewer ids.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import psycopg
 import run as bench
 
 from controlplane_resolver.dev import demo
-from controlplane_resolver.dev.clusters import LocalCluster
+from controlplane_resolver.dev.clusters import LocalCluster, free_port
 from controlplane_resolver.dev.migrate import create_migrated
 from controlplane_resolver.domain import minting
 
@@ -96,12 +103,21 @@ def main() -> None:
     # Each batch waits on every shard at once: more batches in flight than the
     # per-database bulkhead (RESOLVER_DB_MAX_WAITING, default 8) are shed.
     parser.add_argument("--batch-concurrency", type=int, default=6)
+    parser.add_argument(
+        "--setting",
+        type=bench.setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting of both servers (repeatable)",
+    )
     args = parser.parse_args()
+    settings = dict(args.setting)
 
     names = ["cp", "ro", *(f"shard-{c}" for c in SHARDS)]
     clusters = [LocalCluster(f"bench-{n}", settings=bench.STATS) for n in names]
-    single = bench.Setup("single", processes=1, channels=1)
-    sharded = bench.Setup("sharded", processes=1, channels=1)
+    single = bench.Setup("single", processes=1, channels=1, metrics_port=free_port())
+    sharded = bench.Setup("sharded", processes=1, channels=1, metrics_port=free_port())
     try:
         print(f"starting {len(clusters)} clusters ({', '.join(names)})…", flush=True)
         for cluster in clusters:
@@ -118,7 +134,7 @@ def main() -> None:
             ids_file = f.name
 
         with open(bench.SERVER_LOG, "w") as log:
-            single.start(bench.SERVE, bench.server_env(cp_dsn, ro_dsn), log)
+            single.start(bench.SERVE, bench.server_env(cp_dsn, ro_dsn, **settings), log)
             sharded.start(
                 bench.SERVE,
                 bench.server_env(
@@ -127,6 +143,7 @@ def main() -> None:
                     RUN_OPS_ID_GENERATION="base32hex",
                     RUN_OPS_SHARDS=",".join(f"{c}={d}" for c, d in shard_dsns.items()),
                     RUN_OPS_MINT_KSUID_ENABLED="1",
+                    **settings,
                 ),
                 log,
             )
@@ -148,11 +165,23 @@ def main() -> None:
 
             def between_floors(setup: bench.Setup, scenario: str) -> tuple[float, dict[str, Any]]:
                 floor_cpu, before = cpu_per_call(setup, "health")
+                counted = bench.scrape(setup.metrics_port)
                 cpu, r = cpu_per_call(setup, scenario)
+                r["keys_per_query"] = keys_per_query(counted, bench.scrape(setup.metrics_port))
                 _, after = cpu_per_call(setup, "health")
                 cpus.setdefault((setup.label, scenario), []).append(cpu)
                 cpus.setdefault((setup.label, "health"), []).append(floor_cpu)
                 return r["rps"] / statistics.mean([before["rps"], after["rps"]]), r
+
+            def keys_per_query(before: dict[str, float], after: dict[str, float]) -> float:
+                """Run ids per coalesced query between two scrapes, over every
+                database (0 when no read ran)."""
+                names = ("resolver_run_read_keys_total", "resolver_run_read_batches_total")
+                totals = [
+                    sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(n + "{"))
+                    for n in names
+                ]
+                return totals[0] / totals[1] if totals[1] else 0.0
 
             cpus: dict[tuple[str, str], list[float]] = {}
             # Steady state: the organization's mint flags are cached before
@@ -162,6 +191,7 @@ def main() -> None:
 
             read_ratio, raw_ratio, mint_ratio = [], [], []
             batch_p50, single_p50, queries_per_call = [], [], []
+            keys_single, keys_sharded = [], []
             for round_no in range(args.rounds):
                 results: dict[str, Any] = {}
                 for setup in bench.in_turn([single, sharded], round_no):
@@ -173,6 +203,8 @@ def main() -> None:
                         results["sharded"] = between_floors(sharded, "read_run_gen2")
                 (s_ratio, s), (g_ratio, g) = results["single"], results["sharded"]
                 read_ratio.append(g_ratio / s_ratio)
+                keys_single.append(s["keys_per_query"])
+                keys_sharded.append(g["keys_per_query"])
                 raw_ratio.append(g["rps"] / s["rps"])
                 m_ratio, m = between_floors(sharded, "mint_base32hex")
                 mint_ratio.append(m_ratio)
@@ -187,7 +219,8 @@ def main() -> None:
                 single_p50.append(g["p50_ms"] * args.batch_concurrency / args.concurrency)
                 print(
                     f"  round {round_no + 1}: ReadRun single {s['rps']:.0f}/s ({s_ratio:.2f} of "
-                    f"floor), gen-2 over 3 shards {g['rps']:.0f}/s ({g_ratio:.2f}); "
+                    f"floor, {s['keys_per_query']:.1f} ids per query), gen-2 over 3 shards "
+                    f"{g['rps']:.0f}/s ({g_ratio:.2f}, {g['keys_per_query']:.1f} per query); "
                     f"MintId {m['rps']:.0f}/s ({m_ratio:.2f}); BatchReadRuns(100) "
                     f"{b['items_per_s']:.0f} ids/s, p50 {b['p50_ms']:.1f} ms, queries per "
                     "shard per call "
@@ -199,7 +232,8 @@ def main() -> None:
         print(
             f"  ReadRun gen-2 over 3 shards / single run-ops: {med(read_ratio):.2f}"
             f"{bench._quartiles(read_ratio)} (raw calls/s ratio {med(raw_ratio):.2f}); "
-            f"target ≥ 0.9: {bench._verdict(read_ratio, 0.9)}"
+            f"target ≥ 0.9: {bench._verdict(read_ratio, 0.9)}; run ids per query "
+            f"{med(keys_single):.1f} single, {med(keys_sharded):.1f} per shard"
         )
         print(
             f"  MintId base32hex / health floor: {med(mint_ratio):.2f}"
