@@ -174,6 +174,8 @@ def test_shard_bench_runs_and_reports_its_targets():
         assert row in report, f"the report lacks {row!r}:\n{report}"
     # Not a speed: every batch read each shard exactly once.
     assert "one query per shard per call: yes" in report, report
+    # Reads were coalesced into counted queries on both servers.
+    assert re.search(r"run ids per query [1-9][\d.]* single, [1-9][\d.]* per shard", report), report
 
 
 @pytest.mark.timeout(300)
