@@ -302,6 +302,26 @@ def test_flip_grace_keeps_the_previous_kind_then_switches() -> None:
     assert decide(dict(flipped, runOpsMintKindFlippedAt="soon"), {}).reason == "org_flag"
 
 
+@pytest.mark.parametrize(
+    ("stamp", "epoch_ms"),
+    [
+        # What the platform's Date.parse returns for each (its servers run in UTC).
+        ("2026-08-21T10:00:00.123Z", 1_787_306_400_123),
+        ("2026-08-21T10:00:00+01:00", 1_787_302_800_000),
+        ("2026-08-21T10:00:00", 1_787_306_400_000),
+        ("2026-08-21", 1_787_270_400_000),
+        ("Fri, 21 Aug 2026 10:00:00 GMT", 1_787_306_400_000),
+        ("soon", None),
+        ("", None),
+        (1_787_306_400_000, None),  # a number is not a stamp
+    ],
+)
+def test_a_flip_stamp_is_read_as_the_platform_reads_it(stamp: object, epoch_ms: int | None) -> None:
+    flags = {"runOpsMintKind": "runOpsId", "runOpsMintKindPrev": "cuid"}
+    resolution = minting.read_resolution({**flags, "runOpsMintKindFlippedAt": stamp})
+    assert resolution.flipped_at_ms == epoch_ms
+
+
 def test_a_root_mint_plan_decides_as_the_rule_and_places_only_run_ops_ids() -> None:
     flipped = {
         "runOpsMintKind": "runOpsId",

@@ -237,17 +237,27 @@ def _flag_kind(flags: Mapping[str, object], key: str) -> MintKind | None:
     return _RUN_OPS_FLAG_KINDS.get(value) if isinstance(value, str) else None
 
 
-def _parse_iso_ms(value: object) -> int | None:
+def _parse_time_ms(value: object) -> int | None:
+    """A flip stamp as epoch milliseconds, read as the platform's
+    ``Date.parse`` reads the forms an operator writes: ISO 8601 (a date
+    alone is UTC midnight; a time without an offset is taken as UTC, the
+    zone the platform's servers run in) and the RFC 2822 form of
+    ``toUTCString``. Anything else (and a non-string) is no stamp: None."""
     if not isinstance(value, str):
         return None
-    from datetime import datetime
+    from datetime import datetime, timezone
+    from email.utils import parsedate_to_datetime
 
+    text = value.strip()
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        return None
+        try:
+            parsed = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
     if parsed.tzinfo is None:
-        return None
+        parsed = parsed.replace(tzinfo=timezone.utc)
     return int(parsed.timestamp() * 1000)
 
 
@@ -256,7 +266,7 @@ def read_resolution(flags: Mapping[str, object]) -> MintResolution:
     return MintResolution(
         kind=_flag_kind(flags, MINT_KIND_FLAG) or MintKind.CUID,
         prev=_flag_kind(flags, MINT_KIND_PREV_FLAG),
-        flipped_at_ms=_parse_iso_ms(flags.get(MINT_KIND_FLIPPED_AT_FLAG)),
+        flipped_at_ms=_parse_time_ms(flags.get(MINT_KIND_FLIPPED_AT_FLAG)),
     )
 
 
