@@ -135,6 +135,171 @@ def parse_shard_map(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class ShardDescriptors:
+    """What ``RUN_OPS_SHARDS`` parses to, in either form: the shards, and the
+    read replicas the JSON form gives (``replicaUrl``; none in the char
+    form). :meth:`Settings.load` merges ``replicas`` into
+    ``RUN_OPS_SHARD_READ_REPLICA_URLS``."""
+
+    shards: tuple[tuple[str, str], ...] = ()
+    replicas: tuple[tuple[str, str], ...] = ()
+
+
+#: The fields of one element of the platform's JSON form (its strict zod
+#: ``DescriptorSchema``). ``region``, ``directUrl``, ``replication`` and
+#: ``knobs`` are the platform's own: checked for shape, then ignored.
+_DESCRIPTOR_FIELDS = (
+    "key",
+    "region",
+    "url",
+    "replicaUrl",
+    "directUrl",
+    "replication",
+    "knobs",
+    "aliasOf",
+)
+
+
+def _shown(value: object, limit: int = 8) -> str:
+    """``value`` for an error message when it cannot be a secret (a string
+    of at most ``limit`` chars without URL punctuation), else only its JSON
+    type."""
+    if isinstance(value, str) and len(value) <= limit and not any(c in value for c in ":@/=?"):
+        return repr(value)
+    kind = {str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return kind.get(type(value), "a value")
+
+
+def parse_shard_descriptors(name: str, raw: str) -> ShardDescriptors:
+    """The platform's JSON form of ``RUN_OPS_SHARDS``: an array of shard
+    descriptors, ``[{"key": "a", "region": "...", "url": "<dsn>", ...}]``.
+
+    Checked as the platform checks it where that matters here: each element
+    an object with no unknown field, ``key`` one char of ``[a-z0-9]`` given
+    once, ``region`` a non-empty string, exactly one of ``url`` and
+    ``aliasOf``, ``replication`` an object unless ``aliasOf`` is set, and
+    ``url``/``replicaUrl`` valid DSNs. ``aliasOf: "new"`` is refused: the
+    resolver does not support aliases of the run-ops database yet. Errors
+    name the setting, the element's index and its key, never a DSN.
+    """
+    import json
+
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        # JSONDecodeError's msg and pos carry no part of the document.
+        where = (
+            f" ({exc.msg} at character {exc.pos})" if isinstance(exc, json.JSONDecodeError) else ""
+        )
+        raise ConfigError(
+            f"{name} is not valid JSON{where}: its JSON form is an array of shard "
+            'descriptors, e.g. [{"key": "a", "region": "us-east-1", "url": "postgresql://...", '
+            '"replication": {...}}]'
+        ) from None
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"{name} is JSON but {_shown(value)}, not an array: write an array of shard "
+            "descriptors, [{...}, ...]"
+        )
+    shards: list[tuple[str, str]] = []
+    replicas: list[tuple[str, str]] = []
+    for i, element in enumerate(value):
+        at = f"{name}[{i}]"
+        if not isinstance(element, dict):
+            raise ConfigError(
+                f"{at} is {_shown(element)}: each element of {name} is an object, "
+                '{"key": ..., "region": ..., "url": ...}'
+            )
+        key = element.get("key")
+        if isinstance(key, str) and len(key) == 1 and key in _SHARD_CHARS:
+            at = f"{at} (key {key!r})"
+        unknown = [f for f in element if f not in _DESCRIPTOR_FIELDS]
+        if unknown:
+            raise ConfigError(
+                f"{at} has an unknown field ({_shown(unknown[0], 40)}): an element's fields "
+                f"are {', '.join(_DESCRIPTOR_FIELDS)}, as the platform's schema (strict) "
+                "allows; remove or correct the others"
+            )
+        if not isinstance(key, str) or len(key) != 1 or key not in _SHARD_CHARS:
+            what = "has no key" if "key" not in element else f"has key {_shown(key)}"
+            raise ConfigError(
+                f'{at} {what}: "key" is the shard char, one of a-z, 0-9 (the last but one '
+                "char of the shard's gen-2 ids)"
+            )
+        if any(key == c for c, _ in shards):
+            raise ConfigError(f"{at}: shard {key!r} is given twice; give each key once")
+        region = element.get("region")
+        if not isinstance(region, str) or not region.strip():
+            raise ConfigError(f'{at}: "region" is required, a non-empty string')
+        has_url, has_alias = "url" in element, "aliasOf" in element
+        if has_url == has_alias:
+            raise ConfigError(
+                f'{at} has {"both" if has_url else "neither"} "url" {"and" if has_url else "nor"} '
+                '"aliasOf": give exactly one (the shard\'s database URL, or "aliasOf": "new")'
+            )
+        for optional in ("replicaUrl", "directUrl"):
+            if optional in element and not isinstance(element[optional], str):
+                raise ConfigError(
+                    f'{at}: "{optional}" is {_shown(element[optional])}, not a string'
+                )
+        for obj in ("replication", "knobs"):
+            if obj in element and not isinstance(element[obj], dict):
+                raise ConfigError(f'{at}: "{obj}" is {_shown(element[obj])}, not an object')
+        if has_alias:
+            alias = element["aliasOf"]
+            if alias != "new":
+                raise ConfigError(
+                    f'{at}: "aliasOf" is {_shown(alias)}; the only alias is "new" (the run-ops '
+                    "database)"
+                )
+            raise ConfigError(
+                f'{at} is an alias of the run-ops database ("aliasOf": "new"), which the '
+                "resolver does not support yet: it reads each shard from a database of its "
+                'own. Give the shard a database of its own ("url" instead of "aliasOf"), '
+                "or start the resolver with --run-ops-shards set to the other shards (a flag "
+                f"wins over the environment), and it refuses ids of shard {key!r} with "
+                "SHARD_NOT_CONFIGURED"
+            )
+        if "replication" not in element:
+            raise ConfigError(
+                f'{at}: "replication" is required unless "aliasOf" is set (the platform '
+                "refuses the element without it)"
+            )
+        url = element["url"]
+        if not isinstance(url, str) or not url.strip():
+            raise ConfigError(f'{at}: "url" must be a non-empty database URL string')
+        shards.append((key, parse_dsn(f'{at} "url"', url.strip())))
+        if "replicaUrl" in element:
+            replica = element["replicaUrl"].strip()
+            if not replica:
+                raise ConfigError(f'{at}: "replicaUrl" is empty: give a database URL or omit it')
+            replicas.append((key, parse_dsn(f'{at} "replicaUrl"', replica)))
+    return ShardDescriptors(tuple(shards), tuple(replicas))
+
+
+def parse_run_ops_shards(name: str, raw: str) -> ShardDescriptors:
+    """``RUN_OPS_SHARDS`` in either form: the platform's JSON array of shard
+    descriptors when its first non-blank char is ``[``
+    (:func:`parse_shard_descriptors`), else ``<char>=<dsn>[,...]``
+    (:func:`parse_shard_map`)."""
+    head = raw.lstrip()[:1]
+    if head == "[":
+        return parse_shard_descriptors(name, raw)
+    if head == "{":
+        raise ConfigError(
+            f"{name} starts with {{: its JSON form is an array of shard descriptors, so "
+            "wrap the object in [ ], or write <char>=<dsn>[,<char>=<dsn>...]"
+        )
+    return ShardDescriptors(parse_shard_map(name, raw))
+
+
 def parse_shard_chars(name: str, raw: str) -> tuple[str, ...]:
     """``c`` or ``c,d`` → ``("c", "d")``, in the given order: shard chars,
     each one of ``[a-z0-9]`` and given once; blanks around a char are
@@ -288,17 +453,18 @@ class Settings:
     )
     run_ops_shards: tuple[tuple[str, str], ...] = setting(
         "RUN_OPS_SHARDS",
-        parse_shard_map,
+        parse_run_ops_shards,
         (),
-        "run-ops shards for gen-2 ids: <char>=<dsn>[,<char>=<dsn>...], char in [a-z0-9] "
+        "run-ops shards for gen-2 ids: <char>=<dsn>[,<char>=<dsn>...], char in [a-z0-9], "
+        'or the platform\'s JSON array [{"key": "a", "region": ..., "url": <dsn>, ...}] '
         "(needs RUN_OPS_ID_GENERATION=base32hex)",
     )
     run_ops_shard_read_replica_urls: tuple[tuple[str, str], ...] = setting(
         "RUN_OPS_SHARD_READ_REPLICA_URLS",
         parse_shard_map,
         (),
-        "read replicas of shards, same form as RUN_OPS_SHARDS (a shard without one is "
-        "read on its primary)",
+        "read replicas of shards, <char>=<dsn>[,<char>=<dsn>...] (a shard without one is "
+        "read on its primary; the JSON form of RUN_OPS_SHARDS gives them as replicaUrl)",
     )
     run_ops_shards_not_placed: tuple[str, ...] = setting(
         "RUN_OPS_SHARDS_NOT_PLACED",
@@ -596,6 +762,7 @@ class Settings:
                 "--control-plane-database-url) to the control-plane primary, e.g. "
                 "postgresql://user@host:5432/platform"
             )
+        _merge_shard_replicas(values, sources)
         settings = cls(**values, sources=sources)
         if settings.log_format not in ("text", "json"):
             raise ConfigError(f"RESOLVER_LOG_FORMAT={settings.log_format!r}: use text or json")
@@ -651,7 +818,7 @@ class Settings:
             value = getattr(self, opt.field)
             if opt.field.endswith("_url"):
                 value = redact_dsn(value) if value else "(unset)"
-            elif opt.parse is parse_shard_map:
+            elif opt.parse in (parse_shard_map, parse_run_ops_shards):
                 value = ",".join(f"{c}={redact_dsn(d)}" for c, d in value) or "(unset)"
             elif opt.parse is parse_shard_chars:
                 value = ",".join(value) or "(unset)"
@@ -662,6 +829,31 @@ class Settings:
         """The environment variable or flag that supplied setting ``name``
         (a field name), or :data:`DEFAULT_SOURCE`."""
         return self.sources.get(name, DEFAULT_SOURCE)
+
+
+def _merge_shard_replicas(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """``RUN_OPS_SHARDS`` parses to :class:`ShardDescriptors`: its shards
+    become the setting, and the read replicas of its JSON form
+    (``replicaUrl``) join ``RUN_OPS_SHARD_READ_REPLICA_URLS`` as if given
+    there. One shard's replica given in both is an error naming both."""
+    parsed = values["run_ops_shards"]
+    if not isinstance(parsed, ShardDescriptors):
+        return  # the default, ()
+    values["run_ops_shards"] = parsed.shards
+    if not parsed.replicas:
+        return
+    given = values["run_ops_shard_read_replica_urls"]
+    here, there = sources["run_ops_shards"], sources["run_ops_shard_read_replica_urls"]
+    both = [c for c, _ in given if c in dict(parsed.replicas)]
+    if both:
+        raise ConfigError(
+            f'shard {both[0]!r} has a read replica in both {here} (its "replicaUrl") and '
+            f"{there}: give it in one of them"
+        )
+    values["run_ops_shard_read_replica_urls"] = parsed.replicas + tuple(given)
+    sources["run_ops_shard_read_replica_urls"] = (
+        here if there == DEFAULT_SOURCE else f"{here} (replicaUrl) and {there}"
+    )
 
 
 #: Every setting, in declaration order, derived from :class:`Settings`.

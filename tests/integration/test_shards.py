@@ -607,6 +607,65 @@ def test_check_shows_which_shards_are_placed(
         assert done.returncode == 2 and cause in done.stderr, (done.returncode, done.stderr)
 
 
+def test_check_takes_the_platforms_json_shards(
+    databases: Databases, shard_dsns: dict[str, str]
+) -> None:
+    """RUN_OPS_SHARDS in the platform's JSON form: the same shards as the
+    char form (sentinel, pools' DSNs), replicaUrl as a read replica, nothing
+    printed with a password; an alias of run-ops is refused (exit 2)."""
+    import json
+    import subprocess
+
+    def with_password(dsn: str) -> str:  # trust auth: never asked for
+        return dsn.replace("postgresql://postgres@", "postgresql://postgres:hunter2-pw@")
+
+    descriptors = [
+        {
+            "key": c,
+            "region": "us-east-1",
+            "url": with_password(dsn),
+            "replication": {
+                "slotName": f"s_{c}",
+                "publicationName": f"p_{c}",
+                "originGeneration": 2,
+            },
+            **({"replicaUrl": with_password(dsn)} if c == "b" else {}),
+        }
+        for c, dsn in shard_dsns.items()
+    ]
+    env = _check_env(databases, shard_dsns)
+    env.update(RUN_OPS_SHARDS=json.dumps(descriptors))
+    cli = str(CLI)
+    done = subprocess.run([cli, "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    shards = [
+        line.strip() for line in done.stdout.splitlines() if line.startswith("  run-ops shard ")
+    ]
+    assert [line.split(":")[0] for line in shards] == [f"run-ops shard {c}" for c in shard_dsns]
+    assert "hunter2" not in done.stdout + done.stderr
+    assert "  run_ops_shard_read_replica_urls = b=127.0.0.1:" in done.stdout
+    assert "[RUN_OPS_SHARDS]" in done.stdout
+    # The same shards in the char form print the same shard lines.
+    plain = subprocess.run(
+        [cli, "check"],
+        env=_check_env(databases, shard_dsns),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert [
+        line.strip() for line in plain.stdout.splitlines() if line.startswith("  run-ops shard ")
+    ] == shards
+    # An alias of the run-ops database is refused before any database is asked.
+    descriptors.append({"key": "n", "region": "us-east-1", "aliasOf": "new"})
+    env.update(RUN_OPS_SHARDS=json.dumps(descriptors))
+    done = subprocess.run([cli, "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "RUN_OPS_SHARDS[3] (key 'n') is an alias of the run-ops database" in done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+
+
 # ----------------------------------------------------------------- observability
 
 
