@@ -19,7 +19,9 @@ Kinds and where they live
   (``runOpsMintKind``, with its flip grace) and :func:`choose_shard` places
   a root run's organization on a placed shard (rendezvous hashing, or the
   organization's ``runOpsShard`` override; ``RUN_OPS_SHARDS_NOT_PLACED``
-  names shards that are read but not placed on).
+  names shards that are read but not placed on), or, with
+  ``RUN_OPS_SHARD_PLACEMENT=platform``, :class:`PlatformPlacement` places
+  it as the platform's ``computeMintShard`` does (by environment).
 
 Both generators are written here rather than taken from PyPI: ``svix-ksuid``
 pulls in ``python-baseconv`` (unmaintained since 2019) for one base62
@@ -641,7 +643,8 @@ class PlatformPlacement:
             return parse_shard_set(value)
         except ValueError as exc:
             # Degrades to empty (v1 ids), as the platform's: reported, not raised.
-            self._report("unreadable_set", (key, value), f"{key}={value!r}: {exc}")
+            shown = value if len(value) <= 200 else value[:200] + "..."
+            self._report("unreadable_set", (key, value), f"{key}={shown!r}: {exc}")
             return ()
 
     @staticmethod
