@@ -49,19 +49,28 @@ def run_locked_worker(
     return request
 
 
-def mint_kind(organization_id: str, parent_id: str | None) -> pb.ResolveMintKindRequest:
+def mint_kind(
+    organization_id: str, parent_id: str | None, environment_id: str | None = None
+) -> pb.ResolveMintKindRequest:
     request = pb.ResolveMintKindRequest(organization_id=organization_id)
     if parent_id is not None:
         request.parent_id = parent_id
+    if environment_id is not None:
+        request.environment_id = environment_id
     return request
 
 
 def mint_id(
-    kind: pb.IdKind.ValueType, organization_id: str, parent_id: str | None
+    kind: pb.IdKind.ValueType,
+    organization_id: str,
+    parent_id: str | None,
+    environment_id: str | None = None,
 ) -> pb.MintIdRequest:
     request = pb.MintIdRequest(kind=kind, organization_id=organization_id)
     if parent_id is not None:
         request.parent_id = parent_id
+    if environment_id is not None:
+        request.environment_id = environment_id
     return request
 
 

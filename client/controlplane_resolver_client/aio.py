@@ -314,13 +314,21 @@ class AsyncResolverClient:
         return exists is not None
 
     async def resolve_mint_kind(
-        self, organization_id: str, *, parent_id: str | None = None, timeout: float | None = None
+        self,
+        organization_id: str,
+        *,
+        parent_id: str | None = None,
+        environment_id: str | None = None,
+        timeout: float | None = None,
     ) -> pb.ResolveMintKindResponse:
-        """Which kind of id a new run of the organization gets, and why."""
+        """Which kind of id a new run of the organization gets, and why.
+        ``environment_id`` (the environment a root run is triggered in) is
+        required by a server placing root runs by environment
+        (``RUN_OPS_SHARD_PLACEMENT=platform``) and ignored by others."""
         decision: pb.ResolveMintKindResponse | None = await self._kept(
-            ("ResolveMintKind", organization_id, parent_id),
+            ("ResolveMintKind", organization_id, parent_id, environment_id),
             "ResolveMintKind",
-            _requests.mint_kind(organization_id, parent_id),
+            _requests.mint_kind(organization_id, parent_id, environment_id),
             timeout,
             itself,
             not_found_is_none=False,
@@ -365,10 +373,14 @@ class AsyncResolverClient:
         organization_id: str,
         *,
         parent_id: str | None = None,
+        environment_id: str | None = None,
         timeout: float | None = None,
     ) -> pb.MintIdResponse:
-        """A new run or batch id, its friendly id and the kind minted."""
-        request = _requests.mint_id(kind, organization_id, parent_id)
+        """A new run or batch id, its friendly id and the kind minted.
+        ``environment_id`` (the environment a root run is triggered in) is
+        required by a server placing root runs by environment
+        (``RUN_OPS_SHARD_PLACEMENT=platform``) and ignored by others."""
+        request = _requests.mint_id(kind, organization_id, parent_id, environment_id)
         response: pb.MintIdResponse = await self._call("MintId", request, timeout)
         return response
 

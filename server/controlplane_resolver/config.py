@@ -319,6 +319,19 @@ def parse_shard_chars(name: str, raw: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: The shard placement rules (``RUN_OPS_SHARD_PLACEMENT``); domain/minting.ShardPlacement's values.
+SHARD_PLACEMENTS = ("organization", "platform")
+
+
+def parse_shard_placement(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in SHARD_PLACEMENTS:
+        raise ConfigError(
+            f"{name}={raw!r} is not a shard placement rule: use organization or platform"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: its field of :class:`Settings`, environment variable,
@@ -493,6 +506,16 @@ class Settings:
         90_000,
         "base32hex: after a runOpsMintKind flip stamped runOpsMintKindFlippedAt, the "
         "previous kind stays in force this long",
+    )
+    run_ops_shard_placement: str = setting(
+        "RUN_OPS_SHARD_PLACEMENT",
+        parse_shard_placement,
+        "organization",
+        "how a root run-ops id is placed on a shard: organization (rendezvous hashing of "
+        "the organization, its runOpsShard override, RUN_OPS_SHARDS_NOT_PLACED) or "
+        "platform (the platform's computeMintShard: the global runOpsMintShardSet, the "
+        "runOpsMintShardOverride, environment and organization pins, hashing of the "
+        "environment; MintId then needs environment_id)",
     )
     run_ops_split_enabled: bool = setting(
         "RUN_OPS_SPLIT_ENABLED",
@@ -808,6 +831,14 @@ class Settings:
                 "RUN_OPS_SHARDS_NOT_PLACED names every shard of RUN_OPS_SHARDS "
                 f"({', '.join(sorted(shard_chars))}): new root runs would have no shard to go "
                 "to; leave at least one shard placed (remove it from RUN_OPS_SHARDS_NOT_PLACED)"
+            )
+        if settings.run_ops_shard_placement == "platform" and settings.run_ops_shards_not_placed:
+            raise ConfigError(
+                "RUN_OPS_SHARDS_NOT_PLACED is set but RUN_OPS_SHARD_PLACEMENT is platform: "
+                "with the platform's placement the global FeatureFlag runOpsMintShardSet (the "
+                "active set, a CSV of shard chars) names the shards new roots are placed on, "
+                "and a configured shard outside it is read but not placed; unset "
+                "RUN_OPS_SHARDS_NOT_PLACED and leave the shard out of runOpsMintShardSet"
             )
         return settings
 

@@ -6,8 +6,10 @@ raises :mod:`~controlplane_resolver.errors` of its own.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -146,6 +148,23 @@ class Resolver:
         #: placed on (RUN_OPS_SHARDS_NOT_PLACED); fixed for the process.
         self._shard_chars = tuple(topology.shard_chars)
         self._not_placed_shards = topology.not_placed_shards
+        #: How root run-ops ids are placed (RUN_OPS_SHARD_PLACEMENT), and
+        #: the flag keys the mint query reads for it.
+        self._shard_placement = minting.ShardPlacement(
+            getattr(topology, "shard_placement", minting.ShardPlacement.ORGANIZATION.value)
+        )
+        platform = self._shard_placement is minting.ShardPlacement.PLATFORM
+        self._mint_org_keys: tuple[str, ...] = (
+            *minting.MINT_KIND_FLAGS,
+            *(minting.MINT_SHARD_ORG_FLAGS if platform else (minting.SHARD_OVERRIDE_FLAG,)),
+        )
+        self._mint_global_keys: tuple[str, ...] = (
+            *minting.MINT_KIND_FLAGS,
+            *(minting.MINT_SHARD_GLOBAL_FLAGS if platform else ()),
+        )
+        #: Ignored placement values (an unreadable active set, an override or
+        #: a pin outside it): one line per distinct value an hour, bounded.
+        self.placement_reports = BoundedReporter(log)
         #: Each cached flag records object's root-mint plan, while it is cached.
         self._root_mint_plans: IdentityMemo[MintFlags, minting.RootMintPlan] = IdentityMemo()
         #: Any caller can send unclassifiable ids: at most a line a minute.
@@ -621,22 +640,33 @@ class Resolver:
     # --------------------------------------------------------------- minting
 
     def resolve_mint_kind(
-        self, organization_id: str, parent_id: str | None = None
+        self,
+        organization_id: str,
+        parent_id: str | None = None,
+        environment_id: str | None = None,
     ) -> MintKindDecision:
         """Which kind of id a new run of the organization gets (docs/design.md, "Minting ids";
         the order is :func:`minting.decide_mint_kind`'s: a parent's kind first,
         whatever the gates say). Raises InvalidArgument for an unclassifiable
         parent; never fails for a database error: the flag read falls back to
         cuid, uncached. Raises Unavailable when the bulkhead refused the flag
-        read (the database untried: the caller retries)."""
+        read (the database untried: the caller retries).
+
+        ``environment_id`` (validated when given) places a root run-ops id
+        with ``RUN_OPS_SHARD_PLACEMENT=platform`` and shards configured, and
+        is then required (InvalidArgument, ``ENVIRONMENT_ID_REQUIRED``);
+        otherwise it is ignored."""
         org_id = checked_id(organization_id, "organization_id")
         parent = (
             classify(checked_id(parent_id, "parent_id"), self.generation)
             if parent_id is not None
             else None
         )
+        env_id = (
+            checked_id(environment_id, "environment_id") if environment_id is not None else None
+        )
         if self.generation is Generation.BASE32HEX:
-            decision = self._run_ops_mint_kind(org_id, parent)
+            decision = self._run_ops_mint_kind(org_id, parent, env_id)
         else:
             decision = minting.decide_mint_kind(
                 master_switch_enabled=self.mint_ksuid_enabled,
@@ -644,13 +674,19 @@ class Resolver:
                 parent=parent,
                 read_flags=lambda: self._mint_flags(org_id),
             )
-        if decision.reason.endswith("_grace") or decision.reason == FlagLookup.READ_FAILED.value:
+        if (
+            decision.reason.endswith("_grace")
+            or decision.reason == FlagLookup.READ_FAILED.value
+            or (decision.shard_reason is not None and decision.shard_reason.endswith("_grace"))
+        ):
             # Inside a flip's grace window, or after a failed flag read, the
             # decision changes with time alone: no caller may keep it.
             callinfo.note_source(self.cache.unkeepable_source())
         return decision
 
-    def _run_ops_mint_kind(self, org_id: str, parent: Classification | None) -> MintKindDecision:
+    def _run_ops_mint_kind(
+        self, org_id: str, parent: Classification | None, environment_id: str | None = None
+    ) -> MintKindDecision:
         """The base32hex generation's decision (``runOpsMintKind``, with its
         flip grace), and for a run-ops root run with shards configured, the
         organization's shard over the placed shards (its ``runOpsShard``
@@ -661,7 +697,8 @@ class Resolver:
         The plan of a flag records object (:func:`minting.plan_root_mint`:
         source, kinds, shard) is computed once and reused while the records
         stay cached, so a cached organization's mint decides by a clock
-        comparison."""
+        comparison (with ``RUN_OPS_SHARD_PLACEMENT=platform``, and for a
+        hash, one SHA-256 per active shard)."""
         decision = minting.decide_run_ops_mint_kind(
             master_switch_enabled=self.mint_ksuid_enabled,
             split_enabled=self.topology.split,
@@ -672,9 +709,15 @@ class Resolver:
             plan=lambda flags: self._root_mint_plans.get(
                 flags,
                 lambda f: minting.plan_root_mint(
-                    f, org_id, self._shard_chars, self._not_placed_shards
+                    f,
+                    org_id,
+                    self._shard_chars,
+                    self._not_placed_shards,
+                    placement=self._shard_placement,
+                    report=self.placement_reports.report,
                 ),
             ),
+            environment_id=environment_id,
         )
         if parent is not None and decision.shard is not None:
             # A gen-2 parent's shard: a child this server could not read is
@@ -698,10 +741,10 @@ class Resolver:
                 lambda: queries.mint_flags(
                     self.control_plane_replica,
                     org_id,
-                    (*minting.MINT_KIND_FLAGS, minting.SHARD_OVERRIDE_FLAG),
-                    minting.MINT_KIND_FLAGS,
+                    self._mint_org_keys,
+                    self._mint_global_keys,
                 ),
-                scopes=(org_scope(org_id), *(flag_scope(k) for k in minting.MINT_KIND_FLAGS)),
+                scopes=(org_scope(org_id), *(flag_scope(k) for k in self._mint_global_keys)),
             )
         except (Unavailable, psycopg.Error) as exc:
             if isinstance(exc, Shed):
@@ -746,7 +789,11 @@ class Resolver:
         return flags
 
     def mint_id(
-        self, kind: str | None, organization_id: str, parent_id: str | None = None
+        self,
+        kind: str | None,
+        organization_id: str,
+        parent_id: str | None = None,
+        environment_id: str | None = None,
     ) -> MintedId:
         """A new run or batch id (``kind`` ``"RUN"``/``"BATCH"``) of the kind
         :meth:`resolve_mint_kind` decides, with its friendly id."""
@@ -761,7 +808,7 @@ class Resolver:
                 reason="INVALID_ENUM",
                 metadata={"field": "kind"},
             )
-        decision = self.resolve_mint_kind(organization_id, parent_id)
+        decision = self.resolve_mint_kind(organization_id, parent_id, environment_id)
         if decision.kind is MintKind.RUN_OPS_ID:
             if decision.shard is not None:
                 new = minting.new_run_ops_id_v2(decision.shard)
@@ -774,6 +821,7 @@ class Resolver:
             friendly_id=minting.friendly_id(id_kind, new),
             mint_kind=decision.kind,
             shard=decision.shard,
+            shard_reason=decision.shard_reason,
         )
 
     # ------------------------------------------------------------- waitpoints
@@ -958,3 +1006,49 @@ class RateLimitedWarning:
             )
         else:
             self.logger.warning(self.message, *args)
+
+
+class BoundedReporter:
+    """ERROR lines of ignored configuration values (an unreadable active
+    shard set, an override or a pin outside it): one line per distinct key
+    per ``interval_s``, remembering at most ``max_entries`` keys (the oldest
+    forgotten first), and at most ``max_lines`` lines per ``interval_s`` in
+    all, so neither memory nor the log grows with what callers send."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        interval_s: float = 3600.0,
+        max_entries: int = 10_000,
+        max_lines: int = 100,
+    ) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self.max_entries = max_entries
+        self.max_lines = max_lines
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[tuple[object, ...], float] = OrderedDict()
+        self._window_start = -math.inf
+        self._window_lines = 0
+        #: Lines written in all (for tests and curiosity).
+        self.lines = 0
+
+    def report(self, what: str, key: tuple[object, ...], detail: str) -> None:
+        now = time.monotonic()
+        full_key = (what, *key)
+        with self._lock:
+            last = self._seen.get(full_key)
+            if last is not None and now - last < self.interval_s:
+                return
+            if now - self._window_start >= self.interval_s:
+                self._window_start, self._window_lines = now, 0
+            if self._window_lines >= self.max_lines:
+                return
+            self._window_lines += 1
+            self._seen[full_key] = now
+            self._seen.move_to_end(full_key)
+            while len(self._seen) > self.max_entries:
+                self._seen.popitem(last=False)
+            self.lines += 1
+        self.logger.error("shard placement: %s (%s)", detail, what)

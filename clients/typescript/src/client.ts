@@ -303,18 +303,29 @@ export class ResolverClient {
   /** Which kind of id (cuid or ksuid) a new run of the organization gets. */
   async resolveMintKind(
     organizationId: string,
-    options?: CallOptions & { parentId?: string },
+    options?: CallOptions & { parentId?: string; environmentId?: string },
   ): Promise<pb.ResolveMintKindResponse> {
-    return this.#call(S.resolveMintKind, { organizationId, parentId: options?.parentId }, options);
+    return this.#call(
+      S.resolveMintKind,
+      { organizationId, parentId: options?.parentId, environmentId: options?.environmentId },
+      options,
+    );
   }
 
-  /** A new run or batch id (`id`, `friendlyId`, `mintKind`). */
+  /** A new run or batch id (`id`, `friendlyId`, `mintKind`, `shard`,
+   * `shardReason`). `environmentId` (the environment a root run is triggered
+   * in) is required by a server placing root runs by environment
+   * (`RUN_OPS_SHARD_PLACEMENT=platform`) and ignored by others. */
   async mintId(
     kind: pb.IdKind,
     organizationId: string,
-    options?: CallOptions & { parentId?: string },
+    options?: CallOptions & { parentId?: string; environmentId?: string },
   ): Promise<pb.MintIdResponse> {
-    return this.#call(S.mintId, { kind, organizationId, parentId: options?.parentId }, options);
+    return this.#call(
+      S.mintId,
+      { kind, organizationId, parentId: options?.parentId, environmentId: options?.environmentId },
+      options,
+    );
   }
 
   /** Which store a waitpoint completion is written to (`store`,

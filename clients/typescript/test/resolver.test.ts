@@ -325,6 +325,17 @@ describe("every RPC against `controlplane-resolver dev`", () => {
     assert.equal(batch.friendlyId, `batch_${batch.id}`);
   });
 
+  test("MintId and ResolveMintKind send environmentId", T, async () => {
+    // The organization placement rule (the default) validates and ignores it:
+    // an invalid one is refused, so it went out on the wire.
+    const minted = await client.mintId(pb.IdKind.RUN, ids.org, { environmentId: "cm0someenv" });
+    assert.equal(minted.mintKind, pb.MintKind.KSUID);
+    const bad = await failure(client.mintId(pb.IdKind.RUN, ids.org, { environmentId: "bad id!" }));
+    assert.equal(bad.reason, "INVALID_ID");
+    const kind = await failure(client.resolveMintKind(ids.org, { environmentId: "bad id!" }));
+    assert.equal(kind.reason, "INVALID_ID");
+  });
+
   test("SelectStoreForWaitpoint", T, async () => {
     const selection = await client.selectStoreForWaitpoint(
       ids.waitpoint,

@@ -19,7 +19,9 @@ Kinds and where they live
   (``runOpsMintKind``, with its flip grace) and :func:`choose_shard` places
   a root run's organization on a placed shard (rendezvous hashing, or the
   organization's ``runOpsShard`` override; ``RUN_OPS_SHARDS_NOT_PLACED``
-  names shards that are read but not placed on).
+  names shards that are read but not placed on), or, with
+  ``RUN_OPS_SHARD_PLACEMENT=platform``, :class:`PlatformPlacement` places
+  it as the platform's ``computeMintShard`` does (by environment).
 
 Both generators are written here rather than taken from PyPI: ``svix-ksuid``
 pulls in ``python-baseconv`` (unmaintained since 2019) for one base62
@@ -101,6 +103,19 @@ class MintKind(enum.Enum):
     RUN_OPS_ID = "runOpsId"
 
 
+class ShardPlacement(enum.Enum):
+    """How a root run-ops id is placed on a shard (``RUN_OPS_SHARD_PLACEMENT``)."""
+
+    #: The resolver's own rule: rendezvous hashing of the organization
+    #: (blake2b), the organization's ``runOpsShard`` override,
+    #: ``RUN_OPS_SHARDS_NOT_PLACED``.
+    ORGANIZATION = "organization"
+    #: The platform's rule (``computeMintShard``): the global active set
+    #: ``runOpsMintShardSet``, the fleet override, environment and
+    #: organization pins, rendezvous hashing of the environment (SHA-256).
+    PLATFORM = "platform"
+
+
 class IdKind(enum.Enum):
     """What is being minted (proto ``IdKind``); the value is the friendly-id prefix."""
 
@@ -116,7 +131,12 @@ class MintKindDecision:
     reason: str
     #: The shard a gen-2 id of this decision goes to (base32hex with shards).
     shard: str | None = None
-    #: How the shard was chosen: ``parent_shard``, ``org_override`` or ``hash``.
+    #: How the shard was chosen: ``parent_shard``, ``org_override`` or ``hash``;
+    #: with the platform's placement (:class:`PlatformPlacement`) also
+    #: ``fleet_override``, ``environment_pin``, ``organization_pin``, and for
+    #: a v1 id (shard ``None``) ``no_active_shards``, ``no_routable_shards``,
+    #: ``fleet_override_v1``, ``environment_pin_v1``, ``organization_pin_v1``;
+    #: ending in ``_grace`` inside the active set's flip grace window.
     shard_reason: str | None = None
 
 
@@ -279,6 +299,7 @@ def decide_run_ops_mint_kind(
     now_ms: int,
     grace_ms: int,
     plan: Callable[[MintFlags], RootMintPlan] | None = None,
+    environment_id: str | None = None,
 ) -> MintKindDecision:
     """The base32hex generation's decision (``computeRunIdMintKind`` and
     ``resolveMintFlag``): a parent's residency first (a ``NEW`` parent mints
@@ -306,7 +327,7 @@ def decide_run_ops_mint_kind(
     flags = read_flags()
     if isinstance(flags, FlagLookup):
         return _FLAG_READ_FAILED
-    return (plan or plan_root_mint)(flags).decide(now_ms, grace_ms)
+    return (plan or plan_root_mint)(flags).decide(now_ms, grace_ms, environment_id)
 
 
 _FLAG_READ_FAILED = MintKindDecision(MintKind.CUID, FlagLookup.READ_FAILED.value)
@@ -320,14 +341,19 @@ class RootMintPlan:
     builds nothing, so a plan computed once per records object answers every
     mint that reads those records."""
 
-    __slots__ = ("_after", "_during", "_grace_ends_ms")
+    __slots__ = ("_after", "_during", "_grace_ends_ms", "_placement")
 
     def __init__(
         self,
         source: str,
         resolution: MintResolution | None,
         shard: tuple[str, str] | None = None,
+        placement: PlatformPlacement | None = None,
     ) -> None:
+        #: With the platform's placement, a run-ops decision's shard is
+        #: placed per call (by the environment and the clock).
+        self._placement = placement
+
         def decision(kind: MintKind, reason: str) -> MintKindDecision:
             if kind is MintKind.RUN_OPS_ID and shard is not None:
                 return MintKindDecision(kind, reason, *shard)
@@ -344,14 +370,31 @@ class RootMintPlan:
             self._during = decision(resolution.prev, source + "_grace")
             self._grace_ends_ms = resolution.flipped_at_ms
 
-    def decide(self, now_ms: int, grace_ms: int) -> MintKindDecision:
+    def decide(
+        self, now_ms: int, grace_ms: int, environment_id: str | None = None
+    ) -> MintKindDecision:
         """The decision at ``now_ms``: with a flip stamped
         (``runOpsMintKindPrev`` and ``runOpsMintKindFlippedAt`` both valid),
         the previous kind until ``grace_ms`` after the flip, then the flag's;
-        without one, the flag's."""
+        without one, the flag's. With the platform's placement, a run-ops
+        decision is placed for ``environment_id``, which it then needs
+        (:class:`InvalidArgument`, ``ENVIRONMENT_ID_REQUIRED``, without it)."""
         if self._grace_ends_ms is not None and now_ms < self._grace_ends_ms + grace_ms:
-            return self._during
-        return self._after
+            decision = self._during
+        else:
+            decision = self._after
+        if self._placement is None or decision.kind is not MintKind.RUN_OPS_ID:
+            return decision
+        if environment_id is None:
+            raise InvalidArgument(
+                "environment_id is required: this resolver places root runs on shards by "
+                "environment (RUN_OPS_SHARD_PLACEMENT=platform), so pass the environment's "
+                "id in environment_id",
+                reason="ENVIRONMENT_ID_REQUIRED",
+                metadata={"field": "environment_id"},
+            )
+        shard, reason = self._placement.place(environment_id, now_ms, grace_ms)
+        return MintKindDecision(decision.kind, decision.reason, shard, reason)
 
 
 def plan_root_mint(
@@ -359,13 +402,18 @@ def plan_root_mint(
     organization_id: str = "",
     shards: Sequence[str] = (),
     not_placed: Collection[str] = (),
+    *,
+    placement: ShardPlacement = ShardPlacement.ORGANIZATION,
+    report: Report | None = None,
 ) -> RootMintPlan:
     """The :class:`RootMintPlan` of ``flags``, source-consistent
     (``resolveMintFlag``): the organization's record when it sets an allowed
     ``runOpsMintKind``, else the global one, else ``default`` (cuid). With
     ``shards``, a run-ops id's shard is :func:`choose_shard`'s for
     ``organization_id`` and its ``runOpsShard`` override, over the shards
-    not in ``not_placed``."""
+    not in ``not_placed``; with ``placement`` :attr:`ShardPlacement.PLATFORM`,
+    it is :class:`PlatformPlacement`'s (per environment, per call), over the
+    active set bounded to ``shards`` (``report`` hears of ignored values)."""
     if _flag_kind(flags.organization, MINT_KIND_FLAG) is not None:
         source, record = "org_flag", flags.organization
     elif _flag_kind(flags.global_flags, MINT_KIND_FLAG) is not None:
@@ -373,6 +421,18 @@ def plan_root_mint(
     else:
         return RootMintPlan("default", None)
     shard = None
+    if shards and placement is ShardPlacement.PLATFORM:
+        return RootMintPlan(
+            source,
+            read_resolution(record),
+            placement=PlatformPlacement(
+                flags.global_flags,
+                flags.organization,
+                shards,
+                organization_id=organization_id,
+                report=report or _no_report,
+            ),
+        )
     if shards:
         shard = choose_shard(
             organization_id, shards, flags.organization.get(SHARD_OVERRIDE_FLAG), not_placed
@@ -420,6 +480,232 @@ def choose_shard(
     if isinstance(override, str) and override in placed:
         return override, "org_override"
     return place_shard(organization_id, placed), "hash"
+
+
+# -------------------------------- the platform's placement (RUN_OPS_SHARD_PLACEMENT)
+
+
+#: The platform's global ``"FeatureFlag"`` rows of shard placement: the active
+#: set (a CSV of shard keys), its flip-grace companions, and the fleet override.
+MINT_SHARD_SET_FLAG = "runOpsMintShardSet"
+MINT_SHARD_SET_PREV_FLAG = "runOpsMintShardSetPrev"
+MINT_SHARD_SET_FLIPPED_AT_FLAG = "runOpsMintShardSetFlippedAt"
+MINT_SHARD_OVERRIDE_FLAG = "runOpsMintShardOverride"
+MINT_SHARD_GLOBAL_FLAGS = (
+    MINT_SHARD_SET_FLAG,
+    MINT_SHARD_SET_PREV_FLAG,
+    MINT_SHARD_SET_FLIPPED_AT_FLAG,
+    MINT_SHARD_OVERRIDE_FLAG,
+)
+#: The organization's ``featureFlags`` keys of the platform's pins: a scalar
+#: pin, and a JSON *string* holding an object ``{environment id: pin}``.
+MINT_SHARD_PIN_FLAG = "runOpsMintShard"
+MINT_SHARD_ENV_PINS_FLAG = "runOpsMintShardEnvPins"
+MINT_SHARD_ORG_FLAGS = (MINT_SHARD_PIN_FLAG, MINT_SHARD_ENV_PINS_FLAG)
+#: A pin of this value mints a v1 id (the platform's ``GEN_1_PIN_VALUE``).
+GEN_1_PIN = "new"
+#: Keys that may never be in the active set: ``new`` (a v1 id) and ``legacy``.
+_RESERVED_SHARD_KEYS = frozenset({"new", "legacy"})
+_SHARD_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def is_shard_key(value: object) -> bool:
+    """One char of ``[a-z0-9]``."""
+    return isinstance(value, str) and len(value) == 1 and value in _SHARD_KEY_CHARS
+
+
+def is_pin(value: object) -> bool:
+    """A valid pin: ``"new"`` or a shard key (``isValidPinValue``)."""
+    return value == GEN_1_PIN or is_shard_key(value)
+
+
+def parse_shard_set(raw: str) -> tuple[str, ...]:
+    """A stored CSV of shard keys → the keys, trimmed, empties dropped,
+    deduplicated and sorted (so no placement depends on the order typed).
+    Raises ValueError naming the first key that is reserved (``new``,
+    ``legacy``) or not one char of ``[a-z0-9]``: the whole value is then
+    unreadable, never partly read."""
+    keys: set[str] = set()
+    for part in raw.split(","):
+        key = part.strip()
+        if not key:
+            continue
+        if key in _RESERVED_SHARD_KEYS:
+            raise ValueError(f"{key!r} is a reserved key and cannot be an active mint shard")
+        if not is_shard_key(key):
+            raise ValueError(f"invalid shard key {key!r}: must be a single char in [a-z0-9]")
+        keys.add(key)
+    return tuple(sorted(keys))
+
+
+def platform_score(environment_id: str, key: str) -> int:
+    """The rendezvous score of ``key`` for an environment: the first 8 bytes,
+    big-endian unsigned, of SHA-256 of ``<environment id> NUL <key>`` (UTF-8),
+    as the platform's ``shardScore``. Frozen: changing it re-places every
+    environment."""
+    digest = hashlib.sha256(environment_id.encode() + b"\0" + key.encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def platform_hash_place(environment_id: str, active: Sequence[str]) -> str:
+    """The key of ``active`` with the highest :func:`platform_score` for the
+    environment; a tie goes to the larger key (the platform's ``hrwSelect``)."""
+    if not active:
+        raise ValueError("no shards to place on")
+    return max(active, key=lambda k: (platform_score(environment_id, k), k))
+
+
+#: Callback of a misconfiguration worth a (bounded) log line: ``(what, key,
+#: detail)``; ``key`` is what deduplicates the line.
+Report = Callable[[str, tuple[object, ...], str], None]
+
+
+def _no_report(what: str, key: tuple[object, ...], detail: str) -> None:
+    return None
+
+
+class _ActiveSet:
+    """One side (during or after a flip) of the platform's placement, for one
+    set of records: the active set bounded to the routable shards, and what
+    the fleet override decides over it, computed once."""
+
+    __slots__ = ("active", "fixed", "override_rejected")
+
+    def __init__(self, raw: tuple[str, ...], routable: Collection[str], override: object) -> None:
+        self.active = tuple(k for k in raw if k in routable)
+        #: ``(shard, reason)`` when this side decides without the environment.
+        self.fixed: tuple[str | None, str] | None = None
+        #: The override value when it is ignored (outside the active set).
+        self.override_rejected: str | None = None
+        if not raw:
+            self.fixed = (None, "no_active_shards")
+        elif not self.active:
+            self.fixed = (None, "no_routable_shards")
+        elif is_pin(override):
+            assert isinstance(override, str)
+            if override == GEN_1_PIN:
+                self.fixed = (None, "fleet_override_v1")
+            elif override in self.active:
+                self.fixed = (override, "fleet_override")
+            else:
+                self.override_rejected = override
+
+
+class PlatformPlacement:
+    """The platform's placement (``computeMintShard``) of one organization's
+    flag records: the active set ``runOpsMintShardSet`` (with its flip grace:
+    ``runOpsMintShardSetPrev`` is in force until ``grace_ms`` after a
+    parseable ``runOpsMintShardSetFlippedAt``), bounded to ``routable``; then
+    the fleet override ``runOpsMintShardOverride``; then the environment's
+    pin in ``runOpsMintShardEnvPins``, else the organization's
+    ``runOpsMintShard``; else :func:`platform_hash_place` over the active set.
+    An empty active set, a ``"new"`` override or pin → a v1 id (no shard).
+
+    Everything but the clock and the environment is computed once, here, per
+    records object; :meth:`place` does a clock comparison, a dict lookup and,
+    for the hash, one SHA-256 per active key."""
+
+    __slots__ = ("_after", "_during", "_env_pins", "_flipped_at_ms", "_org", "_org_pin", "_report")
+
+    def __init__(
+        self,
+        global_flags: Mapping[str, object],
+        organization_flags: Mapping[str, object],
+        routable: Collection[str],
+        *,
+        organization_id: str = "",
+        report: Report = _no_report,
+    ) -> None:
+        self._report = report
+        self._org = organization_id
+        override = global_flags.get(MINT_SHARD_OVERRIDE_FLAG)
+        routable = frozenset(routable)
+        self._after = _ActiveSet(
+            self._read_set(global_flags, MINT_SHARD_SET_FLAG), routable, override
+        )
+        self._flipped_at_ms = _parse_time_ms(global_flags.get(MINT_SHARD_SET_FLIPPED_AT_FLAG))
+        self._during = (
+            None
+            if self._flipped_at_ms is None
+            else _ActiveSet(
+                self._read_set(global_flags, MINT_SHARD_SET_PREV_FLAG), routable, override
+            )
+        )
+        self._env_pins = self._read_env_pins(organization_flags.get(MINT_SHARD_ENV_PINS_FLAG))
+        pin = organization_flags.get(MINT_SHARD_PIN_FLAG)
+        self._org_pin: str | None = pin if isinstance(pin, str) and is_pin(pin) else None
+
+    def _read_set(self, flags: Mapping[str, object], key: str) -> tuple[str, ...]:
+        value = flags.get(key)
+        if not isinstance(value, str):
+            return ()
+        try:
+            return parse_shard_set(value)
+        except ValueError as exc:
+            # Degrades to empty (v1 ids), as the platform's: reported, not raised.
+            shown = value if len(value) <= 200 else value[:200] + "..."
+            self._report("unreadable_set", (key, value), f"{key}={shown!r}: {exc}")
+            return ()
+
+    @staticmethod
+    def _read_env_pins(raw: object) -> Mapping[str, str]:
+        """The valid pins of a JSON string holding an object; anything else
+        (not a string, not JSON, not an object) is no pins."""
+        import json
+
+        if not isinstance(raw, str):
+            return {}
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            return {}
+        if not isinstance(parsed, dict):
+            return {}
+        return {e: p for e, p in parsed.items() if is_pin(p)}
+
+    def place(self, environment_id: str, now_ms: int, grace_ms: int) -> tuple[str | None, str]:
+        """``(shard, reason)`` of a root run of ``environment_id`` at
+        ``now_ms``; shard ``None`` means a v1 id. Inside the active set's
+        flip grace window the reason ends in ``_grace``."""
+        side = self._after
+        suffix = ""
+        if (
+            self._during is not None
+            and self._flipped_at_ms is not None
+            and now_ms < self._flipped_at_ms + grace_ms
+        ):
+            side, suffix = self._during, "_grace"
+        if side.fixed is not None:
+            shard, reason = side.fixed
+            return shard, reason + suffix
+        if side.override_rejected is not None:
+            # Fleet-wide: one line per value, whichever environment meets it.
+            self._report(
+                "override_rejected",
+                (side.override_rejected, side.active),
+                f"{MINT_SHARD_OVERRIDE_FLAG}={side.override_rejected!r} is not in the active "
+                f"set {','.join(side.active)}: ignored",
+            )
+        pin, source = self._env_pins.get(environment_id), "environment_pin"
+        if pin is None:
+            pin, source = self._org_pin, "organization_pin"
+        if pin is not None:
+            if pin == GEN_1_PIN:
+                return None, source + "_v1" + suffix
+            if pin in side.active:
+                return pin, source + suffix
+            # Keyed by the organization and the pin (and the environment only
+            # for a map entry, whose ids the operator wrote), never by an
+            # environment id a caller sends alone.
+            env = environment_id if source == "environment_pin" else None
+            self._report(
+                "pin_rejected",
+                (self._org, source, env, pin, side.active),
+                f"{source} {pin!r} of organization {self._org}"
+                + (f" environment {environment_id}" if env else "")
+                + f" is not in the active set {','.join(side.active)}: placed by the hash",
+            )
+        return platform_hash_place(environment_id, side.active), "hash" + suffix
 
 
 #: One lowercase ``[a-z0-9]`` char per region (the platform's ``REGION_CODES``).

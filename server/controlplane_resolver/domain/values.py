@@ -289,6 +289,8 @@ class MintedId:
     mint_kind: MintKind
     #: The shard char of a gen-2 id.
     shard: str | None = None
+    #: How the shard was chosen (:attr:`MintKindDecision.shard_reason`).
+    shard_reason: str | None = None
 
 
 # ------------------------------------------------------------------- cleanup

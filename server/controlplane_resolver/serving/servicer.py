@@ -340,7 +340,9 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         self, r: Resolver, request: pb.ResolveMintKindRequest, context: Any
     ) -> pb.ResolveMintKindResponse:
         decision = r.resolve_mint_kind(
-            request.organization_id, request.parent_id if request.HasField("parent_id") else None
+            request.organization_id,
+            request.parent_id if request.HasField("parent_id") else None,
+            request.environment_id if request.HasField("environment_id") else None,
         )
         return self._revised(r, render(pb.ResolveMintKindResponse, decision))
 
@@ -350,6 +352,7 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
             enum_name(pb.IdKind.DESCRIPTOR, request.kind),
             request.organization_id,
             request.parent_id if request.HasField("parent_id") else None,
+            request.environment_id if request.HasField("environment_id") else None,
         )
         return render(pb.MintIdResponse, minted)
 

@@ -129,6 +129,8 @@ class Topology:
         #: flag flip grace.
         self.region = settings.run_ops_region
         self.mint_flip_grace_ms = settings.run_ops_mint_flip_grace_ms
+        #: How root run-ops ids are placed on shards (RUN_OPS_SHARD_PLACEMENT).
+        self.shard_placement = settings.run_ops_shard_placement
         timeout_s = settings.db_timeout_ms / 1000
         by_dsn: dict[str, Database] = {}
 

@@ -1610,23 +1610,36 @@ class ResolveMintKindRequest(_message.Message):
 
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     PARENT_ID_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
     organization_id: _builtins.str
     parent_id: _builtins.str
     """A parent run's id: a child inherits its parent's kind, before and instead
     of every gate; an unclassifiable parent is INVALID_ARGUMENT.
+    """
+    environment_id: _builtins.str
+    """The environment a root run is triggered in (its internal id). With
+    RUN_OPS_SHARD_PLACEMENT=platform and shards configured, a root run-ops
+    decision places by it and it is required (INVALID_ARGUMENT,
+    ENVIRONMENT_ID_REQUIRED, without it); otherwise it is validated and ignored.
     """
     def __init__(
         self,
         *,
         organization_id: _builtins.str = ...,
         parent_id: _builtins.str | None = ...,
+        environment_id: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_parent_id", b"_parent_id", "parent_id", b"parent_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_environment_id", b"_environment_id", "_parent_id", b"_parent_id", "environment_id", b"environment_id", "parent_id", b"parent_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parent_id", b"_parent_id", "organization_id", b"organization_id", "parent_id", b"parent_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_environment_id", b"_environment_id", "_parent_id", b"_parent_id", "environment_id", b"environment_id", "organization_id", b"organization_id", "parent_id", b"parent_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__environment_id: _TypeAlias = _typing.Literal["environment_id"]  # noqa: Y015
+    _WhichOneofArgType__environment_id: _TypeAlias = _typing.Literal["_environment_id", b"_environment_id"]  # noqa: Y015
     _WhichOneofReturnType__parent_id: _TypeAlias = _typing.Literal["parent_id"]  # noqa: Y015
     _WhichOneofArgType__parent_id: _TypeAlias = _typing.Literal["_parent_id", b"_parent_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__environment_id) -> _WhichOneofReturnType__environment_id | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_id) -> _WhichOneofReturnType__parent_id | None: ...
 
 Global___ResolveMintKindRequest: _TypeAlias = ResolveMintKindRequest  # noqa: Y015
@@ -1649,7 +1662,13 @@ class ResolveMintKindResponse(_message.Message):
     shard: _builtins.str
     """The shard a gen-2 id of this decision goes to (base32hex with shards)."""
     shard_reason: _builtins.str
-    """How the shard was chosen: "parent_shard", "org_override" or "hash"."""
+    """How the shard was chosen: "parent_shard", "org_override" or "hash";
+    with RUN_OPS_SHARD_PLACEMENT=platform "fleet_override", "environment_pin",
+    "organization_pin" or "hash" (a shard), or, for a v1 id (no shard),
+    "no_active_shards", "no_routable_shards", "fleet_override_v1",
+    "environment_pin_v1" or "organization_pin_v1"; inside the active set's
+    flip grace window each ends in "_grace".
+    """
     @_builtins.property
     def revision(self) -> Global___AnswerRevision:
         """Until which invalidation the answer is known valid (docs/near-cache.md)."""
@@ -1685,22 +1704,34 @@ class MintIdRequest(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     PARENT_ID_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
     kind: Global___IdKind.ValueType
     organization_id: _builtins.str
     parent_id: _builtins.str
+    environment_id: _builtins.str
+    """The environment a root run is triggered in (its internal id), as in
+    ResolveMintKindRequest: required for a root run-ops mint with
+    RUN_OPS_SHARD_PLACEMENT=platform and shards configured, else ignored.
+    """
     def __init__(
         self,
         *,
         kind: Global___IdKind.ValueType = ...,
         organization_id: _builtins.str = ...,
         parent_id: _builtins.str | None = ...,
+        environment_id: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_parent_id", b"_parent_id", "parent_id", b"parent_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_environment_id", b"_environment_id", "_parent_id", b"_parent_id", "environment_id", b"environment_id", "parent_id", b"parent_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parent_id", b"_parent_id", "kind", b"kind", "organization_id", b"organization_id", "parent_id", b"parent_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_environment_id", b"_environment_id", "_parent_id", b"_parent_id", "environment_id", b"environment_id", "kind", b"kind", "organization_id", b"organization_id", "parent_id", b"parent_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__environment_id: _TypeAlias = _typing.Literal["environment_id"]  # noqa: Y015
+    _WhichOneofArgType__environment_id: _TypeAlias = _typing.Literal["_environment_id", b"_environment_id"]  # noqa: Y015
     _WhichOneofReturnType__parent_id: _TypeAlias = _typing.Literal["parent_id"]  # noqa: Y015
     _WhichOneofArgType__parent_id: _TypeAlias = _typing.Literal["_parent_id", b"_parent_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__environment_id) -> _WhichOneofReturnType__environment_id | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_id) -> _WhichOneofReturnType__parent_id | None: ...
 
 Global___MintIdRequest: _TypeAlias = MintIdRequest  # noqa: Y015
@@ -1713,12 +1744,17 @@ class MintIdResponse(_message.Message):
     FRIENDLY_ID_FIELD_NUMBER: _builtins.int
     MINT_KIND_FIELD_NUMBER: _builtins.int
     SHARD_FIELD_NUMBER: _builtins.int
+    SHARD_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     friendly_id: _builtins.str
     """"run_" or "batch_" + id."""
     mint_kind: Global___MintKind.ValueType
     shard: _builtins.str
     """The shard char of a gen-2 id."""
+    shard_reason: _builtins.str
+    """How the shard (or, with RUN_OPS_SHARD_PLACEMENT=platform, a v1 id) was
+    chosen: ResolveMintKindResponse.shard_reason.
+    """
     def __init__(
         self,
         *,
@@ -1726,14 +1762,20 @@ class MintIdResponse(_message.Message):
         friendly_id: _builtins.str = ...,
         mint_kind: Global___MintKind.ValueType = ...,
         shard: _builtins.str | None = ...,
+        shard_reason: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "shard", b"shard"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "_shard_reason", b"_shard_reason", "shard", b"shard", "shard_reason", b"shard_reason"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "friendly_id", b"friendly_id", "id", b"id", "mint_kind", b"mint_kind", "shard", b"shard"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_shard", b"_shard", "_shard_reason", b"_shard_reason", "friendly_id", b"friendly_id", "id", b"id", "mint_kind", b"mint_kind", "shard", b"shard", "shard_reason", b"shard_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__shard: _TypeAlias = _typing.Literal["shard"]  # noqa: Y015
     _WhichOneofArgType__shard: _TypeAlias = _typing.Literal["_shard", b"_shard"]  # noqa: Y015
+    _WhichOneofReturnType__shard_reason: _TypeAlias = _typing.Literal["shard_reason"]  # noqa: Y015
+    _WhichOneofArgType__shard_reason: _TypeAlias = _typing.Literal["_shard_reason", b"_shard_reason"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__shard) -> _WhichOneofReturnType__shard | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shard_reason) -> _WhichOneofReturnType__shard_reason | None: ...
 
 Global___MintIdResponse: _TypeAlias = MintIdResponse  # noqa: Y015
 
