@@ -537,3 +537,25 @@ def test_the_waitpoint_guard_follows_the_generation() -> None:
         generation=B32,
     )
     assert old.store is Store.LEGACY
+
+
+def test_a_store_format_waitpoint_id_is_answered_legacy_as_the_platform_guard_does() -> None:
+    """The platform's newer waitpoint ids (``<24-char core><r|b|d|m>w``,
+    ``friendlyId.ts`` ``generateWaitpointId``) have no run version char: its
+    guard classifies them legacy, and so does this one (docs/design.md,
+    "Waitpoint routing"). Pinned here so that a change is deliberate."""
+    from controlplane_resolver.domain.waitpoints import RouteKind, Store, select_store
+
+    core = new_run_ops_id()[:24]
+    for type_char in "rbdm":
+        answer = select_store(
+            split_enabled=True,
+            waitpoint_id=f"waitpoint_{core}{type_char}w",
+            route_kind=RouteKind.MANUAL,
+            generation=B32,
+        )
+        assert (answer.store, answer.residency, answer.shard) == (
+            Store.LEGACY,
+            Residency.LEGACY,
+            None,
+        )
