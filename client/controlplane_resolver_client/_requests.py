@@ -65,12 +65,15 @@ def mint_id(
     organization_id: str,
     parent_id: str | None,
     environment_id: str | None = None,
+    region: str | None = None,
 ) -> pb.MintIdRequest:
     request = pb.MintIdRequest(kind=kind, organization_id=organization_id)
     if parent_id is not None:
         request.parent_id = parent_id
     if environment_id is not None:
         request.environment_id = environment_id
+    if region is not None:
+        request.region = region
     return request
 
 

@@ -374,13 +374,17 @@ class AsyncResolverClient:
         *,
         parent_id: str | None = None,
         environment_id: str | None = None,
+        region: str | None = None,
         timeout: float | None = None,
     ) -> pb.MintIdResponse:
         """A new run or batch id, its friendly id and the kind minted.
         ``environment_id`` (the environment a root run is triggered in) is
         required by a server placing root runs by environment
-        (``RUN_OPS_SHARD_PLACEMENT=platform``) and ignored by others."""
-        request = _requests.mint_id(kind, organization_id, parent_id, environment_id)
+        (``RUN_OPS_SHARD_PLACEMENT=platform``) and ignored by others.
+        ``region`` is the region name the trigger asks for (``"us-east-1"``):
+        a run's v1 id stamps its char (an unknown name ``0``); without it the
+        server's ``RUN_OPS_REGION``. Batch ids and gen-2 ids ignore it."""
+        request = _requests.mint_id(kind, organization_id, parent_id, environment_id, region)
         response: pb.MintIdResponse = await self._call("MintId", request, timeout)
         return response
 

@@ -497,8 +497,8 @@ class Settings:
         "RUN_OPS_REGION",
         parse_str,
         None,
-        "region stamped into base32hex v1 ids (us-east-1, us-west-2, eu-central-1; "
-        "other or unset: 0)",
+        "the default region of base32hex v1 run ids, stamped when MintId names no "
+        "region (us-east-1, us-west-2, eu-central-1; other or unset: 0; batch ids: 0)",
     )
     run_ops_mint_flip_grace_ms: int = setting(
         "RUN_OPS_MINT_FLIP_GRACE_MS",

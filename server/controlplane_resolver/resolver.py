@@ -167,6 +167,15 @@ class Resolver:
         self.placement_reports = BoundedReporter(log)
         #: Each cached flag records object's root-mint plan, while it is cached.
         self._root_mint_plans: IdentityMemo[MintFlags, minting.RootMintPlan] = IdentityMemo()
+        #: Any caller can send a region name outside the region table: at
+        #: most a line a minute.
+        self.unknown_region_warning = RateLimitedWarning(
+            log,
+            "MintId region %r is not in the region table ("
+            + ", ".join(minting.REGION_CODES)
+            + "): stamped "
+            + minting.DEFAULT_REGION_CHAR,
+        )
         #: Any caller can send unclassifiable ids: at most a line a minute.
         self.unclassifiable_id_warning = RateLimitedWarning(
             log, "run id body of %d characters is unclassifiable; reading it as legacy"
@@ -794,9 +803,17 @@ class Resolver:
         organization_id: str,
         parent_id: str | None = None,
         environment_id: str | None = None,
+        region: str | None = None,
     ) -> MintedId:
         """A new run or batch id (``kind`` ``"RUN"``/``"BATCH"``) of the kind
-        :meth:`resolve_mint_kind` decides, with its friendly id."""
+        :meth:`resolve_mint_kind` decides, with its friendly id.
+
+        ``region`` (validated when given: InvalidArgument, ``INVALID_REGION``)
+        is the region name the trigger asked for; a RUN's v1 id stamps its
+        char, the deployment's ``RUN_OPS_REGION`` when it is ``None``, and a
+        BATCH's v1 id always ``0`` (:func:`minting.v1_region`). A name outside
+        the region table stamps ``0``, as the platform does, and is logged (at
+        most a line a minute). Gen-2, ksuid and cuid ids ignore it."""
         try:
             id_kind = IdKind[kind] if kind is not None else None
         except KeyError:
@@ -808,12 +825,17 @@ class Resolver:
                 reason="INVALID_ENUM",
                 metadata={"field": "kind"},
             )
+        if region is not None:
+            minting.validate_region(region)
         decision = self.resolve_mint_kind(organization_id, parent_id, environment_id)
         if decision.kind is MintKind.RUN_OPS_ID:
             if decision.shard is not None:
                 new = minting.new_run_ops_id_v2(decision.shard)
             else:
-                new = minting.new_run_ops_id(self.topology.region)
+                stamped = minting.v1_region(id_kind, region, self.topology.region)
+                if region is not None and stamped == region and minting.is_unknown_region(region):
+                    self.unknown_region_warning.warn(region)
+                new = minting.new_run_ops_id(stamped)
         else:
             new = minting.new_id(decision.kind)
         return MintedId(

@@ -7,6 +7,8 @@ down, a flag flip observed within the TTL, inheritance across a flip."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import string
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +33,7 @@ from controlplane_resolver.domain.minting import (
 )
 from controlplane_resolver.domain.residency import Residency, classify
 from controlplane_resolver.errors import InvalidArgument
-from controlplane_resolver_client import ResolverError, pb
+from controlplane_resolver_client import AsyncResolverClient, ResolverError, pb
 
 from support.polling import wait_until
 
@@ -450,6 +452,89 @@ def test_mint_id_rejects_an_unknown_id_kind(server, cp):
             server.client.mint_id(kind, org)
         assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT, kind
         assert caught.value.reason == "INVALID_ENUM"
+
+
+# --------------------------------------------------- the region of a v1 id
+
+B32_REGION = {
+    "run_ops_id_generation": "base32hex",
+    "run_ops_mint_ksuid_enabled": True,
+    "run_ops_region": "us-west-2",
+}
+
+
+def test_mint_id_stamps_the_region_the_trigger_asks_for(start_server, cp, caplog):
+    """MintId's region (a name) picks a run's v1 region char through the
+    platform's REGION_CODES; unset, RUN_OPS_REGION (the deployment's default);
+    an unknown name 0, logged once; a v1 parent's child takes the caller's
+    region (the platform's resolveRunMintTarget); ClassifyRunId reads it back."""
+    running = start_server(**B32_REGION)
+    client = running.client
+    org = _org(cp, {"runOpsMintKind": "runOpsId"})
+
+    def minted(region: str | None = None, **kw: Any) -> Any:
+        answer = client.mint_id(pb.ID_KIND_RUN, org, region=region, **kw)
+        assert answer.mint_kind == pb.MINT_KIND_RUN_OPS_ID and not answer.HasField("shard")
+        assert len(answer.id) == 26 and answer.id[25] == "1"
+        return answer
+
+    for region, char in (("us-east-1", "e"), ("us-west-2", "w"), ("eu-central-1", "c")):
+        run = minted(region)
+        assert run.id[24] == char, region
+        assert client.classify_run_id(run.friendly_id).region == char
+    assert minted().id[24] == "w"  # RUN_OPS_REGION
+    assert minted("").id[24] == "0"
+    with caplog.at_level(logging.WARNING, logger="controlplane_resolver.resolver"):
+        for _ in range(3):
+            assert minted("mars-north-1").id[24] == "0"
+    unknown = [r for r in caplog.records if "mars-north-1" in r.getMessage()]
+    assert len(unknown) == 1, unknown  # bounded: at most a line a minute
+    parent = minted("us-east-1")
+    child = minted("eu-central-1", parent_id=parent.friendly_id)
+    assert client.resolve_mint_kind(org, parent_id=parent.friendly_id).reason == "parent_residency"
+    assert child.id[24] == "c"
+    assert minted(parent_id=parent.friendly_id).id[24] == "w"
+
+    async def through_asyncio() -> str:
+        async with AsyncResolverClient(running.address) as aio:
+            answer = await aio.mint_id(pb.ID_KIND_RUN, org, region="eu-central-1")
+            return str(answer.id)
+
+    assert asyncio.run(through_asyncio())[24:] == "c1"
+
+
+def test_a_minted_batch_id_carries_no_region(start_server, cp):
+    """The platform's mintBatchFriendlyId resolves a batch's target without a
+    region, root or child: its v1 id stamps 0 whatever MintId's region or
+    RUN_OPS_REGION say."""
+    client = start_server(**B32_REGION).client
+    org = _org(cp, {"runOpsMintKind": "runOpsId"})
+    parent = client.mint_id(pb.ID_KIND_RUN, org, region="us-east-1")
+    for region in (None, "us-east-1", "mars-north-1"):
+        for parent_id in (None, parent.friendly_id):
+            batch = client.mint_id(pb.ID_KIND_BATCH, org, parent_id=parent_id, region=region)
+            assert batch.mint_kind == pb.MINT_KIND_RUN_OPS_ID
+            assert batch.friendly_id == "batch_" + batch.id and batch.id[24:] == "01"
+
+
+@pytest.mark.parametrize(
+    ("region", "says"),
+    [("x" * 65, "65 characters"), ("us east 1", "printable ASCII"), ("eu\n", "printable ASCII")],
+)
+def test_mint_id_refuses_a_malformed_region(start_server, cp, region, says):
+    """Garbage is INVALID_ARGUMENT (INVALID_REGION) in every generation: a
+    ksuid server validates the region it ignores."""
+    org = _org(cp, {"runOpsMintKind": "runOpsId", "runOpsMintKsuid": "ksuid"})
+    for settings_ in (B32_REGION, {"run_ops_mint_ksuid_enabled": True}):
+        client = start_server(**settings_).client
+        with pytest.raises(ResolverError) as caught:
+            client.mint_id(pb.ID_KIND_RUN, org, region=region)
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.reason == "INVALID_REGION"
+        assert caught.value.metadata == {"field": "region"}
+        assert says in caught.value.details()
+    ksuid = client.mint_id(pb.ID_KIND_RUN, org, region="us-east-1")
+    assert ksuid.mint_kind == pb.MINT_KIND_KSUID and len(ksuid.id) == 27
 
 
 # ------------------------------------------------------- ClassifyRunId

@@ -386,6 +386,23 @@ def test_without_shards_v1_ids_carry_the_region(
     assert child.id.endswith("1") and not child.HasField("shard")
 
 
+def test_a_gen_2_mint_ignores_the_region(
+    sharded: Callable[..., Running], cp: psycopg.Connection[Any]
+) -> None:
+    """A gen-2 id's positional char is its shard, never a region: MintId's
+    region is ignored for a root and for a gen-2 parent's child (the
+    platform's shardChar outranks the region), run or batch."""
+    client = sharded().client
+    org = _org(cp, {"runOpsMintKind": "runOpsId"})
+    placed = minting.place_shard(org, ["a", "b", "c"])
+    root = client.mint_id(pb.ID_KIND_RUN, org, region="eu-central-1")
+    assert (root.shard, root.id[24:]) == (placed, placed + "2")
+    for kind in (pb.ID_KIND_RUN, pb.ID_KIND_BATCH):
+        for region in ("us-east-1", "mars-north-1"):
+            child = client.mint_id(kind, org, parent_id=root.friendly_id, region=region)
+            assert (child.shard, child.id[24:]) == (placed, placed + "2")
+
+
 # ----------------------------------------------------------------------- waitpoints
 
 

@@ -315,15 +315,24 @@ export class ResolverClient {
   /** A new run or batch id (`id`, `friendlyId`, `mintKind`, `shard`,
    * `shardReason`). `environmentId` (the environment a root run is triggered
    * in) is required by a server placing root runs by environment
-   * (`RUN_OPS_SHARD_PLACEMENT=platform`) and ignored by others. */
+   * (`RUN_OPS_SHARD_PLACEMENT=platform`) and ignored by others. `region` is
+   * the region name the trigger asks for (`body.options.region`, e.g.
+   * `"us-east-1"`): a run's v1 id stamps its char (an unknown name `0`);
+   * without it the server's `RUN_OPS_REGION`. Batch and gen-2 ids ignore it. */
   async mintId(
     kind: pb.IdKind,
     organizationId: string,
-    options?: CallOptions & { parentId?: string; environmentId?: string },
+    options?: CallOptions & { parentId?: string; environmentId?: string; region?: string },
   ): Promise<pb.MintIdResponse> {
     return this.#call(
       S.mintId,
-      { kind, organizationId, parentId: options?.parentId, environmentId: options?.environmentId },
+      {
+        kind,
+        organizationId,
+        parentId: options?.parentId,
+        environmentId: options?.environmentId,
+        region: options?.region,
+      },
       options,
     );
   }

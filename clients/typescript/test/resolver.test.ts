@@ -336,6 +336,16 @@ describe("every RPC against `controlplane-resolver dev`", () => {
     assert.equal(kind.reason, "INVALID_ID");
   });
 
+  test("MintId sends region", T, async () => {
+    // dev mints ksuids, which carry no region: a valid name is validated and
+    // ignored, a malformed one refused, so it went out on the wire.
+    const minted = await client.mintId(pb.IdKind.RUN, ids.org, { region: "us-east-1" });
+    assert.equal(minted.mintKind, pb.MintKind.KSUID);
+    const bad = await failure(client.mintId(pb.IdKind.RUN, ids.org, { region: "us east 1" }));
+    assert.equal(bad.reason, "INVALID_REGION");
+    assert.equal(bad.metadata.field, "region");
+  });
+
   test("SelectStoreForWaitpoint", T, async () => {
     const selection = await client.selectStoreForWaitpoint(
       ids.waitpoint,

@@ -715,9 +715,56 @@ _RUN_OPS_CORE_BYTES = 15
 _RUN_OPS_RANDOM_BYTES = 9
 
 
+#: The longest region name ``MintId`` accepts (the platform's names are a
+#: dozen characters; this bounds what a caller can put in a log line).
+MAX_REGION_LENGTH = 64
+
+
 def region_char(region: str | None) -> str:
     """The region char of a region name; ``0`` when unknown or unset."""
     return REGION_CODES.get(region or "", DEFAULT_REGION_CHAR)
+
+
+def validate_region(region: str) -> str:
+    """``region`` unchanged when it can be a region name the trigger asked
+    for: at most :data:`MAX_REGION_LENGTH` printable ASCII characters, no
+    space or control character (empty is allowed: it names no region and
+    stamps ``0``, as the platform's ``regionCharForRegion`` does). Raises
+    :class:`InvalidArgument` (``INVALID_REGION``) otherwise: a name that is
+    merely unknown is not an error, garbage is."""
+    if len(region) > MAX_REGION_LENGTH:
+        problem = f"is {len(region)} characters; the limit is {MAX_REGION_LENGTH}"
+    elif not all("!" <= c <= "~" for c in region):
+        problem = "may contain only printable ASCII characters, no space or control character"
+    else:
+        return region
+    raise InvalidArgument(
+        f"region {problem}", reason="INVALID_REGION", metadata={"field": "region"}
+    )
+
+
+def v1_region(id_kind: IdKind, requested: str | None, default: str | None) -> str | None:
+    """The region name whose char a v1 id of ``id_kind`` stamps
+    (:func:`region_char`; ``None`` stamps ``0``), as the platform stamps it:
+
+    * a RUN (a root, or the child of a v1 parent: the platform's
+      ``resolveRunMintTarget`` passes the trigger's region on both arms)
+      takes the region the trigger asked for, ``requested`` (``MintId``'s
+      ``region``, a name; unknown names stamp ``0``), and when the caller
+      sent none, ``default``, the deployment's ``RUN_OPS_REGION``;
+    * a BATCH never carries a region: the platform's ``mintBatchFriendlyId``
+      resolves its target without one (``generateRunOpsId(undefined)``), for a
+      root batch and a parent's batch alike, so it is ``0`` whatever either
+      says.
+    """
+    if id_kind is IdKind.BATCH:
+        return None
+    return default if requested is None else requested
+
+
+def is_unknown_region(region: str) -> bool:
+    """A non-empty region name outside :data:`REGION_CODES` (it stamps ``0``)."""
+    return bool(region) and region not in REGION_CODES
 
 
 class RandomBlocks:

@@ -353,6 +353,7 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
             request.organization_id,
             request.parent_id if request.HasField("parent_id") else None,
             request.environment_id if request.HasField("environment_id") else None,
+            request.region if request.HasField("region") else None,
         )
         return render(pb.MintIdResponse, minted)
 

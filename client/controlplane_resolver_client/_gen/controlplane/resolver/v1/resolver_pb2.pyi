@@ -1705,6 +1705,7 @@ class MintIdRequest(_message.Message):
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     PARENT_ID_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     kind: Global___IdKind.ValueType
     organization_id: _builtins.str
     parent_id: _builtins.str
@@ -1713,6 +1714,17 @@ class MintIdRequest(_message.Message):
     ResolveMintKindRequest: required for a root run-ops mint with
     RUN_OPS_SHARD_PLACEMENT=platform and shards configured, else ignored.
     """
+    region: _builtins.str
+    """The region the trigger asks for, by name (the platform's
+    body.options.region, e.g. "us-east-1"): a RUN's v1 id (a root's, or a
+    v1 parent's child's) stamps its char from the platform's REGION_CODES
+    (us-east-1 "e", us-west-2 "w", eu-central-1 "c"); any other name, empty
+    included, stamps "0", as the platform does. Unset: the deployment's
+    default region, RUN_OPS_REGION. A BATCH's v1 id always stamps "0" (the
+    platform mints batch ids with no region); gen-2, ksuid and cuid ids
+    carry no region and ignore it. At most 64 printable ASCII characters
+    (no space), else INVALID_ARGUMENT (INVALID_REGION).
+    """
     def __init__(
         self,
         *,
@@ -1720,19 +1732,24 @@ class MintIdRequest(_message.Message):
         organization_id: _builtins.str = ...,
         parent_id: _builtins.str | None = ...,
         environment_id: _builtins.str | None = ...,
+        region: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_environment_id", b"_environment_id", "_parent_id", b"_parent_id", "environment_id", b"environment_id", "parent_id", b"parent_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_environment_id", b"_environment_id", "_parent_id", b"_parent_id", "_region", b"_region", "environment_id", b"environment_id", "parent_id", b"parent_id", "region", b"region"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_environment_id", b"_environment_id", "_parent_id", b"_parent_id", "environment_id", b"environment_id", "kind", b"kind", "organization_id", b"organization_id", "parent_id", b"parent_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_environment_id", b"_environment_id", "_parent_id", b"_parent_id", "_region", b"_region", "environment_id", b"environment_id", "kind", b"kind", "organization_id", b"organization_id", "parent_id", b"parent_id", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__environment_id: _TypeAlias = _typing.Literal["environment_id"]  # noqa: Y015
     _WhichOneofArgType__environment_id: _TypeAlias = _typing.Literal["_environment_id", b"_environment_id"]  # noqa: Y015
     _WhichOneofReturnType__parent_id: _TypeAlias = _typing.Literal["parent_id"]  # noqa: Y015
     _WhichOneofArgType__parent_id: _TypeAlias = _typing.Literal["_parent_id", b"_parent_id"]  # noqa: Y015
+    _WhichOneofReturnType__region: _TypeAlias = _typing.Literal["region"]  # noqa: Y015
+    _WhichOneofArgType__region: _TypeAlias = _typing.Literal["_region", b"_region"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__environment_id) -> _WhichOneofReturnType__environment_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_id) -> _WhichOneofReturnType__parent_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__region) -> _WhichOneofReturnType__region | None: ...
 
 Global___MintIdRequest: _TypeAlias = MintIdRequest  # noqa: Y015
 
