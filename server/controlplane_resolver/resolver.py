@@ -6,10 +6,8 @@ raises :mod:`~controlplane_resolver.errors` of its own.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -70,6 +68,7 @@ from controlplane_resolver.errors import (
     Shed,
     Unavailable,
 )
+from controlplane_resolver.logbounds import BoundedReporter, RateLimitedWarning
 from controlplane_resolver.storage import queries
 from controlplane_resolver.storage.database import (
     Database,
@@ -164,7 +163,7 @@ class Resolver:
         )
         #: Ignored placement values (an unreadable active set, an override or
         #: a pin outside it): one line per distinct value an hour, bounded.
-        self.placement_reports = BoundedReporter(log)
+        self.placement_reports = BoundedReporter(log, "shard placement")
         #: Each cached flag records object's root-mint plan, while it is cached.
         self._root_mint_plans: IdentityMemo[MintFlags, minting.RootMintPlan] = IdentityMemo()
         #: Any caller can send a region name outside the region table: at
@@ -995,82 +994,3 @@ class IdentityMemo(Generic[K, V]):
             self._entries.clear()
         self._entries[id(key)] = (key, value)
         return value
-
-
-class RateLimitedWarning:
-    """A WARNING that writes at most one line per ``interval_s``: for warnings
-    a caller's input can trigger, which must not grow the log without bound.
-    A line written after others were held back says how many."""
-
-    def __init__(self, logger: logging.Logger, message: str, interval_s: float = 60.0) -> None:
-        self.logger = logger
-        self.message = message
-        #: Read at every call: a change applies from the next one.
-        self.interval_s = interval_s
-        self._lock = threading.Lock()
-        self._last: float | None = None
-        self._suppressed = 0
-
-    def warn(self, *args: Any) -> None:
-        """Log ``message % args``, unless a line was written less than
-        ``interval_s`` ago (then count it as suppressed)."""
-        now = time.monotonic()
-        with self._lock:
-            if self._last is not None and now - self._last < self.interval_s:
-                self._suppressed += 1
-                return
-            suppressed, self._suppressed, self._last = self._suppressed, 0, now
-        if suppressed:
-            self.logger.warning(
-                f"{self.message} (%d more like it suppressed since the last such line)",
-                *args,
-                suppressed,
-            )
-        else:
-            self.logger.warning(self.message, *args)
-
-
-class BoundedReporter:
-    """ERROR lines of ignored configuration values (an unreadable active
-    shard set, an override or a pin outside it): one line per distinct key
-    per ``interval_s``, remembering at most ``max_entries`` keys (the oldest
-    forgotten first), and at most ``max_lines`` lines per ``interval_s`` in
-    all, so neither memory nor the log grows with what callers send."""
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        *,
-        interval_s: float = 3600.0,
-        max_entries: int = 10_000,
-        max_lines: int = 100,
-    ) -> None:
-        self.logger = logger
-        self.interval_s = interval_s
-        self.max_entries = max_entries
-        self.max_lines = max_lines
-        self._lock = threading.Lock()
-        self._seen: OrderedDict[tuple[object, ...], float] = OrderedDict()
-        self._window_start = -math.inf
-        self._window_lines = 0
-        #: Lines written in all (for tests and curiosity).
-        self.lines = 0
-
-    def report(self, what: str, key: tuple[object, ...], detail: str) -> None:
-        now = time.monotonic()
-        full_key = (what, *key)
-        with self._lock:
-            last = self._seen.get(full_key)
-            if last is not None and now - last < self.interval_s:
-                return
-            if now - self._window_start >= self.interval_s:
-                self._window_start, self._window_lines = now, 0
-            if self._window_lines >= self.max_lines:
-                return
-            self._window_lines += 1
-            self._seen[full_key] = now
-            self._seen.move_to_end(full_key)
-            while len(self._seen) > self.max_entries:
-                self._seen.popitem(last=False)
-            self.lines += 1
-        self.logger.error("shard placement: %s (%s)", detail, what)

@@ -18,7 +18,7 @@ CLIENT = ROOT / "client" / "controlplane_resolver_client"
 #: Top-level parts of the server package, lowest layer first. A module may
 #: import its own layer and the layers below it, never one above.
 LAYERS: list[set[str]] = [
-    {"errors", "config", "callinfo", "blocking"},
+    {"errors", "config", "callinfo", "blocking", "logbounds"},
     {"domain", "cache", "coalescing"},
     {"storage", "invalidation"},
     {"resolver"},

@@ -23,7 +23,7 @@ from controlplane_resolver.domain.minting import (
     platform_score,
 )
 from controlplane_resolver.errors import ConfigError, InvalidArgument
-from controlplane_resolver.resolver import BoundedReporter
+from controlplane_resolver.logbounds import BoundedReporter
 
 ALL = "abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -218,7 +218,9 @@ def test_pin_outside_the_set_falls_through_to_the_hash_and_is_reported() -> None
 
 
 def test_bounded_reporter_bounds_lines_and_memory(caplog: pytest.LogCaptureFixture) -> None:
-    reporter = BoundedReporter(logging.getLogger("t"), max_entries=5, max_lines=8)
+    reporter = BoundedReporter(
+        logging.getLogger("t"), "shard placement", max_entries=5, max_lines=8
+    )
     with caplog.at_level(logging.ERROR, logger="t"):
         for _ in range(3):
             reporter.report("x", ("same",), "same")

@@ -17,7 +17,8 @@ import pytest
 from controlplane_resolver.domain import minting
 from controlplane_resolver.domain.minting import IdKind, MintKind, MintKindDecision
 from controlplane_resolver.errors import InvalidArgument
-from controlplane_resolver.resolver import RateLimitedWarning, Resolver
+from controlplane_resolver.logbounds import RateLimitedWarning
+from controlplane_resolver.resolver import Resolver
 
 V1 = MintKindDecision(MintKind.RUN_OPS_ID, "org_flag")
 V1_CHILD = MintKindDecision(MintKind.RUN_OPS_ID, "parent_residency")
