@@ -12,6 +12,7 @@ import time
 import types
 import typing
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 
 import grpc
@@ -35,6 +36,7 @@ from controlplane_resolver_client import (
 from controlplane_resolver_client.v1 import SERVICE_NAME, resolver_pb2_grpc
 
 from support.polling import wait_until
+from support.proxy import KillingProxy
 from support.scraping import handled, scrape, scrape_server
 from support.servers import Running
 
@@ -117,7 +119,7 @@ def attempts_per_call(app: ResolverApp, client: ResolverClient, calls: int) -> l
 
 def test_service_config_retries_unavailable_with_retry_throttling(outage: ResolverApp) -> None:
     config = json.loads(service_config())
-    assert config["retryThrottling"] == {"maxTokens": 10, "tokenRatio": 0.1}
+    assert config["retryThrottling"] == {"maxTokens": 100, "tokenRatio": 0.1}
     assert config["methodConfig"][0]["retryPolicy"]["maxAttempts"] == 4
     assert channel_options()[:2] == [
         ("grpc.service_config", service_config()),
@@ -125,20 +127,99 @@ def test_service_config_retries_unavailable_with_retry_throttling(outage: Resolv
     ]
     app = outage
     with ResolverClient(f"127.0.0.1:{app.port}", timeout=10, options=NO_HEALTH_CHECKS) as client:
-        # A6 with 10 tokens: every failed attempt takes one, and retries
-        # stop at half. The first call makes 4 attempts (10 → 6 tokens),
-        # the second 1 (→ 5), and from then on no call is retried: an
-        # outage multiplies the load by at most 4 for its first calls.
+        # A6 with 100 tokens: every failed attempt takes one, and retries
+        # stop at half. The first 12 calls make 4 attempts each (100 → 52
+        # tokens), the 13th 2 (→ 50), and from then on no call is retried:
+        # an outage adds fewer than 50 attempts to those of its calls.
         started = time.monotonic()
-        attempts = attempts_per_call(app, client, 6)
+        attempts = attempts_per_call(app, client, 15)
         took = time.monotonic() - started
-    assert attempts == [4, 5, 6, 7, 8, 9]
+    assert attempts == [*range(4, 49, 4), 50, 51, 52]
     # Each retry waited for the server's pushback (100 ms: the probe interval).
-    assert took >= 0.3
+    assert took >= 12 * 0.3
     # The tokens belong to the channel: another client (another channel)
     # starts with a full bucket. Hence one client per process.
     with ResolverClient(f"127.0.0.1:{app.port}", timeout=10, options=NO_HEALTH_CHECKS) as another:
-        assert attempts_per_call(app, another, 2) == [4, 5]
+        assert attempts_per_call(app, another, 2) == [4, 8]
+
+
+def test_channel_options_reconnect_soon_and_give_way_to_the_callers() -> None:
+    """The channel reconnects 100 ms after a failed attempt (gRPC's default:
+    1 s), and up to 5 s apart (default: 120 s); an option the caller gives
+    replaces the client's of the same name, in the list and in effect: grpc
+    keeps the first of two, so the client's own must not be there too."""
+    options = dict(channel_options())
+    assert options["grpc.initial_reconnect_backoff_ms"] == 100
+    assert options["grpc.max_reconnect_backoff_ms"] == 5000
+    assert dict(channel_options(pinned=True))["grpc.initial_reconnect_backoff_ms"] == 100
+    mine = [("grpc.initial_reconnect_backoff_ms", 1000), ("grpc.keepalive_time_ms", 60000)]
+    built = channel_options(mine)
+    assert built[-2:] == mine
+    assert [name for name, _ in built].count("grpc.initial_reconnect_backoff_ms") == 1
+    assert dict(built)["grpc.max_reconnect_backoff_ms"] == 5000
+    # In effect: a service config of the caller's that grpc refuses (no
+    # tokens) fails the call, where the client's would have let it try to
+    # connect (nothing listens on port 1).
+    config = json.loads(service_config())
+    config["retryThrottling"]["maxTokens"] = 0
+    theirs = [("grpc.service_config", json.dumps(config))]
+    for client in (
+        ResolverClient("127.0.0.1:1", timeout=2, options=theirs),
+        ResolverClient(channel=create_channel("127.0.0.1:1", options=theirs)),
+    ):
+        with client, pytest.raises(ResolverError) as failed:
+            client.classify_run_id("run_" + demo.new_ksuid())
+        assert failed.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "retryThrottling" in failed.value.details()
+
+
+def test_calls_ride_through_a_killed_server_process(server: Running) -> None:
+    """What a client sees when the server process it is connected to dies
+    (SIGKILL) and another listens on the same address: its connection reset,
+    and its reconnect, made at once, reset too (it reached the dead process's
+    listening socket). The channel fails calls until it has connected again
+    and retries them: it connects again 100 ms (±20 %) after the failed
+    attempt began, before the retries of a call run out (350 ms ±20 %), and
+    8 callers' failed attempts stay within the retry throttle's 50 tokens.
+    No call fails. With gRPC's default backoff (1 s) most calls of that
+    second fail (tests/faults: the SIGKILL scenario hits that race about
+    one run in nine)."""
+    run_id = "run_" + demo.new_ksuid()
+    codes: Counter[str] = Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+    with KillingProxy(server.app.port) as proxy, ResolverClient(proxy.address, timeout=5) as client:
+
+        def caller() -> None:
+            while not stop.is_set():
+                try:
+                    code = "OK" if client.classify_run_id(run_id).classifiable else "wrong"
+                except ResolverError as error:
+                    code = error.code.name
+                with lock:
+                    codes[code] += 1
+
+        callers = [threading.Thread(target=caller, name=f"caller-{n}") for n in range(8)]
+        for thread in callers:
+            thread.start()
+        try:
+            for kill in range(1, 4):
+                answered = codes["OK"] + 50
+                wait_until(lambda n=answered: codes["OK"] >= n, 10, what="calls answered")
+                accepted = proxy.accepted
+                proxy.kill(refuse_next=1)
+                # The reconnect that was refused, then the one that was not.
+                wait_until(
+                    lambda n=accepted: proxy.accepted >= n + 2, 10, what="the client reconnected"
+                )
+                assert proxy.refused == kill
+            answered = codes["OK"] + 50
+            wait_until(lambda: codes["OK"] >= answered, 10, what="calls answered")
+        finally:
+            stop.set()
+            for thread in callers:
+                thread.join(10)
+    assert set(codes) == {"OK"}, codes
 
 
 def test_the_channel_leaves_a_server_that_is_not_serving(start_server) -> None:
@@ -208,7 +289,7 @@ def test_a_channel_from_create_channel_carries_the_service_config(outage: Resolv
         warnings.simplefilter("error")  # no BareChannelWarning
         channel = create_channel(f"127.0.0.1:{app.port}", options=NO_HEALTH_CHECKS)
         with ResolverClient(channel=channel, timeout=10) as c:
-            assert attempts_per_call(app, c, 2) == [4, 5]
+            assert attempts_per_call(app, c, 2) == [4, 8]
 
 
 def test_a_bare_channel_warns_and_gets_no_retries(outage: ResolverApp) -> None:

@@ -13,6 +13,7 @@
 export {
   DEFAULT_TIMEOUT_MS,
   ResolverClient,
+  channelOptions,
   serviceConfig,
   type CallOptions,
   type InvalidateTarget,

@@ -12,7 +12,7 @@ import { test } from "node:test";
 
 import { Channel, credentials } from "@grpc/grpc-js";
 
-import { ResolverClient, pb, serviceConfig } from "@controlplane-resolver/client";
+import { ResolverClient, channelOptions, pb, serviceConfig } from "@controlplane-resolver/client";
 
 import { PACKAGE_ROOT, REPO_ROOT } from "./support/servers.js";
 
@@ -35,7 +35,19 @@ test("the service config is the Python client's", () => {
   assert.deepEqual(ours, python);
   assert.deepEqual(ours.loadBalancingConfig, [{ round_robin: {} }]);
   assert.deepEqual(ours.methodConfig[0].retryPolicy.retryableStatusCodes, ["UNAVAILABLE"]);
-  assert.deepEqual(ours.retryThrottling, { maxTokens: 10, tokenRatio: 0.1 });
+  assert.deepEqual(ours.retryThrottling, { maxTokens: 100, tokenRatio: 0.1 });
+});
+
+test("the channel reconnects as the Python client's does; the caller's options override", () => {
+  const defaults = channelOptions();
+  assert.equal(defaults["grpc.service_config"], serviceConfig());
+  assert.equal(defaults["grpc.enable_retries"], 1);
+  assert.equal(defaults["grpc.initial_reconnect_backoff_ms"], 100);
+  assert.equal(defaults["grpc.max_reconnect_backoff_ms"], 5000);
+  const mine = channelOptions({ "grpc.initial_reconnect_backoff_ms": 1000, "grpc.keepalive_time_ms": 60000 });
+  assert.equal(mine["grpc.initial_reconnect_backoff_ms"], 1000);
+  assert.equal(mine["grpc.keepalive_time_ms"], 60000);
+  assert.equal(mine["grpc.max_reconnect_backoff_ms"], 5000);
 });
 
 test("ResolverClient has a method for every unary RPC; the stream is in the raw definition", () => {

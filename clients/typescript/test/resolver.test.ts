@@ -49,6 +49,15 @@ async function settled(count: () => Promise<number>, atLeast: number): Promise<n
   return value;
 }
 
+/** Resolves once `condition()` holds; fails the test if 10 s pass first. */
+async function until(condition: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!condition()) {
+    if (Date.now() > deadline) assert.fail(`${what}: not within 10 s`);
+    await new Promise((resolve) => setTimeout(resolve, 10)); // polling, not synchronisation
+  }
+}
+
 /** Rejects unless `promise` rejects with a ResolverError; returns it. */
 async function failure(promise: Promise<unknown>): Promise<ResolverError> {
   try {
@@ -534,12 +543,21 @@ describe("retries of UNAVAILABLE (a server whose database is gone)", () => {
       // not the service config's backoff (50 ms, doubling: 350 ms at most).
       assert.ok(took >= 2900, `three retries took ${took} ms`);
 
-      // gRFC A6 throttle (maxTokens 10, tokenRatio 0.1): each failed attempt
-      // took a token (10 → 6); the next failure leaves 5, not more than
-      // half, so that call is not retried.
-      const second = await failure(client.resolveEnv(ABSENT_CUID));
-      assert.equal(second.reason, "DATABASE_UNAVAILABLE");
-      assert.equal((await settled(attempts, before + 5)) - before, 5);
+      // gRFC A6 throttle (maxTokens 100, tokenRatio 0.1): each failed
+      // attempt takes a token (100 → 96), and a retry needs more than half.
+      // 11 calls at once make their 4 attempts each (→ 52, every retry
+      // allowed: at least 53 left when each was due)…
+      const many = await Promise.all(
+        Array.from({ length: 11 }, () => failure(client.resolveEnv(ABSENT_CUID))),
+      );
+      assert.deepEqual(new Set(many.map((e) => e.reason)), new Set(["DATABASE_UNAVAILABLE"]));
+      assert.equal((await settled(attempts, before + 48)) - before, 48);
+      // …the next call is retried once (→ 51 → 50), and the one after not at all.
+      await failure(client.resolveEnv(ABSENT_CUID));
+      assert.equal((await settled(attempts, before + 50)) - before, 50);
+      const last = await failure(client.resolveEnv(ABSENT_CUID));
+      assert.equal(last.reason, "DATABASE_UNAVAILABLE");
+      assert.equal((await settled(attempts, before + 51)) - before, 51);
     } finally {
       client.close();
     }
@@ -563,6 +581,52 @@ describe("retries of UNAVAILABLE (a server whose database is gone)", () => {
     } finally {
       client.close();
     }
+  });
+});
+
+describe("a server process killed under load", () => {
+  test("its connections reset, the reconnect refused: the channel rides through", T, async () => {
+    // As the Python client's test (tests/integration/test_client.py): the
+    // channel reconnects 100 ms (±20 %) after the refused attempt began,
+    // before the retries of the calls it failed meanwhile run out (350 ms
+    // ±20 %), and 8 callers' failed attempts stay within the retry
+    // throttle's 50 tokens. With grpc-js's default backoff (1 s), calls fail.
+    const link = await startLink(`127.0.0.1:${dev.port}`);
+    const client = new ResolverClient(`127.0.0.1:${link.port}`);
+    const codes = new Map<string, number>();
+    const ok = (): number => codes.get("OK") ?? 0;
+    let stop = false;
+    const caller = async (): Promise<void> => {
+      while (!stop) {
+        let code: string;
+        try {
+          code = (await client.classifyRunId(ids.newRunFriendly)).classifiable ? "OK" : "wrong";
+        } catch (error) {
+          code = error instanceof ResolverError ? Code[error.code] : String(error);
+        }
+        codes.set(code, (codes.get(code) ?? 0) + 1);
+      }
+    };
+    const callers = Array.from({ length: 8 }, caller);
+    try {
+      for (let kill = 1; kill <= 3; kill++) {
+        const answered = ok() + 50;
+        await until(() => ok() >= answered, "calls answered");
+        const accepted = link.accepted;
+        link.kill(1);
+        // The reconnect that was refused, then the one that was not.
+        await until(() => link.accepted >= accepted + 2, "the client reconnected");
+        assert.equal(link.refused, kill);
+      }
+      const answered = ok() + 50;
+      await until(() => ok() >= answered, "calls answered");
+    } finally {
+      stop = true;
+      await Promise.all(callers);
+      client.close();
+      await link.cut();
+    }
+    assert.deepEqual([...codes.keys()], ["OK"], JSON.stringify(Object.fromEntries(codes)));
   });
 });
 

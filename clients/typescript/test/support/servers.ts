@@ -258,29 +258,50 @@ export async function startServe(name: string, options: ServeOptions): Promise<S
 // ------------------------------------------------------------ faults
 
 /** A TCP forwarder on a port of its own to `target` (`host:port`): a
- * server's way to a database that the test can take away. */
+ * server's way to a database that the test can take away, or a client's way
+ * to a server whose process the test can kill. */
 export interface Link {
   port: number;
+  /** Connections accepted so far (refused ones included), and refused. */
+  readonly accepted: number;
+  readonly refused: number;
   /** Close the port and every connection through it: from now on the
    * database is unreachable (connections refused), as if it had died. */
   cut(): Promise<void>;
+  /** What the death of a server process (SIGKILL) does while another
+   * listens on the same address (`serve --processes`): every connection
+   * reset, and the next `refuseNext` reset once accepted (the kernel had
+   * queued them on the dead process's listening socket). */
+  kill(refuseNext?: number): void;
 }
 
 export async function startLink(target: string): Promise<Link> {
   const [host, port] = [target.slice(0, target.lastIndexOf(":")), Number(target.slice(target.lastIndexOf(":") + 1))];
   const open = new Set<net.Socket>();
+  const inbounds = new Set<net.Socket>();
+  const counts = { accepted: 0, refused: 0, refuse: 0 };
   const server = net.createServer((inbound) => {
+    counts.accepted += 1;
+    if (counts.refuse > 0) {
+      counts.refuse -= 1;
+      counts.refused += 1;
+      inbound.on("error", () => {});
+      inbound.resetAndDestroy();
+      return;
+    }
     const outbound = net.connect(port, host);
     const drop = (): void => {
       inbound.destroy();
       outbound.destroy();
       open.delete(inbound);
       open.delete(outbound);
+      inbounds.delete(inbound);
     };
     for (const socket of [inbound, outbound]) {
       open.add(socket);
       socket.on("error", drop).on("close", drop);
     }
+    inbounds.add(inbound);
     inbound.pipe(outbound);
     outbound.pipe(inbound);
   });
@@ -290,11 +311,21 @@ export async function startLink(target: string): Promise<Link> {
   });
   return {
     port: (server.address() as net.AddressInfo).port,
+    get accepted() {
+      return counts.accepted;
+    },
+    get refused() {
+      return counts.refused;
+    },
     cut: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
         for (const socket of open) socket.destroy();
       }),
+    kill: (refuseNext = 1) => {
+      counts.refuse += refuseNext;
+      for (const inbound of [...inbounds]) inbound.resetAndDestroy();
+    },
   };
 }
 
