@@ -471,12 +471,23 @@ def _children(pid: int) -> list[int]:
 def _listening(pid: int, port: int) -> set[int]:
     """The children of ``pid`` that hold a socket listening on ``port``
     (Linux /proc)."""
+    return _holding(pid, port, "0A")
+
+
+def _serving(pid: int, port: int) -> set[int]:
+    """The children of ``pid`` that hold a client's connection to ``port``."""
+    return _holding(pid, port, "01")
+
+
+def _holding(pid: int, port: int, state: str) -> set[int]:
+    """The children of ``pid`` that hold a socket of local port ``port`` in
+    TCP ``state`` (``0A`` listening, ``01`` established; Linux /proc)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(FileNotFoundError), open(table) as f:
             for line in f.readlines()[1:]:
                 fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
                     inodes.add(f"socket:[{fields[9]}]")
     bound = set()
     for child in _children(pid):
@@ -501,8 +512,10 @@ def test_sigkill_of_a_child_process(platform: Platform, stop_after: list[Any]) -
     wait_until(
         lambda: len(_listening(server.proc.pid, server.port)) == 2, 15, 0.05, "two children bound"
     )
-    # Several channels: the kernel spreads connections over the children.
-    clients = [ResolverClient(server.address, timeout=5) for _ in range(4)]
+    # Several connections, which the kernel spreads over the children: each
+    # client its own (channels with equal options otherwise share one).
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]
+    clients = [ResolverClient(server.address, timeout=5, options=own_connection) for _ in range(4)]
     tally = Tally("typed")
     run_id = platform.legacy_run_ids[0]
 
@@ -512,7 +525,8 @@ def test_sigkill_of_a_child_process(platform: Platform, stop_after: list[Any]) -
 
     load = Load(8, step)
     wait_until(lambda: tally.calls >= 50, 10)
-    victim = _children(server.proc.pid)[0]
+    # A child that serves some of the clients' connections.
+    victim = min(_serving(server.proc.pid, server.port))
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
 
