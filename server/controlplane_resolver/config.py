@@ -109,20 +109,26 @@ def parse_generation(name: str, raw: str) -> str:
     return value
 
 
-def parse_shard_map(name: str, raw: str) -> tuple[tuple[str, str], ...]:
-    """``a=<dsn>,b=<dsn>`` → ``(("a", dsn), ("b", dsn))``, in the given order.
+#: The value of a ``<char>=`` entry of ``RUN_OPS_SHARDS`` (char form) that
+#: makes the shard an alias of the run-ops database, as the JSON form's
+#: ``"aliasOf": "new"`` does; ``check`` prints an alias this way too.
+RUN_OPS_ALIAS = "@run-ops"
+
+
+def _shard_entries(name: str, raw: str) -> list[tuple[str, str]]:
+    """``a=<x>,b=<y>`` → ``[("a", "<x>"), ("b", "<y>")]``, values stripped.
 
     Entries are split at a comma followed by ``<char>=``, so a multi-host
     URL's commas stay inside its DSN. A shard char is one of ``[a-z0-9]``
-    and appears once. Errors name the setting and the entry, never a DSN.
+    and appears once. Errors name the setting and the entry, never a value.
     """
     import re
 
     if not raw.strip():
-        return ()
+        return []
     out: list[tuple[str, str]] = []
     for i, entry in enumerate(re.split(r",(?=\s*[a-z0-9]\s*=)", raw.strip())):
-        char, sep, dsn = entry.partition("=")
+        char, sep, value = entry.partition("=")
         char = char.strip()
         if not sep or len(char) != 1 or char not in _SHARD_CHARS:
             raise ConfigError(
@@ -131,19 +137,37 @@ def parse_shard_map(name: str, raw: str) -> tuple[tuple[str, str], ...]:
             )
         if any(char == c for c, _ in out):
             raise ConfigError(f"{name}: shard {char!r} is given twice")
-        out.append((char, parse_dsn(f"{name} (shard {char!r})", dsn.strip())))
+        out.append((char, value.strip()))
+    return out
+
+
+def parse_shard_map(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """``a=<dsn>,b=<dsn>`` → ``(("a", dsn), ("b", dsn))``, in the given order
+    (:func:`_shard_entries`); each value a valid DSN. ``@run-ops`` is refused
+    by name: only ``RUN_OPS_SHARDS`` takes an alias."""
+    out: list[tuple[str, str]] = []
+    for char, value in _shard_entries(name, raw):
+        if value == RUN_OPS_ALIAS:
+            raise ConfigError(
+                f"{name}: shard {char!r} is {RUN_OPS_ALIAS}, an alias of the run-ops "
+                f"database, which only RUN_OPS_SHARDS takes; give {char}=<dsn> here"
+            )
+        out.append((char, parse_dsn(f"{name} (shard {char!r})", value)))
     return tuple(out)
 
 
 @dataclass(frozen=True)
 class ShardDescriptors:
-    """What ``RUN_OPS_SHARDS`` parses to, in either form: the shards, and the
-    read replicas the JSON form gives (``replicaUrl``; none in the char
-    form). :meth:`Settings.load` merges ``replicas`` into
-    ``RUN_OPS_SHARD_READ_REPLICA_URLS``."""
+    """What ``RUN_OPS_SHARDS`` parses to, in either form: the shards with a
+    database of their own, the aliases of the run-ops database (``"aliasOf":
+    "new"``, or ``<char>=@run-ops``), and the read replicas the JSON form
+    gives (``replicaUrl``; none in the char form). :meth:`Settings.load`
+    merges ``replicas`` into ``RUN_OPS_SHARD_READ_REPLICA_URLS`` and keeps
+    ``aliases`` as :attr:`Settings.run_ops_shard_aliases`."""
 
     shards: tuple[tuple[str, str], ...] = ()
     replicas: tuple[tuple[str, str], ...] = ()
+    aliases: tuple[str, ...] = ()
 
 
 #: The fields of one element of the platform's JSON form (its strict zod
@@ -185,9 +209,11 @@ def parse_shard_descriptors(name: str, raw: str) -> ShardDescriptors:
     an object with no unknown field, ``key`` one char of ``[a-z0-9]`` given
     once, ``region`` a non-empty string, exactly one of ``url`` and
     ``aliasOf``, ``replication`` an object unless ``aliasOf`` is set, and
-    ``url``/``replicaUrl`` valid DSNs. ``aliasOf: "new"`` is refused: the
-    resolver does not support aliases of the run-ops database yet. Errors
-    name the setting, the element's index and its key, never a DSN.
+    ``url``/``replicaUrl`` valid DSNs. ``"aliasOf": "new"`` (the only alias)
+    makes the key an alias of the run-ops database: its gen-2 runs live
+    there. An alias's ``replicaUrl`` is checked and ignored, as the platform
+    ignores it: an alias is read where run-ops is. Errors name the setting,
+    the element's index and its key, never a DSN.
     """
     import json
 
@@ -210,6 +236,7 @@ def parse_shard_descriptors(name: str, raw: str) -> ShardDescriptors:
         )
     shards: list[tuple[str, str]] = []
     replicas: list[tuple[str, str]] = []
+    aliases: list[str] = []
     for i, element in enumerate(value):
         at = f"{name}[{i}]"
         if not isinstance(element, dict):
@@ -233,7 +260,7 @@ def parse_shard_descriptors(name: str, raw: str) -> ShardDescriptors:
                 f'{at} {what}: "key" is the shard char, one of a-z, 0-9 (the last but one '
                 "char of the shard's gen-2 ids)"
             )
-        if any(key == c for c, _ in shards):
+        if any(key == c for c, _ in shards) or key in aliases:
             raise ConfigError(f"{at}: shard {key!r} is given twice; give each key once")
         region = element.get("region")
         if not isinstance(region, str) or not region.strip():
@@ -259,14 +286,10 @@ def parse_shard_descriptors(name: str, raw: str) -> ShardDescriptors:
                     f'{at}: "aliasOf" is {_shown(alias)}; the only alias is "new" (the run-ops '
                     "database)"
                 )
-            raise ConfigError(
-                f'{at} is an alias of the run-ops database ("aliasOf": "new"), which the '
-                "resolver does not support yet: it reads each shard from a database of its "
-                'own. Give the shard a database of its own ("url" instead of "aliasOf"), '
-                "or start the resolver with --run-ops-shards set to the other shards (a flag "
-                f"wins over the environment), and it refuses ids of shard {key!r} with "
-                "SHARD_NOT_CONFIGURED"
-            )
+            if "replicaUrl" in element:  # checked as the platform checks it; not used
+                _descriptor_replica(at, element["replicaUrl"])
+            aliases.append(key)
+            continue
         if "replication" not in element:
             raise ConfigError(
                 f'{at}: "replication" is required unless "aliasOf" is set (the platform '
@@ -277,18 +300,23 @@ def parse_shard_descriptors(name: str, raw: str) -> ShardDescriptors:
             raise ConfigError(f'{at}: "url" must be a non-empty database URL string')
         shards.append((key, parse_dsn(f'{at} "url"', url.strip())))
         if "replicaUrl" in element:
-            replica = element["replicaUrl"].strip()
-            if not replica:
-                raise ConfigError(f'{at}: "replicaUrl" is empty: give a database URL or omit it')
-            replicas.append((key, parse_dsn(f'{at} "replicaUrl"', replica)))
-    return ShardDescriptors(tuple(shards), tuple(replicas))
+            replicas.append((key, _descriptor_replica(at, element["replicaUrl"])))
+    return ShardDescriptors(tuple(shards), tuple(replicas), tuple(aliases))
+
+
+def _descriptor_replica(at: str, raw: str) -> str:
+    """A descriptor's ``replicaUrl`` (a string): a non-empty, valid DSN."""
+    replica = raw.strip()
+    if not replica:
+        raise ConfigError(f'{at}: "replicaUrl" is empty: give a database URL or omit it')
+    return parse_dsn(f'{at} "replicaUrl"', replica)
 
 
 def parse_run_ops_shards(name: str, raw: str) -> ShardDescriptors:
     """``RUN_OPS_SHARDS`` in either form: the platform's JSON array of shard
     descriptors when its first non-blank char is ``[``
-    (:func:`parse_shard_descriptors`), else ``<char>=<dsn>[,...]``
-    (:func:`parse_shard_map`)."""
+    (:func:`parse_shard_descriptors`), else ``<char>=<dsn>[,...]``, where
+    ``<char>=@run-ops`` makes the char an alias of the run-ops database."""
     head = raw.lstrip()[:1]
     if head == "[":
         return parse_shard_descriptors(name, raw)
@@ -297,7 +325,14 @@ def parse_run_ops_shards(name: str, raw: str) -> ShardDescriptors:
             f"{name} starts with {{: its JSON form is an array of shard descriptors, so "
             "wrap the object in [ ], or write <char>=<dsn>[,<char>=<dsn>...]"
         )
-    return ShardDescriptors(parse_shard_map(name, raw))
+    shards: list[tuple[str, str]] = []
+    aliases: list[str] = []
+    for char, value in _shard_entries(name, raw):
+        if value == RUN_OPS_ALIAS:
+            aliases.append(char)
+        else:
+            shards.append((char, parse_dsn(f"{name} (shard {char!r})", value)))
+    return ShardDescriptors(tuple(shards), aliases=tuple(aliases))
 
 
 def parse_shard_chars(name: str, raw: str) -> tuple[str, ...]:
@@ -468,8 +503,10 @@ class Settings:
         "RUN_OPS_SHARDS",
         parse_run_ops_shards,
         (),
-        "run-ops shards for gen-2 ids: <char>=<dsn>[,<char>=<dsn>...], char in [a-z0-9], "
+        "run-ops shards for gen-2 ids: <char>=<dsn>[,<char>=<dsn>...], char in [a-z0-9] "
+        "(<char>=@run-ops: an alias of the run-ops database), "
         'or the platform\'s JSON array [{"key": "a", "region": ..., "url": <dsn>, ...}] '
+        '(an element with "aliasOf": "new" instead of "url": an alias) '
         "(needs RUN_OPS_ID_GENERATION=base32hex)",
     )
     run_ops_shard_read_replica_urls: tuple[tuple[str, str], ...] = setting(
@@ -752,6 +789,11 @@ class Settings:
         "while a database's circuit is open (it failed repeatedly), probe it this often; "
         "its calls get UNAVAILABLE at once until a probe connects",
     )
+    #: The shard chars of ``RUN_OPS_SHARDS`` that are aliases of the run-ops
+    #: database (``"aliasOf": "new"``, ``<char>=@run-ops``): their gen-2 runs
+    #: live in ``RUN_OPS_DATABASE_URL``. Part of ``RUN_OPS_SHARDS``, not a
+    #: setting of its own; ``run_ops_shards`` holds the shards with a DSN.
+    run_ops_shard_aliases: tuple[str, ...] = ()
     #: Which environment variable or flag supplied each setting, by field name
     #: (:data:`DEFAULT_SOURCE` when none did). Not a setting itself.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -806,7 +848,7 @@ class Settings:
                 f"({settings.control_plane_cache_hard_ttl_ms} < "
                 f"{settings.control_plane_cache_ttl_ms})"
             )
-        shard_chars = {c for c, _ in settings.run_ops_shards}
+        shard_chars = {c for c, _ in settings.run_ops_shards} | set(settings.run_ops_shard_aliases)
         if shard_chars and settings.run_ops_id_generation != "base32hex":
             raise ConfigError(
                 "RUN_OPS_SHARDS is set but RUN_OPS_ID_GENERATION is not base32hex: only "
@@ -817,6 +859,18 @@ class Settings:
             raise ConfigError(
                 f"RUN_OPS_SHARD_READ_REPLICA_URLS names shard {stray[0]!r}, which "
                 "RUN_OPS_SHARDS does not configure"
+            )
+        aliased = [
+            c
+            for c, _ in settings.run_ops_shard_read_replica_urls
+            if c in settings.run_ops_shard_aliases
+        ]
+        if aliased:
+            raise ConfigError(
+                f"RUN_OPS_SHARD_READ_REPLICA_URLS names shard {aliased[0]!r}, an alias of the "
+                "run-ops database in RUN_OPS_SHARDS: an alias is read where run-ops is (its "
+                "replica is RUN_OPS_DATABASE_READ_REPLICA_URL); remove "
+                f"{aliased[0]!r} from RUN_OPS_SHARD_READ_REPLICA_URLS"
             )
         stray = [c for c in settings.run_ops_shards_not_placed if c not in shard_chars]
         if stray:
@@ -850,7 +904,10 @@ class Settings:
             if opt.field.endswith("_url"):
                 value = redact_dsn(value) if value else "(unset)"
             elif opt.parse in (parse_shard_map, parse_run_ops_shards):
-                value = ",".join(f"{c}={redact_dsn(d)}" for c, d in value) or "(unset)"
+                shown = [f"{c}={redact_dsn(d)}" for c, d in value]
+                if opt.parse is parse_run_ops_shards:
+                    shown += [f"{c}={RUN_OPS_ALIAS}" for c in self.run_ops_shard_aliases]
+                value = ",".join(shown) or "(unset)"
             elif opt.parse is parse_shard_chars:
                 value = ",".join(value) or "(unset)"
             out.append((opt.field, str(value)))
@@ -864,13 +921,15 @@ class Settings:
 
 def _merge_shard_replicas(values: dict[str, Any], sources: dict[str, str]) -> None:
     """``RUN_OPS_SHARDS`` parses to :class:`ShardDescriptors`: its shards
-    become the setting, and the read replicas of its JSON form
-    (``replicaUrl``) join ``RUN_OPS_SHARD_READ_REPLICA_URLS`` as if given
-    there. One shard's replica given in both is an error naming both."""
+    become the setting, its aliases ``run_ops_shard_aliases``, and the read
+    replicas of its JSON form (``replicaUrl``) join
+    ``RUN_OPS_SHARD_READ_REPLICA_URLS`` as if given there. One shard's
+    replica given in both is an error naming both."""
     parsed = values["run_ops_shards"]
     if not isinstance(parsed, ShardDescriptors):
         return  # the default, ()
     values["run_ops_shards"] = parsed.shards
+    values["run_ops_shard_aliases"] = parsed.aliases
     if not parsed.replicas:
         return
     given = values["run_ops_shard_read_replica_urls"]

@@ -448,8 +448,9 @@ class Resolver:
 
     def batch_read_runs(self, run_ids: Sequence[str]) -> list[tuple[str, RunRead | None]]:
         """ReadRun for many ids: ``(id, read or None)`` in request order, with
-        one query per database per step of the read plan; the databases of
-        one step (run-ops and every shard, then legacy) are read in parallel.
+        one query per database per step of the read plan (a shard that is an
+        alias of run-ops shares run-ops' query); the databases of one step
+        (run-ops and every shard, then legacy) are read in parallel.
 
         Raises FailedPrecondition when an id names a shard that is not
         configured, before any database is read."""
@@ -459,20 +460,23 @@ class Resolver:
         found: dict[str, RunRead] = {}
         step = 0
         while pending:
-            by_db: dict[int, tuple[RunSource, Database, list[Classification]]] = {}
+            # Grouped by pool, not by source: run-ops serves v1 ids, the
+            # legacy route's first step and every alias shard's ids in one
+            # query. Each id keeps the source its own plan names.
+            by_db: dict[int, tuple[Database, list[tuple[RunSource, Classification]]]] = {}
             for c in pending.values():
                 plan = plans[c.id]
                 if step < len(plan):
                     source, db = plan[step]
-                    by_db.setdefault(id(db), (source, db, []))[2].append(c)
+                    by_db.setdefault(id(db), (db, []))[1].append((source, c))
             if not by_db:
                 break
             groups = list(by_db.values())
             loads = self._load_in_parallel(
-                [(db, [(c.id, c.is_friendly) for c in wanted]) for _s, db, wanted in groups]
+                [(db, [(c.id, c.is_friendly) for _s, c in wanted]) for db, wanted in groups]
             )
-            for (source, _db, wanted), rows in zip(groups, loads, strict=True):
-                for c in wanted:
+            for (_db, wanted), rows in zip(groups, loads, strict=True):
+                for source, c in wanted:
                     row = rows.get((c.id, c.is_friendly))
                     if row is not None:
                         found[c.id] = RunRead(

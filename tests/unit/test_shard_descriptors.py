@@ -1,7 +1,8 @@
 """RUN_OPS_SHARDS in the platform's JSON form (an array of shard
 descriptors) beside today's ``<char>=<dsn>`` form: the same shards either
-way, its ``replicaUrl`` as a read replica, and every refusal naming the
-setting and the element, never a DSN."""
+way, its ``replicaUrl`` as a read replica, ``"aliasOf": "new"`` (and
+``<char>=@run-ops``) as an alias of the run-ops database, and every refusal
+naming the setting and the element, never a DSN."""
 
 from __future__ import annotations
 
@@ -185,10 +186,14 @@ BAD = [
         id="alias-of-other",
     ),
     pytest.param(
-        as_json(descriptor("a"), {"key": "n", "region": "us-east-1", "aliasOf": "new"}),
-        r"^RUN_OPS_SHARDS\[1\] \(key 'n'\) is an alias of the run-ops database .* does not "
-        r"support yet.*\(\"url\" instead of \"aliasOf\"\).*--run-ops-shards",
-        id="alias-of-new",
+        as_json(descriptor("a"), {"key": "a", "region": "us-east-1", "aliasOf": "new"}),
+        r"^RUN_OPS_SHARDS\[1\] \(key 'a'\): shard 'a' is given twice",
+        id="alias-duplicates-a-key",
+    ),
+    pytest.param(
+        as_json({"key": "n", "region": "us-east-1", "aliasOf": "new", "replicaUrl": "x y"}),
+        r"\(key 'n'\) \"replicaUrl\" is not a valid PostgreSQL connection string",
+        id="alias-bad-replica-url",
     ),
 ]
 
@@ -210,3 +215,88 @@ def test_the_char_form_is_unchanged() -> None:
     assert s.source_of("run_ops_shard_read_replica_urls") == "RUN_OPS_SHARD_READ_REPLICA_URLS"
     with pytest.raises(ConfigError, match="entry 1 does not start with a shard char"):
         load(RUN_OPS_SHARDS=DSN_A)
+
+
+# ------------------------------------------------------------------ aliases
+
+
+ALIAS_N = {"key": "n", "region": "us-east-1", "aliasOf": "new"}
+
+
+def test_an_alias_of_new_is_a_shard_without_a_database_of_its_own() -> None:
+    s = load(RUN_OPS_SHARDS=as_json(descriptor("a"), ALIAS_N))
+    assert s.run_ops_shards == (("a", DSN_A),)
+    assert s.run_ops_shard_aliases == ("n",)
+    assert s.run_ops_shard_read_replica_urls == ()
+    assert dict(s.public_items())["run_ops_shards"] == "a=shard-a:5432/run_ops,n=@run-ops"
+    # The char form says the same with <char>=@run-ops, and prints the same.
+    ours = load(RUN_OPS_SHARDS=f"a={DSN_A},n=@run-ops")
+    assert (ours.run_ops_shards, ours.run_ops_shard_aliases) == ((("a", DSN_A),), ("n",))
+    assert ours.public_items() == s.public_items()
+    # Aliases alone, several of them (the platform allows it), and placement
+    # settings naming them.
+    only = load(
+        RUN_OPS_SHARDS=as_json(ALIAS_N, {**ALIAS_N, "key": "m"}), RUN_OPS_SHARDS_NOT_PLACED="m"
+    )
+    assert only.run_ops_shards == () and only.run_ops_shard_aliases == ("n", "m")
+    assert only.run_ops_shards_not_placed == ("m",)
+
+
+def test_an_alias_takes_the_platforms_other_fields_and_ignores_them() -> None:
+    """As on the platform: ``replication`` may be left out, and
+    ``replicaUrl``, ``directUrl``, ``knobs`` are checked, then ignored (an
+    alias is read where run-ops is)."""
+    s = load(
+        RUN_OPS_SHARDS=as_json(
+            {
+                **ALIAS_N,
+                "replicaUrl": REPLICA_A,
+                "directUrl": "postgresql://u@direct/run_ops",
+                "knobs": {"poolSize": 2},
+                "replication": REPLICATION,
+            }
+        )
+    )
+    assert s.run_ops_shard_aliases == ("n",)
+    assert s.run_ops_shards == () and s.run_ops_shard_read_replica_urls == ()
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        pytest.param(
+            {"RUN_OPS_SHARDS": as_json(ALIAS_N), "RUN_OPS_ID_GENERATION": "ksuid"},
+            r"RUN_OPS_SHARDS is set but RUN_OPS_ID_GENERATION is not base32hex",
+            id="ksuid",
+        ),
+        pytest.param(
+            {
+                "RUN_OPS_SHARDS": as_json(descriptor("a"), ALIAS_N),
+                "RUN_OPS_SHARD_READ_REPLICA_URLS": f"n={REPLICA_A}",
+            },
+            r"names shard 'n', an alias of the run-ops database .* "
+            r"RUN_OPS_DATABASE_READ_REPLICA_URL",
+            id="replica-of-an-alias",
+        ),
+        pytest.param(
+            {"RUN_OPS_SHARDS": as_json(ALIAS_N), "RUN_OPS_SHARDS_NOT_PLACED": "n"},
+            r"names every shard of RUN_OPS_SHARDS \(n\)",
+            id="the-only-shard-not-placed",
+        ),
+        pytest.param(
+            {"RUN_OPS_SHARDS": f"a={DSN_A},a=@run-ops"},
+            r"^RUN_OPS_SHARDS: shard 'a' is given twice",
+            id="char-form-twice",
+        ),
+        pytest.param(
+            {"RUN_OPS_SHARDS": f"a={DSN_A}", "RUN_OPS_SHARD_READ_REPLICA_URLS": "a=@run-ops"},
+            r"^RUN_OPS_SHARD_READ_REPLICA_URLS: shard 'a' is @run-ops, an alias .* only "
+            r"RUN_OPS_SHARDS takes",
+            id="alias-as-a-replica",
+        ),
+    ],
+)
+def test_alias_refusals_name_the_cause(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        load(**env)
+    assert SECRET not in str(raised.value)

@@ -9,7 +9,8 @@ environment id where the table has an index on it, else the environment's run
 ids), in every *run location*:
 
 * the run-ops database (``RUN_OPS_DATABASE_URL``), when configured;
-* every run-ops shard (``RUN_OPS_SHARDS``; their primaries);
+* every run-ops shard (``RUN_OPS_SHARDS``; their primaries); an alias of
+  run-ops is the run-ops database, cleaned once;
 * the legacy location — where legacy runs are written:
   ``RUN_OPS_LEGACY_DATABASE_URL`` when set, else the control-plane primary
   (never its read replica: deletes need the primary). Under split it holds
@@ -129,6 +130,13 @@ def run_locations(settings: Settings) -> list[tuple[str, str]]:
     # Every shard holds runs of its own (gen-2 ids), whatever the split mode:
     # a deleted environment's runs may be on any of them.
     roles.extend((f"run-ops shard {char}", dsn) for char, dsn in settings.run_ops_shards)
+    if settings.run_ops_database_url:
+        # An alias of run-ops is the run-ops database: merged with it below
+        # (one location, cleaned once, named for both).
+        roles.extend(
+            (f"run-ops shard {char}", settings.run_ops_database_url)
+            for char in settings.run_ops_shard_aliases
+        )
     legacy = settings.run_ops_legacy_database_url or settings.control_plane_database_url
     roles.append(("legacy" if settings.run_ops_split_enabled else "control-plane", legacy))
     return roles

@@ -8,7 +8,8 @@ configured generation would send elsewhere:
 * the run-ops database, under ``base32hex``: 27-character ids (ksuids of
   the previous generation, now legacy: reads still find them through the
   legacy route, but their children mint cuids and their waitpoints go to the
-  legacy store) and gen-2 ids (read only from their shard);
+  legacy store) and gen-2 ids (read only from their shard), except those of
+  shards that are aliases of run-ops (``RUN_OPS_SHARDS``), which live there;
 * the run-ops database, under ``ksuid``: base32hex v1 and gen-2 ids (shapes
   the ksuid rule cannot classify);
 * each shard: ids that are not gen-2 ids naming that shard.
@@ -27,6 +28,7 @@ from controlplane_resolver.config import Settings, redact_dsn
 
 _V1_OR_V2 = r"^[0-9a-v]{24}[a-z0-9][12]$"
 _V2 = r"^[0-9a-v]{24}[a-z0-9]2$"
+_SHARD_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass(frozen=True)
@@ -53,13 +55,21 @@ def audits(settings: Settings) -> list[tuple[str, str, str, str]]:
     out: list[tuple[str, str, str, str]] = []
     if settings.run_ops_database_url:
         if settings.run_ops_id_generation == "base32hex":
+            aliases = sorted(settings.run_ops_shard_aliases)
+            elsewhere = _V2
+            at_home = ""
+            if aliases:
+                # Gen-2 ids of a shard that is an alias of run-ops live here.
+                others = "".join(c for c in _SHARD_CHARS if c not in aliases)
+                elsewhere = f"^[0-9a-v]{{24}}[{others}]2$" if others else "^$"
+                at_home = f" (those of shard {', '.join(aliases)}, aliases of run-ops, are at home)"
             out.append(
                 (
                     "run-ops",
                     settings.run_ops_database_url,
-                    f'(length("id") = 27 OR "id" ~ \'{_V2}\')',
+                    f'(length("id") = 27 OR "id" ~ \'{elsewhere}\')',
                     "whose ids base32hex does not route to run-ops (27-character ksuids, "
-                    "now legacy; gen-2 ids, read only from their shard)",
+                    f"now legacy; gen-2 ids, read only from their shard{at_home})",
                 )
             )
         else:

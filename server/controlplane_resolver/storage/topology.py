@@ -40,6 +40,9 @@ class SplitDecision:
     shards: dict[str, str] = field(default_factory=dict)
     #: The shards read but not placed on (``RUN_OPS_SHARDS_NOT_PLACED``).
     not_placed: frozenset[str] = frozenset()
+    #: The shards that are aliases of the run-ops database: read from its
+    #: pool (``dsns[RUN_OPS]``), never a database of their own.
+    aliases: tuple[str, ...] = ()
 
     def describe(self) -> list[str]:
         lines = [f"split mode: {'ON' if self.split else 'off'}"]
@@ -48,9 +51,15 @@ class SplitDecision:
         for role, dsn in self.dsns.items():
             lines.append(f"{role.value}: {redact_dsn(dsn)}")
         for char, dsn in self.shards.items():
-            placed = "not placed (read only)" if char in self.not_placed else "placed"
-            lines.append(f"{ShardRole(char).value}: {redact_dsn(dsn)} [{placed}]")
+            lines.append(f"{ShardRole(char).value}: {redact_dsn(dsn)} [{self._placed(char)}]")
+        run_ops = self.dsns.get(DatabaseRole.RUN_OPS)
+        for char in self.aliases:
+            where = f" ({redact_dsn(run_ops)})" if run_ops else ""
+            lines.append(f"{ShardRole(char).value}: alias of run-ops{where} [{self._placed(char)}]")
         return lines
+
+    def _placed(self, char: str) -> str:
+        return "not placed (read only)" if char in self.not_placed else "placed"
 
 
 def decide_split(settings: Settings, *, probe_timeout_s: float = 5.0) -> SplitDecision:
@@ -83,6 +92,7 @@ def decide_split(settings: Settings, *, probe_timeout_s: float = 5.0) -> SplitDe
     if settings.run_ops_shards:
         # Every pair of run locations must be distinct: legacy, run-ops and
         # each shard (their primaries: a replica shares its primary's identity).
+        # An alias is not a location of its own: it *is* run-ops.
         sentinel = run_sentinel_all(
             [("legacy", legacy), ("run-ops", settings.run_ops_database_url)]
             + [(ShardRole(c).value, dsn) for c, dsn in settings.run_ops_shards],
@@ -108,6 +118,7 @@ def decide_split(settings: Settings, *, probe_timeout_s: float = 5.0) -> SplitDe
         dsns=dsns,
         shards=shards,
         not_placed=frozenset(settings.run_ops_shards_not_placed),
+        aliases=tuple(settings.run_ops_shard_aliases),
     )
 
 
@@ -155,6 +166,7 @@ class Topology:
         self.run_ops: Database | None = None
         self.legacy: Database | None = None
         #: Shard char → its pool; empty unless split is on and shards are set.
+        #: An alias of run-ops maps to :attr:`run_ops` itself (no pool of its own).
         self.shards: dict[str, Database] = {}
         if self.split:
             self.run_ops = pool_for(DatabaseRole.RUN_OPS, decision.dsns[DatabaseRole.RUN_OPS])
@@ -163,6 +175,8 @@ class Topology:
                 # The sentinel proved every shard its own database: one pool each.
                 # A ShardRole names the pool like a DatabaseRole does (``value``).
                 self.shards[char] = pool_for(cast(DatabaseRole, ShardRole(char)), dsn)
+            for char in decision.aliases:
+                self.shards[char] = self.run_ops
         self.databases = list(by_dsn.values())
 
     def open(self, wait_s: float, cancel: threading.Event | None = None) -> None:
@@ -187,8 +201,9 @@ class Topology:
 
     @property
     def shard_chars(self) -> list[str]:
-        """The configured shards, each read (none with split off); new root
-        runs are placed on those not in :attr:`not_placed_shards`."""
+        """The configured shards, aliases of run-ops included, each read (none
+        with split off); new root runs are placed on those not in
+        :attr:`not_placed_shards`."""
         return sorted(self.shards)
 
     @property
@@ -200,7 +215,8 @@ class Topology:
         self, route: Residency, shard: str | None = None
     ) -> list[tuple[RunSource, Database]]:
         """The databases a run read tries, in order, for a route (and, for a
-        gen-2 id, the shard its id names).
+        gen-2 id, the shard its id names: an alias's is :attr:`run_ops`,
+        reported as ``RUN_OPS_SHARD`` like any shard).
 
         Raises :class:`FailedPrecondition` (``SHARD_NOT_CONFIGURED``) under
         split for a shard that is not configured: the run cannot be anywhere
