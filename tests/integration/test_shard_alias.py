@@ -14,6 +14,7 @@ cleanup cleans run-ops once.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -194,7 +195,7 @@ def test_the_sentinel_lets_an_alias_be_but_refuses_a_url_shard_on_run_ops(
 
 
 def test_roots_are_placed_on_an_alias_like_on_any_shard(
-    aliased: Callable[..., Running], cp: psycopg.Connection[Any], ro: psycopg.Connection[Any]
+    aliased: Callable[..., Running], cp: psycopg.Connection[Any]
 ) -> None:
     client = aliased().client
     flags = {"runOpsMintKind": "runOpsId"}
@@ -254,9 +255,10 @@ def test_the_platforms_placement_places_on_an_alias(
 
 
 def _check_env(databases: Databases, **more: str) -> dict[str, str]:
+    """The environment of a `check` over the test databases, in the
+    base32hex generation: this process's environment without any of the
+    resolver's own settings, then these."""
     ours = {name for opt in OPTIONS for name in opt.names}
-    import os
-
     env = {k: v for k, v in os.environ.items() if k not in ours}
     env.update(
         CONTROL_PLANE_DATABASE_URL=databases.control_plane,
