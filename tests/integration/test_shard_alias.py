@@ -6,9 +6,9 @@ shard ``b`` is an alias.
 Gen-2 ids of ``b`` are read from the run-ops database, through run-ops'
 own pool; BatchReadRuns reads run-ops once for v1, legacy and ``b`` ids;
 the sentinel lets the alias be but still refuses a ``url`` shard on
-run-ops; roots are placed on ``b`` under both placement rules; ``check``
-shows the alias and does not count ``b``'s runs in run-ops as misplaced;
-cleanup cleans run-ops once.
+run-ops; roots are placed on ``b`` under both placement rules, and its
+waitpoints and children stay in ``b``; ``check`` shows the alias and does
+not count ``b``'s runs in run-ops as misplaced; cleanup cleans run-ops once.
 """
 
 from __future__ import annotations
@@ -159,6 +159,27 @@ def test_batch_reads_run_ops_once_for_v1_legacy_and_alias_ids(
     assert (got["run_" + in_a].source, got["run_" + in_a].shard) == (
         pb.RUN_SOURCE_RUN_OPS_SHARD,
         "a",
+    )
+
+
+def test_an_alias_shards_waitpoints_and_trees_are_its_own(
+    aliased: Callable[..., Running], cp: psycopg.Connection[Any]
+) -> None:
+    """A gen-2 waitpoint of b names b (its completion goes to b's database,
+    run-ops), and a child of a b run is minted in b: an alias is a shard."""
+    client = aliased().client
+    waitpoint = "waitpoint_" + minting.new_run_ops_id_v2("b")
+    answer = client.select_store_for_waitpoint(
+        waitpoint, pb.UNBLOCK_ROUTE_KIND_RUN, tree_owner_residency=pb.RESIDENCY_NEW
+    )
+    assert (answer.store, answer.shard) == (pb.STORE_RUN_OPS, "b")
+    org = demo.insert_organization(cp, feature_flags={"runOpsMintKind": "cuid"})
+    parent = "run_" + minting.new_run_ops_id_v2("b")
+    child = client.mint_id(RUN, org, parent_id=parent)
+    assert (child.mint_kind, child.shard, child.shard_reason) == (
+        pb.MINT_KIND_RUN_OPS_ID,
+        "b",
+        "parent_shard",
     )
 
 
