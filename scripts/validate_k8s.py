@@ -699,6 +699,7 @@ SERVER_METRICS: dict[str, frozenset[str]] = {
     "resolver_db_reaped_total": frozenset({"database"}),
     "resolver_run_read_batches_total": frozenset({"database"}),
     "resolver_run_read_keys_total": frozenset({"database"}),
+    "resolver_run_read_inline_batches_total": frozenset({"database"}),
     "resolver_split_mode": frozenset(),
     "resolver_sentinel_verdict": frozenset({"verdict"}),
     "resolver_listener_listening": frozenset(),

@@ -19,12 +19,21 @@ a bounded wait for fewer, larger queries (docs/benchmarks.md measures it).
 Identical keys in one batch cost one row, so identical concurrent reads
 share one query (docs/design.md, "Reading runs").
 
-With ``start`` (how the server runs it), batches run off the callers'
-threads: ``start(work)`` runs the batch loop on a thread of the database's
-own, and every caller, the first one included, only waits, each up to its
-own deadline. A batch is then never led by a caller that has gone, and a
-database that does not answer holds the database's thread, not the
+With ``start`` (how the server runs it), a batch can run off the
+callers' threads: ``start(work)`` runs the batch loop on a thread of the
+database's own, and every caller, the first one included, only waits, each
+up to its own deadline. A batch is then never led by a caller that has gone,
+and a database that does not answer holds the database's thread, not the
 callers'. If ``start`` refuses (raises), every queued caller gets its error.
+
+That hand-off to the database's thread and back costs as much server time
+as the query's driver work, so ``inline`` decides per batch: while it says
+the database answers (a query succeeded a moment ago), the caller that
+begins a batch runs it on its own thread and then passes the lead to the
+oldest queued caller; otherwise the batch goes to ``start``'s thread. A
+database that stops answering can then hold the one caller leading the
+batch running at that moment, until the database's own timeouts end its
+query; every later batch goes to ``start``'s thread.
 """
 
 from __future__ import annotations
@@ -66,15 +75,17 @@ class _Signal:
         self._lock.release()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """True once set; False if ``timeout`` seconds passed first. After
-        True, do not wait again."""
+        """True once set; False if ``timeout`` seconds passed first. A True
+        re-arms it: the next wait waits for the next set."""
         return self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
 
 
 @dataclass(eq=False, slots=True)
 class _Waiter(Generic[K, V]):
     key: K
+    #: Set when the waiter is answered, or handed the lead.
     done: _Signal = field(default_factory=_Signal)
+    #: Runs the next batch (on its own thread, or by handing it to ``start``).
     lead: bool = False
     #: Gave up waiting while its batch was loading.
     gone: bool = False
@@ -92,6 +103,8 @@ class CoalescerStats:
     largest_batch: int = 0
     #: Batches whose leader waited for more reads to queue.
     gathered: int = 0
+    #: Batches run on a caller's thread (the rest ran on ``start``'s).
+    inline: int = 0
 
 
 class ReadCoalescer(Generic[K, V]):
@@ -100,6 +113,11 @@ class ReadCoalescer(Generic[K, V]):
     found; if it raises, every caller of that batch gets the exception.
 
     At most ``max_batch`` keys go into one query; the rest wait for the next.
+
+    Without ``start``, every batch runs on the thread of the caller that
+    leads it. With ``start``, a batch runs on ``start``'s thread unless
+    ``inline()`` says, as the batch begins, that it may run on its leader's
+    (see the module's docstring).
     """
 
     def __init__(
@@ -110,25 +128,31 @@ class ReadCoalescer(Generic[K, V]):
         gather_s: float = 0.0,
         start: Callable[[Callable[[], None]], None] | None = None,
         abandon: Callable[[], None] | None = None,
+        inline: Callable[[], bool] | None = None,
     ) -> None:
         self._load_many = load_many
         self._start = start
         #: Called (under the lock) when every caller of the batch loading
-        #: now has given up; with ``start`` only.
+        #: now has given up; with ``start`` only (an inline batch's leader
+        #: never gives up).
         self._abandon = abandon
-        #: The batch being loaded on ``start``'s thread.
-        self._loading: list[_Waiter[K, V]] | None = None
+        self._inline = inline
         #: Batches abandoned (for stats and tests).
         self.abandoned = 0
         #: Once set, every wait ends (a drain): see :meth:`abort_waits`.
         self.aborting = threading.Event()
         self._max_batch = max_batch
         self._gather_s = gather_s
-        self._last_batch = 1
+        #: Guards the queue, the busy flag, the batch loading and ``lead``.
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._queue: list[_Waiter[K, V]] = []
+        #: A batch is running, or its leader is about to run it.
         self._busy = False
+        #: The batch being loaded.
+        self._loading: list[_Waiter[K, V]] | None = None
+        #: Keys of the last batch (only its leader writes it).
+        self._last_batch = 1
         self.stats = CoalescerStats()
 
     def waiting(self) -> int:
@@ -139,9 +163,9 @@ class ReadCoalescer(Generic[K, V]):
     def get(self, key: K, timeout: float | None = None) -> V | None:
         """Raises :class:`WaitTimeout` when ``timeout`` seconds pass while
         this caller waits for a batch led by another (its own key may still
-        be read, for nobody)."""
-        if self._start is not None:
-            return self._get_detached(key, timeout)
+        be read, for nobody), or at once when :meth:`abort_waits` was
+        called; raises what ``start`` raised when it refused the batch."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         me: _Waiter[K, V] = _Waiter(key)
         with self._lock:
             self._queue.append(me)
@@ -149,15 +173,13 @@ class ReadCoalescer(Generic[K, V]):
                 self._busy = me.lead = True
             elif self._gather_s and len(self._queue) >= self._max_batch:
                 self._arrived.notify()  # a gathering leader stops at a full batch
-        if not me.lead and not me.done.wait(timeout):
-            with self._lock:
-                if me in self._queue and not me.lead:
-                    self._queue.remove(me)
-                    raise WaitTimeout(f"gave up after {timeout:.3f}s waiting for a batched read")
-                # Handed the lead (or the answer) just now: carry on.
-            me.done.wait()
-        if me.lead:
-            self._run_batch()
+        while True:
+            if not me.lead:
+                self._wait_turn(me, timeout, deadline)
+            if not me.lead:
+                break  # answered
+            if self._lead(me):
+                break  # led a batch on this thread: answered
         if me.error is not None:
             raise me.error
         return me.value if me.found else None
@@ -166,42 +188,52 @@ class ReadCoalescer(Generic[K, V]):
         """End every wait now and from now on (a drain)."""
         self.aborting.set()
 
-    def _get_detached(self, key: K, timeout: float | None) -> V | None:
-        me: _Waiter[K, V] = _Waiter(key)
-        launch = False
+    def _wait_turn(self, me: _Waiter[K, V], timeout: float | None, deadline: float | None) -> None:
+        """Wait until ``me`` is answered or handed the lead; raise
+        :class:`WaitTimeout` at ``deadline`` (or a drain) unless one of them
+        happened meanwhile."""
+        left = None if deadline is None else deadline - time.monotonic()
+        if self._wait(me.done, left):
+            return
         with self._lock:
-            self._queue.append(me)
-            if not self._busy:
-                self._busy = launch = True
-            elif self._gather_s and len(self._queue) >= self._max_batch:
-                self._arrived.notify()
-        if launch:
-            assert self._start is not None
-            try:
-                self._start(self._run_batches)
-            except BaseException as exc:
-                with self._lock:
-                    refused, self._queue, self._busy = self._queue, [], False
-                for w in refused:
-                    if w is not me:
-                        w.error = exc
-                        w.done.set()
-                raise
-        if not self._wait(me.done, timeout):
-            with self._lock:
+            if not me.lead:
                 if me in self._queue:
                     self._queue.remove(me)
-                elif self._loading is not None and me in self._loading:
+                    self._gave_up(timeout)
+                if self._loading is not None and me in self._loading:
                     me.gone = True
-                    if all(w.gone for w in self._loading):
+                    if self._abandon is not None and all(w.gone for w in self._loading):
                         self.abandoned += 1
-                        if self._abandon is not None:
-                            self._abandon()
-            why = "the server is shutting down" if self.aborting.is_set() else f"{timeout:.3f}s"
-            raise WaitTimeout(f"gave up waiting for a batched read ({why})")
-        if me.error is not None:
-            raise me.error
-        return me.value if me.found else None
+                        self._abandon()
+                    self._gave_up(timeout)
+            # Handed the lead, or answered, just now: carry on.
+        me.done.wait()
+
+    def _gave_up(self, timeout: float | None) -> None:
+        why = "the server is shutting down" if self.aborting.is_set() else f"{timeout:.3f}s"
+        raise WaitTimeout(f"gave up waiting for a batched read ({why})")
+
+    def _lead(self, me: _Waiter[K, V]) -> bool:
+        """Run the next batch (``me`` among its callers) on this thread and
+        return True, or hand it to ``start``'s thread and return False."""
+        if self._start is None or (self._inline is not None and self._inline()):
+            with blocking.waiting():
+                batch = self._load_batch()
+            self.stats.inline += 1
+            self._finish(batch, detached=False)
+            return True
+        me.lead = False
+        try:
+            self._start(self._run_batches)
+        except BaseException as exc:
+            with self._lock:
+                refused, self._queue, self._busy = self._queue, [], False
+            for w in refused:
+                if w is not me:
+                    w.error = exc
+                    w.done.set()
+            raise
+        return False
 
     def _wait(self, done: _Signal, timeout: float | None) -> bool:
         """``done.wait(timeout)``, ended early by :meth:`abort_waits`."""
@@ -218,20 +250,18 @@ class ReadCoalescer(Generic[K, V]):
                 return False
 
     def _run_batches(self) -> None:
-        """Batches until the queue is empty (on a thread ``start`` gave)."""
-        while True:
-            self._run_batch(detached=True)
-            with self._lock:
-                if not self._queue:
-                    self._busy = False
-                    return
+        """Batches until the queue is empty, or until the lead passes to a
+        caller (on a thread ``start`` gave)."""
+        while self._finish(self._load_batch(), detached=True):
+            pass
 
-    def _run_batch(self, detached: bool = False) -> None:
+    def _load_batch(self) -> list[_Waiter[K, V]]:
+        """Take the next batch off the queue and load it: each of its
+        callers gets its value or the error (and is not woken yet)."""
         with self._lock:
             self._gather()
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
-            if detached:
-                self._loading = batch
+            self._loading = batch
         keys = list(dict.fromkeys(w.key for w in batch))
         self._last_batch = len(batch)
         stats = self.stats
@@ -247,24 +277,33 @@ class ReadCoalescer(Generic[K, V]):
             for w in batch:
                 if w.key in found:
                     w.found, w.value = True, found[w.key]
-        if detached:
-            with self._lock:
-                self._loading = None
-            for w in batch:
-                w.done.set()
-            return
+        return batch
+
+    def _finish(self, batch: list[_Waiter[K, V]], *, detached: bool) -> bool:
+        """Wake ``batch``'s callers and pass the lead on: to the oldest
+        queued caller, unless this is ``start``'s thread and ``inline`` does
+        not allow it (then return True: this thread runs the next batch)."""
+        successor = None
+        run_on = False
         with self._lock:
-            # Hand the lead to the oldest waiter before waking the batch, so
-            # the next query starts as soon as possible.
-            if self._queue:
+            self._loading = None
+            if not self._queue:
+                self._busy = False
+            elif detached and (self._inline is None or not self._inline()):
+                run_on = True
+            else:
                 successor = self._queue[0]
                 successor.lead = True
-                successor.done.set()
-            else:
-                self._busy = False
+        self._wake(batch, successor)
+        return run_on
+
+    @staticmethod
+    def _wake(batch: list[_Waiter[K, V]], successor: _Waiter[K, V] | None) -> None:
+        # The successor first, so that the next query starts as soon as possible.
+        if successor is not None:
+            successor.done.set()
         for w in batch:
-            if not w.lead:
-                w.done.set()
+            w.done.set()
 
     def _gather(self) -> None:
         """Under the lock: after a batch of several keys, wait up to

@@ -124,9 +124,11 @@ class Resolver:
         self._fill_wait_s = fill_wait_s
         # Concurrent run reads against one database share queries.
         self._pinned = {db: PinnedConnection(db) for db in topology.databases}
-        # Batches run on each database's own threads (Database.start): a
-        # caller only waits for its read, up to its deadline.
-        # A batch whose callers have all gone has its query cancelled.
+        # While a database answers, a batch runs on the thread of the caller
+        # that leads it; otherwise on the database's own threads
+        # (Database.start), where a caller only waits for its read, up to its
+        # deadline, and a batch whose callers have all gone has its query
+        # cancelled.
         loads = {db: _CancellableLoad(self._pinned[db]) for db in topology.databases}
         self._run_readers = {
             db: ReadCoalescer(
@@ -134,6 +136,7 @@ class Resolver:
                 gather_s=run_read_gather_s,
                 start=db.start,
                 abandon=loads[db].cancel,
+                inline=db.answered_lately,
             )
             for db in topology.databases
         }

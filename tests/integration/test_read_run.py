@@ -37,6 +37,7 @@ from controlplane_resolver.storage import queries
 from controlplane_resolver_client import ResolverClient, pb
 from controlplane_resolver_client.client import ResolverError
 
+from support.scraping import scrape_server
 from support.servers import serving
 
 Conn = psycopg.Connection[Any]
@@ -381,3 +382,26 @@ def test_run_columns_are_in_task_run_field_order() -> None:
     """Rows become TaskRuns positionally: the SELECT list and the dataclass
     must name the same fields in the same order."""
     assert [f for f, _column in queries.RUN_FIELDS] == [f.name for f in dataclasses.fields(TaskRun)]
+
+
+def test_reads_of_an_answering_database_run_on_the_callers_thread(
+    databases: Any, ro: Conn, tenant: Any, env_id: str
+) -> None:
+    """Reads one after another find run-ops answering (a query succeeded a
+    moment ago): their queries run on the calling thread. Every answer is
+    right, and the metrics tell the two ways apart."""
+    written = write_run(ro, demo.new_ksuid(), tenant, env_id)
+    with serving(databases, metrics_addr="127.0.0.1:0") as running:
+        for _ in range(20):
+            assert_read(
+                running.client.read_run(written.id),
+                written,
+                pb.RUN_SOURCE_RUN_OPS,
+                pb.RESIDENCY_NEW,
+            )
+        samples = scrape_server(running)
+    run_ops = frozenset({("database", "run-ops")})
+    assert samples[("resolver_run_read_batches_total", run_ops)] == 20
+    # The first read may find the database idle; a stall of 100 ms between
+    # two calls of this loop on a loaded machine makes one more.
+    assert samples[("resolver_run_read_inline_batches_total", run_ops)] >= 15

@@ -230,3 +230,103 @@ def test_a_detached_batch_is_abandoned_only_once_every_caller_has_gone():
     assert results["b"] == "WaitTimeout"
     assert abandoned == [["a", "b"]] and c.abandoned == 1
     loader.gates[1].set()
+
+
+class ThreadRecorder:
+    """load_many that records, per batch, its keys and whether it ran on a
+    thread ``start`` gave; a batch whose first key is in ``gated`` blocks
+    until that key's event is set."""
+
+    def __init__(self, gated: tuple[str, ...] = ()) -> None:
+        self.batches: list[tuple[list[str], bool]] = []
+        self.entered = {key: threading.Event() for key in gated}
+        self.release = {key: threading.Event() for key in gated}
+
+    def __call__(self, keys):
+        on_start_thread = threading.current_thread().name.startswith("started-")
+        self.batches.append((list(keys), on_start_thread))
+        if keys[0] in self.release:
+            self.entered[keys[0]].set()
+            assert self.release[keys[0]].wait(10)
+        return {k: k.upper() for k in keys}
+
+
+def started(work) -> None:
+    threading.Thread(target=work, name=f"started-{id(work)}", daemon=True).start()
+
+
+def test_while_inline_allows_it_a_batch_runs_on_its_callers_thread():
+    loader = ThreadRecorder()
+    c = ReadCoalescer(loader, start=started, inline=lambda: True)
+    assert c.get("a", timeout=5) == "A"
+    assert loader.batches == [(["a"], False)]
+    assert c.stats.inline == 1
+
+
+def test_when_inline_refuses_a_batch_runs_on_starts_thread():
+    loader = ThreadRecorder()
+    c = ReadCoalescer(loader, start=started, inline=lambda: False)
+    assert c.get("a", timeout=5) == "A"
+    assert loader.batches == [(["a"], True)]
+    assert c.stats.inline == 0
+
+
+def test_the_lead_moves_between_threads_as_inline_changes_its_mind():
+    """Batch 1 runs on start's thread (the database was not answering);
+    batch 2 queues meanwhile and, the database answering again, runs on a
+    caller's thread; batch 3 queues behind it and, the database no longer
+    answering, goes back to start's thread. Every caller gets its answer."""
+    loader = ThreadRecorder(gated=("x", "a"))
+    answering = [False]
+    c = ReadCoalescer(loader, start=started, inline=lambda: answering[0])
+    results: dict[str, object] = {}
+
+    def get(key: str) -> None:
+        results[key] = c.get(key, timeout=10)
+
+    threads = [threading.Thread(target=get, args=("x",))]
+    threads[0].start()
+    assert loader.entered["x"].wait(5)
+    threads.append(threading.Thread(target=get, args=("a",)))
+    threads[-1].start()
+    wait_until(lambda: c.waiting() == 1)
+    answering[0] = True
+    loader.release["x"].set()
+    assert loader.entered["a"].wait(5)
+    threads.append(threading.Thread(target=get, args=("b",)))
+    threads[-1].start()
+    wait_until(lambda: c.waiting() == 1)
+    answering[0] = False
+    loader.release["a"].set()
+    for t in threads:
+        t.join(5)
+    assert results == {"x": "X", "a": "A", "b": "B"}
+    assert loader.batches == [(["x"], True), (["a"], False), (["b"], True)]
+
+
+def test_a_reader_leaves_at_its_deadline_while_a_caller_leads_and_the_lead_still_passes_on():
+    loader = ThreadRecorder(gated=("x",))
+    c = ReadCoalescer(loader, start=started, inline=lambda: True)
+    results: dict[str, object] = {}
+
+    def get(key: str, timeout: float) -> None:
+        try:
+            results[key] = c.get(key, timeout=timeout)
+        except Exception as exc:
+            results[key] = type(exc).__name__
+
+    leader = threading.Thread(target=get, args=("x", 10))
+    leader.start()
+    assert loader.entered["x"].wait(5)
+    late = threading.Thread(target=get, args=("a", 0.2))
+    late.start()
+    late.join(5)
+    assert results["a"] == "WaitTimeout"
+    after = threading.Thread(target=get, args=("b", 10))
+    after.start()
+    wait_until(lambda: c.waiting() == 1)
+    loader.release["x"].set()
+    for t in (leader, after):
+        t.join(5)
+    assert results == {"x": "X", "a": "WaitTimeout", "b": "B"}
+    assert loader.batches == [(["x"], False), (["b"], False)]

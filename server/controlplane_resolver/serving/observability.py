@@ -550,10 +550,17 @@ def _run_read_families(reads_by_role: dict[str, CoalescerStats]) -> Iterator[Any
         "Run ids read by coalesced queries (keys / batches is the mean batch size).",
         labels=["database"],
     )
+    inline = CounterMetricFamily(
+        "resolver_run_read_inline_batches",
+        "Coalesced run-read queries run on a caller's thread (the database was answering); "
+        "the rest ran on the database's own threads.",
+        labels=["database"],
+    )
     for role, reads in reads_by_role.items():
         batches.add_metric([role], reads.batches)
         keys.add_metric([role], reads.keys)
-    yield from (batches, keys)
+        inline.add_metric([role], reads.inline)
+    yield from (batches, keys, inline)
 
 
 def _listener_families(stats: ListenerStats) -> Iterator[Any]:

@@ -59,6 +59,10 @@ CIRCUIT_THRESHOLD = 3
 #: attempts is given up after this long and a new one (from a 1 s delay)
 #: starts on the next demand, so no delay between attempts exceeds it.
 RECONNECT_CAP_S = 2.0
+#: A database whose last successful query is this recent answers: a call
+#: waits briefly for a place in its bulkhead, and a run read leads its
+#: batch on its own thread (coalescing.py).
+ANSWERED_LATELY_S = 0.1
 #: A query still running this long past the database timeout has a server
 #: that does not answer: its socket is closed (docs/operations.md).
 REAP_MARGIN_S = 1.0
@@ -450,9 +454,9 @@ class Database:
                 retry_after_s=self.probe_interval_s,
                 quiet=True,
             )
-        # Wait briefly for a place only while the database answers (a
-        # query succeeded lately): places then free within milliseconds.
-        wait = 0.02 if time.monotonic() - self.last_success < 0.1 else 0.0
+        # Wait briefly for a place only while the database answers:
+        # places then free within milliseconds.
+        wait = 0.02 if self.answered_lately() else 0.0
         left = callinfo.remaining()
         if left is not None:
             wait = max(0.0, min(wait, left))
@@ -468,6 +472,13 @@ class Database:
             yield
         finally:
             self._waiting.release()
+
+    def answered_lately(self) -> bool:
+        """True while the database answers: its circuit is closed and a
+        query succeeded within the last :data:`ANSWERED_LATELY_S`."""
+        return (
+            not self.circuit.open and time.monotonic() - self.last_success < ANSWERED_LATELY_S
+        )
 
     def _wait_for_place(self, wait: float) -> bool:
         if not wait:
