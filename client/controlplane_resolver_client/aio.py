@@ -20,6 +20,7 @@ from . import _requests
 from ._requests import environment_of, itself, true
 from .client import (
     DEFAULT_TIMEOUT_S,
+    RECONNECT_WAIT_S,
     ResolverError,
     _own,
     channel_options,
@@ -37,6 +38,18 @@ from .v1 import resolver_pb2 as pb
 from .v1 import resolver_pb2_grpc
 
 T = TypeVar("T")
+
+
+async def _ready_within(channel: grpc.aio.Channel, wait: float) -> bool:
+    """Whether ``channel`` has a ready connection within ``wait`` seconds;
+    asks it to connect meanwhile."""
+    if wait <= 0:
+        return False
+    try:
+        await asyncio.wait_for(channel.channel_ready(), wait)
+        return True
+    except asyncio.TimeoutError:
+        return False
 
 
 def create_aio_channel(
@@ -213,11 +226,30 @@ class AsyncResolverClient:
     # ---------------------------------------------------------------- calls
 
     async def _call(self, rpc: str, request: Any, timeout: float | None, stub: Any = None) -> Any:
+        """The response; raises :class:`ResolverError` for every failure. A
+        call that never reached a resolver is made once more when the
+        channel connects in time (:data:`~.client.RECONNECT_WAIT_S`)."""
+        stub = stub or self.stub
+        method = getattr(stub, rpc)
+        timeout = self.timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            return await getattr(stub or self.stub, rpc)(
+            return await method(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            failed = ResolverError.from_rpc_error(error)
+        channel = self._near_channel if stub is self._near_stub and self._near_channel else None
+        wait = min(deadline - loop.time(), RECONNECT_WAIT_S)
+        if not failed.unreached or not await _ready_within(channel or self.channel, wait):
+            raise failed
+        try:
+            return await method(
                 request,
-                timeout=self.timeout if timeout is None else timeout,
+                timeout=max(0.0, deadline - loop.time()),
                 metadata=self._metadata,
+                # A channel can still say it is ready just after its
+                # connection was reset: wait for the next one.
+                wait_for_ready=True,
             )
         except grpc.RpcError as error:
             raise ResolverError.from_rpc_error(error) from None

@@ -36,6 +36,7 @@ configuration: a channel built elsewhere has it only when it was built with
 from __future__ import annotations
 
 import json
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Hashable, Sequence
@@ -118,6 +119,31 @@ def channel_options(
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
     return [*(option for option in ours if option[0] not in given), *options]
+
+
+#: A call that failed without reaching a resolver (:attr:`ResolverError.unreached`)
+#: is made once more if the channel has a ready connection within this long
+#: of the failure (and before the call's deadline). Under many calls at
+#: once, the channel's retries of such failures are soon throttled (gRFC A6)
+#: while it reconnects to the process that took over the address; the second
+#: try rides that out. When no resolver answers at all, a call fails up to
+#: this much later than its retries alone would make it.
+RECONNECT_WAIT_S = 1.0
+
+
+def _ready_within(channel: grpc.Channel, wait: float) -> bool:
+    """Whether ``channel`` has a ready connection within ``wait`` seconds;
+    asks it to connect meanwhile."""
+    if wait <= 0:
+        return False
+    ready = grpc.channel_ready_future(channel)
+    try:
+        ready.result(timeout=wait)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        ready.cancel()
 
 
 #: Channels built by create_channel(): ResolverClient(channel=…) takes them
@@ -257,6 +283,13 @@ class ResolverError(grpc.RpcError):
             if key == REQUEST_ID_KEY and isinstance(value, str):
                 return value
         return None
+
+    @property
+    def unreached(self) -> bool:
+        """The call failed ``UNAVAILABLE`` without an answer from the
+        resolver: its connection was lost or none was ready (and the
+        channel's retries ran out, or were throttled)."""
+        return self.code == grpc.StatusCode.UNAVAILABLE and self.request_id is None
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> ResolverError:
@@ -402,22 +435,49 @@ class ResolverClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
-        """The response; raises :class:`ResolverError` for every failure."""
+    def _call(
+        self,
+        method: Callable[..., T],
+        request: Any,
+        timeout: float | None,
+        channel: grpc.Channel | None = None,
+    ) -> T:
+        """The response; raises :class:`ResolverError` for every failure.
+        ``channel``: the one ``method`` calls over (the client's own unless
+        given). A call that never reached a resolver is made once more
+        when the channel connects in time (:data:`RECONNECT_WAIT_S`)."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        try:
+            return method(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            failed = ResolverError.from_rpc_error(error)
+        wait = min(deadline - time.monotonic(), RECONNECT_WAIT_S)
+        if not failed.unreached or not _ready_within(channel or self.channel, wait):
+            raise failed
         try:
             return method(
                 request,
-                timeout=self.timeout if timeout is None else timeout,
+                timeout=max(0.0, deadline - time.monotonic()),
                 metadata=self._metadata,
+                # A channel can still say it is ready just after its
+                # connection was reset: wait for the next one.
+                wait_for_ready=True,
             )
         except grpc.RpcError as error:
             raise ResolverError.from_rpc_error(error) from None
 
-    def _find(self, method: Callable[..., T], request: Any, timeout: float | None) -> T | None:
+    def _find(
+        self,
+        method: Callable[..., T],
+        request: Any,
+        timeout: float | None,
+        channel: grpc.Channel | None = None,
+    ) -> T | None:
         """The response, or ``None`` for NOT_FOUND: only for RPCs that can
         answer NOT_FOUND (docs/errors.md)."""
         try:
-            return self._call(method, request, timeout)
+            return self._call(method, request, timeout, channel)
         except ResolverError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -446,8 +506,9 @@ class ResolverClient:
             return value  # type: ignore[no-any-return]
         # Only an answer from the stream's server can be kept: while the
         # stream is not live, ask the balanced (health-checked) channel.
-        stub = self._near_stub if near.live() else self.stub
-        response = call(getattr(stub, rpc), request, timeout)
+        pinned = near.live() and self._near_channel is not None
+        stub, channel = (self._near_stub, self._near_channel) if pinned else (self.stub, None)
+        response = call(getattr(stub, rpc), request, timeout, channel)
         if response is None:
             return None
         value = unwrap(response)

@@ -5,6 +5,7 @@ where an RPC can answer NOT_FOUND."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -25,6 +26,7 @@ from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.clusters import LocalCluster, free_port
 from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver_client import (
+    AsyncResolverClient,
     BareChannelWarning,
     ResolverClient,
     ResolverError,
@@ -33,9 +35,10 @@ from controlplane_resolver_client import (
     pb,
     service_config,
 )
+from controlplane_resolver_client.client import RECONNECT_WAIT_S
 from controlplane_resolver_client.v1 import SERVICE_NAME, resolver_pb2_grpc
 
-from support.polling import wait_until
+from support.polling import wait_until, wait_until_async
 from support.proxy import KillingProxy
 from support.scraping import handled, scrape, scrape_server
 from support.servers import Running
@@ -173,17 +176,20 @@ def test_channel_options_reconnect_soon_and_give_way_to_the_callers() -> None:
         assert "retryThrottling" in failed.value.details()
 
 
-def test_calls_ride_through_a_killed_server_process(server: Running) -> None:
+@pytest.mark.parametrize("concurrency", [8, 32])
+def test_calls_ride_through_a_killed_server_process(server: Running, concurrency: int) -> None:
     """What a client sees when the server process it is connected to dies
     (SIGKILL) and another listens on the same address: its connection reset,
     and its reconnect, made at once, reset too (it reached the dead process's
     listening socket). The channel fails calls until it has connected again
     and retries them: it connects again 100 ms (±20 %) after the failed
-    attempt began, before the retries of a call run out (350 ms ±20 %), and
-    8 callers' failed attempts stay within the retry throttle's 50 tokens.
-    No call fails. With gRPC's default backoff (1 s) most calls of that
-    second fail (tests/faults: the SIGKILL scenario hits that race about
-    one run in nine)."""
+    attempt began, before the retries of a call run out (350 ms ±20 %).
+    8 callers' failed attempts stay within the retry throttle's 50 tokens;
+    32 callers' drain it, and the channel stops retrying: each call that
+    failed so without reaching a server is made once more by the client,
+    once the channel has connected again (RECONNECT_WAIT_S). No call fails.
+    With gRPC's default backoff (1 s) most calls of that second fail; without
+    the client's second try, about 4 in 5 of the 32 callers' calls did."""
     run_id = "run_" + demo.new_ksuid()
     codes: Counter[str] = Counter()
     lock = threading.Lock()
@@ -199,7 +205,7 @@ def test_calls_ride_through_a_killed_server_process(server: Running) -> None:
                 with lock:
                     codes[code] += 1
 
-        callers = [threading.Thread(target=caller, name=f"caller-{n}") for n in range(8)]
+        callers = [threading.Thread(target=caller, name=f"caller-{n}") for n in range(concurrency)]
         for thread in callers:
             thread.start()
         try:
@@ -220,6 +226,57 @@ def test_calls_ride_through_a_killed_server_process(server: Running) -> None:
             for thread in callers:
                 thread.join(10)
     assert set(codes) == {"OK"}, codes
+
+
+def test_async_calls_ride_through_a_killed_server_process(server: Running) -> None:
+    """The same for :class:`AsyncResolverClient`: 32 concurrent callers, a
+    connection reset three times, no call fails."""
+    run_id = "run_" + demo.new_ksuid()
+    codes: Counter[str] = Counter()
+
+    async def scenario(proxy: KillingProxy) -> None:
+        stop = asyncio.Event()
+        async with AsyncResolverClient(proxy.address, timeout=5) as client:
+
+            async def caller() -> None:
+                while not stop.is_set():
+                    try:
+                        answer = await client.classify_run_id(run_id)
+                        codes["OK" if answer.classifiable else "wrong"] += 1
+                    except ResolverError as error:
+                        codes[error.code.name] += 1
+
+            callers = [asyncio.create_task(caller()) for _ in range(32)]
+            try:
+                for kill in range(1, 4):
+                    answered = codes["OK"] + 50
+                    await wait_until_async(lambda n=answered: codes["OK"] >= n, 10)
+                    accepted = proxy.accepted
+                    proxy.kill(refuse_next=1)
+                    await wait_until_async(lambda n=accepted: proxy.accepted >= n + 2, 10)
+                    assert proxy.refused == kill
+                answered = codes["OK"] + 50
+                await wait_until_async(lambda: codes["OK"] >= answered, 10)
+            finally:
+                stop.set()
+                await asyncio.gather(*callers)
+
+    with KillingProxy(server.app.port) as proxy:
+        asyncio.run(scenario(proxy))
+    assert set(codes) == {"OK"}, codes
+
+
+def test_a_call_no_server_answers_fails_soon_not_at_its_deadline() -> None:
+    """Nothing listens: the call fails UNAVAILABLE once its retries and the
+    client's wait for a connection (RECONNECT_WAIT_S) are over, long before
+    its 30 s deadline."""
+    with ResolverClient(f"127.0.0.1:{free_port()}", timeout=30) as client:
+        started = time.monotonic()
+        with pytest.raises(ResolverError) as failed:
+            client.classify_run_id("run_" + demo.new_ksuid())
+        elapsed = time.monotonic() - started
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE and failed.value.unreached
+    assert elapsed < RECONNECT_WAIT_S + 5, elapsed
 
 
 def test_the_channel_leaves_a_server_that_is_not_serving(start_server) -> None:
