@@ -476,9 +476,7 @@ class Database:
     def answered_lately(self) -> bool:
         """True while the database answers: its circuit is closed and a
         query succeeded within the last :data:`ANSWERED_LATELY_S`."""
-        return (
-            not self.circuit.open and time.monotonic() - self.last_success < ANSWERED_LATELY_S
-        )
+        return not self.circuit.open and time.monotonic() - self.last_success < ANSWERED_LATELY_S
 
     def _wait_for_place(self, wait: float) -> bool:
         if not wait:

@@ -1844,9 +1844,10 @@ class SelectStoreForWaitpointResponse(_message.Message):
     """The pin that sent the completion to the legacy store; unset when none."""
     shard: _builtins.str
     """The run-ops shard the completion is written to: a gen-2 waitpoint id's
-    shard char when store is STORE_RUN_OPS (the shard's database, not the
-    run-ops database). Unset for every other answer: the run-ops database, a
-    legacy store (pinned or not), the ksuid generation.
+    shard char when store is STORE_RUN_OPS (the shard's database: its own,
+    or the run-ops database for a shard that is an alias of it). Unset for
+    every other answer: the run-ops database, a legacy store (pinned or
+    not), the ksuid generation.
     """
     def __init__(
         self,
