@@ -23,7 +23,7 @@ import time
 from concurrent import futures
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane_resolver.cache import Cache, Slot, SlotPolicy
@@ -41,6 +41,7 @@ from controlplane_resolver.serving.auth import (
     TokenFile,
     is_loopback,
 )
+from controlplane_resolver.serving.health import HealthService
 from controlplane_resolver.serving.observability import CallInterceptor, Metrics, StateCollector
 from controlplane_resolver.serving.servicer import ResolverServicer
 from controlplane_resolver.serving.tls import RotatingCertificates, TlsFiles, server_credentials
@@ -176,7 +177,7 @@ class ResolverApp:
         self.state_metrics = StateCollector(ready=lambda: self.ready)
         self.metrics.registry.register(self.state_metrics)
         self.servicer = ResolverServicer()
-        self.health = health.HealthServicer()
+        self.health = HealthService()
         # Each watch stream holds a thread of the executor's stream pool for
         # its life, beside the max_workers that serve calls.
         self.executor = AdmissionExecutor(
