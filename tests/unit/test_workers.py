@@ -197,6 +197,37 @@ def test_cancelled_queued_calls_never_run() -> None:
     assert ran == []
 
 
+def test_in_flight_counts_queued_and_running_calls_until_they_finish() -> None:
+    pool = WorkerPool(max_workers=1, running=1, stall_s=60)
+    gate, running = threading.Event(), []
+    try:
+        pool.submit(held, gate, running)
+        pool.submit(lambda: "queued")
+        wait_until(lambda: running, what="the first call running")
+        assert pool.in_flight == 2
+        assert not pool.wait_idle(0.05)
+        gate.set()
+        assert pool.wait_idle(5)
+        assert pool.in_flight == 0
+    finally:
+        gate.set()
+        pool.shutdown()
+
+
+def test_cancelled_queued_calls_leave_the_in_flight_count() -> None:
+    pool = WorkerPool(max_workers=1, running=1, stall_s=60)
+    gate, running = threading.Event(), []
+    pool.submit(held, gate, running)
+    wait_until(lambda: running, what="the first call running")
+    for _ in range(3):
+        pool.submit(lambda: None)
+    assert pool.cancel_queued() == 3
+    assert pool.in_flight == 1
+    gate.set()
+    assert pool.wait_idle(5)
+    pool.shutdown()
+
+
 def _make_idle_threads(pool: WorkerPool, n: int) -> None:
     """Leave ``n`` idle threads in ``pool``: calls that wait (declared) make
     it start one each."""

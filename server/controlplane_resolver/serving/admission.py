@@ -38,8 +38,6 @@ waiting for an express thread.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -108,56 +106,31 @@ class AdmissionExecutor(futures.Executor):
         self._streams = futures.ThreadPoolExecutor(
             max_workers=stream_workers + EXPRESS_WORKERS, thread_name_prefix="grpc-stream"
         )
-        self._idle = threading.Condition()
-        #: Calls handed to the worker threads and not finished yet.
-        self.in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Calls handed to the worker threads and not finished yet."""
+        return self.workers.in_flight
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
         # grpcio passes the call's behaviour among the arguments.
-        if any(isinstance(a, Express) for a in args):
-            return self._express.submit(fn, *args, **kwargs)
-        if any(isinstance(a, Stream) for a in args):
-            return self._streams.submit(fn, *args, **kwargs)
-        with self._idle:
-            self.in_flight += 1
-
-        def counted() -> Any:
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self._done()
-
-        try:
-            return self.workers.submit(counted)
-        except BaseException:
-            self._done()
-            raise
-
-    def _done(self) -> None:
-        with self._idle:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self._idle.notify_all()
+        for arg in args:
+            kind = type(arg)
+            if kind is Express:
+                return self._express.submit(fn, *args, **kwargs)
+            if kind is Stream:
+                return self._streams.submit(fn, *args, **kwargs)
+        return self.workers.submit(fn, *args, **kwargs)
 
     def wait_idle(self, timeout: float) -> bool:
         """True once no call is in flight; False if ``timeout`` seconds pass first."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self.in_flight:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
-        return True
+        return self.workers.wait_idle(timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._express.shutdown(wait, cancel_futures=cancel_futures)
         self._streams.shutdown(wait, cancel_futures=cancel_futures)
-        if cancel_futures:
-            # Cancelled calls never run: they leave the count here.
-            for _ in range(self.workers.cancel_queued()):
-                self._done()
-        self.workers.shutdown(wait)
+        # Cancelled calls never run: they leave the count there.
+        self.workers.shutdown(wait, cancel_futures=cancel_futures)
 
 
 def grpc_limit(limit: int) -> int:

@@ -44,12 +44,21 @@ def enum_name(enum_type: EnumDescriptor, number: int) -> str | None:
     """The domain name of a proto enum number (``ENVIRONMENT_TYPE_STAGING``
     → ``"STAGING"``); ``None`` for the zero value; raises
     :class:`UnknownEnumValue` for a number the enum does not define."""
-    found = enum_type.values_by_number.get(number)
-    if found is None:
-        raise UnknownEnumValue(f"{number} is not a value of {enum_type.name}")
-    if number == 0:
-        return None
-    return found.name[len(enum_prefix(enum_type)) :]
+    try:
+        return _domain_names(enum_type)[number]
+    except KeyError:
+        raise UnknownEnumValue(f"{number} is not a value of {enum_type.name}") from None
+
+
+@cache
+def _domain_names(enum_type: EnumDescriptor) -> dict[int, str | None]:
+    """Every number ``enum_type`` defines → its domain name (``None`` for
+    the zero value)."""
+    prefix = len(enum_prefix(enum_type))
+    return {
+        number: None if number == 0 else value.name[prefix:]
+        for number, value in enum_type.values_by_number.items()
+    }
 
 
 def fill(message: M, value: Any) -> M:

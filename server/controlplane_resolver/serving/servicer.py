@@ -18,6 +18,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from controlplane_resolver.cache import AnswerValidity, split_scope
+from controlplane_resolver.domain.residency import Generation, IdFormat, Residency
+from controlplane_resolver.domain.roles import RunSource
 from controlplane_resolver.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -151,6 +153,11 @@ _SCOPE_KINDS = {
     "flag": pb.SCOPE_KIND_FLAG,
     "all": pb.SCOPE_KIND_ALL,
 }
+#: The domain's enum members → the proto enum values named after them.
+_RESIDENCIES = {m: pb.Residency.Value("RESIDENCY_" + m.name) for m in Residency}
+_RUN_SOURCES = {m: pb.RunSource.Value("RUN_SOURCE_" + m.name) for m in RunSource}
+_GENERATIONS = {m: pb.IdGeneration.Value("ID_GENERATION_" + m.name) for m in Generation}
+_FORMATS = {m: pb.IdFormat.Value("ID_FORMAT_" + m.name) for m in IdFormat}
 _MAX_AGE_LIMIT_MS = 2**32 - 1
 #: A ResolveEnv response is reused while the cache's revision does not
 #: move, for a tenth of its answer's remaining life (at most 10 s); its
@@ -275,18 +282,17 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         result = r.classify_run_id(request.id)
         c = result.classification
         response = pb.ClassifyRunIdResponse(
-            body=c.body, body_length=len(c.body), classifiable=c.classifiable, reason=c.reason
+            body=c.body,
+            body_length=len(c.body),
+            classifiable=c.classifiable,
+            reason=c.reason,
+            residency=_RESIDENCIES[c.route],
+            read_order=[_RUN_SOURCES[s] for s in result.read_order],
+            generation=_GENERATIONS[result.generation],
+            format=_FORMATS[c.format],
+            shard=c.shard,
+            region=c.region,
         )
-        response.residency = pb.Residency.Value("RESIDENCY_" + c.route.name)
-        response.read_order.extend(
-            pb.RunSource.Value("RUN_SOURCE_" + s.name) for s in result.read_order
-        )
-        response.generation = pb.IdGeneration.Value("ID_GENERATION_" + result.generation.name)
-        response.format = pb.IdFormat.Value("ID_FORMAT_" + c.format.name)
-        if c.shard is not None:
-            response.shard = c.shard
-        if c.region is not None:
-            response.region = c.region
         if c.timestamp_ms is not None:
             response.minted_at.FromMilliseconds(c.timestamp_ms)
         return response

@@ -63,9 +63,11 @@ class WorkerStats:
 class WorkerPool(futures.Executor):
     """``submit(fn, ...)`` queues ``fn`` and returns its future; ``fn`` runs
     on one of at most ``max_workers`` threads, started while fewer than
-    ``running`` threads run (see the module's docstring). ``shutdown``
-    refuses new work and, with ``wait``, returns once the queued and running
-    calls are done."""
+    ``running`` threads run (see the module's docstring). :attr:`in_flight`
+    counts the calls submitted and not finished (queued or running);
+    :meth:`wait_idle` waits for it to reach zero. ``shutdown`` refuses new
+    work and, with ``wait``, returns once the queued and running calls are
+    done."""
 
     def __init__(
         self,
@@ -84,6 +86,8 @@ class WorkerPool(futures.Executor):
         # Guards every field below; idle threads wait on it for work.
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
+        #: Notified when :attr:`in_flight` drops to zero.
+        self._drained = threading.Condition(self._lock)
         self._queue: deque[_Work] = deque()
         self._threads: list[threading.Thread] = []
         #: Threads waiting for work.
@@ -98,6 +102,8 @@ class WorkerPool(futures.Executor):
         #: An idle thread waits with a timeout, to catch a stall.
         self._watching = False
         self._shutdown = False
+        #: Calls submitted and not finished: queued, or running on a thread.
+        self.in_flight = 0
         self.stats = WorkerStats()
 
     # ------------------------------------------------------------ callers
@@ -108,8 +114,20 @@ class WorkerPool(futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._queue.append((future, fn, args, kwargs))
+            self.in_flight += 1
             self._wake_for_queue()
         return future
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no call is in flight; False if ``timeout`` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self.in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._drained.wait(left)
+        return True
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if cancel_futures:
@@ -129,6 +147,7 @@ class WorkerPool(futures.Executor):
         lock."""
         with self._lock:
             queued, self._queue = list(self._queue), deque()
+            self._finished(len(queued))
         return sum(1 for future, *_ in queued if future.cancel())
 
     def queued(self) -> int:
@@ -149,6 +168,12 @@ class WorkerPool(futures.Executor):
             self._running += 1
 
     # ----------------------------------------------------------- internals
+
+    def _finished(self, calls: int) -> None:
+        """Under the lock: ``calls`` calls are no longer in flight."""
+        self.in_flight -= calls
+        if not self.in_flight:
+            self._drained.notify_all()
 
     def _wake_for_queue(self) -> None:
         """Under the lock, with calls queued: wake a thread to start one now
@@ -253,4 +278,5 @@ class WorkerPool(futures.Executor):
                     work = future = fn = args = kwargs = None  # type: ignore[assignment]
                     lock.acquire()
                     self._running -= 1
+                    self._finished(1)
                     self._progress = time.monotonic()
