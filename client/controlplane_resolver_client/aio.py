@@ -281,10 +281,24 @@ class AsyncResolverClient:
         value = near.get(key)
         if value is not MISSING:
             return value  # type: ignore[no-any-return]
-        # Only an answer from the stream's server can be kept: while the
-        # stream is not live, ask the balanced (health-checked) channel.
-        stub = self._near_stub if near.live() else self.stub
-        response = await call(rpc, request, timeout, stub)
+        # Misses go to one server process at a time, the pinned channel's,
+        # live stream or not (replicas apply an invalidation milliseconds
+        # apart: alternating could answer an older value after a newer
+        # one); the balanced channel only when that process answers
+        # UNAVAILABLE itself (as the threaded client, client.py).
+        if self._near_channel is None:
+            response = await call(rpc, request, timeout)
+        else:
+            timeout = self.timeout if timeout is None else timeout
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            try:
+                response = await call(rpc, request, timeout, self._near_stub)
+            except ResolverError as error:
+                left = deadline - loop.time()
+                if error.code != grpc.StatusCode.UNAVAILABLE or error.unreached or left <= 0:
+                    raise
+                response = await call(rpc, request, left)
         if response is None:
             return None
         value = unwrap(response)

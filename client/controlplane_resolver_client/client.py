@@ -504,11 +504,24 @@ class ResolverClient:
         value = near.get(key)
         if value is not MISSING:
             return value  # type: ignore[no-any-return]
-        # Only an answer from the stream's server can be kept: while the
-        # stream is not live, ask the balanced (health-checked) channel.
-        pinned = near.live() and self._near_channel is not None
-        stub, channel = (self._near_stub, self._near_channel) if pinned else (self.stub, None)
-        response = call(getattr(stub, rpc), request, timeout, channel)
+        # Misses go to one server process at a time, the pinned channel's,
+        # live stream or not: replicas apply an invalidation milliseconds
+        # apart, so alternating between them could answer an older value
+        # after a newer one. Only when that process answers UNAVAILABLE
+        # itself (it drains, or its database does not answer) does the
+        # balanced, health-checked channel take the call.
+        if self._near_channel is None:
+            response = call(getattr(self.stub, rpc), request, timeout)
+        else:
+            timeout = self.timeout if timeout is None else timeout
+            deadline = time.monotonic() + timeout
+            try:
+                response = call(getattr(self._near_stub, rpc), request, timeout, self._near_channel)
+            except ResolverError as error:
+                left = deadline - time.monotonic()
+                if error.code != grpc.StatusCode.UNAVAILABLE or error.unreached or left <= 0:
+                    raise
+                response = call(getattr(self.stub, rpc), request, left)
         if response is None:
             return None
         value = unwrap(response)

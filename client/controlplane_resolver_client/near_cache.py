@@ -13,6 +13,8 @@ the stream's messages. The rules, which are those of the server's own cache:
   scopes (or of everything) with a higher revision has been seen, and only
   when ``valid_at`` is at least the stream's starting revision (the client
   cannot know what it missed before).
+* An answer that is not kept removes the key's entry: having returned
+  it, the client never answers an older one from memory after it.
 * It is answered from memory only while the stream is live: started, heard
   from within three heartbeat intervals, and its server listening to the
   database. A broken stream drops everything at once; nothing is answered
@@ -178,6 +180,9 @@ class NearCache:
                 or revision.server_id != self._server_id
                 or not self._current(revision.valid_at, scopes)
             ):
+                # This answer is returned: an entry kept before it may be
+                # older (another process's view), so it goes too.
+                self._entries.pop(key, None)
                 self._not_kept += 1
                 return False
             entries = self._entries

@@ -426,3 +426,46 @@ def test_a_refused_stream_renews_the_pinned_channel_until_a_replica_takes_it(
         assert concurrency_limit(client, env_id) == 3
         assert concurrency_limit(client, env_id) == 3
         assert client.near_cache_stats().hits == 1
+
+
+def test_answers_never_go_back_while_the_stream_is_not_live(start_server, cp, tenant, monkeypatch):
+    """bench/near_cache.py once saw a client answer 9 after 10 while its
+    stream was down after a server kill: its misses went round-robin over
+    the other replicas, and one had not yet applied the invalidation the
+    other had. Here a replica that hears no invalidation at all stands for
+    the late one, so the alternation is certain rather than a race."""
+    import json
+
+    from controlplane_resolver_client import client as client_module
+
+    # The pinned channel takes the target's first address (not shuffled):
+    # the replica that lags, whose stream is never live (not listening).
+    config = json.loads(client_module.service_config())
+    config["loadBalancingConfig"] = [{"pick_first": {"shuffleAddressList": False}}]
+    monkeypatch.setattr(client_module, "pinned_service_config", lambda: json.dumps(config))
+    late = start_server(listen_enabled=False, **LONG_TTLS)
+    current = start_server(**LONG_TTLS)
+    env_id = tenant.environment(cp, maximum_concurrency_limit=9)
+    assert concurrency_limit(late.client, env_id) == 9  # kept by the late replica
+    set_concurrency_limit(cp, env_id, 10)
+    assert concurrency_limit(current.client, env_id) == 10
+    with ResolverClient(f"ipv4:{late.address},{current.address}", near_cache=True) as client:
+        wait_until(
+            lambda: client.near_cache_stats().state is StreamState.NOT_LISTENING,  # type: ignore[union-attr]
+            timeout=10,
+            what="stream started on the replica that does not listen",
+        )
+        # Both replicas take the client's balanced calls (round-robin).
+        before = {s.address: started(s, "ClassifyRunId") for s in (late, current)}
+        wait_until(
+            lambda: (
+                client.classify_run_id("run_" + "c" * 25) is not None
+                and all(started(s, "ClassifyRunId") > before[s.address] for s in (late, current))
+            ),
+            timeout=10,
+            what="the balanced channel reaching both replicas",
+        )
+        answers = [concurrency_limit(client, env_id) for _ in range(20)]
+    # One replica's answers, stale as that replica is, but never older
+    # after newer.
+    assert answers == [9] * 20, answers
