@@ -21,6 +21,11 @@ the stream's messages. The rules, which are those of the server's own cache:
   from memory until a new stream has started.
 * Every answer expires after the smaller of the client's ``ttl_s`` and the
   server's ``max_age_ms`` for it.
+
+The clients add one rule of their own: an RPC answer from another process
+than their previous answer is asked again with sync metadata
+(:data:`~.client.SYNC_METADATA`), so that a lookup never returns an older
+answer than before, even across a move to another replica.
 """
 
 from __future__ import annotations
@@ -281,6 +286,11 @@ class NearCache:
             self.state = StreamState.CLOSED
             self._live_until = 0.0
             self._entries.clear()
+
+    @property
+    def server_id(self) -> str:
+        """The server process of the stream ("" before it starts)."""
+        return self._server_id
 
     def live(self) -> bool:
         """Whether answers are kept and served from memory now."""
