@@ -21,6 +21,7 @@ from ._requests import environment_of, itself, true
 from .client import (
     DEFAULT_TIMEOUT_S,
     RECONNECT_WAIT_S,
+    SYNC_METADATA,
     ResolverError,
     _own,
     channel_options,
@@ -113,6 +114,9 @@ class AsyncResolverClient:
         self.near_cache: NearCache | None = None
         self._near_channel: grpc.aio.Channel | None = None
         self._near_stub = self.stub
+        #: The server process of the near-cache's last answer (memory or
+        #: RPC): an answer from another is asked again with sync.
+        self._answered_by = ""
         self._watch_task: asyncio.Task[None] | None = None
         if near_cache:
             self.near_cache = _own(near_cache, self)
@@ -225,17 +229,26 @@ class AsyncResolverClient:
 
     # ---------------------------------------------------------------- calls
 
-    async def _call(self, rpc: str, request: Any, timeout: float | None, stub: Any = None) -> Any:
+    async def _call(
+        self,
+        rpc: str,
+        request: Any,
+        timeout: float | None,
+        stub: Any = None,
+        sync: bool = False,
+    ) -> Any:
         """The response; raises :class:`ResolverError` for every failure. A
         call that never reached a resolver is made once more when the
-        channel connects in time (:data:`~.client.RECONNECT_WAIT_S`)."""
+        channel connects in time (:data:`~.client.RECONNECT_WAIT_S`).
+        ``sync``: send :data:`~.client.SYNC_METADATA`."""
         stub = stub or self.stub
         method = getattr(stub, rpc)
         timeout = self.timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        metadata = (*(self._metadata or ()), SYNC_METADATA) if sync else self._metadata
         try:
-            return await method(request, timeout=timeout, metadata=self._metadata)
+            return await method(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as error:
             failed = ResolverError.from_rpc_error(error)
         channel = self._near_channel if stub is self._near_stub and self._near_channel else None
@@ -246,7 +259,7 @@ class AsyncResolverClient:
             return await method(
                 request,
                 timeout=max(0.0, deadline - loop.time()),
-                metadata=self._metadata,
+                metadata=metadata,
                 # A channel can still say it is ready just after its
                 # connection was reset: wait for the next one.
                 wait_for_ready=True,
@@ -254,9 +267,16 @@ class AsyncResolverClient:
         except grpc.RpcError as error:
             raise ResolverError.from_rpc_error(error) from None
 
-    async def _find(self, rpc: str, request: Any, timeout: float | None, stub: Any = None) -> Any:
+    async def _find(
+        self,
+        rpc: str,
+        request: Any,
+        timeout: float | None,
+        stub: Any = None,
+        sync: bool = False,
+    ) -> Any:
         try:
-            return await self._call(rpc, request, timeout, stub)
+            return await self._call(rpc, request, timeout, stub, sync)
         except ResolverError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -280,16 +300,48 @@ class AsyncResolverClient:
         self._start_watch()
         value = near.get(key)
         if value is not MISSING:
+            # (a stream that broke meanwhile: unknown, the next answer syncs)
+            self._answered_by = near.server_id or "?"
             return value  # type: ignore[no-any-return]
-        # Only an answer from the stream's server can be kept: while the
-        # stream is not live, ask the balanced (health-checked) channel.
-        stub = self._near_stub if near.live() else self.stub
-        response = await call(rpc, request, timeout, stub)
+        timeout = self.timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        response = await self._ask(call, rpc, request, timeout, sync=False)
+        server = response.revision.server_id if response is not None else ""
+        if server and self._answered_by and server != self._answered_by:
+            # Another process than the last answer's (as the threaded
+            # client): asked again once it has caught up with the database.
+            left = max(0.0, deadline - loop.time())
+            response = await self._ask(call, rpc, request, left, sync=True)
+            server = response.revision.server_id if response is not None else ""
+        if server:
+            self._answered_by = server
         if response is None:
             return None
         value = unwrap(response)
         near.put(key, value, response.revision)
         return value  # type: ignore[no-any-return]
+
+    async def _ask(
+        self, call: Callable[..., Any], rpc: str, request: Any, timeout: float, *, sync: bool
+    ) -> Any:
+        """A near-cache miss's call: the response, or None for NOT_FOUND."""
+        # Misses go to one server process at a time, the pinned channel's,
+        # live stream or not (replicas apply an invalidation milliseconds
+        # apart: alternating could answer an older value after a newer
+        # one); the balanced channel only when that process answers
+        # UNAVAILABLE itself (as the threaded client, client.py).
+        if self._near_channel is None:
+            return await call(rpc, request, timeout, None, sync)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            return await call(rpc, request, timeout, self._near_stub, sync)
+        except ResolverError as error:
+            left = deadline - loop.time()
+            if error.code != grpc.StatusCode.UNAVAILABLE or error.unreached or left <= 0:
+                raise
+            return await call(rpc, request, left, None, sync)
 
     # ----------------------------------------------------------------- RPCs
 

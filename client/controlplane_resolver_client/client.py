@@ -121,6 +121,13 @@ def channel_options(
     return [*(option for option in ours if option[0] not in given), *options]
 
 
+#: Request metadata that asks the server to apply every invalidation
+#: committed before the call first (docs/near-cache.md): sent by the
+#: near-cache when its lookups move to another server process, so that
+#: their answers are no older than those it returned before.
+SYNC_METADATA = ("x-resolver-sync", "1")
+
+
 #: A call that failed without reaching a resolver (:attr:`ResolverError.unreached`)
 #: is made once more if the channel has a ready connection within this long
 #: of the failure (and before the call's deadline). Under many calls at
@@ -386,6 +393,9 @@ class ResolverClient:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.near_cache: NearCache | None = None
         self._near_channel: grpc.Channel | None = None
+        #: The server process of the near-cache's last answer (memory or
+        #: RPC): an answer from another is asked again with sync.
+        self._answered_by = ""
         self._watcher: StreamWatcher | None = None
         if near_cache:
             self.near_cache = _own(near_cache, self)
@@ -441,15 +451,18 @@ class ResolverClient:
         request: Any,
         timeout: float | None,
         channel: grpc.Channel | None = None,
+        sync: bool = False,
     ) -> T:
         """The response; raises :class:`ResolverError` for every failure.
         ``channel``: the one ``method`` calls over (the client's own unless
-        given). A call that never reached a resolver is made once more
-        when the channel connects in time (:data:`RECONNECT_WAIT_S`)."""
+        given); ``sync``: send :data:`SYNC_METADATA`. A call that never
+        reached a resolver is made once more when the channel connects in
+        time (:data:`RECONNECT_WAIT_S`)."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        metadata = (*(self._metadata or ()), SYNC_METADATA) if sync else self._metadata
         try:
-            return method(request, timeout=timeout, metadata=self._metadata)
+            return method(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as error:
             failed = ResolverError.from_rpc_error(error)
         wait = min(deadline - time.monotonic(), RECONNECT_WAIT_S)
@@ -459,7 +472,7 @@ class ResolverClient:
             return method(
                 request,
                 timeout=max(0.0, deadline - time.monotonic()),
-                metadata=self._metadata,
+                metadata=metadata,
                 # A channel can still say it is ready just after its
                 # connection was reset: wait for the next one.
                 wait_for_ready=True,
@@ -473,11 +486,12 @@ class ResolverClient:
         request: Any,
         timeout: float | None,
         channel: grpc.Channel | None = None,
+        sync: bool = False,
     ) -> T | None:
         """The response, or ``None`` for NOT_FOUND: only for RPCs that can
         answer NOT_FOUND (docs/errors.md)."""
         try:
-            return self._call(method, request, timeout, channel)
+            return self._call(method, request, timeout, channel, sync)
         except ResolverError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -503,17 +517,49 @@ class ResolverClient:
             return unwrap(response) if response is not None else None
         value = near.get(key)
         if value is not MISSING:
+            # (a stream that broke meanwhile: unknown, the next answer syncs)
+            self._answered_by = near.server_id or "?"
             return value  # type: ignore[no-any-return]
-        # Only an answer from the stream's server can be kept: while the
-        # stream is not live, ask the balanced (health-checked) channel.
-        pinned = near.live() and self._near_channel is not None
-        stub, channel = (self._near_stub, self._near_channel) if pinned else (self.stub, None)
-        response = call(getattr(stub, rpc), request, timeout, channel)
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        response = self._ask(call, rpc, request, timeout, sync=False)
+        server = response.revision.server_id if response is not None else ""
+        if server and self._answered_by and server != self._answered_by:
+            # Another process than the last answer's: it may not have applied
+            # an invalidation that one had. Ask again, once it has caught up
+            # with the database (its answer is then no older).
+            response = self._ask(
+                call, rpc, request, max(0.0, deadline - time.monotonic()), sync=True
+            )
+            server = response.revision.server_id if response is not None else ""
+        if server:
+            self._answered_by = server
         if response is None:
             return None
         value = unwrap(response)
         near.put(key, value, response.revision)
         return value  # type: ignore[no-any-return]
+
+    def _ask(
+        self, call: Callable[..., Any], rpc: str, request: Any, timeout: float, *, sync: bool
+    ) -> Any:
+        """A near-cache miss's call: the response, or None for NOT_FOUND."""
+        # Misses go to one server process at a time, the pinned channel's,
+        # live stream or not: replicas apply an invalidation milliseconds
+        # apart, so alternating between them could answer an older value
+        # after a newer one. Only when that process answers UNAVAILABLE
+        # itself (it drains, or its database does not answer) does the
+        # balanced, health-checked channel take the call.
+        if self._near_channel is None:
+            return call(getattr(self.stub, rpc), request, timeout, None, sync)
+        deadline = time.monotonic() + timeout
+        try:
+            return call(getattr(self._near_stub, rpc), request, timeout, self._near_channel, sync)
+        except ResolverError as error:
+            left = deadline - time.monotonic()
+            if error.code != grpc.StatusCode.UNAVAILABLE or error.unreached or left <= 0:
+                raise
+            return call(getattr(self.stub, rpc), request, left, None, sync)
 
     # ------------------------------------------------------------------ RPCs
     # NOT_FOUND → None only where the RPC answers NOT_FOUND (docs/errors.md):

@@ -13,12 +13,19 @@ the stream's messages. The rules, which are those of the server's own cache:
   scopes (or of everything) with a higher revision has been seen, and only
   when ``valid_at`` is at least the stream's starting revision (the client
   cannot know what it missed before).
+* An answer that is not kept removes the key's entry: having returned
+  it, the client never answers an older one from memory after it.
 * It is answered from memory only while the stream is live: started, heard
   from within three heartbeat intervals, and its server listening to the
   database. A broken stream drops everything at once; nothing is answered
   from memory until a new stream has started.
 * Every answer expires after the smaller of the client's ``ttl_s`` and the
   server's ``max_age_ms`` for it.
+
+The clients add one rule of their own: an RPC answer from another process
+than their previous answer is asked again with sync metadata
+(:data:`~.client.SYNC_METADATA`), so that a lookup never returns an older
+answer than before, even across a move to another replica.
 """
 
 from __future__ import annotations
@@ -178,6 +185,9 @@ class NearCache:
                 or revision.server_id != self._server_id
                 or not self._current(revision.valid_at, scopes)
             ):
+                # This answer is returned: an entry kept before it may be
+                # older (another process's view), so it goes too.
+                self._entries.pop(key, None)
                 self._not_kept += 1
                 return False
             entries = self._entries
@@ -276,6 +286,11 @@ class NearCache:
             self.state = StreamState.CLOSED
             self._live_until = 0.0
             self._entries.clear()
+
+    @property
+    def server_id(self) -> str:
+        """The server process of the stream ("" before it starts)."""
+        return self._server_id
 
     def live(self) -> bool:
         """Whether answers are kept and served from memory now."""

@@ -426,3 +426,195 @@ def test_a_refused_stream_renews_the_pinned_channel_until_a_replica_takes_it(
         assert concurrency_limit(client, env_id) == 3
         assert concurrency_limit(client, env_id) == 3
         assert client.near_cache_stats().hits == 1
+
+
+def pin_in_order(monkeypatch: Any) -> None:
+    """The near-cache's pinned channel takes the target's addresses in
+    order (not shuffled), so a test knows which replica it watches first.
+    And channels watch no health: a server of this process stopped while a
+    closed client's health watch is being cancelled can deadlock in
+    grpcio-health-checking (``HealthServicer.set`` sends under the lock the
+    cancellation callback takes), which these tests are not about."""
+    import json
+
+    from controlplane_resolver_client import client as client_module
+
+    balanced = json.loads(client_module.service_config())
+    del balanced["healthCheckConfig"]
+    pinned = {**balanced, "loadBalancingConfig": [{"pick_first": {"shuffleAddressList": False}}]}
+    monkeypatch.setattr(client_module, "service_config", lambda: json.dumps(balanced))
+    monkeypatch.setattr(client_module, "pinned_service_config", lambda: json.dumps(pinned))
+
+
+def test_answers_never_go_back_while_the_stream_is_not_live(start_server, cp, tenant, monkeypatch):
+    """bench/near_cache.py once saw a client answer 9 after 10 while its
+    stream was down after a server kill: its misses went round-robin over
+    the other replicas, and one had not yet applied the invalidation the
+    other had. Here a replica that hears no invalidation at all stands for
+    the late one, so the alternation is certain rather than a race."""
+    # The pinned channel takes the target's first address: the replica that
+    # lags, whose stream is never live (not listening).
+    pin_in_order(monkeypatch)
+    late = start_server(listen_enabled=False, **LONG_TTLS)
+    current = start_server(**LONG_TTLS)
+    env_id = tenant.environment(cp, maximum_concurrency_limit=9)
+    assert concurrency_limit(late.client, env_id) == 9  # kept by the late replica
+    set_concurrency_limit(cp, env_id, 10)
+    assert concurrency_limit(current.client, env_id) == 10
+    with ResolverClient(f"ipv4:{late.address},{current.address}", near_cache=True) as client:
+        wait_until(
+            lambda: client.near_cache_stats().state is StreamState.NOT_LISTENING,  # type: ignore[union-attr]
+            timeout=10,
+            what="stream started on the replica that does not listen",
+        )
+        # Both replicas take the client's balanced calls (round-robin).
+        before = {s.address: started(s, "ClassifyRunId") for s in (late, current)}
+        wait_until(
+            lambda: (
+                client.classify_run_id("run_" + "c" * 25) is not None
+                and all(started(s, "ClassifyRunId") > before[s.address] for s in (late, current))
+            ),
+            timeout=10,
+            what="the balanced channel reaching both replicas",
+        )
+        answers = [concurrency_limit(client, env_id) for _ in range(20)]
+    # One replica's answers, stale as that replica is, but never older
+    # after newer.
+    assert answers == [9] * 20, answers
+
+
+class GatedTarget:
+    """A listener's invalidation target whose environment invalidations wait
+    for ``gate``: a replica that has received an invalidation but not yet
+    applied it, for as long as the test says."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def invalidate_environment(self, environment_id: str) -> None:
+        self.entered.set()
+        self.gate.wait(30)  # a bound, not a synchronisation: the test opens it
+        self._target.invalidate_environment(environment_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+def test_answers_never_go_back_when_lookups_move_to_a_replica_behind(
+    start_server, databases, cp, tenant, monkeypatch
+):
+    """The client answered 10 from its replica, which dies; the replica it
+    moves to has heard the invalidation but not applied it, and answers 9.
+    The client asks again with sync: that replica applies everything
+    committed before the call first, and answers 10."""
+    from support.processes import ServerProcess
+
+    pin_in_order(monkeypatch)
+    env_id = tenant.environment(cp, maximum_concurrency_limit=9)
+    first = ServerProcess(process_env(databases)).wait_serving()
+    try:
+        behind = start_server(**LONG_TTLS)
+        assert behind.app.listener is not None
+        gated = GatedTarget(behind.app.listener._target)
+        behind.app.listener._target = gated
+        synced = behind.app.servicer.sync
+        assert synced is not None
+
+        def sync(timeout_s: float) -> bool:
+            gated.gate.set()  # the invalidation is applied from now on
+            return synced(timeout_s)
+
+        behind.app.servicer.sync = sync
+        assert concurrency_limit(behind.client, env_id) == 9  # kept by the replica behind
+        target = f"ipv4:{first.address},{behind.address}"
+        with live(ResolverClient(target, near_cache=True, timeout=5)) as client:
+            assert concurrency_limit(client, env_id) == 9
+            seen = client.near_cache_stats().invalidations  # type: ignore[union-attr]
+            set_concurrency_limit(cp, env_id, 10)
+            with ResolverClient(first.address) as writer:
+                writer.invalidate(environment_id=env_id)  # applied there, published
+            wait_until(
+                lambda: client.near_cache_stats().invalidations > seen,  # type: ignore[union-attr]
+                timeout=5,
+                what="the invalidation on the client's stream",
+            )
+            assert concurrency_limit(client, env_id) == 10  # from the first replica
+            assert gated.entered.wait(10), "the replica behind never heard the invalidation"
+            first.proc.kill()
+            first.proc.wait()
+            wait_until(
+                lambda: client.near_cache_stats().state is not StreamState.LIVE,  # type: ignore[union-attr]
+                timeout=5,
+                what="the stream broken",
+            )
+            # The replica behind still answers 9 to a call without sync.
+            assert concurrency_limit(behind.client, env_id) == 9
+            assert concurrency_limit(client, env_id) == 10
+            assert concurrency_limit(client, env_id) == 10
+    finally:
+        first.terminate()
+
+
+def test_the_asyncio_client_asks_a_replica_behind_with_sync(
+    start_server, databases, cp, tenant, monkeypatch
+):
+    """As the threaded client, above: AsyncResolverClient."""
+    import asyncio
+
+    from controlplane_resolver_client import AsyncResolverClient
+
+    from support.processes import ServerProcess
+
+    pin_in_order(monkeypatch)
+    env_id = tenant.environment(cp, maximum_concurrency_limit=9)
+    first = ServerProcess(process_env(databases)).wait_serving()
+    try:
+        behind = start_server(**LONG_TTLS)
+        assert behind.app.listener is not None
+        gated = GatedTarget(behind.app.listener._target)
+        behind.app.listener._target = gated
+        synced = behind.app.servicer.sync
+        assert synced is not None
+
+        def sync(timeout_s: float) -> bool:
+            gated.gate.set()
+            return synced(timeout_s)
+
+        behind.app.servicer.sync = sync
+        assert concurrency_limit(behind.client, env_id) == 9
+
+        async def scenario() -> None:
+            target = f"ipv4:{first.address},{behind.address}"
+            async with AsyncResolverClient(target, near_cache=True, timeout=5) as client:
+                stats = client.near_cache_stats
+
+                async def limit() -> int:
+                    return (await client.resolve_env(env_id)).maximum_concurrency_limit
+
+                await wait_until_async(
+                    lambda: stats().state is StreamState.LIVE, 10, what="stream live"
+                )
+                assert await limit() == 9
+                seen = stats().invalidations
+                set_concurrency_limit(cp, env_id, 10)
+                with ResolverClient(first.address) as writer:
+                    writer.invalidate(environment_id=env_id)
+                await wait_until_async(
+                    lambda: stats().invalidations > seen, 5, what="the invalidation on the stream"
+                )
+                assert await limit() == 10
+                assert gated.entered.wait(10), "the replica behind never heard the invalidation"
+                first.proc.kill()
+                first.proc.wait()
+                await wait_until_async(
+                    lambda: stats().state is not StreamState.LIVE, 5, what="stream broken"
+                )
+                assert concurrency_limit(behind.client, env_id) == 9
+                assert await limit() == 10
+                assert await limit() == 10
+
+        asyncio.run(scenario())
+    finally:
+        first.terminate()

@@ -99,6 +99,18 @@ def test_an_answer_from_another_server_process_is_not_kept():
     assert not cache.put("k", "v", answer(20, ENV, server="b" * 32))
 
 
+def test_an_answer_not_kept_removes_the_entry_it_was_returned_instead_of():
+    # The client returned the other process's answer (it may be newer than
+    # the entry): the entry must not be answered from memory after it.
+    cache, _ = new_cache()
+    start(cache, 10)
+    assert cache.put("k", "old", answer(12, ENV))
+    assert not cache.put("k", "new", answer(20, ENV, server="b" * 32))
+    assert cache.get("k") is MISSING
+    assert cache.put("k", "newer", answer(12, ENV))  # still valid here: kept again
+    assert cache.get("k") == "newer"
+
+
 def test_invalidating_everything_drops_every_answer():
     cache, _ = new_cache()
     start(cache, 10)

@@ -8,6 +8,12 @@ Notifications are not durable: one sent while this process was not
 listening is lost. So every (re)connect invalidates the whole cache before
 reporting itself listening; the TTLs stay the backstop. ``LISTEN`` does not
 work on a read replica, which is why this connects to the primary.
+
+:meth:`InvalidationListener.sync` catches up with the database: it sends a
+marker on a channel of this process's own and waits until the listener has
+received it. PostgreSQL delivers notifications in commit order, so by then
+every invalidation committed before the call has been applied (a client
+that moves to this replica asks for it, docs/near-cache.md).
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import enum
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
 
+from controlplane_resolver import blocking
 from controlplane_resolver.config import redact_dsn
 from controlplane_resolver.invalidation.protocol import (
     CHANNEL,
@@ -29,6 +37,11 @@ from controlplane_resolver.invalidation.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Prefix of the channel each listener also LISTENs on for its own sync
+#: markers (a random suffix per process: 27 + 32 characters, within
+#: PostgreSQL's 63).
+SYNC_CHANNEL_PREFIX = "controlplane_resolver_sync_"
 
 
 class ListenerState(enum.Enum):
@@ -85,6 +98,15 @@ class InvalidationListener:
         self.state = ListenerState.STARTING
         self.connects = 0
         self.notifications = 0
+        # Sync markers: sent on the sync connection, one at a time (_sync_lock);
+        # _synced is the highest one delivered, or one every marker up to it
+        # is as good as (a reconnect invalidates everything).
+        self._sync_channel = SYNC_CHANNEL_PREFIX + uuid.uuid4().hex
+        self._sync_lock = threading.Lock()
+        self._sync_conn: psycopg.Connection | None = None
+        self._sync_sent = 0
+        self._synced = 0
+        self._sync_done = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="invalidation-listener", daemon=True)
 
     def get_stats(self) -> ListenerStats:
@@ -101,6 +123,66 @@ class InvalidationListener:
         self._stop.set()
         self._thread.join(timeout_s)
         self._set_state(ListenerState.STOPPED)
+        with self._sync_lock:
+            self._close_sync()
+        with self._sync_done:
+            self._sync_done.notify_all()
+
+    def sync(self, timeout_s: float) -> bool:
+        """Wait until every invalidation committed before this call has been
+        applied (at most ``timeout_s``). False when that cannot be known:
+        not listening, the marker not sent, or not back in time."""
+        if self.state is not ListenerState.LISTENING or timeout_s <= 0:
+            return False
+        with blocking.waiting():  # on the primary and the listener thread
+            return self._sync(timeout_s)
+
+    def _sync(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        if not self._sync_lock.acquire(timeout=timeout_s):
+            return False
+        try:
+            self._sync_sent += 1
+            marker = self._sync_sent
+            try:
+                if self._sync_conn is None or self._sync_conn.closed:
+                    self._sync_conn = psycopg.connect(
+                        self._dsn,
+                        autocommit=True,
+                        connect_timeout=max(1, int(timeout_s)),
+                        application_name="controlplane-resolver:sync",
+                    )
+                self._sync_conn.execute(
+                    "SELECT pg_notify(%s, %s)", (self._sync_channel, str(marker)), prepare=False
+                )
+            except psycopg.Error as exc:
+                log.warning("could not send a sync marker (%s)", type(exc).__name__)
+                self._close_sync()
+                return False
+        finally:
+            self._sync_lock.release()
+        with self._sync_done:
+            return (
+                self._sync_done.wait_for(
+                    lambda: self._synced >= marker or self._stop.is_set(),
+                    max(0.0, deadline - time.monotonic()),
+                )
+                and self._synced >= marker
+            )
+
+    def _close_sync(self) -> None:
+        if self._sync_conn is not None:
+            try:
+                self._sync_conn.close()
+            except Exception:
+                pass
+            self._sync_conn = None
+
+    def _synced_up_to(self, marker: int) -> None:
+        with self._sync_done:
+            if marker > self._synced:
+                self._synced = marker
+                self._sync_done.notify_all()
 
     def _set_state(self, state: ListenerState) -> None:
         if state is not self.state:
@@ -118,9 +200,14 @@ class InvalidationListener:
                     application_name="controlplane-resolver:listener",
                 ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {self._sync_channel}")
+                    # Markers sent so far may be lost; the clean cache below
+                    # is newer than all of them.
+                    sent = self._sync_sent
                     # Anything sent while we were not listening is lost:
                     # start from a clean cache.
                     self._target.invalidate_all()
+                    self._synced_up_to(sent)
                     self.connects += 1
                     backoff = self._min_backoff_s
                     log.info(
@@ -133,7 +220,10 @@ class InvalidationListener:
                     last_ping = time.monotonic()
                     while not self._stop.is_set():
                         for notify in conn.notifies(timeout=self._poll_s):
-                            if not self._is_echo(notify.pid, notify.payload):
+                            if notify.channel == self._sync_channel:
+                                # Every notification before it is applied.
+                                self._synced_up_to(int(notify.payload))
+                            elif not self._is_echo(notify.pid, notify.payload):
                                 self.notifications += 1
                                 apply_notification(self._target, notify.payload)
                         if time.monotonic() - last_ping >= self._ping_s:

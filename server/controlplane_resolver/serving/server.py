@@ -378,6 +378,7 @@ class ResolverApp:
                 )
                 self.state_metrics.attach(listener_stats=self.listener.get_stats)
                 self.listener.start()
+                self.servicer.sync = self.listener.sync
                 # Never answer from a cache that may have missed invalidations.
                 if not self._wait_listening(pool_wait_s, cancel):
                     raise Unavailable(

@@ -107,14 +107,33 @@ def _not_ready(context: grpc.ServicerContext) -> None:
     )
 
 
-def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Translate domain errors into statuses; anything unexpected is INTERNAL."""
+#: Request metadata of a call that must answer no older than the database
+#: at the time of the call: the server first applies every invalidation
+#: committed before it (a near-cache client that moved to this process
+#: asks for it, docs/near-cache.md). Honoured by the methods whose answers
+#: carry a revision.
+SYNC_KEY = "x-resolver-sync"
+#: How long a call waits at most for that (its deadline may be shorter).
+SYNC_WAIT_S = 1.0
+
+
+def _asks_sync(context: grpc.ServicerContext) -> bool:
+    return any(key == SYNC_KEY for key, _ in context.invocation_metadata() or ())
+
+
+def _edge(method: Callable[..., Any], *, syncs: bool = False) -> Callable[..., Any]:
+    """Translate domain errors into statuses; anything unexpected is INTERNAL.
+    ``syncs``: the method honours :data:`SYNC_KEY`."""
 
     @functools.wraps(method)
     def wrapper(self: ResolverServicer, request: Any, context: grpc.ServicerContext) -> Any:
         resolver = self.resolver
         if resolver is None:
             _not_ready(context)
+        if syncs and self.sync is not None and _asks_sync(context):
+            left = context.time_remaining()
+            if not self.sync(min(SYNC_WAIT_S, left if left is not None else SYNC_WAIT_S)):
+                log.info("a sync call answered without catching up (listener not ready)")
         try:
             return method(self, resolver, request, context)
         except OperationError as exc:
@@ -139,6 +158,11 @@ def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
         raise AssertionError("unreachable")  # abort() raises
 
     return wrapper
+
+
+def _edge_synced(method: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`_edge` for a method whose answers carry a revision."""
+    return _edge(method, syncs=True)
 
 
 def _env_response(env: Any) -> pb.ResolveEnvResponse:
@@ -189,6 +213,9 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
     def __init__(self, resolver: Resolver | None = None) -> None:
         self.resolver = resolver
         self.feed: InvalidationFeed | None = None
+        #: Catches up with the database's invalidations (the listener's
+        #: sync), for calls with :data:`SYNC_KEY`; None without a listener.
+        self.sync: Callable[[float], bool] | None = None
         # Environments are the hot path. Three layers, each keyed by the
         # cached answer itself: its Environment message (ResolveEnv and
         # BatchResolveEnvs), its ResolveEnv response with the answer's own
@@ -212,7 +239,7 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         for scope in validity.scopes:
             _fill_scope(revision.scopes.add(), scope)
 
-    @_edge
+    @_edge_synced
     def ResolveEnv(
         self, r: Resolver, request: pb.ResolveEnvRequest, context: Any
     ) -> pb.ResolveEnvResponse:
@@ -240,7 +267,7 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
             self._env_responses.put(env, (response, revision, now + reuse_s))
         return response
 
-    @_edge
+    @_edge_synced
     def ResolveAuthenticatedEnv(
         self, r: Resolver, request: pb.ResolveAuthenticatedEnvRequest, context: Any
     ) -> pb.ResolveAuthenticatedEnvResponse:
@@ -252,7 +279,7 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
             ),
         )
 
-    @_edge
+    @_edge_synced
     def ResolveWorkerVersion(
         self, r: Resolver, request: pb.ResolveWorkerVersionRequest, context: Any
     ) -> pb.ResolveWorkerVersionResponse:
@@ -268,7 +295,7 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         read = r.read_run(request.run_id, include_environment=request.include_environment)
         return render(pb.ReadRunResponse, read)
 
-    @_edge
+    @_edge_synced
     def AssertEnvExists(
         self, r: Resolver, request: pb.AssertEnvExistsRequest, context: Any
     ) -> pb.AssertEnvExistsResponse:
@@ -341,7 +368,7 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         )
         return render(pb.ResolveRunLockedWorkerResponse, locked)
 
-    @_edge
+    @_edge_synced
     def ResolveMintKind(
         self, r: Resolver, request: pb.ResolveMintKindRequest, context: Any
     ) -> pb.ResolveMintKindResponse:
