@@ -430,19 +430,13 @@ def test_a_refused_stream_renews_the_pinned_channel_until_a_replica_takes_it(
 
 def pin_in_order(monkeypatch: Any) -> None:
     """The near-cache's pinned channel takes the target's addresses in
-    order (not shuffled), so a test knows which replica it watches first.
-    And channels watch no health: a server of this process stopped while a
-    closed client's health watch is being cancelled can deadlock in
-    grpcio-health-checking (``HealthServicer.set`` sends under the lock the
-    cancellation callback takes), which these tests are not about."""
+    order (not shuffled), so a test knows which replica it watches first."""
     import json
 
     from controlplane_resolver_client import client as client_module
 
     balanced = json.loads(client_module.service_config())
-    del balanced["healthCheckConfig"]
     pinned = {**balanced, "loadBalancingConfig": [{"pick_first": {"shuffleAddressList": False}}]}
-    monkeypatch.setattr(client_module, "service_config", lambda: json.dumps(balanced))
     monkeypatch.setattr(client_module, "pinned_service_config", lambda: json.dumps(pinned))
 
 
