@@ -704,6 +704,7 @@ SERVER_METRICS: dict[str, frozenset[str]] = {
     "resolver_sentinel_verdict": frozenset({"verdict"}),
     "resolver_listener_listening": frozenset(),
     "resolver_listener_notifications_total": frozenset(),
+    "resolver_listener_sync_markers_total": frozenset(),
     "resolver_watch_streams": frozenset(),
     "resolver_watch_streams_started_total": frozenset(),
     "resolver_watch_invalidations_total": frozenset(),

@@ -612,3 +612,28 @@ def test_the_asyncio_client_asks_a_replica_behind_with_sync(
         asyncio.run(scenario())
     finally:
         first.terminate()
+
+
+def test_calls_asking_for_sync_at_once_share_markers(start_server):
+    """Sync costs a pg_notify on the primary: calls that wait for one at the
+    same time share it, so a burst of them (or a caller sending the
+    metadata on every call) does not cost a notification each."""
+    listener = start_server().app.listener
+    assert listener is not None
+    before = listener.get_stats().sync_markers
+    callers = 16
+    start = threading.Barrier(callers)
+    synced: list[bool] = []
+
+    def ask() -> None:
+        start.wait()
+        synced.append(listener.sync(5.0))
+
+    threads = [threading.Thread(target=ask) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert synced == [True] * callers
+    sent = listener.get_stats().sync_markers - before
+    assert 1 <= sent <= callers // 2, f"{sent} markers for {callers} calls at once"

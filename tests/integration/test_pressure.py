@@ -239,6 +239,15 @@ def test_overload_is_refused_at_once_and_recovers(start_server, cp, tenant: Tena
         status.details[1].Unpack(retry)
         assert (info.reason, retry.retry_delay.ToMilliseconds()) == ("OVERLOADED", 100)
         assert "RESOLVER_MAX_CONCURRENT_RPCS" in refused.value.details()
+        # Health checks and watches are answered on the express threads,
+        # while every worker waits on the database.
+        with grpc.insecure_channel(running.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            check = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+            watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=2)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
         assert not any(call.finished for call in blocked)
     assert [call.join(10) for call in blocked] == envs
     # Recovered: a burst within the limit is served in full.

@@ -35,6 +35,7 @@ from controlplane_resolver.invalidation.protocol import (
     InvalidationTarget,
     apply_notification,
 )
+from controlplane_resolver.logbounds import RateLimitedWarning
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class ListenerStats:
     state: ListenerState
     connects: int
     notifications: int
+    #: Sync markers sent (one may serve many calls that asked for sync).
+    sync_markers: int
 
 
 class InvalidationListener:
@@ -105,12 +108,20 @@ class InvalidationListener:
         self._sync_lock = threading.Lock()
         self._sync_conn: psycopg.Connection | None = None
         self._sync_sent = 0
+        #: When the newest marker's send began (monotonic; 0 after a failed
+        #: send): a call that arrived before then shares that marker.
+        self._sync_send_began = 0.0
+        self._sync_failed = RateLimitedWarning(
+            log,
+            "could not send a sync marker to the control-plane primary (%s): calls "
+            "asking for sync are answered without catching up until it answers",
+        )
         self._synced = 0
         self._sync_done = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="invalidation-listener", daemon=True)
 
     def get_stats(self) -> ListenerStats:
-        return ListenerStats(self.state, self.connects, self.notifications)
+        return ListenerStats(self.state, self.connects, self.notifications, self._sync_sent)
 
     def start(self) -> None:
         self._thread.start()
@@ -138,29 +149,22 @@ class InvalidationListener:
             return self._sync(timeout_s)
 
     def _sync(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
+        arrived = time.monotonic()
+        deadline = arrived + timeout_s
         if not self._sync_lock.acquire(timeout=timeout_s):
             return False
         try:
-            self._sync_sent += 1
-            marker = self._sync_sent
-            try:
-                if self._sync_conn is None or self._sync_conn.closed:
-                    self._sync_conn = psycopg.connect(
-                        self._dsn,
-                        autocommit=True,
-                        connect_timeout=max(1, int(timeout_s)),
-                        application_name="controlplane-resolver:sync",
-                    )
-                self._sync_conn.execute(
-                    "SELECT pg_notify(%s, %s)", (self._sync_channel, str(marker)), prepare=False
-                )
-            except psycopg.Error as exc:
-                log.warning("could not send a sync marker (%s)", type(exc).__name__)
-                self._close_sync()
-                return False
+            if self._sync_send_began > arrived:
+                # A marker whose send began after this call arrived covers
+                # it too: calls waiting here share one, so a burst of them
+                # costs about one pg_notify per round trip, not one each.
+                marker: int | None = self._sync_sent
+            else:
+                marker = self._send_marker(timeout_s)
         finally:
             self._sync_lock.release()
+        if marker is None:
+            return False
         with self._sync_done:
             return (
                 self._sync_done.wait_for(
@@ -169,6 +173,30 @@ class InvalidationListener:
                 )
                 and self._synced >= marker
             )
+
+    def _send_marker(self, timeout_s: float) -> int | None:
+        """Under ``_sync_lock``: send the next marker and return its number;
+        None when it could not be sent (then no call shares it)."""
+        self._sync_sent += 1
+        marker = self._sync_sent
+        self._sync_send_began = time.monotonic()
+        try:
+            if self._sync_conn is None or self._sync_conn.closed:
+                self._sync_conn = psycopg.connect(
+                    self._dsn,
+                    autocommit=True,
+                    connect_timeout=max(1, int(timeout_s)),
+                    application_name="controlplane-resolver:sync",
+                )
+            self._sync_conn.execute(
+                "SELECT pg_notify(%s, %s)", (self._sync_channel, str(marker)), prepare=False
+            )
+        except psycopg.Error as exc:
+            self._sync_send_began = 0.0
+            self._sync_failed.warn(type(exc).__name__)
+            self._close_sync()
+            return None
+        return marker
 
     def _close_sync(self) -> None:
         if self._sync_conn is not None:

@@ -16,8 +16,8 @@ for a worker. This module decides at that hand-off (docs/operations.md,
   ``RESOURCE_EXHAUSTED`` with the reason ``OVERLOADED`` and a retry delay
   (:data:`OVERLOAD_RETRY_S`), at once, instead of queueing until its
   deadline.
-* **Express threads.** Refusals and health checks run on a few threads of
-  their own (:class:`Express`), never queued behind the calls waiting for a
+* **Express threads.** Refusals and health checks and watches run on a few
+  threads of their own (:class:`Express`), never queued behind the calls waiting for a
   worker: they answer at once without blocking on anything.
 * **Stream threads.** A server-streaming call (``WatchInvalidations``)
   holds its thread for as long as it is open: it runs on a pool of its own
@@ -64,15 +64,23 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 class Express:
     """A call's behaviour that answers without blocking (a refusal, a health
-    check): :class:`AdmissionExecutor` runs it on its express threads."""
+    check or watch): :class:`AdmissionExecutor` runs it on its express
+    threads. A behaviour that streams without holding a thread (grpcio's
+    ``experimental_non_blocking``: health Watch) stays so."""
 
     __slots__ = ("behavior",)
 
-    def __init__(self, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> None:
+    def __init__(self, behavior: Callable[..., Any]) -> None:
         self.behavior = behavior
 
-    def __call__(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self.behavior(request, context)
+    @property
+    def experimental_non_blocking(self) -> bool:
+        return bool(getattr(self.behavior, "experimental_non_blocking", False))
+
+    def __call__(
+        self, request: Any, context: grpc.ServicerContext, *args: Any, **kwargs: Any
+    ) -> Any:
+        return self.behavior(request, context, *args, **kwargs)
 
 
 class Stream:
@@ -203,12 +211,16 @@ class Admission(grpc.ServerInterceptor):
             and handler.unary_stream is not None
             and not getattr(handler.unary_stream, "experimental_non_blocking", False)
         ):
-            # A stream that holds its thread (WatchInvalidations). One grpcio
-            # serves without a thread (health Watch) is left as it is.
+            # A stream that holds its thread (WatchInvalidations).
             if self._draining:
                 self.refused["draining"] += 1
                 return handler._replace(unary_stream=Express(_shutting_down_stream))
             return handler._replace(unary_stream=Stream(handler.unary_stream))
+        if handler is not None and handler.unary_stream is not None:
+            # A stream that holds no thread (health Watch): only its first
+            # status is sent from a thread, an express one, outside the
+            # calls in flight and during a drain too.
+            return handler._replace(unary_stream=Express(handler.unary_stream))
         if handler is None or handler.unary_unary is None:
             return handler
         method = details.method

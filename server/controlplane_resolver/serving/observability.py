@@ -574,6 +574,12 @@ def _listener_families(stats: ListenerStats) -> Iterator[Any]:
     )
     n.add_metric([], stats.notifications)
     yield n
+    markers = CounterMetricFamily(
+        "resolver_listener_sync_markers",
+        "Sync markers sent for calls asking for sync (x-resolver-sync); calls share them.",
+    )
+    markers.add_metric([], stats.sync_markers)
+    yield markers
 
 
 def _feed_families(stats: FeedStats) -> Iterator[Any]:

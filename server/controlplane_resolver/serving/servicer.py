@@ -29,6 +29,7 @@ from controlplane_resolver.errors import (
     Unavailable,
 )
 from controlplane_resolver.invalidation.feed import EventKind, FeedEvent, FeedFull, InvalidationFeed
+from controlplane_resolver.logbounds import RateLimitedWarning
 from controlplane_resolver.resolver import Resolver
 from controlplane_resolver.serving.rendered_cache import RenderedCache
 from controlplane_resolver.serving.rendering import (
@@ -117,6 +118,15 @@ SYNC_KEY = "x-resolver-sync"
 SYNC_WAIT_S = 1.0
 
 
+#: Written when a call that asked for sync is answered without it.
+_unsynced = RateLimitedWarning(
+    log,
+    "a call asking for sync (x-resolver-sync) was answered without catching up with the "
+    "database's invalidations: the invalidation listener is not listening or its marker "
+    "did not come back within the wait; check the listener's state in /metrics",
+)
+
+
 def _asks_sync(context: grpc.ServicerContext) -> bool:
     return any(key == SYNC_KEY for key, _ in context.invocation_metadata() or ())
 
@@ -133,7 +143,7 @@ def _edge(method: Callable[..., Any], *, syncs: bool = False) -> Callable[..., A
         if syncs and self.sync is not None and _asks_sync(context):
             left = context.time_remaining()
             if not self.sync(min(SYNC_WAIT_S, left if left is not None else SYNC_WAIT_S)):
-                log.info("a sync call answered without catching up (listener not ready)")
+                _unsynced.warn()
         try:
             return method(self, resolver, request, context)
         except OperationError as exc:
