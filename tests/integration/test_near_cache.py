@@ -496,6 +496,25 @@ class GatedTarget:
         return getattr(self._target, name)
 
 
+def replica_behind(start_server: Any) -> tuple[Any, GatedTarget]:
+    """A server whose listener holds environment invalidations back until
+    a call asks for sync (its gate opens then): a replica that has heard an
+    invalidation but not applied it."""
+    behind = start_server(**LONG_TTLS)
+    assert behind.app.listener is not None
+    gated = GatedTarget(behind.app.listener._target)
+    behind.app.listener._target = gated
+    synced = behind.app.servicer.sync
+    assert synced is not None
+
+    def sync(timeout_s: float) -> bool:
+        gated.gate.set()  # the invalidation is applied from now on
+        return synced(timeout_s)
+
+    behind.app.servicer.sync = sync
+    return behind, gated
+
+
 def test_answers_never_go_back_when_lookups_move_to_a_replica_behind(
     start_server, databases, cp, tenant, monkeypatch
 ):
@@ -509,18 +528,7 @@ def test_answers_never_go_back_when_lookups_move_to_a_replica_behind(
     env_id = tenant.environment(cp, maximum_concurrency_limit=9)
     first = ServerProcess(process_env(databases)).wait_serving()
     try:
-        behind = start_server(**LONG_TTLS)
-        assert behind.app.listener is not None
-        gated = GatedTarget(behind.app.listener._target)
-        behind.app.listener._target = gated
-        synced = behind.app.servicer.sync
-        assert synced is not None
-
-        def sync(timeout_s: float) -> bool:
-            gated.gate.set()  # the invalidation is applied from now on
-            return synced(timeout_s)
-
-        behind.app.servicer.sync = sync
+        behind, gated = replica_behind(start_server)
         assert concurrency_limit(behind.client, env_id) == 9  # kept by the replica behind
         target = f"ipv4:{first.address},{behind.address}"
         with live(ResolverClient(target, near_cache=True, timeout=5)) as client:
@@ -565,18 +573,7 @@ def test_the_asyncio_client_asks_a_replica_behind_with_sync(
     env_id = tenant.environment(cp, maximum_concurrency_limit=9)
     first = ServerProcess(process_env(databases)).wait_serving()
     try:
-        behind = start_server(**LONG_TTLS)
-        assert behind.app.listener is not None
-        gated = GatedTarget(behind.app.listener._target)
-        behind.app.listener._target = gated
-        synced = behind.app.servicer.sync
-        assert synced is not None
-
-        def sync(timeout_s: float) -> bool:
-            gated.gate.set()
-            return synced(timeout_s)
-
-        behind.app.servicer.sync = sync
+        behind, gated = replica_behind(start_server)
         assert concurrency_limit(behind.client, env_id) == 9
 
         async def scenario() -> None:
