@@ -17,7 +17,9 @@
  * exponential backoff from 50 ms up to 1 s, within the call's deadline. A
  * lost connection is made again at once, and a failed connection attempt is
  * tried again 100 ms after it began ({@link channelOptions}), before a
- * call's retries have run out. The
+ * call's retries have run out. A call that failed `UNAVAILABLE` without
+ * reaching a server is made again when the channel is ready within
+ * {@link RECONNECT_WAIT_MS} (and the call's deadline), at most twice. The
  * channel balances calls round-robin over every address the target resolves
  * to, so `dns:///controlplane-resolver.<namespace>.svc.cluster.local:50051`
  * (a headless Service) spreads a process's calls over all replicas.
@@ -41,6 +43,15 @@ import * as pb from "./v1.js";
 
 /** The default deadline of every call, in milliseconds. */
 export const DEFAULT_TIMEOUT_MS = 5000;
+
+/** A call that failed without reaching a resolver ({@link ResolverError.unreached})
+ * is made again while the channel is ready within this long of the first
+ * failure (and before the call's deadline), at most twice: as the Python
+ * client's second try, whose wait-for-ready call option grpc-js lacks (a
+ * channel can say it is ready just after its connection was reset; the
+ * third attempt is the one on the next connection). */
+export const RECONNECT_WAIT_MS = 1000;
+const UNREACHED_RETRIES = 2;
 
 const S = pb.ControlPlaneResolverService.method;
 
@@ -182,8 +193,10 @@ export class ResolverClient {
     return metadata;
   }
 
-  /** One unary call; every failure rejects with a ResolverError. */
-  #call<I extends DescMessage, O extends DescMessage>(
+  /** One unary call; every failure rejects with a ResolverError. A call
+   * that never reached a server is made again when the channel is ready
+   * within {@link RECONNECT_WAIT_MS} and the call's deadline (at most twice). */
+  async #call<I extends DescMessage, O extends DescMessage>(
     method: DescMethodUnary<I, O>,
     request: MessageInitShape<I>,
     options: CallOptions | undefined,
@@ -194,6 +207,33 @@ export class ResolverClient {
     >;
     const message = create(method.input, request);
     const deadline = Date.now() + (options?.timeoutMs ?? this.timeoutMs);
+    let waitUntil = 0;
+    for (let retries = 0; ; retries++) {
+      try {
+        return await this.#attempt(definition, message, deadline, options);
+      } catch (error) {
+        const unreached = error instanceof ResolverError && error.unreached;
+        if (!unreached || retries === UNREACHED_RETRIES || options?.signal?.aborted) throw error;
+        waitUntil ||= Math.min(deadline, Date.now() + RECONNECT_WAIT_MS);
+        if (!(await this.#readyBy(waitUntil))) throw error;
+      }
+    }
+  }
+
+  /** Whether the channel is ready by `deadline` (a time in ms). */
+  #readyBy(deadline: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      this.client.waitForReady(deadline, (error?: Error) => resolve(!error));
+    });
+  }
+
+  /** One attempt of a unary call. */
+  #attempt<I, O>(
+    definition: MethodDefinition<I, O>,
+    message: I,
+    deadline: number,
+    options: CallOptions | undefined,
+  ): Promise<O> {
     const signal = options?.signal;
     return new Promise((resolve, reject) => {
       if (signal?.aborted) {
@@ -208,10 +248,10 @@ export class ResolverClient {
         message,
         this.#metadata(options),
         { deadline },
-        (error: ServiceError | null, response?: MessageShape<O>) => {
+        (error: ServiceError | null, response?: O) => {
           signal?.removeEventListener("abort", onAbort);
           if (error) reject(ResolverError.fromServiceError(error));
-          else resolve(response as MessageShape<O>);
+          else resolve(response as O);
         },
       );
       signal?.addEventListener("abort", onAbort, { once: true });

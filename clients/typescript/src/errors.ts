@@ -55,6 +55,13 @@ export class ResolverError extends Error {
     super(`${Code[code] ?? code}: ${details}${reason ? ` [${reason}]` : ""}`, options);
   }
 
+  /** True for an `UNAVAILABLE` that no resolver answered (no `x-request-id`
+   * came back): the call never reached a server, so making it again cannot
+   * run it twice. */
+  get unreached(): boolean {
+    return this.code === Code.UNAVAILABLE && this.requestId === null;
+  }
+
   /** The code's name: `"INVALID_ARGUMENT"`. */
   get codeName(): string {
     return Code[this.code] ?? String(this.code);

@@ -12,6 +12,7 @@
 
 export {
   DEFAULT_TIMEOUT_MS,
+  RECONNECT_WAIT_MS,
   ResolverClient,
   channelOptions,
   serviceConfig,
