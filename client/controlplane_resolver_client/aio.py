@@ -114,9 +114,6 @@ class AsyncResolverClient:
         self.near_cache: NearCache | None = None
         self._near_channel: grpc.aio.Channel | None = None
         self._near_stub = self.stub
-        #: The server process of the near-cache's last answer (memory or
-        #: RPC): an answer from another is asked again with sync.
-        self._answered_by = ""
         self._watch_task: asyncio.Task[None] | None = None
         if near_cache:
             self.near_cache = _own(near_cache, self)
@@ -300,22 +297,16 @@ class AsyncResolverClient:
         self._start_watch()
         value = near.get(key)
         if value is not MISSING:
-            # (a stream that broke meanwhile: unknown, the next answer syncs)
-            self._answered_by = near.server_id or "?"
             return value  # type: ignore[no-any-return]
         timeout = self.timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         response = await self._ask(call, rpc, request, timeout, sync=False)
-        server = response.revision.server_id if response is not None else ""
-        if server and self._answered_by and server != self._answered_by:
-            # Another process than the last answer's (as the threaded
-            # client): asked again once it has caught up with the database.
+        if near.moved(response):
+            # As the threaded client: asked again once caught up.
             left = max(0.0, deadline - loop.time())
             response = await self._ask(call, rpc, request, left, sync=True)
-            server = response.revision.server_id if response is not None else ""
-        if server:
-            self._answered_by = server
+        near.answered(response)
         if response is None:
             return None
         value = unwrap(response)

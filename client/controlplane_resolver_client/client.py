@@ -393,9 +393,6 @@ class ResolverClient:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.near_cache: NearCache | None = None
         self._near_channel: grpc.Channel | None = None
-        #: The server process of the near-cache's last answer (memory or
-        #: RPC): an answer from another is asked again with sync.
-        self._answered_by = ""
         self._watcher: StreamWatcher | None = None
         if near_cache:
             self.near_cache = _own(near_cache, self)
@@ -517,23 +514,17 @@ class ResolverClient:
             return unwrap(response) if response is not None else None
         value = near.get(key)
         if value is not MISSING:
-            # (a stream that broke meanwhile: unknown, the next answer syncs)
-            self._answered_by = near.server_id or "?"
             return value  # type: ignore[no-any-return]
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         response = self._ask(call, rpc, request, timeout, sync=False)
-        server = response.revision.server_id if response is not None else ""
-        if server and self._answered_by and server != self._answered_by:
-            # Another process than the last answer's: it may not have applied
-            # an invalidation that one had. Ask again, once it has caught up
-            # with the database (its answer is then no older).
+        if near.moved(response):
+            # Ask again, once that process has caught up with the database
+            # (its answer is then no older than the last one returned).
             response = self._ask(
                 call, rpc, request, max(0.0, deadline - time.monotonic()), sync=True
             )
-            server = response.revision.server_id if response is not None else ""
-        if server:
-            self._answered_by = server
+        near.answered(response)
         if response is None:
             return None
         value = unwrap(response)

@@ -22,10 +22,10 @@ the stream's messages. The rules, which are those of the server's own cache:
 * Every answer expires after the smaller of the client's ``ttl_s`` and the
   server's ``max_age_ms`` for it.
 
-The clients add one rule of their own: an RPC answer from another process
-than their previous answer is asked again with sync metadata
-(:data:`~.client.SYNC_METADATA`), so that a lookup never returns an older
-answer than before, even across a move to another replica.
+One rule more, for the clients: an RPC answer from another process than
+the last answer returned (:meth:`NearCache.moved`) is asked again with sync
+metadata (:data:`~.client.SYNC_METADATA`), so that a lookup never returns an
+older answer than before, even across a move to another replica.
 """
 
 from __future__ import annotations
@@ -127,6 +127,11 @@ class NearCache:
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self.state = StreamState.CONNECTING
         self._server_id = ""
+        #: The server process of the last answer a lookup returned, from
+        #: memory or by RPC ("" before any): see :meth:`moved`. One
+        #: attribute written without the lock: a racing lookup can only
+        #: leave another process's id, which costs a sync, never an old answer.
+        self._answered_by = ""
         #: Answers from memory only before this time (the stream's silence
         #: limit); 0 while the stream is not live.
         self._live_until = 0.0
@@ -162,6 +167,8 @@ class NearCache:
             self._misses += 1
             return MISSING
         self._hits += 1
+        # (a stream that broke meanwhile: unknown, so the next RPC answer syncs)
+        self._answered_by = self._server_id or "?"
         return entry.value
 
     def _current(self, valid_at: int, scopes: tuple[tuple[int, str], ...]) -> bool:
@@ -287,10 +294,19 @@ class NearCache:
             self._live_until = 0.0
             self._entries.clear()
 
-    @property
-    def server_id(self) -> str:
-        """The server process of the stream ("" before it starts)."""
-        return self._server_id
+    def moved(self, response: Any) -> bool:
+        """Whether an RPC ``response`` (None for NOT_FOUND) comes from
+        another server process than the last answer returned: that process
+        may not yet have applied an invalidation the other had, so the
+        lookup asks again with sync metadata."""
+        server = response.revision.server_id if response is not None else ""
+        return bool(server) and bool(self._answered_by) and server != self._answered_by
+
+    def answered(self, response: Any) -> None:
+        """Note the server process of an RPC ``response`` the lookup returns
+        (None and answers without a server id are not noted)."""
+        if response is not None and response.revision.server_id:
+            self._answered_by = response.revision.server_id
 
     def live(self) -> bool:
         """Whether answers are kept and served from memory now."""
