@@ -131,19 +131,31 @@ def _asks_sync(context: grpc.ServicerContext) -> bool:
     return any(key == SYNC_KEY for key, _ in context.invocation_metadata() or ())
 
 
-def _edge(method: Callable[..., Any], *, syncs: bool = False) -> Callable[..., Any]:
-    """Translate domain errors into statuses; anything unexpected is INTERNAL.
-    ``syncs``: the method honours :data:`SYNC_KEY`."""
+def _catches_up(method: Callable[..., Any]) -> Callable[..., Any]:
+    """For a method whose answers carry a revision: a call with
+    :data:`SYNC_KEY` first waits until this process has applied every
+    invalidation committed before it (at most :data:`SYNC_WAIT_S` and the
+    call's deadline)."""
+
+    @functools.wraps(method)
+    def wrapper(self: ResolverServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        if self.sync is not None and _asks_sync(context):
+            left = context.time_remaining()
+            if not self.sync(min(SYNC_WAIT_S, left if left is not None else SYNC_WAIT_S)):
+                _unsynced.warn()
+        return method(self, request, context)
+
+    return wrapper
+
+
+def _edge(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Translate domain errors into statuses; anything unexpected is INTERNAL."""
 
     @functools.wraps(method)
     def wrapper(self: ResolverServicer, request: Any, context: grpc.ServicerContext) -> Any:
         resolver = self.resolver
         if resolver is None:
             _not_ready(context)
-        if syncs and self.sync is not None and _asks_sync(context):
-            left = context.time_remaining()
-            if not self.sync(min(SYNC_WAIT_S, left if left is not None else SYNC_WAIT_S)):
-                _unsynced.warn()
         try:
             return method(self, resolver, request, context)
         except OperationError as exc:
@@ -168,11 +180,6 @@ def _edge(method: Callable[..., Any], *, syncs: bool = False) -> Callable[..., A
         raise AssertionError("unreachable")  # abort() raises
 
     return wrapper
-
-
-def _edge_synced(method: Callable[..., Any]) -> Callable[..., Any]:
-    """:func:`_edge` for a method whose answers carry a revision."""
-    return _edge(method, syncs=True)
 
 
 def _env_response(env: Any) -> pb.ResolveEnvResponse:
@@ -249,7 +256,8 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         for scope in validity.scopes:
             _fill_scope(revision.scopes.add(), scope)
 
-    @_edge_synced
+    @_catches_up
+    @_edge
     def ResolveEnv(
         self, r: Resolver, request: pb.ResolveEnvRequest, context: Any
     ) -> pb.ResolveEnvResponse:
@@ -277,7 +285,8 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
             self._env_responses.put(env, (response, revision, now + reuse_s))
         return response
 
-    @_edge_synced
+    @_catches_up
+    @_edge
     def ResolveAuthenticatedEnv(
         self, r: Resolver, request: pb.ResolveAuthenticatedEnvRequest, context: Any
     ) -> pb.ResolveAuthenticatedEnvResponse:
@@ -289,7 +298,8 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
             ),
         )
 
-    @_edge_synced
+    @_catches_up
+    @_edge
     def ResolveWorkerVersion(
         self, r: Resolver, request: pb.ResolveWorkerVersionRequest, context: Any
     ) -> pb.ResolveWorkerVersionResponse:
@@ -305,7 +315,8 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         read = r.read_run(request.run_id, include_environment=request.include_environment)
         return render(pb.ReadRunResponse, read)
 
-    @_edge_synced
+    @_catches_up
+    @_edge
     def AssertEnvExists(
         self, r: Resolver, request: pb.AssertEnvExistsRequest, context: Any
     ) -> pb.AssertEnvExistsResponse:
@@ -378,7 +389,8 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
         )
         return render(pb.ResolveRunLockedWorkerResponse, locked)
 
-    @_edge_synced
+    @_catches_up
+    @_edge
     def ResolveMintKind(
         self, r: Resolver, request: pb.ResolveMintKindRequest, context: Any
     ) -> pb.ResolveMintKindResponse:
