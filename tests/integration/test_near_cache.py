@@ -634,3 +634,33 @@ def test_calls_asking_for_sync_at_once_share_markers(start_server):
     assert synced == [True] * callers
     sent = listener.get_stats().sync_markers - before
     assert 1 <= sent <= callers // 2, f"{sent} markers for {callers} calls at once"
+
+
+def test_sync_markers_and_invalidations_share_one_connection_to_the_primary(
+    start_server, databases, cp
+):
+    """A process sends both kinds of notification on one connection (its
+    publisher's): a sync and an Invalidate open one connection between
+    them, and once that connection is killed the next sync opens it again."""
+    running = start_server()
+    listener = running.app.listener
+    assert listener is not None
+    names = ("controlplane-resolver:publisher", "controlplane-resolver:sync")
+
+    def senders() -> list[int]:
+        rows = cp.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = ANY(%s)", (list(names),)
+        ).fetchall()
+        return [pid for (pid,) in rows]
+
+    before = set(senders())
+    assert listener.sync(5.0)
+    running.client.invalidate(environment_id="cm_sync_and_publish_share")
+    opened = set(senders()) - before
+    assert len(opened) == 1, f"{len(opened)} connections opened to send notifications"
+
+    with psycopg.connect(databases.control_plane, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (opened.pop(),))
+    # The first send after the kill may find the connection dead (that sync
+    # answers False); a later one reconnects.
+    wait_until(lambda: listener.sync(2.0), 10, what="a sync after the connection was killed")

@@ -10,10 +10,12 @@ reporting itself listening; the TTLs stay the backstop. ``LISTEN`` does not
 work on a read replica, which is why this connects to the primary.
 
 :meth:`InvalidationListener.sync` catches up with the database: it sends a
-marker on a channel of this process's own and waits until the listener has
-received it. PostgreSQL delivers notifications in commit order, so by then
-every invalidation committed before the call has been applied (a client
-that moves to this replica asks for it, docs/near-cache.md).
+marker on a channel of this process's own (through the process's
+:class:`~controlplane_resolver.invalidation.publisher.InvalidationPublisher`)
+and waits until the listener has received it. PostgreSQL delivers
+notifications in commit order, so by then every invalidation committed
+before the call has been applied (a client that moves to this replica asks
+for it, docs/near-cache.md).
 """
 
 from __future__ import annotations
@@ -69,7 +71,10 @@ class InvalidationListener:
     ``on_state`` is called (from the listener thread) on every state change;
     the app uses it to report the listener in health. A notification
     ``is_echo`` recognises (this process's own ``Invalidate``, applied when it
-    was called) is not applied again. Reconnects with
+    was called) is not applied again. :meth:`sync` sends its markers with
+    ``send_marker(channel, text, wait_s)`` (None once sent, else why not;
+    :meth:`InvalidationPublisher.send_marker`); without it, :meth:`sync`
+    returns False. Reconnects with
     exponential backoff (``min_backoff_s`` doubling up to ``max_backoff_s``).
     """
 
@@ -80,6 +85,7 @@ class InvalidationListener:
         *,
         on_state: Callable[[ListenerState], None] = lambda _s: None,
         is_echo: Callable[[int, str], bool] = lambda _pid, _payload: False,
+        send_marker: Callable[[str, str, float], str | None] | None = None,
         min_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
         poll_s: float = 0.1,
@@ -89,6 +95,7 @@ class InvalidationListener:
         self._target = target
         self._on_state = on_state
         self._is_echo = is_echo
+        self._marker_sender = send_marker
         self._min_backoff_s = min_backoff_s
         self._max_backoff_s = max_backoff_s
         # poll_s bounds how long stop() waits; ping_s how soon a silently
@@ -101,12 +108,11 @@ class InvalidationListener:
         self.state = ListenerState.STARTING
         self.connects = 0
         self.notifications = 0
-        # Sync markers: sent on the sync connection, one at a time (_sync_lock);
-        # _synced is the highest one delivered, or one every marker up to it
-        # is as good as (a reconnect invalidates everything).
+        # Sync markers: numbered and sent one at a time (_sync_lock guards the
+        # two fields after it); _synced is the highest one delivered, or one
+        # every marker up to it is as good as (a reconnect invalidates everything).
         self._sync_channel = SYNC_CHANNEL_PREFIX + uuid.uuid4().hex
         self._sync_lock = threading.Lock()
-        self._sync_conn: psycopg.Connection | None = None
         self._sync_sent = 0
         #: When the newest marker's send began (monotonic; 0 after a failed
         #: send): a call that arrived before then shares that marker.
@@ -134,8 +140,6 @@ class InvalidationListener:
         self._stop.set()
         self._thread.join(timeout_s)
         self._set_state(ListenerState.STOPPED)
-        with self._sync_lock:
-            self._close_sync()
         with self._sync_done:
             self._sync_done.notify_all()
 
@@ -143,12 +147,13 @@ class InvalidationListener:
         """Wait until every invalidation committed before this call has been
         applied (at most ``timeout_s``). False when that cannot be known:
         not listening, the marker not sent, or not back in time."""
-        if self.state is not ListenerState.LISTENING or timeout_s <= 0:
+        send = self._marker_sender
+        if self.state is not ListenerState.LISTENING or timeout_s <= 0 or send is None:
             return False
         with blocking.waiting():  # on the primary and the listener thread
-            return self._sync(timeout_s)
+            return self._sync(send, timeout_s)
 
-    def _sync(self, timeout_s: float) -> bool:
+    def _sync(self, send: Callable[[str, str, float], str | None], timeout_s: float) -> bool:
         arrived = time.monotonic()
         deadline = arrived + timeout_s
         if not self._sync_lock.acquire(timeout=timeout_s):
@@ -160,7 +165,7 @@ class InvalidationListener:
                 # costs about one pg_notify per round trip, not one each.
                 marker: int | None = self._sync_sent
             else:
-                marker = self._send_marker(timeout_s)
+                marker = self._send_marker(send, deadline)
         finally:
             self._sync_lock.release()
         if marker is None:
@@ -174,37 +179,20 @@ class InvalidationListener:
                 and self._synced >= marker
             )
 
-    def _send_marker(self, timeout_s: float) -> int | None:
+    def _send_marker(
+        self, send: Callable[[str, str, float], str | None], deadline: float
+    ) -> int | None:
         """Under ``_sync_lock``: send the next marker and return its number;
-        None when it could not be sent (then no call shares it)."""
+        None when it could not be sent by ``deadline`` (then no call shares it)."""
         self._sync_sent += 1
         marker = self._sync_sent
         self._sync_send_began = time.monotonic()
-        try:
-            if self._sync_conn is None or self._sync_conn.closed:
-                self._sync_conn = psycopg.connect(
-                    self._dsn,
-                    autocommit=True,
-                    connect_timeout=max(1, int(timeout_s)),
-                    application_name="controlplane-resolver:sync",
-                )
-            self._sync_conn.execute(
-                "SELECT pg_notify(%s, %s)", (self._sync_channel, str(marker)), prepare=False
-            )
-        except psycopg.Error as exc:
+        failure = send(self._sync_channel, str(marker), deadline - self._sync_send_began)
+        if failure is not None:
             self._sync_send_began = 0.0
-            self._sync_failed.warn(type(exc).__name__)
-            self._close_sync()
+            self._sync_failed.warn(failure)
             return None
         return marker
-
-    def _close_sync(self) -> None:
-        if self._sync_conn is not None:
-            try:
-                self._sync_conn.close()
-            except Exception:
-                pass
-            self._sync_conn = None
 
     def _synced_up_to(self, marker: int) -> None:
         with self._sync_done:

@@ -1,6 +1,8 @@
-"""Publishing an invalidation to every resolver process: ``pg_notify`` on
-the control-plane primary, the channel every process LISTENs on (the
-``Invalidate`` RPC's way to reach the other replicas and their watchers)."""
+"""Publishing to every resolver process: ``pg_notify`` on the control-plane
+primary. Invalidations go on the channel every process LISTENs on (the
+``Invalidate`` RPC's way to reach the other replicas and their watchers);
+the listener's sync markers go on a channel of its own process, through the
+same connection."""
 
 from __future__ import annotations
 
@@ -29,9 +31,11 @@ MAX_AWAITED = 10_000
 
 class InvalidationPublisher:
     """One connection to the control-plane primary, opened on first use
-    and again after a failure. :meth:`publish` waits up to ``timeout_s``
-    and raises :class:`~controlplane_resolver.errors.Unavailable` when the
-    primary does not take the notification.
+    and again after a failure, that sends one notification at a time.
+    :meth:`publish` sends an invalidation: it waits up to ``timeout_s`` and
+    raises :class:`~controlplane_resolver.errors.Unavailable` when the
+    primary does not take it. :meth:`send_marker` sends a listener's sync
+    marker and says whether it went.
 
     The process that publishes has applied the invalidation already, and
     its own listener hears it again: :meth:`is_echo` recognises that echo (the
@@ -71,40 +75,15 @@ class InvalidationPublisher:
     def publish(self, kind: str, ident: str) -> None:
         """NOTIFY every listening resolver process of one invalidation."""
         with blocking.waiting():  # on the primary, from this thread
-            self._publish(kind, ident)
-
-    def _publish(self, kind: str, ident: str) -> None:
-        if not self._lock.acquire(timeout=self._timeout_s):
-            raise Unavailable(
-                "the invalidation could not be published: earlier ones are still waiting for "
-                "the control-plane primary; retry",
-                reason="INVALIDATION_NOT_PUBLISHED",
-            )
-        try:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = psycopg.connect(
-                        self._dsn,
-                        autocommit=True,
-                        application_name="controlplane-resolver:publisher",
-                        **socket_kwargs(self._timeout_s),
-                    )
-                    with self._echo_lock:
-                        self._pid = self._conn.info.backend_pid
-                        self._awaited.clear()
-                text = payload(kind, ident)
-                with self._echo_lock:
-                    # Before it is sent: the echo may come back at once.
-                    if len(self._awaited) >= MAX_AWAITED:
-                        self._awaited.popleft()
-                    self._awaited.append((time.monotonic(), text))
-                self._conn.execute(
-                    "SELECT pg_notify(%s, %s)",
-                    (CHANNEL, text),
-                    prepare=False,
+            if not self._lock.acquire(timeout=self._timeout_s):
+                raise Unavailable(
+                    "the invalidation could not be published: earlier notifications are still "
+                    "waiting for the control-plane primary; retry",
+                    reason="INVALIDATION_NOT_PUBLISHED",
                 )
+            try:
+                self._send(CHANNEL, payload(kind, ident), echo=True)
             except psycopg.Error as exc:
-                self._close()
                 log.warning(
                     "could not publish an invalidation on %s (%s)",
                     redact_dsn(self._dsn),
@@ -116,8 +95,48 @@ class InvalidationPublisher:
                     "retry",
                     reason="INVALIDATION_NOT_PUBLISHED",
                 ) from None
+            finally:
+                self._lock.release()
+
+    def send_marker(self, channel: str, text: str, wait_s: float) -> str | None:
+        """Send ``text`` on ``channel`` (a listener's sync marker; no echo is
+        awaited), waiting up to ``wait_s`` for the notifications before it.
+        None once sent; else why not (the error's name, or ``"busy"``). The
+        caller declares the wait (:func:`~controlplane_resolver.blocking.waiting`)."""
+        if not self._lock.acquire(timeout=max(0.0, wait_s)):
+            return "busy: earlier notifications are still waiting for the primary"
+        try:
+            self._send(channel, text, echo=False)
+        except psycopg.Error as exc:
+            return type(exc).__name__
         finally:
             self._lock.release()
+        return None
+
+    def _send(self, channel: str, text: str, *, echo: bool) -> None:
+        """Under the lock: send one notification, connecting first when
+        needed; on an error the connection is closed and the error raised."""
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(
+                    self._dsn,
+                    autocommit=True,
+                    application_name="controlplane-resolver:publisher",
+                    **socket_kwargs(self._timeout_s),
+                )
+                with self._echo_lock:
+                    self._pid = self._conn.info.backend_pid
+                    self._awaited.clear()
+            if echo:
+                with self._echo_lock:
+                    # Before it is sent: the echo may come back at once.
+                    if len(self._awaited) >= MAX_AWAITED:
+                        self._awaited.popleft()
+                    self._awaited.append((time.monotonic(), text))
+            self._conn.execute("SELECT pg_notify(%s, %s)", (channel, text), prepare=False)
+        except psycopg.Error:
+            self._close()
+            raise
 
     def _close(self) -> None:
         with self._echo_lock:

@@ -375,6 +375,7 @@ class ResolverApp:
                     self.cache,
                     on_state=self._on_listener_state,
                     is_echo=self.publisher.is_echo,
+                    send_marker=self.publisher.send_marker,
                 )
                 self.state_metrics.attach(listener_stats=self.listener.get_stats)
                 self.listener.start()
