@@ -305,12 +305,28 @@ def test_flip_grace_keeps_the_previous_kind_then_switches() -> None:
 @pytest.mark.parametrize(
     ("stamp", "epoch_ms"),
     [
-        # What the platform's Date.parse returns for each (its servers run in UTC).
+        # What the platform's Date.parse returns for each (Node 20, TZ=UTC: its
+        # servers run in UTC).
         ("2026-08-21T10:00:00.123Z", 1_787_306_400_123),
         ("2026-08-21T10:00:00+01:00", 1_787_302_800_000),
         ("2026-08-21T10:00:00", 1_787_306_400_000),
         ("2026-08-21", 1_787_270_400_000),
         ("Fri, 21 Aug 2026 10:00:00 GMT", 1_787_306_400_000),
+        ("2026", 1_767_225_600_000),
+        ("2026-08", 1_785_542_400_000),
+        ("2026-08-21t10:00:00z", 1_787_306_400_000),
+        ("2026-08-21 10:00", 1_787_306_400_000),
+        ("2026-08-21T10:00:00+0200", 1_787_299_200_000),
+        ("+002026-08-21T10:00:00Z", 1_787_306_400_000),
+        ("2026-08-21T24:00:00Z", 1_787_356_800_000),  # the next midnight
+        ("2026-02-30", 1_772_409_600_000),  # runs into March, as in V8
+        ("2026-08-21T24:30:00Z", None),
+        ("2026-08-21T10Z", None),
+        ("2026-08-21T10:00:00,5Z", None),
+        ("20260821", None),  # ISO 8601's basic and week forms: not Date.parse's
+        ("2026-W34-5", None),
+        (" 2026-08-21T10:00:00Z", None),
+        ("2026-08-21T10:00:00Z ", None),
         ("soon", None),
         ("", None),
         (1_787_306_400_000, None),  # a number is not a stamp

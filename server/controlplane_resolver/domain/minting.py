@@ -70,6 +70,7 @@ import enum
 import hashlib
 import itertools
 import os
+import re
 import secrets
 import socket
 import string
@@ -77,6 +78,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, timezone
 
 from controlplane_resolver.domain.residency import (
     BASE32HEX,
@@ -257,28 +259,65 @@ def _flag_kind(flags: Mapping[str, object], key: str) -> MintKind | None:
     return _RUN_OPS_FLAG_KINDS.get(value) if isinstance(value, str) else None
 
 
+#: The ISO forms ``Date.parse`` reads (the ECMAScript date-time string
+#: format, as V8 extends it): a 4-digit or signed 6-digit year, optional
+#: month and day of 1 or 2 digits, an optional time (``T``/``t`` or spaces,
+#: ``HH:mm`` with optional seconds and any digits of fraction) and an
+#: optional ``Z``/``z`` or ``±HH:mm``/``±HHmm`` offset.
+_ES_DATE_TIME = re.compile(
+    r"(?P<year>[+-]\d{6}|\d{4})"
+    r"(?:-(?P<month>\d{1,2})(?:-(?P<day>\d{1,2}))?)?"
+    r"(?:(?:[Tt]| +)(?P<hour>\d{2}):(?P<minute>\d{2})"
+    r"(?::(?P<second>\d{2})(?:\.(?P<fraction>\d+))?)?)?"
+    r"(?P<zone>[Zz]|[+-]\d{2}:?\d{2})?"
+)
+_MS_PER_DAY = 86_400_000
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
 def _parse_time_ms(value: object) -> int | None:
-    """A flip stamp as epoch milliseconds, read as the platform's
-    ``Date.parse`` reads the forms an operator writes: ISO 8601 (a date
-    alone is UTC midnight; a time without an offset is taken as UTC, the
-    zone the platform's servers run in) and the RFC 2822 form of
-    ``toUTCString``. Anything else (and a non-string) is no stamp: None."""
+    """A flip stamp as epoch milliseconds, as the platform's ``Date.parse``
+    reads it, for the forms an operator writes: the ISO forms of
+    :data:`_ES_DATE_TIME` (a date alone is UTC midnight; a time without an
+    offset is taken as UTC, the zone the platform's servers run in; a day
+    past the month's end runs into the next month, and ``24:00`` is the
+    next midnight, as in V8) and the RFC 2822 form of ``toUTCString``.
+    Anything else (other forms of V8's lenient parser included, and a
+    non-string) is no stamp: None."""
     if not isinstance(value, str):
         return None
-    from datetime import datetime, timezone
-    from email.utils import parsedate_to_datetime
+    match = _ES_DATE_TIME.fullmatch(value)
+    if match is None:
+        from email.utils import parsedate_to_datetime
 
-    text = value.strip()
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
         try:
-            parsed = parsedate_to_datetime(text)
+            parsed = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return int(parsed.timestamp() * 1000)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return int(parsed.timestamp() * 1000)
+    year = int(match["year"])
+    month, day = int(match["month"] or 1), int(match["day"] or 1)
+    hour, minute = int(match["hour"] or 0), int(match["minute"] or 0)
+    second = int(match["second"] or 0)
+    ms = int((match["fraction"] or "0")[:3].ljust(3, "0"))
+    if not (1 <= month <= 12 and 1 <= day <= 31 and minute <= 59 and second <= 59):
+        return None
+    if hour > 24 or (hour == 24 and (minute or second or ms)):
+        return None
+    offset_min = 0
+    zone = match["zone"]
+    if zone and zone not in "Zz":
+        hh, mm = int(zone[1:3]), int(zone[-2:])
+        if hh > 23 or mm > 59:
+            return None
+        offset_min = (hh * 60 + mm) * (1 if zone[0] == "+" else -1)
+    if not 1 <= year <= 9999:
+        return None  # Python's calendar ends there; no flip is stamped outside it
+    days = date(year, month, 1).toordinal() - _EPOCH_ORDINAL + day - 1
+    clock_ms = ((hour * 60 + minute - offset_min) * 60 + second) * 1000 + ms
+    return days * _MS_PER_DAY + clock_ms
 
 
 def read_resolution(flags: Mapping[str, object]) -> MintResolution:
