@@ -223,6 +223,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print("configuration OK")
     for line in decision.describe():
         print("  " + line)
+    for warning in decision.warnings:
+        print(f"warning: {warning}")
     from controlplane_resolver.admin.generations import misrouted_runs
 
     # A warning, never a failure: switching generations is the operator's call.

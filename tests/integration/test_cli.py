@@ -113,6 +113,27 @@ def test_check_with_split_on_prints_the_sentinel_verdict(databases: Any) -> None
     assert PASSWORD not in result.stdout + result.stderr
 
 
+def test_check_warns_of_a_flip_grace_the_flag_cache_outlasts(databases: Any) -> None:
+    env = cli_env(
+        CONTROL_PLANE_DATABASE_URL=with_password(databases.control_plane),
+        RUN_OPS_DATABASE_URL=with_password(databases.run_ops),
+        RUN_OPS_SPLIT_ENABLED="1",
+        REALTIME_BACKEND_NATIVE_ENABLED="1",
+        RUN_OPS_MINT_ENABLED="1",
+        RUN_OPS_ID_GENERATION="base32hex",
+        RUN_OPS_MINT_FLIP_GRACE_MS="20000",
+    )
+    result = run_cli("check", env=env)
+    assert result.returncode == 0, result.stderr  # a warning, not a refusal
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1, result.stdout
+    assert "RUN_OPS_MINT_FLIP_GRACE_MS (20000 ms)" in warnings[0]
+    assert "CONTROL_PLANE_CACHE_TTL_MS (30000 ms)" in warnings[0]
+    result = run_cli("check", "--run-ops-mint-flip-grace-ms", "31000", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "warning: " not in result.stdout
+
+
 def test_check_prints_where_each_value_came_from(databases: Any) -> None:
     """The platform's names are accepted, and ``check`` says which name (or
     flag, or the default) supplied every setting."""

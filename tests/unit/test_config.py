@@ -400,3 +400,36 @@ def test_every_alternative_name_is_documented() -> None:
     reference = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     missing = [name for opt in OPTIONS for name in opt.names if f"`{name}`" not in reference]
     assert not missing, f"docs/configuration.md lacks {missing}"
+
+
+def test_a_flip_grace_not_outlasting_the_flag_cache_is_warned_about_not_refused() -> None:
+    """As the platform's boot check: the grace must exceed how long a
+    replica keeps a mint flag it read (CONTROL_PLANE_CACHE_TTL_MS), or
+    replicas can mint differently after a flip; only where a grace applies
+    (base32hex, split and the master switch on)."""
+    from controlplane_resolver.storage.interlocks import flip_grace_warning
+
+    minting = {
+        "RUN_OPS_DATABASE_URL": RO_DSN,
+        "RUN_OPS_SPLIT_ENABLED": "1",
+        "REALTIME_BACKEND_NATIVE_ENABLED": "1",
+        "RUN_OPS_MINT_ENABLED": "1",
+        "RUN_OPS_ID_GENERATION": "base32hex",
+    }
+    assert flip_grace_warning(load(**minting)) is None  # defaults: 90 s > 30 s
+    warning = flip_grace_warning(
+        load(**minting, RUN_OPS_MINT_FLIP_GRACE_MS="30000", CONTROL_PLANE_CACHE_TTL_MS="30000")
+    )
+    assert warning is not None
+    assert "RUN_OPS_MINT_FLIP_GRACE_MS (30000 ms)" in warning
+    assert "CONTROL_PLANE_CACHE_TTL_MS (30000 ms)" in warning
+    assert "Raise RUN_OPS_MINT_FLIP_GRACE_MS" in warning
+    short = {"RUN_OPS_MINT_FLIP_GRACE_MS": "1000"}
+    assert flip_grace_warning(load(**{**minting, **short})) is not None
+    # No grace applies: the ksuid generation, the master switch or the split off.
+    for off in (
+        {"RUN_OPS_ID_GENERATION": "ksuid"},
+        {"RUN_OPS_MINT_ENABLED": "0"},
+        {"RUN_OPS_SPLIT_ENABLED": "0"},
+    ):
+        assert flip_grace_warning(load(**{**minting, **short, **off})) is None, off

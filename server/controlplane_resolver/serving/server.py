@@ -332,6 +332,8 @@ class ResolverApp:
         self.decision = decision or decide_split(self.settings)
         for line in self.decision.describe():
             log.info("%s", line)
+        for warning in self.decision.warnings:
+            log.warning("%s", warning)
         if self.settings.metrics_addr:
             self.metrics_port = self.metrics.serve_http(self.settings.metrics_addr)
             host = self.settings.metrics_addr.rpartition(":")[0] or "0.0.0.0"

@@ -1,5 +1,5 @@
 """The two safety interlocks that guard split mode (docs/design.md, "Split
-mode and safety interlocks").
+mode and safety interlocks"), and one advisory check.
 
 * :func:`check_realtime_interlock` is pure and runs first, before any
   network call: split mode with the native realtime backend off would make
@@ -7,6 +7,9 @@ mode and safety interlocks").
 * :func:`run_sentinel` connects to both run locations and refuses when they
   are one physical database. URL strings are never compared: a pooler, a
   replica or a second hostname can all point at the same database.
+* :func:`flip_grace_warning` warns, never refuses, when a mint flag's flip
+  grace does not outlast the cache the flip drains through (as the
+  platform's own boot-time check does).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from controlplane_resolver.config import redact_dsn
+from controlplane_resolver.config import Settings, redact_dsn
 from controlplane_resolver.errors import Refusal
 from controlplane_resolver.storage.identity import DatabaseIdentity, probe_identity
 
@@ -31,6 +34,36 @@ def check_realtime_interlock(*, split_enabled: bool, realtime_native_enabled: bo
             "run-ops database would be invisible to subscribers. Enable the native realtime "
             "backend (REALTIME_BACKEND_NATIVE_ENABLED=1) or turn the split off.",
         )
+
+
+def flip_grace_warning(settings: Settings) -> str | None:
+    """Why a flip of ``runOpsMintKind`` (or of the platform's shard set) can
+    leave replicas minting differently, or None when it cannot.
+
+    In the base32hex generation, with split and the master switch on, a
+    flipped flag keeps its previous value in force for
+    ``RUN_OPS_MINT_FLIP_GRACE_MS`` after its stamp, so that replicas that
+    read the flag at different moments still mint alike. A replica keeps a
+    flag it read for up to ``CONTROL_PLANE_CACHE_TTL_MS`` (the mint flags are
+    never served stale): a grace that does not exceed that TTL leaves a
+    window in which two replicas mint different kinds for one
+    organization."""
+    if not (
+        settings.run_ops_split_enabled
+        and settings.run_ops_mint_ksuid_enabled
+        and settings.run_ops_id_generation == "base32hex"
+    ):
+        return None
+    grace, ttl = settings.run_ops_mint_flip_grace_ms, settings.control_plane_cache_ttl_ms
+    if grace > ttl:
+        return None
+    return (
+        f"RUN_OPS_MINT_FLIP_GRACE_MS ({grace} ms) does not exceed CONTROL_PLANE_CACHE_TTL_MS "
+        f"({ttl} ms), how long a replica keeps a mint flag it read: after a runOpsMintKind "
+        "flip, replicas can mint different kinds of id for one organization's root runs "
+        "until the TTL passes. Raise RUN_OPS_MINT_FLIP_GRACE_MS above the TTL (and above the "
+        "platform's own flag caches, if it mints too), or lower the TTL"
+    )
 
 
 class Verdict(enum.Enum):

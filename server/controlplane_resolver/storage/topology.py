@@ -20,6 +20,7 @@ from controlplane_resolver.storage.database import Database
 from controlplane_resolver.storage.interlocks import (
     SentinelResult,
     check_realtime_interlock,
+    flip_grace_warning,
     run_sentinel,
     run_sentinel_all,
 )
@@ -43,6 +44,9 @@ class SplitDecision:
     #: The shards that are aliases of the run-ops database: read from its
     #: pool (``dsns[RUN_OPS]``), never a database of their own.
     aliases: tuple[str, ...] = ()
+    #: What the checks found unsafe but not refused (printed by ``check``,
+    #: logged at start-up as warnings).
+    warnings: tuple[str, ...] = ()
 
     def describe(self) -> list[str]:
         lines = [f"split mode: {'ON' if self.split else 'off'}"]
@@ -119,6 +123,7 @@ def decide_split(settings: Settings, *, probe_timeout_s: float = 5.0) -> SplitDe
         shards=shards,
         not_placed=frozenset(settings.run_ops_shards_not_placed),
         aliases=tuple(settings.run_ops_shard_aliases),
+        warnings=tuple(w for w in (flip_grace_warning(settings),) if w is not None),
     )
 
 
