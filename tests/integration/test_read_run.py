@@ -384,6 +384,14 @@ def test_run_columns_are_in_task_run_field_order() -> None:
     assert [f for f, _column in queries.RUN_FIELDS] == [f.name for f in dataclasses.fields(TaskRun)]
 
 
+def test_id_lists_reach_the_database_unchanged(ro: Conn) -> None:
+    """Run reads send their id lists as array literals: any string,
+    including the literal's own syntax, arrives as written."""
+    values = ["run_a", 'a"b', "a\\b", '\\"', "{x,y}", " padded ", "NULL", "", "é"]
+    row = ro.execute("SELECT %s::text[]", (queries.text_array(values),)).fetchone()
+    assert row is not None and row[0] == values
+
+
 def test_reads_of_an_answering_database_run_on_the_callers_thread(
     databases: Any, ro: Conn, tenant: Any, env_id: str
 ) -> None:

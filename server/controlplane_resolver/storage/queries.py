@@ -387,9 +387,19 @@ RUN_FIELDS: tuple[tuple[str, str], ...] = (
 )
 _RUN_COLUMNS = ", ".join(expr for _field, expr in RUN_FIELDS)
 _RUN_TAGS = [f for f, _ in RUN_FIELDS].index("run_tags")
-RUNS_BY_IDS = f'SELECT {_RUN_COLUMNS} FROM "TaskRun" WHERE "id" = ANY(%s)'
-RUNS_BY_FRIENDLY_IDS = f'SELECT {_RUN_COLUMNS} FROM "TaskRun" WHERE "friendlyId" = ANY(%s)'
+# Each id list is one text parameter holding an array literal
+# (:func:`text_array`): psycopg dumps a string in C but a list element by
+# element in Python, about a fifth of its work for a read of one id.
+RUNS_BY_IDS = f'SELECT {_RUN_COLUMNS} FROM "TaskRun" WHERE "id" = ANY(%s::text[])'
+RUNS_BY_FRIENDLY_IDS = f'SELECT {_RUN_COLUMNS} FROM "TaskRun" WHERE "friendlyId" = ANY(%s::text[])'
 RUNS_BY_EITHER = f"{RUNS_BY_IDS} UNION ALL {RUNS_BY_FRIENDLY_IDS}"
+
+
+def text_array(values: Sequence[str]) -> str:
+    """``values`` as a PostgreSQL array literal (for a ``%s::text[]``
+    parameter): every element quoted, so any string reads back unchanged."""
+    quoted = ['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
+    return "{" + ",".join(quoted) + "}"
 
 
 def run_from_tuple(t: tuple[Any, ...]) -> TaskRun:
@@ -409,10 +419,10 @@ def runs(
 ) -> list[TaskRun]:
     """Runs matching any of ``ids`` (by ``"id"``) or ``friendly_ids`` (one query)."""
     if ids and friendly_ids:
-        rows = db.fetch_tuples(RUNS_BY_EITHER, (list(ids), list(friendly_ids)))
+        rows = db.fetch_tuples(RUNS_BY_EITHER, (text_array(ids), text_array(friendly_ids)))
     elif ids or friendly_ids:
         rows = db.fetch_tuples(
-            RUNS_BY_IDS if ids else RUNS_BY_FRIENDLY_IDS, (list(ids or friendly_ids),)
+            RUNS_BY_IDS if ids else RUNS_BY_FRIENDLY_IDS, (text_array(ids or friendly_ids),)
         )
     else:
         return []
