@@ -361,9 +361,9 @@ def worker_version(
 # ------------------------------------------------------------------------ runs
 
 #: (TaskRun field, column expression) in TaskRun's field order: rows come
-#: back as tuples in this order and become TaskRuns positionally (tuple rows
-#: and a kept cursor cost about two thirds of dict rows on a new cursor per
-#: query; ReadRun runs this statement more than any other).
+#: back as tuples in this order and become TaskRuns by these names (tuple
+#: rows and a kept cursor cost about two thirds of dict rows on a new cursor
+#: per query; ReadRun runs this statement more than any other).
 RUN_FIELDS: tuple[tuple[str, str], ...] = (
     ("id", '"id"'),
     ("friendly_id", '"friendlyId"'),
@@ -386,7 +386,7 @@ RUN_FIELDS: tuple[tuple[str, str], ...] = (
     ("updated_at", '"updatedAt"'),
 )
 _RUN_COLUMNS = ", ".join(expr for _field, expr in RUN_FIELDS)
-_RUN_TAGS = [f for f, _ in RUN_FIELDS].index("run_tags")
+_RUN_FIELD_NAMES = tuple(f for f, _ in RUN_FIELDS)
 # Each id list is one text parameter holding an array literal
 # (:func:`text_array`): psycopg dumps a string in C but a list element by
 # element in Python, about a fifth of its work for a read of one id.
@@ -403,15 +403,17 @@ def text_array(values: Sequence[str]) -> str:
 
 
 def run_from_tuple(t: tuple[Any, ...]) -> TaskRun:
-    """A TaskRun from a row of ``RUN_FIELDS`` columns."""
-    # text[] arrives as a list; TaskRun is immutable, so its tags are a tuple.
-    # Positional by RUN_FIELDS, which a test keeps in TaskRun's field order
-    # (mypy cannot count starred arguments).
-    return TaskRun(
-        *t[:_RUN_TAGS],
-        tuple(t[_RUN_TAGS] or ()),  # type: ignore[call-arg]
-        *t[_RUN_TAGS + 1 :],
-    )
+    """A TaskRun from a row of ``RUN_FIELDS`` columns, equal to the one its
+    constructor makes from the same values."""
+    # Filled in through its __dict__: a frozen dataclass's __init__ sets each
+    # of the 19 fields with a call of object.__setattr__, which cost twice
+    # what this does. text[] arrives as a list; TaskRun is immutable, so its
+    # tags are a tuple.
+    values = dict(zip(_RUN_FIELD_NAMES, t))
+    values["run_tags"] = tuple(values["run_tags"] or ())
+    run = object.__new__(TaskRun)
+    object.__setattr__(run, "__dict__", values)
+    return run
 
 
 def runs(
