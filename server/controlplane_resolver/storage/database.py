@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
@@ -303,15 +303,27 @@ class QueryHandle:
             db.cancel_statement(conn)
 
 
-@contextmanager
-def cancellable(handle: QueryHandle | None) -> Iterator[None]:
+def cancellable(handle: QueryHandle | None) -> _Cancellable:
     """Run the block's statements (on this thread) under ``handle``."""
-    previous = getattr(_current, "handle", None)
-    _current.handle = handle
-    try:
-        yield
-    finally:
-        _current.handle = previous
+    return _Cancellable(handle)
+
+
+class _Cancellable:
+    """:func:`cancellable`'s block (a class, not a generator: it is entered
+    once per coalesced run read)."""
+
+    __slots__ = ("_handle", "_previous")
+
+    def __init__(self, handle: QueryHandle | None) -> None:
+        self._handle = handle
+        self._previous: QueryHandle | None = None
+
+    def __enter__(self) -> None:
+        self._previous = getattr(_current, "handle", None)
+        _current.handle = self._handle
+
+    def __exit__(self, *exc: object) -> None:
+        _current.handle = self._previous
 
 
 @contextmanager
@@ -370,6 +382,7 @@ class Database:
         self.last_success = 0.0
         #: Calls refused by the bulkhead or the open circuit (for metrics).
         self.refused = {"bulkhead": 0, "circuit": 0}
+        self._admission = _Admission(self)
         statement_timeout_ms = int(timeout_s * 1000)
         self.pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
@@ -444,8 +457,7 @@ class Database:
 
     # ------------------------------------------------------------ guards
 
-    @contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self) -> AbstractContextManager[None]:
         """A place among the calls waiting on this database, for the block.
 
         Raises :class:`Unavailable` at once (with a retry delay) while the
@@ -453,6 +465,10 @@ class Database:
         a database that does not answer. When the bulkhead is full of calls
         that finish quickly (a database that answered within the last 100 ms),
         a place frees within milliseconds: a call waits for one up to 20 ms."""
+        return self._admission
+
+    def _take_place(self) -> None:
+        """Enter the bulkhead (see :meth:`admit`)."""
         if self.circuit.open:
             self.refused["circuit"] += 1
             raise self._unavailable(
@@ -474,10 +490,6 @@ class Database:
                 quiet=True,
                 shed=True,
             )
-        try:
-            yield
-        finally:
-            self._waiting.release()
 
     def answered_lately(self) -> bool:
         """True while the database answers: its circuit is closed and a
@@ -607,6 +619,23 @@ class Database:
         return Unavailable(
             message, metadata={"database": self.role.value}, retry_after_s=retry_after_s
         )
+
+
+class _Admission:
+    """:meth:`Database.admit`'s block. Its state is the database's, so one
+    object serves every call (a class, not a generator: every call that
+    reads the database enters it)."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db._take_place()
+
+    def __exit__(self, *exc: object) -> None:
+        self._db._waiting.release()
 
 
 class PinnedConnection:
