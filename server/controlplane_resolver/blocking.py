@@ -17,8 +17,6 @@ thread), :func:`waiting` does nothing.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Protocol
 
 
@@ -42,19 +40,34 @@ def attach(pool: WaitAware) -> None:
     _local.depth = 0
 
 
-@contextmanager
-def waiting() -> Iterator[None]:
+def waiting() -> _Waiting:
     """Wrap a wait: while it lasts, this thread's pool (if any) counts the
     thread as waiting, not running."""
-    pool: WaitAware | None = getattr(_local, "pool", None)
-    if pool is None or _local.depth:
-        # Not a pool's thread, or inside a wait already (counted once).
-        yield
-        return
-    pool.begin_wait()
-    _local.depth = 1
-    try:
-        yield
-    finally:
-        _local.depth = 0
-        pool.end_wait()
+    return _WAITING
+
+
+class _Waiting:
+    """:func:`waiting`'s block; its state is the thread's (``_local``), so
+    one instance serves every thread (a class, not a generator: every
+    coalesced run read enters it)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        pool: WaitAware | None = getattr(_local, "pool", None)
+        if pool is None:
+            return  # not a pool's thread
+        if not _local.depth:  # a wait inside a wait is counted once
+            pool.begin_wait()
+        _local.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        pool: WaitAware | None = getattr(_local, "pool", None)
+        if pool is None:
+            return
+        _local.depth -= 1
+        if not _local.depth:
+            pool.end_wait()
+
+
+_WAITING = _Waiting()

@@ -384,6 +384,31 @@ def test_run_columns_are_in_task_run_field_order() -> None:
     assert [f for f, _column in queries.RUN_FIELDS] == [f.name for f in dataclasses.fields(TaskRun)]
 
 
+def test_a_run_from_a_row_is_the_constructors_run() -> None:
+    """run_from_tuple bypasses TaskRun's constructor: what it makes must
+    still be the same value, and as immutable."""
+    row = tuple(
+        ["a", "b"] if name == "run_tags" else CREATED_AT if name.endswith("_at") else name
+        for name, _column in queries.RUN_FIELDS
+    )
+    run = queries.run_from_tuple(row)
+    built = TaskRun(**{**dict(zip(TaskRun.__dataclass_fields__, row)), "run_tags": ("a", "b")})
+    assert run == built and hash(run) == hash(built) and repr(run) == repr(built)
+    assert dataclasses.replace(run, status="X") == dataclasses.replace(built, status="X")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.status = "X"  # type: ignore[misc]
+    tags = [name for name, _column in queries.RUN_FIELDS].index("run_tags")
+    assert queries.run_from_tuple((*row[:tags], None, *row[tags + 1 :])).run_tags == ()
+
+
+def test_id_lists_reach_the_database_unchanged(ro: Conn) -> None:
+    """Run reads send their id lists as array literals: any string,
+    including the literal's own syntax, arrives as written."""
+    values = ["run_a", 'a"b', "a\\b", '\\"', "{x,y}", " padded ", "NULL", "", "é"]
+    row = ro.execute("SELECT %s::text[]", (queries.text_array(values),)).fetchone()
+    assert row is not None and row[0] == values
+
+
 def test_reads_of_an_answering_database_run_on_the_callers_thread(
     databases: Any, ro: Conn, tenant: Any, env_id: str
 ) -> None:

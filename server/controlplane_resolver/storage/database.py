@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
@@ -223,14 +223,13 @@ class _Reaper:
     def start(self) -> None:
         self._thread.start()
 
-    @contextmanager
-    def watching(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
-        key = id(conn)
-        self._busy[key] = (conn, time.monotonic())
-        try:
-            yield
-        finally:
-            self._busy.pop(key, None)
+    def watch(self, conn: psycopg.Connection[Any]) -> None:
+        """``conn`` starts a statement; pair with :meth:`unwatch`."""
+        self._busy[id(conn)] = (conn, time.monotonic())
+
+    def unwatch(self, conn: psycopg.Connection[Any]) -> None:
+        """``conn``'s statement ended (or its socket was closed already)."""
+        self._busy.pop(id(conn), None)
 
     def _run(self) -> None:
         limit = self._db.timeout_s + REAP_MARGIN_S
@@ -280,18 +279,18 @@ class QueryHandle:
         self._running: tuple[Database, psycopg.Connection[Any]] | None = None
         self.cancelled = False
 
-    @contextmanager
-    def running(self, db: Database, conn: psycopg.Connection[Any]) -> Iterator[None]:
-        """Mark ``conn`` as running a statement of this work for the block."""
+    def begin(self, db: Database, conn: psycopg.Connection[Any]) -> None:
+        """``conn`` starts a statement of this work; pair with :meth:`end`.
+        Raises :class:`Unavailable` (and marks nothing) once cancelled."""
         with self._lock:
             if self.cancelled:
                 raise db._unavailable("its statement was cancelled: no caller waits for it")
             self._running = (db, conn)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._running = None
+
+    def end(self) -> None:
+        """The statement :meth:`begin` marked has ended."""
+        with self._lock:
+            self._running = None
 
     def cancel(self) -> None:
         """Cancel the running statement (if any) and refuse the next ones.
@@ -304,15 +303,27 @@ class QueryHandle:
             db.cancel_statement(conn)
 
 
-@contextmanager
-def cancellable(handle: QueryHandle | None) -> Iterator[None]:
+def cancellable(handle: QueryHandle | None) -> _Cancellable:
     """Run the block's statements (on this thread) under ``handle``."""
-    previous = getattr(_current, "handle", None)
-    _current.handle = handle
-    try:
-        yield
-    finally:
-        _current.handle = previous
+    return _Cancellable(handle)
+
+
+class _Cancellable:
+    """:func:`cancellable`'s block (a class, not a generator: it is entered
+    once per coalesced run read)."""
+
+    __slots__ = ("_handle", "_previous")
+
+    def __init__(self, handle: QueryHandle | None) -> None:
+        self._handle = handle
+        self._previous: QueryHandle | None = None
+
+    def __enter__(self) -> None:
+        self._previous = getattr(_current, "handle", None)
+        _current.handle = self._handle
+
+    def __exit__(self, *exc: object) -> None:
+        _current.handle = self._previous
 
 
 @contextmanager
@@ -320,12 +331,19 @@ def _statement(db: Database, conn: psycopg.Connection[Any]) -> Iterator[None]:
     """A statement on ``conn``: watched by the reaper, cancellable by the
     current :class:`QueryHandle`."""
     handle: QueryHandle | None = getattr(_current, "handle", None)
-    with db._reaper.watching(conn):
+    reaper = db._reaper
+    reaper.watch(conn)
+    try:
         if handle is None:
             yield
         else:
-            with handle.running(db, conn):
+            handle.begin(db, conn)
+            try:
                 yield
+            finally:
+                handle.end()
+    finally:
+        reaper.unwatch(conn)
 
 
 class Database:
@@ -364,6 +382,7 @@ class Database:
         self.last_success = 0.0
         #: Calls refused by the bulkhead or the open circuit (for metrics).
         self.refused = {"bulkhead": 0, "circuit": 0}
+        self._admission = _Admission(self)
         statement_timeout_ms = int(timeout_s * 1000)
         self.pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
@@ -438,8 +457,7 @@ class Database:
 
     # ------------------------------------------------------------ guards
 
-    @contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self) -> AbstractContextManager[None]:
         """A place among the calls waiting on this database, for the block.
 
         Raises :class:`Unavailable` at once (with a retry delay) while the
@@ -447,6 +465,10 @@ class Database:
         a database that does not answer. When the bulkhead is full of calls
         that finish quickly (a database that answered within the last 100 ms),
         a place frees within milliseconds: a call waits for one up to 20 ms."""
+        return self._admission
+
+    def _take_place(self) -> None:
+        """Enter the bulkhead (see :meth:`admit`)."""
         if self.circuit.open:
             self.refused["circuit"] += 1
             raise self._unavailable(
@@ -468,10 +490,6 @@ class Database:
                 quiet=True,
                 shed=True,
             )
-        try:
-            yield
-        finally:
-            self._waiting.release()
 
     def answered_lately(self) -> bool:
         """True while the database answers: its circuit is closed and a
@@ -541,23 +559,33 @@ class Database:
         the circuit how the database did."""
         try:
             yield
-        except PoolTimeout:
+        except psycopg.OperationalError as exc:
+            raise self._failed(exc) from None
+        else:
+            self._answered()
+
+    def _answered(self) -> None:
+        """A statement succeeded: tell the circuit."""
+        self.last_success = time.monotonic()
+        self.circuit.success()
+
+    def _failed(self, exc: psycopg.OperationalError) -> Unavailable:
+        """The :class:`Unavailable` to raise for a pool or driver failure
+        (:class:`PoolTimeout` is an ``OperationalError`` too), after telling
+        the circuit."""
+        if isinstance(exc, PoolTimeout):
             self.circuit.failure()
-            raise self._unavailable("no connection was free or reachable in time") from None
-        except psycopg.errors.QueryCanceled:
+            return self._unavailable("no connection was free or reachable in time")
+        if isinstance(exc, psycopg.errors.QueryCanceled):
             self.circuit.success()
             handle: QueryHandle | None = getattr(_current, "handle", None)
             if handle is not None and handle.cancelled:
-                raise self._unavailable(
+                return self._unavailable(
                     "its statement was cancelled: no caller waits for it", quiet=True
-                ) from None
-            raise self._unavailable("a statement exceeded the statement timeout") from None
-        except psycopg.OperationalError as exc:
-            self.circuit.failure()
-            raise self._unavailable(f"connection failed ({type(exc).__name__})") from None
-        else:
-            self.last_success = time.monotonic()
-            self.circuit.success()
+                )
+            return self._unavailable("a statement exceeded the statement timeout")
+        self.circuit.failure()
+        return self._unavailable(f"connection failed ({type(exc).__name__})")
 
     def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         with self.connection() as conn:
@@ -593,6 +621,23 @@ class Database:
         )
 
 
+class _Admission:
+    """:meth:`Database.admit`'s block. Its state is the database's, so one
+    object serves every call (a class, not a generator: every call that
+    reads the database enters it)."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db._take_place()
+
+    def __exit__(self, *exc: object) -> None:
+        self._db._waiting.release()
+
+
 class PinnedConnection:
     """One pool connection kept checked out for a serial user.
 
@@ -610,18 +655,39 @@ class PinnedConnection:
         self._cursor: psycopg.Cursor[tuple[Any, ...]] | None = None
 
     def fetch_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Rows as tuples."""
-        with self.db.translated_errors():
-            if self._conn is None:
-                self._conn = self.db.pool.getconn(timeout=self.db.timeout_s)
+        """Rows as tuples; the guards of :meth:`Database.connection`
+        (translated errors, the reaper, the current :class:`QueryHandle`)."""
+        # The guards are written out: this runs once per coalesced run read,
+        # and a generator context manager costs a tenth of the query's
+        # driver work.
+        db = self.db
+        try:
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = db.pool.getconn(timeout=db.timeout_s)
             try:
-                if self._cursor is None:
-                    self._cursor = self._conn.cursor(row_factory=tuple_row)
-                with _statement(self.db, self._conn):
-                    return self._cursor.execute(sql, params).fetchall()
+                cursor = self._cursor
+                if cursor is None:
+                    cursor = self._cursor = conn.cursor(row_factory=tuple_row)
+                handle: QueryHandle | None = getattr(_current, "handle", None)
+                db._reaper.watch(conn)
+                try:
+                    if handle is not None:
+                        handle.begin(db, conn)
+                    try:
+                        rows = cursor.execute(sql, params).fetchall()
+                    finally:
+                        if handle is not None:
+                            handle.end()
+                finally:
+                    db._reaper.unwatch(conn)
             except BaseException:
                 self.release()
                 raise
+        except psycopg.OperationalError as exc:
+            raise db._failed(exc) from None
+        db._answered()
+        return rows
 
     def release(self) -> None:
         """Give the connection back to the pool (before the pool closes)."""
