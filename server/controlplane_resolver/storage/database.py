@@ -326,24 +326,32 @@ class _Cancellable:
         _current.handle = self._previous
 
 
-@contextmanager
-def _statement(db: Database, conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """A statement on ``conn``: watched by the reaper, cancellable by the
-    current :class:`QueryHandle`."""
-    handle: QueryHandle | None = getattr(_current, "handle", None)
-    reaper = db._reaper
-    reaper.watch(conn)
-    try:
-        if handle is None:
-            yield
-        else:
-            handle.begin(db, conn)
+class _Statement:
+    """A statement on ``conn``, for the block: watched by the reaper,
+    cancellable by the current :class:`QueryHandle` (entering raises
+    :class:`Unavailable` once that handle is cancelled). A class, not a
+    generator: every coalesced run read enters one."""
+
+    __slots__ = ("_conn", "_db", "_handle")
+
+    def __init__(self, db: Database, conn: psycopg.Connection[Any]) -> None:
+        self._db = db
+        self._conn = conn
+        self._handle: QueryHandle | None = getattr(_current, "handle", None)
+
+    def __enter__(self) -> None:
+        self._db._reaper.watch(self._conn)
+        if self._handle is not None:
             try:
-                yield
-            finally:
-                handle.end()
-    finally:
-        reaper.unwatch(conn)
+                self._handle.begin(self._db, self._conn)
+            except BaseException:
+                self._db._reaper.unwatch(self._conn)
+                raise
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.end()
+        self._db._reaper.unwatch(self._conn)
 
 
 class Database:
@@ -549,7 +557,7 @@ class Database:
         with (
             self.translated_errors(),
             self.pool.connection(timeout=timeout_s or self.timeout_s) as conn,
-            _statement(self, conn),
+            _Statement(self, conn),
         ):
             yield conn
 
@@ -657,9 +665,9 @@ class PinnedConnection:
     def fetch_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows as tuples; the guards of :meth:`Database.connection`
         (translated errors, the reaper, the current :class:`QueryHandle`)."""
-        # The guards are written out: this runs once per coalesced run read,
-        # and a generator context manager costs a tenth of the query's
-        # driver work.
+        # Errors are translated in line, not by translated_errors(): this
+        # runs once per coalesced run read, and a generator context manager
+        # costs a tenth of the query's driver work.
         db = self.db
         try:
             conn = self._conn
@@ -669,18 +677,8 @@ class PinnedConnection:
                 cursor = self._cursor
                 if cursor is None:
                     cursor = self._cursor = conn.cursor(row_factory=tuple_row)
-                handle: QueryHandle | None = getattr(_current, "handle", None)
-                db._reaper.watch(conn)
-                try:
-                    if handle is not None:
-                        handle.begin(db, conn)
-                    try:
-                        rows = cursor.execute(sql, params).fetchall()
-                    finally:
-                        if handle is not None:
-                            handle.end()
-                finally:
-                    db._reaper.unwatch(conn)
+                with _Statement(db, conn):
+                    rows = cursor.execute(sql, params).fetchall()
             except BaseException:
                 self.release()
                 raise
