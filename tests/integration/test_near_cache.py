@@ -645,6 +645,7 @@ def test_sync_markers_and_invalidations_share_one_connection_to_the_primary(
     running = start_server()
     listener = running.app.listener
     assert listener is not None
+    # The second name is the one a separate sync connection used to carry.
     names = ("controlplane-resolver:publisher", "controlplane-resolver:sync")
 
     def senders() -> list[int]:
