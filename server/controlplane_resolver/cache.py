@@ -554,6 +554,8 @@ class Cache:
         if not self.wait_for(flight.done, wait_s):
             if self.aborting.is_set():
                 raise FlightTimeout(f"gave up a {slot.value} load: the server is shutting down")
+            if callinfo.caller_gone():
+                raise FlightTimeout(f"gave up a {slot.value} load: its caller has gone")
             raise FlightTimeout(f"waited {wait_s:.3f}s for a {slot.value} load")
         if flight.error is not None:
             raise flight.error
@@ -578,7 +580,9 @@ class Cache:
 
     def wait_for(self, done: threading.Event, wait_s: float | None) -> bool:
         """Wait for ``done`` up to ``wait_s``; False early once
-        :attr:`aborting` is set (a drain ends every wait)."""
+        :attr:`aborting` is set (a drain ends every wait) or the current
+        call's caller has gone (:func:`callinfo.caller_gone`), each looked
+        at every 50 ms."""
         if done.is_set():
             return True
         with blocking.waiting():
@@ -588,7 +592,7 @@ class Cache:
         if done.wait(min(0.05, wait_s) if wait_s is not None else 0.05):
             return True
         deadline = None if wait_s is None else time.monotonic() + wait_s - 0.05
-        while not self.aborting.is_set():
+        while not self.aborting.is_set() and not callinfo.caller_gone():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False

@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 _local = threading.local()
 
 
-def begin(deadline: float | None = None) -> dict[str, Any]:
+def begin(
+    deadline: float | None = None, is_active: Callable[[], bool] | None = None
+) -> dict[str, Any]:
     """Start a fresh set of notes for the call on this thread and return it.
-    ``deadline`` is the caller's deadline on the ``time.monotonic`` clock."""
+    ``deadline`` is the caller's deadline on the ``time.monotonic`` clock;
+    ``is_active`` says whether the caller still waits for the answer (the
+    call's ``ServicerContext.is_active``)."""
     notes: dict[str, Any] = {}
     _local.notes = notes
     _local.deadline = deadline
+    _local.is_active = is_active
     _local.sources = []
     return notes
 
@@ -34,6 +40,15 @@ def remaining() -> float | None:
     passed), or None when the caller set none or there is no call."""
     deadline = getattr(_local, "deadline", None)
     return None if deadline is None else deadline - time.monotonic()
+
+
+def caller_gone() -> bool:
+    """True once the current call's caller no longer waits for its answer
+    (it cancelled, its deadline passed or its connection was lost): a wait
+    on its behalf may end. False when there is no call, or no way to tell.
+    Costs a lock: for waits that wake now and then, not for every call."""
+    is_active = getattr(_local, "is_active", None)
+    return is_active is not None and not is_active()
 
 
 def note(key: str, value: Any) -> None:
@@ -65,4 +80,5 @@ def sources() -> list[Any]:
 def end() -> None:
     _local.notes = None
     _local.deadline = None
+    _local.is_active = None
     _local.sources = None

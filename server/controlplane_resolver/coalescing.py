@@ -22,7 +22,8 @@ share one query (docs/design.md, "Reading runs").
 With ``start`` (how the server runs it), a batch can run off the
 callers' threads: ``start(work)`` runs the batch loop on a thread of the
 database's own, and every caller, the first one included, only waits, each
-up to its own deadline. A batch is then never led by a caller that has gone,
+up to its own deadline or until it goes away (cancels, or its connection is
+lost). A batch is then never led by a caller that has gone,
 and a database that does not answer holds the database's thread, not the
 callers'. If ``start`` refuses (raises), every queued caller gets its error.
 
@@ -44,7 +45,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from controlplane_resolver import blocking
+from controlplane_resolver import blocking, callinfo
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -210,7 +211,12 @@ class ReadCoalescer(Generic[K, V]):
         me.done.wait()
 
     def _gave_up(self, timeout: float | None) -> None:
-        why = "the server is shutting down" if self.aborting.is_set() else f"{timeout:.3f}s"
+        if self.aborting.is_set():
+            why = "the server is shutting down"
+        elif callinfo.caller_gone():
+            why = "its caller has gone"
+        else:
+            why = f"{timeout:.3f}s"
         raise WaitTimeout(f"gave up waiting for a batched read ({why})")
 
     def _lead(self, me: _Waiter[K, V]) -> bool:
@@ -236,7 +242,9 @@ class ReadCoalescer(Generic[K, V]):
         return False
 
     def _wait(self, done: _Signal, timeout: float | None) -> bool:
-        """``done.wait(timeout)``, ended early by :meth:`abort_waits`."""
+        """``done.wait(timeout)``, ended early by :meth:`abort_waits` or once
+        the current call's caller has gone (:func:`callinfo.caller_gone`),
+        each looked at every 50 ms."""
         with blocking.waiting():
             return self._wait_blocking(done, timeout)
 
@@ -246,7 +254,11 @@ class ReadCoalescer(Generic[K, V]):
             left = None if deadline is None else deadline - time.monotonic()
             if done.wait(0.05 if left is None else max(0.0, min(0.05, left))):
                 return True
-            if self.aborting.is_set() or (left is not None and left <= 0.05):
+            if (
+                self.aborting.is_set()
+                or (left is not None and left <= 0.05)
+                or callinfo.caller_gone()
+            ):
                 return False
 
     def _run_batches(self) -> None:

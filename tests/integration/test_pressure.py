@@ -167,6 +167,33 @@ def test_a_cached_load_nobody_waits_for_is_cancelled(start_server, cp, tenant: T
     assert stats.loads == 2
 
 
+def test_a_cached_load_whose_callers_cancelled_is_cancelled(
+    start_server, cp, tenant: Tenant
+) -> None:
+    """Callers that cancel (a client shutting down, a caller that moved on)
+    stop waiting at once, not at their deadlines: when the last has gone,
+    the load's statement is cancelled, long before those deadlines."""
+    running = start_server(db_timeout_ms=20_000, listen_enabled=False)
+    env_id = tenant.environment(cp)
+    stats = running.app.cache.stats(Slot.ENVIRONMENT)
+    dsn = running.app.settings.control_plane_database_url
+    request = pb.ResolveEnvRequest(environment_id=env_id)
+    with environments_locked(running), grpc.insecure_channel(running.address) as channel:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        leader = stub.ResolveEnv.future(request, timeout=30)
+        wait_until(lambda: lock_waiters(dsn, "control-plane") == 1, timeout=5)
+        joiner = stub.ResolveEnv.future(request, timeout=30)
+        wait_until(lambda: stats.joins == 1, timeout=5)
+        assert leader.cancel()
+        # One caller still waits: the load runs on.
+        assert lock_waiters(dsn, "control-plane") == 1 and stats.abandoned == 0
+        assert joiner.cancel()
+        wait_until(lambda: lock_waiters(dsn, "control-plane") == 0, timeout=5)
+        assert stats.abandoned == 1
+    assert running.client.resolve_env(env_id, timeout=10).id == env_id
+    assert stats.loads == 2
+
+
 def test_a_batch_load_its_caller_gave_up_on_is_cancelled(start_server, cp, tenant: Tenant) -> None:
     running = start_server(db_timeout_ms=20_000, listen_enabled=False)
     env_id = tenant.environment(cp)
@@ -379,6 +406,33 @@ def test_a_run_read_nobody_waits_for_is_cancelled(start_server, databases, metho
         wait_until(lambda: lock_waiters(databases.run_ops, "run-ops") == 0, timeout=5)
         locker.rollback()
     # The reader serves again (the cancelled connection was given back).
+    with grpc.insecure_channel(running.address) as channel:
+        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as absent:
+            stub.ReadRun(pb.ReadRunRequest(run_id=run_id), timeout=10)
+        assert absent.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("method", ["ReadRun", "BatchReadRuns"])
+def test_a_run_read_whose_caller_cancelled_is_cancelled(start_server, databases, method) -> None:
+    """The caller cancels long before its deadline: its query stops waiting
+    for the lock at once."""
+    running = start_server(db_timeout_ms=20_000, listen_enabled=False)
+    run_id = demo.new_ksuid()  # a NEW run: read on run-ops alone
+    with psycopg.connect(databases.run_ops) as locker:
+        locker.execute(RUNS_LOCK)
+        with grpc.insecure_channel(running.address) as channel:
+            stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
+            if method == "ReadRun":
+                pending = stub.ReadRun.future(pb.ReadRunRequest(run_id=run_id), timeout=30)
+            else:
+                pending = stub.BatchReadRuns.future(
+                    pb.BatchReadRunsRequest(run_ids=[run_id]), timeout=30
+                )
+            wait_until(lambda: lock_waiters(databases.run_ops, "run-ops") == 1, timeout=5)
+            assert pending.cancel()
+            wait_until(lambda: lock_waiters(databases.run_ops, "run-ops") == 0, timeout=5)
+        locker.rollback()
     with grpc.insecure_channel(running.address) as channel:
         stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
         with pytest.raises(grpc.RpcError) as absent:

@@ -263,7 +263,9 @@ class CallInterceptor(grpc.ServerInterceptor):
         def observed(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             left = context.time_remaining()
-            notes = callinfo.begin(None if left is None else time.monotonic() + left)
+            notes = callinfo.begin(
+                None if left is None else time.monotonic() + left, context.is_active
+            )
             if series is not None:
                 series.started.inc()
             code = "OK"
