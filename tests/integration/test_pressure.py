@@ -383,56 +383,36 @@ def test_a_drain_ends_watch_streams_first_and_refuses_new_ones(
 RUNS_LOCK = 'LOCK TABLE "TaskRun" IN ACCESS EXCLUSIVE MODE'
 
 
+@pytest.mark.parametrize("leaves", ["at_its_deadline", "by_cancelling"])
 @pytest.mark.parametrize("method", ["ReadRun", "BatchReadRuns"])
-def test_a_run_read_nobody_waits_for_is_cancelled(start_server, databases, method) -> None:
-    # Statements may run 20 s: only the cancellation can end the wait below
-    # while the table stays locked.
+def test_a_run_read_nobody_waits_for_is_cancelled(start_server, databases, method, leaves) -> None:
+    """The caller leaves, at its deadline or by cancelling long before it:
+    its query stops waiting for the lock, which is still held, long before
+    the statement timeout (20 s: only the cancellation can end the wait)."""
     running = start_server(db_timeout_ms=20_000, listen_enabled=False)
     run_id = demo.new_ksuid()  # a NEW run: read on run-ops alone
+    request: Any = (
+        pb.ReadRunRequest(run_id=run_id)
+        if method == "ReadRun"
+        else pb.BatchReadRunsRequest(run_ids=[run_id])
+    )
     with psycopg.connect(databases.run_ops) as locker:
         locker.execute(RUNS_LOCK)
         with grpc.insecure_channel(running.address) as channel:
-            stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
-            started = time.monotonic()
-            with pytest.raises(grpc.RpcError) as failed:
-                if method == "ReadRun":
-                    stub.ReadRun(pb.ReadRunRequest(run_id=run_id), timeout=1.0)
-                else:
-                    stub.BatchReadRuns(pb.BatchReadRunsRequest(run_ids=[run_id]), timeout=1.0)
-            assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert time.monotonic() - started < 2.0
-        # The caller has gone: its query stops waiting for the lock, which
-        # is still held, long before the statement timeout.
-        wait_until(lambda: lock_waiters(databases.run_ops, "run-ops") == 0, timeout=5)
-        locker.rollback()
-    # The reader serves again (the cancelled connection was given back).
-    with grpc.insecure_channel(running.address) as channel:
-        stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as absent:
-            stub.ReadRun(pb.ReadRunRequest(run_id=run_id), timeout=10)
-        assert absent.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-@pytest.mark.parametrize("method", ["ReadRun", "BatchReadRuns"])
-def test_a_run_read_whose_caller_cancelled_is_cancelled(start_server, databases, method) -> None:
-    """The caller cancels long before its deadline: its query stops waiting
-    for the lock at once."""
-    running = start_server(db_timeout_ms=20_000, listen_enabled=False)
-    run_id = demo.new_ksuid()  # a NEW run: read on run-ops alone
-    with psycopg.connect(databases.run_ops) as locker:
-        locker.execute(RUNS_LOCK)
-        with grpc.insecure_channel(running.address) as channel:
-            stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
-            if method == "ReadRun":
-                pending = stub.ReadRun.future(pb.ReadRunRequest(run_id=run_id), timeout=30)
+            call = getattr(resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel), method)
+            if leaves == "at_its_deadline":
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as failed:
+                    call(request, timeout=1.0)
+                assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert time.monotonic() - started < 2.0
             else:
-                pending = stub.BatchReadRuns.future(
-                    pb.BatchReadRunsRequest(run_ids=[run_id]), timeout=30
-                )
-            wait_until(lambda: lock_waiters(databases.run_ops, "run-ops") == 1, timeout=5)
-            assert pending.cancel()
+                pending = call.future(request, timeout=30)
+                wait_until(lambda: lock_waiters(databases.run_ops, "run-ops") == 1, timeout=5)
+                assert pending.cancel()
             wait_until(lambda: lock_waiters(databases.run_ops, "run-ops") == 0, timeout=5)
         locker.rollback()
+    # The reader serves again (the cancelled connection was given back).
     with grpc.insecure_channel(running.address) as channel:
         stub = resolver_pb2_grpc.ControlPlaneResolverServiceStub(channel)
         with pytest.raises(grpc.RpcError) as absent:
