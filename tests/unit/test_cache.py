@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from controlplane_resolver import callinfo
 from controlplane_resolver.cache import (
     ABSENT,
     MISSING,
@@ -888,6 +889,40 @@ def test_a_detached_load_is_abandoned_once_every_waiter_has_given_up(cache: Cach
     wait_for(lambda: cache.stats(SLOT).load_errors == 1, "the abandoned load ended")
     assert env_get(cache, "a", load) == "value"
     assert load.calls == 2 and abandoned == ["leader"]
+
+
+def test_a_waiter_whose_caller_has_gone_stops_waiting(cache: Cache) -> None:
+    """A wait on behalf of a call whose caller has gone (the call's
+    ``is_active`` says so) ends at its next look, long before its own
+    ``wait_s``; nobody else waits, so the load is abandoned."""
+    gate = Gate()
+    abandoned: list[str] = []
+    load = CountingLoad(Boom("cancelled"), on_call=lambda n: gate.wait())
+    caller_waits = threading.Event()
+    caller_waits.set()
+
+    def call() -> Any:
+        callinfo.begin(None, caller_waits.is_set)
+        try:
+            return env_get(
+                cache,
+                "a",
+                load,
+                wait_s=10 * DEADLINE_S,
+                start=on_a_thread,
+                abandon=lambda: abandoned.append("a"),
+            )
+        finally:
+            callinfo.end()
+
+    caller = Background(call)
+    wait_for(lambda: load.calls == 1, "the load started")
+    assert abandoned == []
+    caller_waits.clear()  # the caller cancels
+    with pytest.raises(FlightTimeout, match="its caller has gone"):
+        caller.result()
+    assert abandoned == ["a"] and cache.stats(SLOT).abandoned == 1
+    gate.open()
 
 
 def test_a_caller_that_joins_before_the_others_give_up_keeps_the_load(cache: Cache) -> None:

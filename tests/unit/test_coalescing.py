@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from controlplane_resolver.coalescing import ReadCoalescer
+from controlplane_resolver import callinfo
+from controlplane_resolver.coalescing import ReadCoalescer, WaitTimeout
 
 from support.polling import wait_until
 
@@ -230,6 +231,40 @@ def test_a_detached_batch_is_abandoned_only_once_every_caller_has_gone():
     assert results["b"] == "WaitTimeout"
     assert abandoned == [["a", "b"]] and c.abandoned == 1
     loader.gates[1].set()
+
+
+def test_a_reader_whose_caller_has_gone_stops_waiting():
+    """A read on behalf of a call whose caller has gone (the call's
+    ``is_active`` says so) ends at its next look, long before its timeout;
+    nobody else waits, so the batch is abandoned."""
+    loader = GatedLoader({"a": "A"})
+    abandoned: list[int] = []
+    c = ReadCoalescer(
+        loader,
+        start=lambda work: threading.Thread(target=work, daemon=True).start(),
+        abandon=lambda: abandoned.append(1),
+    )
+    caller_waits = threading.Event()
+    caller_waits.set()
+    outcome: list[str] = []
+
+    def read() -> None:
+        callinfo.begin(None, caller_waits.is_set)
+        try:
+            outcome.append(repr(c.get("a", timeout=100)))
+        except WaitTimeout as exc:
+            outcome.append(str(exc))
+        finally:
+            callinfo.end()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert loader.entered.wait(5)
+    caller_waits.clear()  # the caller cancels
+    reader.join(10)
+    assert outcome == ["gave up waiting for a batched read (its caller has gone)"]
+    assert abandoned == [1] and c.abandoned == 1
+    loader.release.set()
 
 
 class ThreadRecorder:
