@@ -22,6 +22,7 @@ from .client import (
     DEFAULT_TIMEOUT_S,
     RECONNECT_WAIT_S,
     SYNC_METADATA,
+    UNREACHED_RETRIES,
     ResolverError,
     _own,
     channel_options,
@@ -235,8 +236,9 @@ class AsyncResolverClient:
         sync: bool = False,
     ) -> Any:
         """The response; raises :class:`ResolverError` for every failure. A
-        call that never reached a resolver is made once more when the
-        channel connects in time (:data:`~.client.RECONNECT_WAIT_S`).
+        call that never reached a resolver is made again when the channel
+        connects in time (:data:`~.client.RECONNECT_WAIT_S`,
+        :data:`~.client.UNREACHED_RETRIES`).
         ``sync``: send :data:`~.client.SYNC_METADATA`."""
         stub = stub or self.stub
         method = getattr(stub, rpc)
@@ -249,20 +251,24 @@ class AsyncResolverClient:
         except grpc.RpcError as error:
             failed = ResolverError.from_rpc_error(error)
         channel = self._near_channel if stub is self._near_stub and self._near_channel else None
-        wait = min(deadline - loop.time(), RECONNECT_WAIT_S)
-        if not failed.unreached or not await _ready_within(channel or self.channel, wait):
-            raise failed
-        try:
-            return await method(
-                request,
-                timeout=max(0.0, deadline - loop.time()),
-                metadata=metadata,
-                # A channel can still say it is ready just after its
-                # connection was reset: wait for the next one.
-                wait_for_ready=True,
-            )
-        except grpc.RpcError as error:
-            raise ResolverError.from_rpc_error(error) from None
+        wait_until = min(deadline, loop.time() + RECONNECT_WAIT_S)
+        for _ in range(UNREACHED_RETRIES):
+            if not failed.unreached or not await _ready_within(
+                channel or self.channel, wait_until - loop.time()
+            ):
+                break
+            try:
+                return await method(
+                    request,
+                    timeout=max(0.0, deadline - loop.time()),
+                    metadata=metadata,
+                    # A channel can still say it is ready just after its
+                    # connection was reset: wait for the next one.
+                    wait_for_ready=True,
+                )
+            except grpc.RpcError as error:
+                failed = ResolverError.from_rpc_error(error)
+        raise failed
 
     async def _find(
         self,

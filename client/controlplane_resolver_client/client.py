@@ -129,13 +129,20 @@ SYNC_METADATA = ("x-resolver-sync", "1")
 
 
 #: A call that failed without reaching a resolver (:attr:`ResolverError.unreached`)
-#: is made once more if the channel has a ready connection within this long
-#: of the failure (and before the call's deadline). Under many calls at
-#: once, the channel's retries of such failures are soon throttled (gRFC A6)
-#: while it reconnects to the process that took over the address; the second
-#: try rides that out. When no resolver answers at all, a call fails up to
-#: this much later than its retries alone would make it.
+#: is made again while the channel has a ready connection within this long
+#: of the first failure (and before the call's deadline), at most
+#: :data:`UNREACHED_RETRIES` times. Under many calls at once, the channel's
+#: retries of such failures are soon throttled (gRFC A6) while it reconnects
+#: to the process that took over the address; the client's own tries ride
+#: that out. When no resolver answers at all, a call fails up to this much
+#: later than its retries alone would make it.
 RECONNECT_WAIT_S = 1.0
+#: How many times the client makes again a call that did not reach a
+#: resolver (:data:`RECONNECT_WAIT_S`), as the TypeScript client does. Each
+#: try waits for a connection (``wait_for_ready``); a second one covers a
+#: connection lost again under the first, e.g. one a channel still took for
+#: ready just after it was reset.
+UNREACHED_RETRIES = 2
 
 
 def _ready_within(channel: grpc.Channel, wait: float) -> bool:
@@ -453,8 +460,8 @@ class ResolverClient:
         """The response; raises :class:`ResolverError` for every failure.
         ``channel``: the one ``method`` calls over (the client's own unless
         given); ``sync``: send :data:`SYNC_METADATA`. A call that never
-        reached a resolver is made once more when the channel connects in
-        time (:data:`RECONNECT_WAIT_S`)."""
+        reached a resolver is made again when the channel connects in time
+        (:data:`RECONNECT_WAIT_S`, :data:`UNREACHED_RETRIES`)."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         metadata = (*(self._metadata or ()), SYNC_METADATA) if sync else self._metadata
@@ -462,20 +469,24 @@ class ResolverClient:
             return method(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as error:
             failed = ResolverError.from_rpc_error(error)
-        wait = min(deadline - time.monotonic(), RECONNECT_WAIT_S)
-        if not failed.unreached or not _ready_within(channel or self.channel, wait):
-            raise failed
-        try:
-            return method(
-                request,
-                timeout=max(0.0, deadline - time.monotonic()),
-                metadata=metadata,
-                # A channel can still say it is ready just after its
-                # connection was reset: wait for the next one.
-                wait_for_ready=True,
-            )
-        except grpc.RpcError as error:
-            raise ResolverError.from_rpc_error(error) from None
+        wait_until = min(deadline, time.monotonic() + RECONNECT_WAIT_S)
+        for _ in range(UNREACHED_RETRIES):
+            if not failed.unreached or not _ready_within(
+                channel or self.channel, wait_until - time.monotonic()
+            ):
+                break
+            try:
+                return method(
+                    request,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    metadata=metadata,
+                    # A channel can still say it is ready just after its
+                    # connection was reset: wait for the next one.
+                    wait_for_ready=True,
+                )
+            except grpc.RpcError as error:
+                failed = ResolverError.from_rpc_error(error)
+        raise failed
 
     def _find(
         self,

@@ -186,10 +186,11 @@ def test_calls_ride_through_a_killed_server_process(server: Running, concurrency
     attempt began, before the retries of a call run out (350 ms ±20 %).
     8 callers' failed attempts stay within the retry throttle's 50 tokens;
     32 callers' drain it, and the channel stops retrying: each call that
-    failed so without reaching a server is made once more by the client,
-    once the channel has connected again (RECONNECT_WAIT_S). No call fails.
+    failed so without reaching a server is made again by the client, once
+    the channel has connected again (RECONNECT_WAIT_S, UNREACHED_RETRIES).
+    No call fails.
     With gRPC's default backoff (1 s) most calls of that second fail; without
-    the client's second try, about 4 in 5 of the 32 callers' calls did."""
+    the client's own tries, about 4 in 5 of the 32 callers' calls did."""
     run_id = "run_" + demo.new_ksuid()
     codes: Counter[str] = Counter()
     failures: list[str] = []
