@@ -44,7 +44,7 @@ def remaining() -> float | None:
 
 def caller_gone() -> bool:
     """True once the current call's caller no longer waits for its answer
-    (it cancelled, its deadline passed or its connection was lost): a wait
+    (it cancelled, its deadline passed or its connection closed): a wait
     on its behalf may end. False when there is no call, or no way to tell.
     Costs a lock: for waits that wake now and then, not for every call."""
     is_active = getattr(_local, "is_active", None)

@@ -22,8 +22,8 @@ share one query (docs/design.md, "Reading runs").
 With ``start`` (how the server runs it), a batch can run off the
 callers' threads: ``start(work)`` runs the batch loop on a thread of the
 database's own, and every caller, the first one included, only waits, each
-up to its own deadline or until it goes away (cancels, or its connection is
-lost). A batch is then never led by a caller that has gone,
+up to its own deadline or until it goes away (cancels, or its connection
+closes). A batch is then never led by a caller that has gone,
 and a database that does not answer holds the database's thread, not the
 callers'. If ``start`` refuses (raises), every queued caller gets its error.
 

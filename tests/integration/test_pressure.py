@@ -172,8 +172,10 @@ def test_a_cached_load_whose_callers_cancelled_is_cancelled(
 ) -> None:
     """Callers that cancel (a client shutting down, a caller that moved on)
     stop waiting at once, not at their deadlines: when the last has gone,
-    the load's statement is cancelled, long before those deadlines."""
-    running = start_server(db_timeout_ms=20_000, listen_enabled=False)
+    the load's statement is cancelled, long before those deadlines. Both
+    calls are counted CANCELLED: what the callers saw, not the error the
+    server gave up with."""
+    running = start_server(metrics_addr="127.0.0.1:0", db_timeout_ms=20_000, listen_enabled=False)
     env_id = tenant.environment(cp)
     stats = running.app.cache.stats(Slot.ENVIRONMENT)
     dsn = running.app.settings.control_plane_database_url
@@ -190,6 +192,14 @@ def test_a_cached_load_whose_callers_cancelled_is_cancelled(
         assert joiner.cancel()
         wait_until(lambda: lock_waiters(dsn, "control-plane") == 0, timeout=5)
         assert stats.abandoned == 1
+        counted = wait_until(
+            lambda: (lambda s: s if handled(s, "ResolveEnv", "CANCELLED") == 2 else None)(
+                scrape_server(running)
+            ),
+            timeout=5,
+            what="both cancelled calls to be counted",
+        )
+        assert handled(counted, "ResolveEnv", "UNAVAILABLE") == 0
     assert running.client.resolve_env(env_id, timeout=10).id == env_id
     assert stats.loads == 2
 

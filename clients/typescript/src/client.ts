@@ -46,10 +46,10 @@ export const DEFAULT_TIMEOUT_MS = 5000;
 
 /** A call that failed without reaching a resolver ({@link ResolverError.unreached})
  * is made again while the channel is ready within this long of the first
- * failure (and before the call's deadline), at most twice: as the Python
- * client's second try, whose wait-for-ready call option grpc-js lacks (a
- * channel can say it is ready just after its connection was reset; the
- * third attempt is the one on the next connection). */
+ * failure (and before the call's deadline), at most twice, as the Python
+ * clients do. Their tries also wait for a connection, a call option grpc-js
+ * lacks: a channel can say it is ready just after its connection was reset,
+ * and here the third attempt is then the one on the next connection. */
 export const RECONNECT_WAIT_MS = 1000;
 const UNREACHED_RETRIES = 2;
 

@@ -262,12 +262,14 @@ class CallInterceptor(grpc.ServerInterceptor):
 
         def observed(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
+            if series is not None:
+                series.started.inc()
             left = context.time_remaining()
+            # Ended in the finally below: a wait on a later call of this
+            # thread must not see this call's caller.
             notes = callinfo.begin(
                 None if left is None else time.monotonic() + left, context.is_active
             )
-            if series is not None:
-                series.started.inc()
             code = "OK"
             try:
                 if type(request) is _Malformed:
@@ -372,16 +374,15 @@ class _Malformed:
 
 
 def _outcome(context: grpc.ServicerContext, default: str) -> str:
-    """The code the call really ended with: the one the handler set, else
-    ``default`` — unless the caller is already gone, in which case the
-    answer was never delivered (a handler that outlived its caller's
-    deadline must not count as OK)."""
-    code = context.code()
-    if code is not None:
-        return code.name
+    """The code the caller saw: ``DEADLINE_EXCEEDED`` or ``CANCELLED`` when
+    it had gone before the handler ended (whatever the handler answered was
+    never delivered: a handler that outlived its caller must count neither
+    as OK nor as the error it gave up with), else the code the handler set,
+    else ``default``."""
     if not context.is_active():
         return "DEADLINE_EXCEEDED" if context.time_remaining() <= 0 else "CANCELLED"
-    return default
+    code = context.code()
+    return code.name if code is not None else default
 
 
 def _peer(context: grpc.ServicerContext) -> str:
