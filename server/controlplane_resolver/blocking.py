@@ -12,12 +12,21 @@ query, a load someone else leads — says so::
 and stops counting as running until the block ends; a wait inside a wait
 counts once. On a thread that no such pool runs (a test, a database's own
 thread), :func:`waiting` does nothing.
+
+A call that waits for someone else's work uses :func:`wait`: such a block
+that also ends early when the server drains or the call's caller has gone.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Protocol
+
+from controlplane_resolver import callinfo
+
+#: How often :func:`wait` looks at its abort event and at the caller.
+POLL_S = 0.05
 
 
 class WaitAware(Protocol):
@@ -71,3 +80,37 @@ class _Waiting:
 
 
 _WAITING = _Waiting()
+
+
+class Waitable(Protocol):
+    """What :func:`wait` waits for: a :class:`threading.Event`, or anything
+    whose ``wait(timeout)`` says whether it happened."""
+
+    def wait(self, timeout: float | None = ...) -> bool: ...
+
+
+def wait(done: Waitable, timeout: float | None, abort: threading.Event) -> bool:
+    """Wait for ``done`` up to ``timeout`` seconds (``None``: no limit), as a
+    :func:`waiting` block. True once it happened; False at the timeout, or
+    as soon as ``abort`` is set (a drain) or the current call's caller has
+    gone (:func:`callinfo.caller_gone`), both looked at every
+    :data:`POLL_S`. :func:`why_ended` tells the last two apart."""
+    with _WAITING:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if done.wait(POLL_S if left is None else max(0.0, min(POLL_S, left))):
+                return True
+            if abort.is_set() or (left is not None and left <= POLL_S) or callinfo.caller_gone():
+                return False
+
+
+def why_ended(abort: threading.Event) -> str | None:
+    """Why a :func:`wait` with ``abort`` that returned False ended early:
+    ``"the server is shutting down"`` or ``"its caller has gone"``; None
+    when it ran to its timeout."""
+    if abort.is_set():
+        return "the server is shutting down"
+    if callinfo.caller_gone():
+        return "its caller has gone"
+    return None

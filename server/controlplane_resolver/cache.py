@@ -552,10 +552,9 @@ class Cache:
 
     def _await(self, slot: Slot, flight: _Flight, wait_s: float | None) -> Any:
         if not self.wait_for(flight.done, wait_s):
-            if self.aborting.is_set():
-                raise FlightTimeout(f"gave up a {slot.value} load: the server is shutting down")
-            if callinfo.caller_gone():
-                raise FlightTimeout(f"gave up a {slot.value} load: its caller has gone")
+            why = blocking.why_ended(self.aborting)
+            if why is not None:
+                raise FlightTimeout(f"gave up a {slot.value} load: {why}")
             raise FlightTimeout(f"waited {wait_s:.3f}s for a {slot.value} load")
         if flight.error is not None:
             raise flight.error
@@ -579,26 +578,10 @@ class Cache:
             log.exception("abandoning a %s load failed", store.slot.value)
 
     def wait_for(self, done: threading.Event, wait_s: float | None) -> bool:
-        """Wait for ``done`` up to ``wait_s``; False early once
-        :attr:`aborting` is set (a drain ends every wait) or the current
-        call's caller has gone (:func:`callinfo.caller_gone`), each looked
-        at every 50 ms."""
-        if done.is_set():
-            return True
-        with blocking.waiting():
-            return self._wait_for(done, wait_s)
-
-    def _wait_for(self, done: threading.Event, wait_s: float | None) -> bool:
-        if done.wait(min(0.05, wait_s) if wait_s is not None else 0.05):
-            return True
-        deadline = None if wait_s is None else time.monotonic() + wait_s - 0.05
-        while not self.aborting.is_set() and not callinfo.caller_gone():
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            if done.wait(0.05 if left is None else min(0.05, left)):
-                return True
-        return done.is_set()
+        """Wait for ``done`` up to ``wait_s`` (:func:`blocking.wait`); False
+        early once :attr:`aborting` is set (a drain ends every wait) or the
+        current call's caller has gone, unless ``done`` was set meanwhile."""
+        return done.is_set() or blocking.wait(done, wait_s, self.aborting) or done.is_set()
 
     def abort_waits(self) -> None:
         """End every wait for a load now and from now on (a drain)."""

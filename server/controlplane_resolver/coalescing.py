@@ -43,9 +43,9 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
-from controlplane_resolver import blocking, callinfo
+from controlplane_resolver import blocking
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -53,6 +53,10 @@ V = TypeVar("V")
 
 class WaitTimeout(Exception):
     """A caller's own time ran out while it waited for someone else's query."""
+
+
+def _gave_up(why: str) -> NoReturn:
+    raise WaitTimeout(f"gave up waiting for a batched read ({why})")
 
 
 class _Signal:
@@ -191,33 +195,25 @@ class ReadCoalescer(Generic[K, V]):
 
     def _wait_turn(self, me: _Waiter[K, V], timeout: float | None, deadline: float | None) -> None:
         """Wait until ``me`` is answered or handed the lead; raise
-        :class:`WaitTimeout` at ``deadline`` (or a drain) unless one of them
-        happened meanwhile."""
+        :class:`WaitTimeout` at ``deadline`` (or a drain, or once its caller
+        has gone) unless one of them happened meanwhile."""
         left = None if deadline is None else deadline - time.monotonic()
-        if self._wait(me.done, left):
+        if blocking.wait(me.done, left, self.aborting):
             return
+        why = blocking.why_ended(self.aborting) or f"{timeout:.3f}s"
         with self._lock:
             if not me.lead:
                 if me in self._queue:
                     self._queue.remove(me)
-                    self._gave_up(timeout)
+                    _gave_up(why)
                 if self._loading is not None and me in self._loading:
                     me.gone = True
                     if self._abandon is not None and all(w.gone for w in self._loading):
                         self.abandoned += 1
                         self._abandon()
-                    self._gave_up(timeout)
+                    _gave_up(why)
             # Handed the lead, or answered, just now: carry on.
         me.done.wait()
-
-    def _gave_up(self, timeout: float | None) -> None:
-        if self.aborting.is_set():
-            why = "the server is shutting down"
-        elif callinfo.caller_gone():
-            why = "its caller has gone"
-        else:
-            why = f"{timeout:.3f}s"
-        raise WaitTimeout(f"gave up waiting for a batched read ({why})")
 
     def _lead(self, me: _Waiter[K, V]) -> bool:
         """Run the next batch (``me`` among its callers) on this thread and
@@ -240,26 +236,6 @@ class ReadCoalescer(Generic[K, V]):
                     w.done.set()
             raise
         return False
-
-    def _wait(self, done: _Signal, timeout: float | None) -> bool:
-        """``done.wait(timeout)``, ended early by :meth:`abort_waits` or once
-        the current call's caller has gone (:func:`callinfo.caller_gone`),
-        each looked at every 50 ms."""
-        with blocking.waiting():
-            return self._wait_blocking(done, timeout)
-
-    def _wait_blocking(self, done: _Signal, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if done.wait(0.05 if left is None else max(0.0, min(0.05, left))):
-                return True
-            if (
-                self.aborting.is_set()
-                or (left is not None and left <= 0.05)
-                or callinfo.caller_gone()
-            ):
-                return False
 
     def _run_batches(self) -> None:
         """Batches until the queue is empty, or until the lead passes to a
