@@ -190,3 +190,19 @@ def test_near_cache_bench_runs_and_reports_its_targets():
     # Not a speed: no client went back to an older answer once it had a newer one.
     assert "older answer:" not in report
     assert re.search(r"normal run: 0 older answers after a newer one", report), report
+
+
+@pytest.mark.timeout(300)
+def test_handler_bench_runs_and_reports_each_call():
+    report = bench(
+        "handlers.py", "--rounds", "1", "--duration", "0.2", "--loop-calls", "200", timeout=240
+    )
+    for row in (
+        "| Health/Check |",
+        "| ClassifyRunId |",
+        "| MintId, gen-2 root run |",
+        "| MintId, resolver's work taken out (control) |",
+        "MintId's work (resolver.mint_id):",
+        "reproduce: .venv/bin/python bench/handlers.py",
+    ):
+        assert row in report, f"the report lacks {row!r}:\n{report}"
