@@ -45,12 +45,11 @@ from grpc_health.v1 import health_pb2
 
 # bench/run.py (this script's directory is on sys.path): seeding, load, checks.
 from run import create_databases, fail_on_wrong_answers, load, server_env
-from shards import SHARDS
+from shards import base32hex_settings, shard_databases
 from shards import seed as seed_shards
 
 from controlplane_resolver.config import Settings
 from controlplane_resolver.dev.clusters import LocalCluster, free_port
-from controlplane_resolver.dev.migrate import migrate
 from controlplane_resolver.serving.server import ResolverApp
 from controlplane_resolver_client.v1 import resolver_pb2 as pb
 
@@ -105,10 +104,7 @@ def main() -> None:
     app: ResolverApp | None = None
     try:
         cp_dsn, ro_dsn = create_databases(clusters)
-        shard_dsns = {}
-        for c in SHARDS:
-            shard_dsns[c] = clusters[1].create_database(f"shard_{c}")
-            migrate(shard_dsns[c], "run_ops")
+        shard_dsns = shard_databases(clusters[1])
         ids = seed_shards(cp_dsn, ro_dsn, shard_dsns, runs=500)
         ids["runs"] = ids["v1_runs"]  # ClassifyRunId: new residency
         ids_file = workdir / "ids.json"
@@ -118,9 +114,7 @@ def main() -> None:
             cp_dsn,
             ro_dsn,
             RESOLVER_ADDR=address,
-            RUN_OPS_ID_GENERATION="base32hex",
-            RUN_OPS_SHARDS=",".join(f"{c}={d}" for c, d in shard_dsns.items()),
-            RUN_OPS_MINT_KSUID_ENABLED="1",
+            **base32hex_settings(shard_dsns),
         )
         app = ResolverApp(Settings.load(env))
         app.start()

@@ -50,11 +50,10 @@ from run import (
     server_env,
     wait_serving,
 )
-from shards import SHARDS
+from shards import base32hex_settings, shard_databases
 from shards import seed as seed_shards
 
 from controlplane_resolver.dev.clusters import LocalCluster, free_port
-from controlplane_resolver.dev.migrate import migrate
 
 SCENARIOS = ("health", "resolve_env", "classify", "read_run", "read_run_legacy")
 SHARD_SCENARIOS = ("health", "classify", "mint_base32hex", "read_run", "read_run_gen2")
@@ -119,20 +118,12 @@ def main() -> None:
         cp_dsn, ro_dsn = create_databases(clusters)
         settings: dict[str, str] = {}
         if args.shards:
-            # Three more databases of the run-ops cluster: distinct databases
-            # pass the (non-strict) sentinel; the instructions are the server's.
-            shard_dsns = {}
-            for c in SHARDS:
-                shard_dsns[c] = clusters[1].create_database(f"shard_{c}")
-                migrate(shard_dsns[c], "run_ops")
+            # Shards as databases of the run-ops cluster: the instructions are the server's.
+            shard_dsns = shard_databases(clusters[1])
             ids = seed_shards(cp_dsn, ro_dsn, shard_dsns, runs=1000)
             # ClassifyRunId and ReadRun of v1 ids: new residency, the run-ops database.
             ids["runs"] = ids["v1_runs"]
-            settings = {
-                "RUN_OPS_ID_GENERATION": "base32hex",
-                "RUN_OPS_SHARDS": ",".join(f"{c}={d}" for c, d in shard_dsns.items()),
-                "RUN_OPS_MINT_KSUID_ENABLED": "1",
-            }
+            settings = base32hex_settings(shard_dsns)
         else:
             ids = seed(cp_dsn, ro_dsn, environments=200, runs=1000)
         ids_file = out_dir / "ids.json"

@@ -51,11 +51,32 @@ import run as bench
 
 from controlplane_resolver.dev import demo
 from controlplane_resolver.dev.clusters import LocalCluster, free_port
-from controlplane_resolver.dev.migrate import create_migrated
+from controlplane_resolver.dev.migrate import create_migrated, migrate
 from controlplane_resolver.domain import minting
 
 SHARDS = "abc"
 TASKRUN = 'FROM "TaskRun"'
+
+
+def shard_databases(cluster: LocalCluster) -> dict[str, str]:
+    """A run-ops shard per char of :data:`SHARDS` as one more migrated
+    database of ``cluster`` (distinct databases pass the non-strict
+    sentinel): their DSNs by shard char."""
+    shard_dsns = {}
+    for c in SHARDS:
+        shard_dsns[c] = cluster.create_database(f"shard_{c}")
+        migrate(shard_dsns[c], "run_ops")
+    return shard_dsns
+
+
+def base32hex_settings(shard_dsns: dict[str, str]) -> dict[str, str]:
+    """Server settings of the base32hex generation over ``shard_dsns``,
+    minting run-ops ids."""
+    return {
+        "RUN_OPS_ID_GENERATION": "base32hex",
+        "RUN_OPS_SHARDS": ",".join(f"{c}={d}" for c, d in shard_dsns.items()),
+        "RUN_OPS_MINT_KSUID_ENABLED": "1",
+    }
 
 
 def seed(cp_dsn: str, ro_dsn: str, shard_dsns: dict[str, str], runs: int) -> dict[str, Any]:
@@ -137,14 +158,7 @@ def main() -> None:
             single.start(bench.SERVE, bench.server_env(cp_dsn, ro_dsn, **settings), log)
             sharded.start(
                 bench.SERVE,
-                bench.server_env(
-                    cp_dsn,
-                    ro_dsn,
-                    RUN_OPS_ID_GENERATION="base32hex",
-                    RUN_OPS_SHARDS=",".join(f"{c}={d}" for c, d in shard_dsns.items()),
-                    RUN_OPS_MINT_KSUID_ENABLED="1",
-                    **settings,
-                ),
+                bench.server_env(cp_dsn, ro_dsn, **base32hex_settings(shard_dsns), **settings),
                 log,
             )
 
