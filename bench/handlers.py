@@ -26,6 +26,10 @@ rendering of the answer but decides and mints nothing. The control's
 distance from the floor is what a MintId costs beyond the health check
 before it does any work; MintId's distance from the control is what its
 work costs under load, set against that work's cost in a hot loop.
+
+After the rounds, one more MintId run times the resolver's work on the
+serving thread (thread CPU around each ``resolver.mint_id`` call): the same
+code's cost in the loaded server, next to its hot-loop figure.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import resource
 import shutil
 import statistics
 import tempfile
+import time
 import timeit
 from collections.abc import Callable
 from pathlib import Path
@@ -163,6 +168,28 @@ def main() -> None:
                     control(False)
             return r["rps"], used * 1e6 / max(1, r["calls"] + r["warmup_calls"])
 
+        def mint_work_under_load() -> float:
+            """Thread CPU µs per call of the resolver's minting work
+            (``resolver.mint_id``) in one MintId run under load: an instance
+            attribute shadows the method with a timed call of it."""
+            work = resolver.mint_id
+            spent = [0, 0]  # ns of thread CPU, calls
+
+            def timed(*call_args: Any, **call_kwargs: Any) -> Any:
+                start = time.thread_time_ns()
+                try:
+                    return work(*call_args, **call_kwargs)
+                finally:
+                    spent[0] += time.thread_time_ns() - start
+                    spent[1] += 1
+
+            resolver.mint_id = timed  # type: ignore[method-assign]
+            try:
+                load(address, "mint_base32hex", str(ids_file), args.duration, args.concurrency)
+            finally:
+                del resolver.mint_id
+            return spent[0] / 1e3 / max(1, spent[1])
+
         rps_ratio: dict[str, list[float]] = {s: [] for _, s in CALLS}
         cpu_ratio: dict[str, list[float]] = {s: [] for _, s in CALLS}
         cpu_us: dict[str, list[float]] = {s: [] for _, s in CALLS} | {"health": []}
@@ -181,6 +208,7 @@ def main() -> None:
                 floor_rps, floor_cpu = next_rps, next_cpu
             print("  " + "; ".join(line), flush=True)
 
+        work_in_server_us = mint_work_under_load()
         med = statistics.median
         print(
             f"\n| call | handler µs (hot loop) | server CPU µs per call (median of "
@@ -200,10 +228,12 @@ def main() -> None:
             )
         work_us = handler_us["mint_base32hex"] - handler_us["mint_control"]
         under_load = med(cpu_us["mint_base32hex"]) - med(cpu_us["mint_control"])
-        times = f" ({under_load / work_us:.1f}× the loop's)" if work_us > 0 else ""
         print(
-            f"\nMintId's work (resolver.mint_id): {work_us:.2f} µs in a hot loop, "
-            f"{under_load:.0f} µs of server CPU per call under load{times}."
+            f"\nMintId's work (resolver.mint_id): {work_us:.2f} µs in a hot loop; "
+            f"{work_in_server_us:.1f} µs of its thread's CPU per call in the loaded server "
+            f"({work_in_server_us / max(work_us, 1e-9):.1f}× the loop's, one more MintId run "
+            f"after the rounds, timed around the call); MintId's server CPU per call less "
+            f"the control's: {under_load:.0f} µs."
         )
         print(
             f"{args.concurrency} calls in flight, {args.duration:g} s per run; reproduce: "

@@ -203,6 +203,7 @@ def test_handler_bench_runs_and_reports_each_call():
         "| MintId, gen-2 root run |",
         "| MintId, resolver's work taken out (control) |",
         "MintId's work (resolver.mint_id):",
+        "of its thread's CPU per call in the loaded server",
         "reproduce: .venv/bin/python bench/handlers.py",
     ):
         assert row in report, f"the report lacks {row!r}:\n{report}"

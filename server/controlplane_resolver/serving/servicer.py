@@ -18,6 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from controlplane_resolver.cache import AnswerValidity, split_scope
+from controlplane_resolver.domain.minting import MintKind
 from controlplane_resolver.domain.residency import Generation, IdFormat, Residency
 from controlplane_resolver.domain.roles import RunSource
 from controlplane_resolver.errors import (
@@ -199,6 +200,7 @@ _RESIDENCIES = {m: pb.Residency.Value("RESIDENCY_" + m.name) for m in Residency}
 _RUN_SOURCES = {m: pb.RunSource.Value("RUN_SOURCE_" + m.name) for m in RunSource}
 _GENERATIONS = {m: pb.IdGeneration.Value("ID_GENERATION_" + m.name) for m in Generation}
 _FORMATS = {m: pb.IdFormat.Value("ID_FORMAT_" + m.name) for m in IdFormat}
+_MINT_KINDS = {m: pb.MintKind.Value("MINT_KIND_" + m.name) for m in MintKind}
 _MAX_AGE_LIMIT_MS = 2**32 - 1
 #: A ResolveEnv response is reused while the cache's revision does not
 #: move, for a tenth of its answer's remaining life (at most 10 s); its
@@ -410,7 +412,13 @@ class ResolverServicer(resolver_pb2_grpc.ControlPlaneResolverServiceServicer):
             request.environment_id if request.HasField("environment_id") else None,
             request.region if request.HasField("region") else None,
         )
-        return render(pb.MintIdResponse, minted)
+        return pb.MintIdResponse(
+            id=minted.id,
+            friendly_id=minted.friendly_id,
+            mint_kind=_MINT_KINDS[minted.mint_kind],
+            shard=minted.shard,
+            shard_reason=minted.shard_reason,
+        )
 
     @_edge
     def SelectStoreForWaitpoint(
