@@ -35,6 +35,7 @@ code's cost in the loaded server, next to its hot-loop figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import shutil
@@ -42,7 +43,7 @@ import statistics
 import tempfile
 import time
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,7 @@ from grpc_health.v1 import health_pb2
 
 # bench/run.py (this script's directory is on sys.path): seeding, load, checks.
 from run import create_databases, fail_on_wrong_answers, load, server_env
-from shards import base32hex_settings, shard_databases
-from shards import seed as seed_shards
+from shards import base32hex_settings, seed_one_server
 
 from controlplane_resolver.config import Settings
 from controlplane_resolver.dev.clusters import LocalCluster, free_port
@@ -109,9 +109,7 @@ def main() -> None:
     app: ResolverApp | None = None
     try:
         cp_dsn, ro_dsn = create_databases(clusters)
-        shard_dsns = shard_databases(clusters[1])
-        ids = seed_shards(cp_dsn, ro_dsn, shard_dsns, runs=500)
-        ids["runs"] = ids["v1_runs"]  # ClassifyRunId: new residency
+        shard_dsns, ids = seed_one_server(cp_dsn, ro_dsn, clusters[1], runs=500)
         ids_file = workdir / "ids.json"
         ids_file.write_text(json.dumps(ids))
         address = f"127.0.0.1:{free_port()}"
@@ -132,28 +130,31 @@ def main() -> None:
         health = health_pb2.HealthCheckRequest()
         minted = resolver.mint_id("RUN", org)  # also caches the organization's flags
 
-        def control(on: bool) -> None:
-            """Take the resolver's minting work out (``on``) or put it back:
-            an instance attribute shadows the method."""
-            if on:
-                resolver.mint_id = lambda *_args, **_kwargs: minted  # type: ignore[method-assign]
-            else:
+        @contextlib.contextmanager
+        def mint_shadowed(stand_in: Callable[..., Any]) -> Iterator[None]:
+            """While the block runs, ``stand_in`` answers in place of the
+            resolver's ``mint_id`` (an instance attribute shadows the method)."""
+            resolver.mint_id = stand_in  # type: ignore[method-assign]
+            try:
+                yield
+            finally:
                 del resolver.mint_id
+
+        def constant_mint(*_args: Any, **_kwargs: Any) -> Any:
+            """The control's stand-in: the resolver's minting work taken out."""
+            return minted
 
         n = args.loop_calls
         handler_us = {"health": hot_loop_us(lambda: app.health.Check(health, context), n)}
         handler_us["classify"] = hot_loop_us(lambda: servicer.ClassifyRunId(classify, context), n)
         handler_us["mint_base32hex"] = hot_loop_us(lambda: servicer.MintId(mint, context), n)
-        control(True)
-        handler_us["mint_control"] = hot_loop_us(lambda: servicer.MintId(mint, context), n)
-        control(False)
+        with mint_shadowed(constant_mint):
+            handler_us["mint_control"] = hot_loop_us(lambda: servicer.MintId(mint, context), n)
 
         def measured(scenario: str) -> tuple[float, float]:
             """(calls/s, server CPU µs per call, warm-up included)."""
             is_control = scenario == "mint_control"
-            if is_control:
-                control(True)
-            try:
+            with mint_shadowed(constant_mint) if is_control else contextlib.nullcontext():
                 before = cpu_seconds()
                 r = load(
                     address,
@@ -163,15 +164,12 @@ def main() -> None:
                     args.concurrency,
                 )
                 used = cpu_seconds() - before
-            finally:
-                if is_control:
-                    control(False)
             return r["rps"], used * 1e6 / max(1, r["calls"] + r["warmup_calls"])
 
         def mint_work_under_load() -> float:
             """Thread CPU µs per call of the resolver's minting work
-            (``resolver.mint_id``) in one MintId run under load: an instance
-            attribute shadows the method with a timed call of it."""
+            (``resolver.mint_id``) in one MintId run under load, timed
+            around each call."""
             work = resolver.mint_id
             spent = [0, 0]  # ns of thread CPU, calls
 
@@ -183,16 +181,13 @@ def main() -> None:
                     spent[0] += time.thread_time_ns() - start
                     spent[1] += 1
 
-            resolver.mint_id = timed  # type: ignore[method-assign]
-            try:
+            with mint_shadowed(timed):
                 load(address, "mint_base32hex", str(ids_file), args.duration, args.concurrency)
-            finally:
-                del resolver.mint_id
             return spent[0] / 1e3 / max(1, spent[1])
 
         rps_ratio: dict[str, list[float]] = {s: [] for _, s in CALLS}
         cpu_ratio: dict[str, list[float]] = {s: [] for _, s in CALLS}
-        cpu_us: dict[str, list[float]] = {s: [] for _, s in CALLS} | {"health": []}
+        cpu_us: dict[str, list[float]] = {s: [] for _, s in (*CALLS, ("", "health"))}
         for round_no in range(args.rounds):
             floor_rps, floor_cpu = measured("health")
             cpu_us["health"].append(floor_cpu)

@@ -50,8 +50,7 @@ from run import (
     server_env,
     wait_serving,
 )
-from shards import base32hex_settings, shard_databases
-from shards import seed as seed_shards
+from shards import base32hex_settings, seed_one_server
 
 from controlplane_resolver.dev.clusters import LocalCluster, free_port
 
@@ -119,10 +118,7 @@ def main() -> None:
         settings: dict[str, str] = {}
         if args.shards:
             # Shards as databases of the run-ops cluster: the instructions are the server's.
-            shard_dsns = shard_databases(clusters[1])
-            ids = seed_shards(cp_dsn, ro_dsn, shard_dsns, runs=1000)
-            # ClassifyRunId and ReadRun of v1 ids: new residency, the run-ops database.
-            ids["runs"] = ids["v1_runs"]
+            shard_dsns, ids = seed_one_server(cp_dsn, ro_dsn, clusters[1], runs=1000)
             settings = base32hex_settings(shard_dsns)
         else:
             ids = seed(cp_dsn, ro_dsn, environments=200, runs=1000)

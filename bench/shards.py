@@ -115,6 +115,20 @@ def seed(cp_dsn: str, ro_dsn: str, shard_dsns: dict[str, str], runs: int) -> dic
     return {"runs": ksuids, "v1_runs": v1, "gen2_runs": gen2, "mint_organization": [org]}
 
 
+def seed_one_server(
+    cp_dsn: str, ro_dsn: str, cluster: LocalCluster, runs: int
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """For one base32hex server over shards: the shards as databases of the
+    run-ops ``cluster`` (:func:`shard_databases`), seeded (:func:`seed`),
+    with ``"runs"`` (bench/load.py's ClassifyRunId and ReadRun ids) naming
+    the v1 runs, which that server reads in the run-ops database. Returns
+    (shard DSNs by char, ids)."""
+    shard_dsns = shard_databases(cluster)
+    ids = seed(cp_dsn, ro_dsn, shard_dsns, runs)
+    ids["runs"] = ids["v1_runs"]
+    return shard_dsns, ids
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
